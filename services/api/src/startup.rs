@@ -1,0 +1,26 @@
+//! Start-up: NATS, the HTTP app, shutdown.
+
+use std::time::Duration;
+
+use gantry_contracts::services;
+use gantry_runtime::health::{self, Readiness};
+use gantry_runtime::{nats, Config};
+use poem::listener::TcpListener;
+use poem::{Route, Server};
+use tokio_util::sync::CancellationToken;
+
+/// Run until `shutdown` fires.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let client = nats::connect(&config, services::API).await?;
+    let readiness = Readiness::nats(client.clone());
+    let service = nats::start_service(&client, services::API, "HTTP edge of the admin and user API").await?;
+
+    let app = Route::new().nest("/", health::routes(readiness));
+    tracing::info!(addr = %config.http_addr, "api listening");
+    Server::new(TcpListener::bind(config.http_addr))
+        .run_with_graceful_shutdown(app, shutdown.cancelled_owned(), Some(Duration::from_secs(10)))
+        .await?;
+    let _ = service.stop().await;
+    let _ = client.flush().await;
+    Ok(())
+}

@@ -1,0 +1,79 @@
+//! Subject names. Request/reply endpoints are grouped under a versioned prefix so that a `v2`
+//! can run beside a `v1`.
+
+/// Prefix of the auth service's endpoints.
+pub const AUTH_V1: &str = "gantry.auth.v1";
+/// Prefix of the cluster registry's endpoints.
+pub const REGISTRY_V1: &str = "gantry.registry.v1";
+
+/// Auth endpoint names, relative to [`AUTH_V1`].
+pub mod auth {
+    /// [`crate::auth::VerifyRequest`] → [`crate::auth::Principal`].
+    pub const VERIFY: &str = "verify";
+    /// [`crate::auth::LoginRequest`] → [`crate::auth::LoginResponse`].
+    pub const LOGIN: &str = "login";
+    /// [`crate::auth::LogoutRequest`] → `{}`.
+    pub const LOGOUT: &str = "logout";
+    /// `{}` → [`crate::auth::UserList`].
+    pub const USERS_LIST: &str = "users.list";
+    /// [`crate::auth::CreateUser`] → [`crate::auth::User`].
+    pub const USERS_CREATE: &str = "users.create";
+    /// [`crate::auth::UpdateUser`] → [`crate::auth::User`].
+    pub const USERS_UPDATE: &str = "users.update";
+    /// [`crate::auth::UserRef`] → [`crate::auth::User`].
+    pub const USERS_GET: &str = "users.get";
+    /// [`crate::auth::UserRef`] → [`crate::auth::ApiTokenList`].
+    pub const TOKENS_LIST: &str = "tokens.list";
+    /// [`crate::auth::CreateApiToken`] → [`crate::auth::CreatedApiToken`].
+    pub const TOKENS_CREATE: &str = "tokens.create";
+    /// [`crate::auth::RevokeApiToken`] → `{}`.
+    pub const TOKENS_REVOKE: &str = "tokens.revoke";
+    /// [`crate::auth::CreditChange`] → [`crate::auth::CreditResult`].
+    pub const CREDITS_CHARGE: &str = "credits.charge";
+    /// [`crate::auth::CreditChange`] → [`crate::auth::CreditResult`].
+    pub const CREDITS_REFUND: &str = "credits.refund";
+}
+
+/// Registry endpoint names, relative to [`REGISTRY_V1`].
+pub mod registry {
+    /// `{}` → [`crate::registry::ClusterTokenList`].
+    pub const TOKENS_LIST: &str = "cluster_tokens.list";
+    /// [`crate::registry::CreateClusterToken`] → [`crate::registry::ClusterToken`] (whole token).
+    pub const TOKENS_CREATE: &str = "cluster_tokens.create";
+    /// [`crate::registry::RevokeClusterToken`] → `{}`.
+    pub const TOKENS_REVOKE: &str = "cluster_tokens.revoke";
+    /// [`crate::registry::RegisterNode`] → [`crate::registry::Registered`].
+    pub const REGISTER: &str = "nodes.register";
+    /// `{}` → [`crate::registry::ClusterNodes`].
+    pub const NODES: &str = "nodes.list";
+    /// `{}` → [`crate::registry::ClusterClients`].
+    pub const CLIENTS: &str = "clients.list";
+    /// [`crate::registry::SetDriver`] → [`crate::registry::SetDriverResult`].
+    pub const SET_DRIVER: &str = "nodes.set_driver";
+    /// [`crate::registry::NodeRef`] with drain flag → [`crate::registry::SetDriverResult`].
+    pub const DRAIN: &str = "nodes.drain";
+}
+
+/// Full subject of an auth endpoint.
+pub fn auth(endpoint: &str) -> String {
+    format!("{AUTH_V1}.{endpoint}")
+}
+
+/// Full subject of a registry endpoint.
+pub fn registry(endpoint: &str) -> String {
+    format!("{REGISTRY_V1}.{endpoint}")
+}
+
+/// Heartbeats of every node (registries subscribe to this wildcard, not as a queue group, so each
+/// replica keeps the full view).
+pub const NODE_HEARTBEATS: &str = "gantry.node.*.heartbeat";
+
+/// A node's heartbeat subject: [`crate::registry::Heartbeat`], core NATS, fire and forget.
+pub fn node_heartbeat(node_id: &str) -> String {
+    format!("gantry.node.{node_id}.heartbeat")
+}
+
+/// A node's control subject: [`crate::registry::NodeControl`] pushed by the registry.
+pub fn node_control(node_id: &str) -> String {
+    format!("gantry.node.{node_id}.control")
+}

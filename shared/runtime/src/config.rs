@@ -1,0 +1,166 @@
+//! Configuration from the environment, defined in one place. Each service reads what it needs;
+//! a bad value is an error naming the variable, and the service exits non-zero.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use secrecy::SecretString;
+
+/// A variable held a value we cannot use.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid {var}={value:?}: {reason}")]
+pub struct ConfigError {
+    /// The variable's name.
+    pub var: &'static str,
+    /// What it held (secrets are never echoed: they read `<redacted>`).
+    pub value: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+/// Every variable of DESIGN's configuration list. Services ignore the ones they don't use.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `GANTRY_HTTP_ADDR`: the api's listen address (default `127.0.0.1:8080`).
+    pub http_addr: SocketAddr,
+    /// `GANTRY_PUBLIC_URL`: the address users reach, for cookies and same-origin checks.
+    pub public_url: Option<String>,
+    /// `GANTRY_HEALTH_ADDR`: health server of non-api services (default: an ephemeral port).
+    pub health_addr: SocketAddr,
+    /// `NATS_URL` (default `nats://127.0.0.1:4222`).
+    pub nats_url: String,
+    /// `MONGODB_URI` (default `mongodb://127.0.0.1:27017`).
+    pub mongodb_uri: String,
+    /// `GANTRY_DB_PREFIX` (default `gantry_`): database names are `<prefix><service>`.
+    pub db_prefix: String,
+    /// `GANTRY_DATA_ROOT` (default `./data`): browse root and datasets.
+    pub data_root: PathBuf,
+    /// `GANTRY_ADMIN_USER` (default `admin`).
+    pub admin_user: String,
+    /// `GANTRY_ADMIN_PASSWORD`: generated and printed once when unset and no admin exists.
+    pub admin_password: Option<SecretString>,
+    /// `GANTRY_ADMIN_EMAIL` (default `admin@localhost`).
+    pub admin_email: String,
+    /// `GANTRY_ADMIN_API_TOKEN`: the first admin's API token, exactly as given (32+ characters).
+    pub admin_api_token: Option<SecretString>,
+    /// `GANTRY_CLUSTER_TOKEN`: the token a trainer joins with.
+    pub cluster_token: Option<SecretString>,
+    /// `GANTRY_NODE_NAME` (default: the hostname).
+    pub node_name: Option<String>,
+    /// `GANTRY_NODE_WEIGHT` (default 100).
+    pub node_weight: u32,
+    /// `GANTRY_WORKERS` (default 1).
+    pub workers: u32,
+    /// `GANTRY_HEARTBEAT_INTERVAL` seconds (default 5).
+    pub heartbeat_interval: Duration,
+    /// `GANTRY_HEARTBEAT_MISSES` before a node is disconnected (default 3).
+    pub heartbeat_misses: u32,
+    /// `GANTRY_NODE_RETENTION` seconds a disconnected node stays listed (default 86400).
+    pub node_retention: Duration,
+}
+
+fn var(name: &'static str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+fn parse_with<T>(
+    name: &'static str,
+    default: T,
+    secret: bool,
+    f: impl FnOnce(&str) -> Result<T, String>,
+) -> Result<T, ConfigError> {
+    match var(name) {
+        None => Ok(default),
+        Some(v) => f(v.trim()).map_err(|reason| ConfigError {
+            var: name,
+            value: if secret { "<redacted>".into() } else { v.clone() },
+            reason,
+        }),
+    }
+}
+
+fn addr(name: &'static str, default: &str) -> Result<SocketAddr, ConfigError> {
+    parse_with(name, default.parse().expect("default address"), false, |v| {
+        v.parse::<SocketAddr>()
+            .map_err(|_| "expected host:port with a numeric IP, like 127.0.0.1:8080".into())
+    })
+}
+
+fn number<T: std::str::FromStr>(name: &'static str, default: T, min: T, max: T) -> Result<T, ConfigError>
+where
+    T: PartialOrd + std::fmt::Display + Copy,
+{
+    parse_with(name, default, false, |v| {
+        let n = v.parse::<T>().map_err(|_| "expected a whole number".to_string())?;
+        if n < min || n > max {
+            return Err(format!("must be between {min} and {max}"));
+        }
+        Ok(n)
+    })
+}
+
+fn url(name: &'static str, default: &str, schemes: &[&str]) -> Result<String, ConfigError> {
+    parse_with(name, default.to_owned(), false, |v| {
+        if schemes.iter().any(|s| v.starts_with(&format!("{s}://"))) {
+            Ok(v.to_owned())
+        } else {
+            Err(format!("expected a URL starting with {}", schemes.join("://, ") + "://"))
+        }
+    })
+}
+
+impl Config {
+    /// Read the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let public_url = match var("GANTRY_PUBLIC_URL") {
+            None => None,
+            Some(v) => Some(url("GANTRY_PUBLIC_URL", &v, &["http", "https"])?.trim_end_matches('/').to_owned()),
+        };
+        let admin_api_token = match var("GANTRY_ADMIN_API_TOKEN") {
+            None => None,
+            Some(v) if v.len() < 32 => {
+                return Err(ConfigError {
+                    var: "GANTRY_ADMIN_API_TOKEN",
+                    value: "<redacted>".into(),
+                    reason: format!("must be at least 32 characters (got {})", v.len()),
+                })
+            }
+            Some(v) => Some(SecretString::from(v)),
+        };
+        let db_prefix = parse_with("GANTRY_DB_PREFIX", "gantry_".to_owned(), false, |v| {
+            if v.len() <= 40 && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+                Ok(v.to_owned())
+            } else {
+                Err("letters, digits, '_' and '-' only, at most 40".into())
+            }
+        })?;
+        Ok(Self {
+            http_addr: addr("GANTRY_HTTP_ADDR", "127.0.0.1:8080")?,
+            public_url,
+            health_addr: addr("GANTRY_HEALTH_ADDR", "127.0.0.1:0")?,
+            nats_url: url("NATS_URL", "nats://127.0.0.1:4222", &["nats", "tls", "ws", "wss"])?,
+            mongodb_uri: url("MONGODB_URI", "mongodb://127.0.0.1:27017", &["mongodb", "mongodb+srv"])?,
+            db_prefix,
+            data_root: PathBuf::from(var("GANTRY_DATA_ROOT").unwrap_or_else(|| "./data".into())),
+            admin_user: var("GANTRY_ADMIN_USER").unwrap_or_else(|| "admin".into()),
+            admin_password: var("GANTRY_ADMIN_PASSWORD").map(SecretString::from),
+            admin_email: var("GANTRY_ADMIN_EMAIL").unwrap_or_else(|| "admin@localhost".into()),
+            admin_api_token,
+            cluster_token: var("GANTRY_CLUSTER_TOKEN").map(SecretString::from),
+            node_name: var("GANTRY_NODE_NAME"),
+            node_weight: number("GANTRY_NODE_WEIGHT", 100u32, 1, 1_000_000)?,
+            workers: number("GANTRY_WORKERS", 1u32, 1, 256)?,
+            heartbeat_interval: Duration::from_millis(
+                (number("GANTRY_HEARTBEAT_INTERVAL", 5.0f64, 0.05, 3600.0)? * 1000.0) as u64,
+            ),
+            heartbeat_misses: number("GANTRY_HEARTBEAT_MISSES", 3u32, 1, 1000)?,
+            node_retention: Duration::from_secs(number("GANTRY_NODE_RETENTION", 86_400u64, 1, 365 * 86_400)?),
+        })
+    }
+
+    /// The MongoDB database a service owns: `<prefix><service>`.
+    pub fn database_name(&self, service: &str) -> String {
+        format!("{}{}", self.db_prefix, service)
+    }
+}

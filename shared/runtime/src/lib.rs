@@ -1,0 +1,58 @@
+//! # Gantry runtime
+//!
+//! What every service needs and should do the same way: read its configuration, start telemetry,
+//! connect to NATS and MongoDB, serve health, and shut down cleanly.
+//!
+//! ## Layout
+//! - [`config`]: every environment variable of DESIGN's list, parsed once, errors naming it.
+//! - [`telemetry`]: tracing subscriber (JSON logs), OTLP export, W3C propagation over NATS headers.
+//! - [`nats`]: connect with retry, traced request/publish, and micro-service endpoint serving.
+//! - [`mongo`]: connect, per-service database names.
+//! - [`shutdown`]: SIGINT/SIGTERM into a cancellation token.
+//! - [`health`]: `/healthz` and `/readyz`.
+
+pub mod config;
+pub mod health;
+pub mod mongo;
+pub mod nats;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use config::{Config, ConfigError};
+
+use std::future::Future;
+use std::process::ExitCode;
+
+use tokio_util::sync::CancellationToken;
+
+/// The whole of a service's `main`: start telemetry, read the configuration (a bad value exits
+/// with code 2 and a message naming the variable), run `serve` until SIGINT/SIGTERM cancels its
+/// token, and exit 0 when it returns cleanly.
+pub async fn run_service<F, Fut>(name: &'static str, serve: F) -> ExitCode
+where
+    F: FnOnce(Config, CancellationToken) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let _telemetry = telemetry::init(name);
+    let config = match Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "bad configuration");
+            eprintln!("{name}: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let shutdown = shutdown::on_signal();
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), "{name} starting");
+    match serve(config, shutdown).await {
+        Ok(()) => {
+            tracing::info!("{name} stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "{name} failed");
+            eprintln!("{name}: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
