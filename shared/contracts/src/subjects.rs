@@ -34,25 +34,35 @@ pub mod auth {
     pub const CREDITS_REFUND: &str = "credits.refund";
 }
 
-/// Registry endpoint names, relative to [`REGISTRY_V1`].
+/// Registry endpoint names, relative to [`REGISTRY_V1`]. Requests go to any replica (one queue
+/// group); failures are service errors whose code maps to the HTTP status.
 pub mod registry {
-    /// `{}` → [`crate::registry::ClusterTokenList`].
+    /// [`crate::registry::Empty`] (`{}`) → [`crate::registry::ClusterTokenList`].
     pub const TOKENS_LIST: &str = "cluster_tokens.list";
     /// [`crate::registry::CreateClusterToken`] → [`crate::registry::ClusterToken`] (whole token).
+    /// A blank or over-long name: `bad_request`.
     pub const TOKENS_CREATE: &str = "cluster_tokens.create";
-    /// [`crate::registry::RevokeClusterToken`] → `{}`.
+    /// [`crate::registry::RevokeClusterToken`] → [`crate::registry::ClusterToken`] (listed,
+    /// `active: false`). Unknown id: `not_found`. Its nodes are told to leave.
     pub const TOKENS_REVOKE: &str = "cluster_tokens.revoke";
-    /// [`crate::registry::RegisterNode`] → [`crate::registry::Registered`].
+    /// [`crate::registry::RegisterNode`] → [`crate::registry::Registered`]. Unknown or revoked
+    /// token: `unauthorized`.
     pub const REGISTER: &str = "nodes.register";
-    /// `{}` → [`crate::registry::ClusterNodes`].
+    /// [`crate::registry::ListQuery`] (`{}` for the first page) → [`crate::registry::ClusterNodes`].
     pub const NODES: &str = "nodes.list";
-    /// `{}` → [`crate::registry::ClusterClients`].
+    /// [`crate::registry::ListQuery`] (`{}` for the first page) → [`crate::registry::ClusterClients`].
     pub const CLIENTS: &str = "clients.list";
-    /// [`crate::registry::SetDriver`] → [`crate::registry::SetDriverResult`].
+    /// [`crate::registry::SetDriver`] → [`crate::registry::SetDriverResult`]. Missing field or
+    /// unknown driver: `bad_request`; unknown hostname + token: `not_found`.
     pub const SET_DRIVER: &str = "nodes.set_driver";
-    /// [`crate::registry::NodeRef`] with drain flag → [`crate::registry::SetDriverResult`].
+    /// [`crate::registry::Drain`] → [`crate::registry::SetDriverResult`]. Missing field:
+    /// `bad_request`; unknown hostname + token: `not_found`.
     pub const DRAIN: &str = "nodes.drain";
 }
+
+/// Announcements between registry replicas ([`crate::registry::RegistryEvent`]), core NATS;
+/// every replica subscribes (not as a queue group).
+pub const REGISTRY_EVENTS: &str = "gantry.registry.v1.events.nodes";
 
 /// Full subject of an auth endpoint.
 pub fn auth(endpoint: &str) -> String {
