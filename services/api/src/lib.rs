@@ -5,5 +5,23 @@
 //!
 //! ## Layout
 //! - [`startup`]: connect, build the app, serve HTTP (health included) until shutdown.
+//! - [`app`]: the routes, the error envelope, the body limit, request tracing.
+//! - [`state`]: what handlers share.
+//! - [`auth`]: credentials (bearer, session cookie), verification cache, same-origin check.
+//! - [`error`]: the error type of every operation and the envelope.
+//! - [`docs`]: the OpenAPI spec, Swagger UI, the rendered admin page, `/api/admin` aliases.
+//! - [`data_path`]: the data-root path rules, one function for browse, training and analysis.
+//! - One module per feature: [`browse`], [`users`], [`session`], [`tokens`].
 
+pub mod app;
+pub mod auth;
+pub mod browse;
+pub mod data_path;
+pub mod docs;
+pub mod error;
+pub mod session;
 pub mod startup;
+pub mod state;
+pub mod tags;
+pub mod tokens;
+pub mod users;

@@ -3,10 +3,13 @@
 use std::time::Duration;
 
 use gantry_contracts::services;
-use gantry_runtime::health::{self, Readiness};
+use gantry_runtime::health::Readiness;
 use gantry_runtime::{nats, Config};
 use poem::listener::TcpListener;
-use poem::{Route, Server};
+use poem::Server;
+
+use crate::app;
+use crate::state::AppState;
 use tokio_util::sync::CancellationToken;
 
 /// Run until `shutdown` fires.
@@ -15,7 +18,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let readiness = Readiness::nats(client.clone());
     let service = nats::start_service(&client, services::API, "HTTP edge of the admin and user API").await?;
 
-    let app = Route::new().nest("/", health::routes(readiness));
+    let state = AppState::new(&config, client.clone()).await?;
+    let app = app::build(state, readiness, config.public_url.clone());
     tracing::info!(addr = %config.http_addr, "api listening");
     Server::new(TcpListener::bind(config.http_addr))
         .run_with_graceful_shutdown(app, shutdown.cancelled_owned(), Some(Duration::from_secs(10)))

@@ -74,9 +74,9 @@ async fn readyz(Data(readiness): Data<&Readiness>) -> Response {
     }
 }
 
-/// The two routes, for mounting in a larger app.
-pub fn routes(readiness: Readiness) -> impl poem::Endpoint {
-    Route::new().at("/healthz", get(healthz)).at("/readyz", get(readyz)).data(readiness)
+/// Add `/healthz` and `/readyz` to a larger app's routes.
+pub fn add_routes(route: Route, readiness: Readiness) -> Route {
+    route.at("/healthz", get(healthz)).at("/readyz", get(readyz).data(readiness))
 }
 
 /// Bind `addr` (port 0 picks a free one), log and return the bound address, and serve until
@@ -93,7 +93,7 @@ pub async fn serve(
         .and_then(|a| a.as_socket_addr().copied())
         .unwrap_or(addr);
     tracing::info!(addr = %bound, "health server listening");
-    let app = routes(readiness);
+    let app = add_routes(Route::new(), readiness);
     let handle = tokio::spawn(async move {
         let _ = Server::new_with_acceptor(acceptor)
             .run_with_graceful_shutdown(app, shutdown.cancelled_owned(), None)

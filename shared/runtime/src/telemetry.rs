@@ -112,3 +112,21 @@ pub fn current_trace_id() -> Option<String> {
     let id = cx.span().span_context().trace_id();
     (id != opentelemetry::trace::TraceId::INVALID).then(|| id.to_string())
 }
+
+struct HttpExtractor<'a>(&'a poem::http::HeaderMap);
+
+impl Extractor for HttpExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+/// Make `span` a child of the W3C context of an incoming HTTP request, if it carries one.
+pub fn set_parent_from_http(span: &tracing::Span, headers: &poem::http::HeaderMap) {
+    let cx = global::get_text_map_propagator(|p| p.extract(&HttpExtractor(headers)));
+    let _ = span.set_parent(cx);
+}

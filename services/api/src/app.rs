@@ -1,0 +1,89 @@
+//! The HTTP app: every API group, the docs, health, one error envelope, a body limit and a
+//! traced span per request.
+
+use poem::http::StatusCode;
+use poem::{Body, Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
+use poem_openapi::OpenApiService;
+use tracing::Instrument;
+
+use crate::browse::BrowseApi;
+use crate::docs::{self, Aliased, Docs};
+use crate::error::envelope;
+use crate::session::SessionApi;
+use crate::state::AppState;
+use crate::tokens::TokensApi;
+use crate::users::UsersApi;
+
+/// Largest request body accepted (413 beyond).
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+
+/// Every API group, admin paths under both prefixes.
+pub type Apis = Aliased<(BrowseApi, UsersApi, SessionApi, TokensApi)>;
+
+/// The OpenAPI service of every group.
+pub fn api_service(state: AppState) -> OpenApiService<Apis, ()> {
+    OpenApiService::new(
+        Aliased((BrowseApi(state.clone()), UsersApi(state.clone()), SessionApi(state.clone()), TokensApi(state))),
+        "Gantry API",
+        env!("CARGO_PKG_VERSION"),
+    )
+    .description(
+        "The control plane of a GPU training cluster. Admin endpoints need an admin's API token \
+         (`Authorization: Bearer <token>`) or the session cookie from `POST /api/auth/login`. \
+         Errors are `{\"error\": {\"code\", \"message\"}}`.",
+    )
+}
+
+/// The whole app.
+pub fn build(state: AppState, readiness: gantry_runtime::health::Readiness, public_url: Option<String>) -> impl Endpoint<Output = Response> {
+    let service = api_service(state);
+    let json = service.spec();
+    let docs = Docs {
+        yaml: service.spec_yaml(),
+        swagger: service.swagger_ui_html(),
+        spec: std::sync::Arc::new(serde_json::from_str(&json).expect("the spec is JSON")),
+        json,
+        public_url,
+    };
+    let route = docs::add_routes(Route::new(), docs);
+    gantry_runtime::health::add_routes(route, readiness)
+        .nest("/", service)
+        .around(|ep, mut req| async move {
+            let span = tracing::info_span!("http.request", method = %req.method(), path = %req.uri().path(), otel.kind = "server", status = tracing::field::Empty);
+            gantry_runtime::telemetry::set_parent_from_http(&span, req.headers());
+            let resp = async move {
+                limit_body(&mut req).await?;
+                ep.call(req).await.map(IntoResponse::into_response)
+            }
+            .instrument(span.clone())
+            .await;
+            let resp = match resp {
+                Ok(r) => r,
+                Err(err) if err.is_from_response() => err.into_response(),
+                Err(err) => envelope(err),
+            };
+            span.record("status", resp.status().as_u16());
+            Ok(resp)
+        })
+}
+
+/// Refuse a body over [`MAX_BODY_BYTES`] with 413: by its `Content-Length` when it has one, else
+/// by reading at most that much of it.
+async fn limit_body(req: &mut Request) -> poem::Result<()> {
+    let too_large = || poem::Error::from_status(StatusCode::PAYLOAD_TOO_LARGE);
+    let declared = req
+        .headers()
+        .get(poem::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(n) if n > MAX_BODY_BYTES as u64 => Err(too_large()),
+        Some(_) => Ok(()),
+        None if req.headers().contains_key(poem::http::header::TRANSFER_ENCODING) => {
+            let bytes = req.take_body().into_bytes_limit(MAX_BODY_BYTES).await.map_err(|_| too_large())?;
+            req.set_body(Body::from(bytes));
+            Ok(())
+        }
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,21 @@
+//! OpenAPI tags.
+
+use poem_openapi::Tags;
+
+/// Groups of endpoints in the docs.
+#[derive(Tags)]
+pub enum ApiTags {
+    /// The endpoints of the admin API page. Every admin endpoint answers under both
+    /// `/admin/api/...` and `/api/admin/...`.
+    #[oai(rename = "Admin API")]
+    AdminApi,
+    /// Managing users and their credit tokens (admins).
+    #[oai(rename = "Users")]
+    Users,
+    /// Logging in and out.
+    #[oai(rename = "Session")]
+    Session,
+    /// Your own API tokens.
+    #[oai(rename = "API tokens")]
+    Tokens,
+}
