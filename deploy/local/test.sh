@@ -19,7 +19,8 @@ phase() { # name, command...
 report() { log "phase timings:"; for p in "${PHASES[@]}"; do echo "   $p"; done; }
 trap report EXIT
 
-phase install ensure_tools
+install_all() { ensure_tools; ensure_browser; }
+phase install install_all
 phase build cargo build --workspace --bins --tests --locked
 # End-to-end tests start several processes each; two at a time suits small machines.
 export RUST_TEST_THREADS="${RUST_TEST_THREADS:-2}"
