@@ -1,9 +1,23 @@
 //! # gantry-registry
 //!
-//! Owns cluster tokens, nodes, driver preferences, jobs and models (database `<prefix>registry`)
-//! and serves them on `gantry.registry.v1.*`.
+//! Owns cluster tokens, nodes and driver preferences (database `<prefix>registry`) and serves
+//! them on `gantry.registry.v1.*`. Every replica keeps the whole cluster view in memory by
+//! following every node's heartbeats itself; requests go to any replica.
 //!
 //! ## Layout
 //! - [`startup`]: connect, register the micro service and its endpoints, serve health.
+//! - [`registry`]: the request handlers (tokens, register, listings, set_driver, drain).
+//! - [`liveness`]: restore from the store, follow heartbeats and announcements, expire silent
+//!   nodes, batch-write heartbeat state.
+//! - [`view`]: the in-memory view, pure and clock-driven.
+//! - [`store`]: MongoDB documents and queries.
+//! - [`tokens`]: token secrets, hashes, listed forms and node identities.
+//! - [`error`]: the error enum and its mapping to service failures.
 
+pub mod error;
+pub mod liveness;
+pub mod registry;
 pub mod startup;
+pub mod store;
+pub mod tokens;
+pub mod view;

@@ -1,22 +1,81 @@
-//! Start-up: connections, endpoints, health, shutdown.
+//! Start-up: connections, endpoints, background work, health, shutdown.
+//!
+//! Nothing here waits for the store: health and every endpoint are up at once; `/readyz` and
+//! the endpoints that need the store answer 503 until it is reachable and the view is restored.
 
 use std::time::Duration;
 
+use gantry_contracts::error::ServiceFailure;
 use gantry_contracts::services;
+use gantry_contracts::subjects::{self, registry as ep};
 use gantry_runtime::health::{self, Readiness};
 use gantry_runtime::{mongo, nats, Config};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use crate::error::RegistryError;
+use crate::registry::Registry;
+use crate::store::Store;
+use crate::view::Timing;
+
+/// Serve one endpoint with a handler method of [`Registry`].
+async fn endpoint<Req, Resp, F, Fut>(
+    group: &async_nats::service::Group,
+    name: &'static str,
+    registry: &Registry,
+    shutdown: &CancellationToken,
+    tracker: &TaskTracker,
+    handler: F,
+) -> anyhow::Result<()>
+where
+    Req: DeserializeOwned + Send + 'static,
+    Resp: Serialize + Send + 'static,
+    F: Fn(Registry, Req) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Resp, RegistryError>> + Send + 'static,
+{
+    let ep = group.endpoint(name).await.map_err(|e| anyhow::anyhow!("adding endpoint {name}: {e}"))?;
+    let registry = registry.clone();
+    tracker.spawn(nats::serve(ep, name, shutdown.clone(), tracker.clone(), move |req: Req| {
+        let registry = registry.clone();
+        let handler = handler.clone();
+        async move { handler(registry, req).await.map_err(ServiceFailure::from) }
+    }));
+    Ok(())
+}
 
 /// Run until `shutdown` fires.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let client = nats::connect(&config, services::REGISTRY).await?;
     let db = mongo::connect(&config, "registry").await?;
-    let readiness = Readiness::nats(client.clone()).with_mongo(db.clone());
+    let timing = Timing {
+        interval: config.heartbeat_interval.as_secs_f64(),
+        misses: config.heartbeat_misses,
+        retention: config.node_retention.as_secs_f64(),
+    };
+    let registry = Registry::new(client.clone(), Store::new(db.clone()), timing);
+    let restored = registry.clone();
+    let readiness = Readiness::nats(client.clone())
+        .with_mongo(db)
+        .with_check(move || (!restored.is_restored()).then(|| "restoring the cluster view from the store".to_owned()));
     let (_addr, health) = health::serve(config.health_addr, readiness, shutdown.clone()).await?;
 
-    let service = nats::start_service(&client, services::REGISTRY, "Cluster tokens, nodes and driver preferences").await?;
     let tracker = TaskTracker::new();
+    crate::liveness::start(registry.clone(), shutdown.clone(), &tracker).await?;
+
+    let service =
+        nats::start_service(&client, services::REGISTRY, "Cluster tokens, nodes and driver preferences").await?;
+    let group = service.group(subjects::REGISTRY_V1);
+    endpoint(&group, ep::TOKENS_LIST, &registry, &shutdown, &tracker, |r: Registry, q| async move { r.list_tokens(q).await }).await?;
+    endpoint(&group, ep::TOKENS_CREATE, &registry, &shutdown, &tracker, |r: Registry, q| async move { r.create_token(q).await }).await?;
+    endpoint(&group, ep::TOKENS_REVOKE, &registry, &shutdown, &tracker, |r: Registry, q| async move { r.revoke_token(q).await }).await?;
+    endpoint(&group, ep::REGISTER, &registry, &shutdown, &tracker, |r: Registry, q| async move { r.register(q).await }).await?;
+    endpoint(&group, ep::NODES, &registry, &shutdown, &tracker, |r: Registry, q| async move { r.cluster_nodes(q).await }).await?;
+    endpoint(&group, ep::CLIENTS, &registry, &shutdown, &tracker, |r: Registry, q| async move { r.cluster_clients(q).await }).await?;
+    endpoint(&group, ep::SET_DRIVER, &registry, &shutdown, &tracker, |r: Registry, q| async move { r.set_driver(q).await }).await?;
+    endpoint(&group, ep::DRAIN, &registry, &shutdown, &tracker, |r: Registry, q| async move { r.drain(q).await }).await?;
+    tracing::info!("registry endpoints up");
 
     shutdown.cancelled().await;
     let _ = service.stop().await;

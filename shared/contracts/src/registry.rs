@@ -329,6 +329,54 @@ pub mod process_status {
     pub const UNAVAILABLE: &str = "unavailable";
 }
 
+/// What a node's workers do under `settings`, given what it has: the backend they run on and one
+/// [`Process`] per worker. `busy` holds, per worker, the model it is training (`Some`) or `None`
+/// when idle. The trainer reports this; the registry shows it for a node that has just joined and
+/// not yet sent a heartbeat.
+///
+/// - A preferred backend the node lacks makes every worker `unavailable`, with the reason.
+/// - Drained workers are `draining` (a busy one keeps its model: it finishes it).
+/// - Otherwise a worker is `busy` with its model, or `active` (ready).
+pub fn plan_processes(
+    gpu_info: &GpuInfo,
+    settings: &NodeSettings,
+    busy: &[Option<String>],
+) -> (Driver, Vec<Process>) {
+    let (driver, missing) = match settings.driver_preference {
+        Some(d) if gpu_info.has(d) => (d, None),
+        Some(d) => (
+            d,
+            Some(format!(
+                "driver {d} was chosen but this node has no {d} backend (it has: {})",
+                gpu_info.available_backends.join(", ")
+            )),
+        ),
+        None => (gpu_info.best(), None),
+    };
+    let processes = busy
+        .iter()
+        .map(|model| {
+            let (status, reason) = match (&missing, settings.draining, model) {
+                (Some(r), _, _) => (process_status::UNAVAILABLE, Some(r.clone())),
+                (None, true, _) => (process_status::DRAINING, None),
+                (None, false, Some(_)) => (process_status::BUSY, None),
+                (None, false, None) => (process_status::ACTIVE, None),
+            };
+            Process {
+                name: format!("train_{driver}"),
+                status: status.to_owned(),
+                weight: DEFAULT_PROCESS_WEIGHT,
+                model: model.clone(),
+                reason,
+            }
+        })
+        .collect();
+    (driver, processes)
+}
+
+/// A worker's weight in the listings.
+pub const DEFAULT_PROCESS_WEIGHT: u32 = 10;
+
 /// A node's heartbeat on `gantry.node.<node_id>.heartbeat` (core NATS, every
 /// `GANTRY_HEARTBEAT_INTERVAL`). Every registry replica subscribes to all of them.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -622,6 +670,30 @@ mod tests {
         let p = Process { name: "train_cpu".into(), status: "active".into(), weight: 10, model: None, reason: None };
         let v = serde_json::to_value(p).unwrap();
         assert_eq!(v, serde_json::json!({"name": "train_cpu", "status": "active", "weight": 10, "model": null}));
+    }
+
+    #[test]
+    fn a_missing_preferred_backend_makes_every_worker_unavailable_with_a_reason() {
+        let cpu = GpuInfo { available_backends: vec!["cpu".into()], ..Default::default() };
+        let settings = NodeSettings { driver_preference: Some(Driver::Cuda), ..Default::default() };
+        let (driver, procs) = plan_processes(&cpu, &settings, &[None, None]);
+        assert_eq!(driver, Driver::Cuda);
+        assert_eq!(procs.len(), 2);
+        assert!(procs.iter().all(|p| p.status == "unavailable" && p.name == "train_cuda"));
+        assert!(procs[0].reason.as_deref().unwrap().contains("no cuda backend"));
+    }
+
+    #[test]
+    fn drained_workers_show_draining_and_busy_ones_keep_their_model() {
+        let cpu = GpuInfo { available_backends: vec!["cpu".into()], ..Default::default() };
+        let mut settings = NodeSettings::default();
+        let (_, procs) = plan_processes(&cpu, &settings, &[Some("m".into()), None]);
+        assert_eq!(procs[0].status, "busy");
+        assert_eq!(procs[1].status, "active");
+        settings.draining = true;
+        let (_, procs) = plan_processes(&cpu, &settings, &[Some("m".into()), None]);
+        assert!(procs.iter().all(|p| p.status == "draining"));
+        assert_eq!(procs[0].model.as_deref(), Some("m"));
     }
 
     #[test]

@@ -1,0 +1,380 @@
+//! The registry's request handlers: cluster tokens, node registration, listings, driver choice
+//! and draining. The view they read is kept by [`crate::liveness`].
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use async_nats::Client;
+use gantry_contracts::registry::{
+    ClusterClients, ClusterNodes, ClusterToken, ClusterTokenList, CreateClusterToken, Drain, Driver, Empty,
+    ListQuery, NodeControl, NodeName, NodeSettings, RegisterNode, Registered, RegistryEvent, RevokeClusterToken,
+    SetDriver, SetDriverResult, DRIVER_CHOICES,
+};
+use gantry_contracts::subjects;
+use gantry_runtime::nats;
+use serde::Serialize;
+use subtle::ConstantTimeEq;
+
+use crate::error::RegistryError;
+use crate::store::{NodeRecord, Store, TokenDoc};
+use crate::tokens::{self, TokenRef};
+use crate::view::{Timing, View};
+
+/// Seconds since the epoch.
+pub fn now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+/// Everything a handler needs; cheap to clone.
+#[derive(Clone)]
+pub struct Registry {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: Client,
+    store: Store,
+    view: Mutex<View>,
+    restored: AtomicBool,
+    started: Instant,
+}
+
+fn listed_token(t: &TokenDoc) -> ClusterToken {
+    ClusterToken {
+        id: t.id,
+        name: t.name.clone(),
+        token: tokens::listed(&t.prefix),
+        active: t.active,
+        created_at: t.created_at,
+    }
+}
+
+fn required<'a>(value: &'a Option<String>, name: &str) -> Result<&'a str, RegistryError> {
+    match value.as_deref().map(str::trim) {
+        Some(v) if !v.is_empty() => Ok(v),
+        _ => Err(RegistryError::BadRequest(format!("{name} is required"))),
+    }
+}
+
+impl Registry {
+    /// A registry over `store`, its view empty until [`Registry::restore`].
+    pub fn new(client: Client, store: Store, timing: Timing) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                client,
+                store,
+                view: Mutex::new(View::new(timing)),
+                restored: AtomicBool::new(false),
+                started: Instant::now(),
+            }),
+        }
+    }
+
+    /// The NATS client.
+    pub fn client(&self) -> &Client {
+        &self.inner.client
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// Lock the view (never held across an await).
+    pub fn view(&self) -> MutexGuard<'_, View> {
+        self.inner.view.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// True once the view was rebuilt from the store.
+    pub fn is_restored(&self) -> bool {
+        self.inner.restored.load(Ordering::Acquire)
+    }
+
+    /// Rebuild the view from the store (nodes, recently disconnected ones, counters, settings).
+    pub async fn restore(&self) -> Result<usize, RegistryError> {
+        let (tokens, records, states) = self.store().load_all().await?;
+        let mut view = self.view();
+        view.restore(&tokens, records, states, now());
+        self.inner.restored.store(true, Ordering::Release);
+        Ok(view.len())
+    }
+
+    fn ensure_restored(&self) -> Result<(), RegistryError> {
+        if self.is_restored() {
+            Ok(())
+        } else {
+            Err(RegistryError::Unavailable("the registry is still loading its state from the store".into()))
+        }
+    }
+
+    /// Seconds since this registry started.
+    pub fn uptime(&self) -> f64 {
+        self.inner.started.elapsed().as_secs_f64()
+    }
+
+    /// Send a control message to a node (fire and forget).
+    pub async fn control(&self, node_id: &str, msg: &NodeControl) {
+        if let Err(e) = nats::publish(self.client(), subjects::node_control(node_id), msg).await {
+            tracing::warn!(node_id, error = %e, "could not send a control message");
+        }
+    }
+
+    async fn announce(&self, event: &RegistryEvent) {
+        if let Err(e) = nats::publish(self.client(), subjects::REGISTRY_EVENTS.to_owned(), event).await {
+            tracing::warn!(error = %e, "could not announce a change to the other replicas");
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Cluster tokens
+    // -----------------------------------------------------------------------------------------
+
+    /// `cluster_tokens.list`.
+    pub async fn list_tokens(&self, _: Empty) -> Result<ClusterTokenList, RegistryError> {
+        let tokens = self.store().list_tokens().await?;
+        Ok(ClusterTokenList { tokens: tokens.iter().map(listed_token).collect() })
+    }
+
+    /// `cluster_tokens.create`: the only reply that holds the whole token.
+    pub async fn create_token(&self, req: CreateClusterToken) -> Result<ClusterToken, RegistryError> {
+        let name = req.name.trim();
+        if name.is_empty() {
+            return Err(RegistryError::BadRequest("name is required".into()));
+        }
+        if name.chars().count() > 100 {
+            return Err(RegistryError::BadRequest("name must be at most 100 characters".into()));
+        }
+        if name.chars().any(char::is_control) {
+            return Err(RegistryError::BadRequest("name must not hold control characters".into()));
+        }
+        let secret = tokens::generate();
+        let doc = self.store().insert_token(name, &tokens::hash(&secret), &tokens::prefix(&secret)).await?;
+        tracing::info!(token_id = doc.id, name, "cluster token created");
+        Ok(ClusterToken { token: secret, ..listed_token(&doc) })
+    }
+
+    /// `cluster_tokens.revoke`: nodes that joined with it are told to leave and shown
+    /// disconnected. Revoking twice is harmless.
+    pub async fn revoke_token(&self, req: RevokeClusterToken) -> Result<ClusterToken, RegistryError> {
+        let mut token = self
+            .store()
+            .token(req.id)
+            .await?
+            .ok_or_else(|| RegistryError::NotFound(format!("no cluster token with id {}", req.id)))?;
+        if token.active {
+            token.active = false;
+            token.revoked_at = Some(chrono::Utc::now());
+            self.store().replace_token(&token).await?;
+            tracing::info!(token_id = token.id, name = %token.name, "cluster token revoked");
+        }
+        let node_ids = self.view().revoke_token(token.id);
+        let leave = NodeControl::Leave { reason: format!("cluster token {:?} was revoked", token.name) };
+        for id in &node_ids {
+            self.control(id, &leave).await;
+        }
+        self.announce(&RegistryEvent::TokenRevoked { token_id: token.id }).await;
+        Ok(listed_token(&token))
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Nodes
+    // -----------------------------------------------------------------------------------------
+
+    /// `nodes.register`: a trainer joins (again) with its token.
+    pub async fn register(&self, req: RegisterNode) -> Result<Registered, RegistryError> {
+        let hostname = NodeName::parse(&req.hostname).map_err(RegistryError::BadRequest)?;
+        if req.workers == 0 || req.workers > 256 {
+            return Err(RegistryError::BadRequest("workers must be between 1 and 256".into()));
+        }
+        let secret = req.token.trim();
+        if secret.is_empty() {
+            return Err(RegistryError::Unauthorized("a cluster token is required (GANTRY_CLUSTER_TOKEN)".into()));
+        }
+        let hash = tokens::hash(secret);
+        let token = self.store().token_by_hash(&hash).await?;
+        let token = match token {
+            Some(t) if bool::from(t.hash.as_bytes().ct_eq(hash.as_bytes())) => t,
+            _ => {
+                return Err(RegistryError::Unauthorized(
+                    "unknown cluster token: check GANTRY_CLUSTER_TOKEN (create one under /admin/api/cluster_tokens)"
+                        .into(),
+                ))
+            }
+        };
+        if !token.active {
+            return Err(RegistryError::Unauthorized(format!(
+                "cluster token {:?} was revoked: ask an admin for a new one",
+                token.name
+            )));
+        }
+        let node_id = tokens::node_id(hostname.as_ref(), token.id);
+        let record = NodeRecord {
+            node_id: node_id.clone(),
+            hostname: hostname.to_string(),
+            token_id: token.id,
+            token_name: token.name.clone(),
+            token_prefix: token.prefix.clone(),
+            ip_address: req.ip_address.trim().to_owned(),
+            weight: req.weight,
+            workers: req.workers,
+            inventory: req.inventory,
+            version: req.version,
+            registered_at: now(),
+            settings: NodeSettings::default(),
+            completed_jobs: 0,
+        };
+        let stored = self.store().upsert_registration(&record).await?;
+        let settings = stored.settings.clone();
+        let announced = serde_json::to_value(&stored).map_err(anyhow::Error::from)?;
+        self.view().register(stored, now());
+        self.announce(&RegistryEvent::NodeRegistered { record: announced }).await;
+        tracing::info!(node_id = %node_id, hostname = %hostname, token_id = token.id, "node registered");
+        Ok(Registered { client_id: node_id.clone(), node_id, settings, token_name: token.name })
+    }
+
+    /// `nodes.list`.
+    pub async fn cluster_nodes(&self, q: ListQuery) -> Result<ClusterNodes, RegistryError> {
+        self.ensure_restored()?;
+        let (master_stats, nodes) = self.view().cluster_nodes(now(), self.uptime());
+        let (nodes, next_offset) = page(nodes, &q, self.payload_budget())?;
+        Ok(ClusterNodes { master_stats, nodes, next_offset })
+    }
+
+    /// `clients.list`.
+    pub async fn cluster_clients(&self, q: ListQuery) -> Result<ClusterClients, RegistryError> {
+        self.ensure_restored()?;
+        let clients = self.view().cluster_clients(now());
+        let (clients, next_offset) = page(clients, &q, self.payload_budget())?;
+        Ok(ClusterClients { clients, next_offset })
+    }
+
+    fn payload_budget(&self) -> usize {
+        let max = self.client().server_info().max_payload;
+        let max = if max == 0 { 1024 * 1024 } else { max };
+        max - max / 4
+    }
+
+    /// Find the node an admin names by hostname + token (whole or listed).
+    async fn resolve(&self, hostname: &str, token: &str) -> Result<NodeRecord, RegistryError> {
+        let not_found = || RegistryError::NotFound(format!("no node named {hostname:?} has joined with that token"));
+        match TokenRef::parse(token).ok_or_else(not_found)? {
+            TokenRef::Whole(secret) => {
+                let token = self.store().token_by_hash(&tokens::hash(&secret)).await?.ok_or_else(not_found)?;
+                self.store().node(&tokens::node_id(hostname, token.id)).await?.ok_or_else(not_found)
+            }
+            TokenRef::Prefix(prefix) => {
+                let mut found: Vec<NodeRecord> = self
+                    .store()
+                    .nodes_by_hostname(hostname)
+                    .await?
+                    .into_iter()
+                    .filter(|n| n.token_prefix == prefix)
+                    .collect();
+                match found.len() {
+                    0 => Err(not_found()),
+                    1 => Ok(found.remove(0)),
+                    _ => Err(RegistryError::Conflict(format!(
+                        "{prefix}... matches several tokens {hostname:?} joined with: give the whole token"
+                    ))),
+                }
+            }
+        }
+    }
+
+    /// Store new settings, update the view, tell the other replicas and the node.
+    async fn change_settings(
+        &self,
+        record: &NodeRecord,
+        driver: Option<Option<Driver>>,
+        draining: Option<bool>,
+    ) -> Result<NodeRecord, RegistryError> {
+        let stored = self
+            .store()
+            .update_settings(&record.node_id, driver, draining)
+            .await?
+            .ok_or_else(|| RegistryError::NotFound(format!("node {:?} is no longer registered", record.hostname)))?;
+        let connected = self.view().apply_settings(&stored.node_id, &stored.settings);
+        self.announce(&RegistryEvent::NodeSettings { node_id: stored.node_id.clone(), settings: stored.settings.clone() })
+            .await;
+        if connected.unwrap_or(true) {
+            self.control(&stored.node_id, &NodeControl::Settings(stored.settings.clone())).await;
+        }
+        Ok(stored)
+    }
+
+    /// `nodes.set_driver`: store the preference for hostname + token and push it to the node.
+    pub async fn set_driver(&self, req: SetDriver) -> Result<SetDriverResult, RegistryError> {
+        let hostname = required(&req.hostname, "hostname")?;
+        let token = required(&req.token, "token")?;
+        let driver = required(&req.driver, "driver")?;
+        let driver = Driver::parse_choice(driver).map_err(|_| RegistryError::BadRequest(DRIVER_CHOICES.into()))?;
+        let record = self.resolve(hostname, token).await?;
+        let stored = self.change_settings(&record, Some(driver), None).await?;
+        let gpu_info = &stored.inventory.gpu_info;
+        let warning = match driver {
+            Some(d) if !gpu_info.has(d) => Some(format!(
+                "node {hostname:?} has no {d} backend (it has: {}); the preference is stored and its workers stay unavailable until it has one",
+                gpu_info.available_backends.join(", ")
+            )),
+            _ => None,
+        };
+        tracing::info!(node_id = %stored.node_id, driver = ?driver, "driver preference set");
+        Ok(SetDriverResult { success: true, warning })
+    }
+
+    /// `nodes.drain`: drain or undrain a node.
+    pub async fn drain(&self, req: Drain) -> Result<SetDriverResult, RegistryError> {
+        let hostname = required(&req.hostname, "hostname")?;
+        let token = required(&req.token, "token")?;
+        let drain = req.drain.ok_or_else(|| RegistryError::BadRequest("drain is required".into()))?;
+        let record = self.resolve(hostname, token).await?;
+        let stored = self.change_settings(&record, None, Some(drain)).await?;
+        tracing::info!(node_id = %stored.node_id, drain, "drain state set");
+        Ok(SetDriverResult { success: true, warning: None })
+    }
+}
+
+/// Cut `items` to the page `q` asks for, at most `budget` bytes of JSON; returns the page and
+/// the next offset when more follow.
+fn page<T: Serialize>(items: Vec<T>, q: &ListQuery, budget: usize) -> Result<(Vec<T>, Option<usize>), RegistryError> {
+    let total = items.len();
+    let limit = q.limit.unwrap_or(usize::MAX).max(1);
+    let mut out = Vec::new();
+    let mut size = 512; // master_stats and the envelope
+    for item in items.into_iter().skip(q.offset).take(limit) {
+        let len = serde_json::to_vec(&item).map_err(anyhow::Error::from)?.len() + 1;
+        if !out.is_empty() && size + len > budget {
+            break;
+        }
+        size += len;
+        out.push(item);
+    }
+    let next = q.offset + out.len();
+    Ok((out, (next < total).then_some(next)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_stop_under_the_budget_and_name_the_next_offset() {
+        let items: Vec<String> = (0..100).map(|i| format!("{i:0>98}")).collect();
+        let (p, next) = page(items.clone(), &ListQuery::default(), 512 + 1000).unwrap();
+        assert_eq!(p.len(), 9);
+        assert_eq!(next, Some(9));
+        let (p, next) = page(items.clone(), &ListQuery { offset: 95, limit: None }, 1 << 20).unwrap();
+        assert_eq!(p.len(), 5);
+        assert_eq!(next, None);
+        let (p, next) = page(items, &ListQuery { offset: 0, limit: Some(10) }, 1 << 20).unwrap();
+        assert_eq!(p.len(), 10);
+        assert_eq!(next, Some(10));
+    }
+
+    #[test]
+    fn a_missing_or_blank_field_is_named() {
+        assert_eq!(required(&None, "hostname").unwrap_err().to_string(), "hostname is required");
+        assert_eq!(required(&Some("  ".into()), "token").unwrap_err().to_string(), "token is required");
+    }
+}

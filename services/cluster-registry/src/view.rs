@@ -1,0 +1,630 @@
+//! The in-memory view of the cluster that every replica keeps: nodes, their liveness and what
+//! their heartbeats say, and which tokens are revoked.
+//!
+//! Pure state: every method that depends on time takes `now` (seconds since the epoch), so the
+//! liveness rules are tested by driving that clock, not by sleeping.
+
+use std::collections::{HashMap, HashSet};
+
+use gantry_contracts::registry::{
+    plan_processes, process_status, ClusterClient, ClusterNode, Driver, Heartbeat, MasterStats, NodeControl,
+    NodeSettings, Process,
+};
+
+use crate::store::{NodeRecord, StateDoc, TokenDoc};
+
+/// A node's last-seen time alone is written at most this often (other changes at the next
+/// flush), so thousands of idle nodes do not rewrite their state every few seconds.
+pub const LAST_SEEN_PERSIST_SECS: f64 = 30.0;
+
+/// Liveness settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// Seconds between a node's heartbeats.
+    pub interval: f64,
+    /// Missed heartbeats before a node is disconnected.
+    pub misses: u32,
+    /// Seconds a disconnected node stays listed.
+    pub retention: f64,
+}
+
+impl Timing {
+    /// Silence after which a node counts as disconnected.
+    pub fn expiry(&self) -> f64 {
+        self.interval * f64::from(self.misses)
+    }
+}
+
+/// One node as this replica sees it.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// What it registered with, and its settings.
+    pub record: NodeRecord,
+    /// Its token was revoked.
+    pub revoked: bool,
+    /// Heartbeating.
+    pub connected: bool,
+    /// When it (re)connected.
+    pub connected_at: f64,
+    /// Its last heartbeat (shown).
+    pub last_seen: f64,
+    /// What the expiry is measured from: `last_seen`, or the restart time of this replica for a
+    /// node restored as connected (it gets a full expiry period to be heard again).
+    pub last_heard: f64,
+    /// Busy worker slots.
+    pub busy_slots: u32,
+    /// Its processes, as last reported.
+    pub processes: Vec<Process>,
+    /// The backend it runs on.
+    pub driver: Driver,
+    /// The trainer's uptime at `last_seen`.
+    pub uptime_seconds: f64,
+    /// GPU memory in use, MiB.
+    pub gpu_memory_used_mib: Option<u64>,
+    /// Changed since the last flush.
+    pub dirty: bool,
+    /// The `last_seen` last written.
+    pub persisted_last_seen: f64,
+    /// When this replica last pushed a control message to it (rate limit).
+    pub last_push: f64,
+}
+
+impl Node {
+    fn new(record: NodeRecord, now: f64) -> Self {
+        let (driver, processes) =
+            plan_processes(&record.inventory.gpu_info, &record.settings, &vec![None; record.workers as usize]);
+        Self {
+            record,
+            revoked: false,
+            connected: true,
+            connected_at: now,
+            last_seen: now,
+            last_heard: now,
+            busy_slots: 0,
+            processes,
+            driver,
+            uptime_seconds: 0.0,
+            gpu_memory_used_mib: None,
+            dirty: true,
+            persisted_last_seen: 0.0,
+            last_push: f64::NEG_INFINITY,
+        }
+    }
+
+    fn restored(record: NodeRecord, state: Option<StateDoc>, revoked: bool, now: f64) -> Self {
+        let mut node = Self::new(record, now);
+        node.revoked = revoked;
+        node.dirty = false;
+        match state {
+            Some(s) => {
+                node.connected = s.connected && !revoked;
+                node.connected_at = s.connected_at;
+                node.last_seen = s.last_seen;
+                node.last_heard = if node.connected { now } else { s.last_seen };
+                node.busy_slots = s.busy_slots;
+                if !s.processes.is_empty() {
+                    node.processes = s.processes;
+                }
+                node.driver = s.driver;
+                node.uptime_seconds = s.uptime_seconds;
+                node.gpu_memory_used_mib = s.gpu_memory_used_mib;
+                node.persisted_last_seen = s.last_seen;
+            }
+            None => {
+                // Registered, then the registry died before its first state flush.
+                node.connected = !revoked;
+                node.last_seen = node.record.registered_at;
+                node.connected_at = node.record.registered_at;
+                node.dirty = true;
+            }
+        }
+        node
+    }
+
+    fn state_doc(&self) -> StateDoc {
+        StateDoc {
+            node_id: self.record.node_id.clone(),
+            connected: self.connected,
+            connected_at: self.connected_at,
+            last_seen: self.last_seen,
+            busy_slots: self.busy_slots,
+            processes: self.processes.clone(),
+            driver: self.driver,
+            uptime_seconds: self.uptime_seconds,
+            gpu_memory_used_mib: self.gpu_memory_used_mib,
+        }
+    }
+
+    fn disconnect(&mut self) {
+        if self.connected {
+            self.connected = false;
+            self.dirty = true;
+        }
+    }
+
+    /// Free worker slots: workers ready for work (0 when disconnected).
+    pub fn workers_available(&self) -> u32 {
+        if !self.connected {
+            return 0;
+        }
+        self.processes.iter().filter(|p| p.status == process_status::ACTIVE).count() as u32
+    }
+
+    fn cluster_node(&self, now: f64) -> ClusterNode {
+        let inv = &self.record.inventory;
+        ClusterNode {
+            token: format!("{}...", self.record.token_prefix),
+            token_name: self.record.token_name.clone(),
+            hostname: self.record.hostname.clone(),
+            weight: self.record.weight,
+            gpus: inv.gpus.len() as u32,
+            gpu_memory: inv.gpus.iter().map(|g| g.describe()).collect(),
+            total_memory: inv.gpus.iter().map(|g| g.memory_gb()).sum(),
+            workers_available: self.workers_available(),
+            ip_address: self.record.ip_address.clone(),
+            connected: self.connected,
+            last_seen: self.last_seen,
+            uptime_seconds: if self.connected { round1(self.uptime_seconds + (now - self.last_seen).max(0.0)) } else { 0.0 },
+            active_jobs: if self.connected { u64::from(self.busy_slots) } else { 0 },
+            completed_jobs: self.record.completed_jobs,
+            client_id: self.record.node_id.clone(),
+            workers: self.record.workers,
+            host_memory_gb: inv.host_memory_gb,
+            cpus: inv.cpus,
+            driver: self.driver,
+            driver_preference: self.record.settings.driver_preference,
+            draining: self.record.settings.draining,
+            gpu_info: inv.gpu_info.clone(),
+            gpu_devices: inv.gpus.clone(),
+            driver_version: inv.driver_version.clone(),
+            processes: self.processes.clone(),
+        }
+    }
+
+    fn cluster_client(&self) -> ClusterClient {
+        ClusterClient {
+            client_id: self.record.node_id.clone(),
+            connected_at: self.connected_at,
+            last_seen: self.last_seen,
+            gpu_info: self.record.inventory.gpu_info.clone(),
+            processes: self.processes.clone(),
+            hostname: self.record.hostname.clone(),
+            connected: self.connected,
+        }
+    }
+}
+
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+/// What a heartbeat led to.
+#[derive(Debug, PartialEq)]
+pub enum HeartbeatOutcome {
+    /// Applied; send this to the node when set (its settings are behind).
+    Applied(Option<NodeControl>),
+    /// This replica does not know the node: look it up in the store.
+    Unknown,
+    /// The node's token is revoked; tell it to leave when set (rate-limited).
+    Revoked(Option<NodeControl>),
+}
+
+/// Every node this replica knows.
+#[derive(Debug)]
+pub struct View {
+    timing: Timing,
+    nodes: HashMap<String, Node>,
+    revoked_tokens: HashSet<i64>,
+}
+
+impl View {
+    /// An empty view.
+    pub fn new(timing: Timing) -> Self {
+        Self { timing, nodes: HashMap::new(), revoked_tokens: HashSet::new() }
+    }
+
+    /// Liveness settings.
+    pub fn timing(&self) -> Timing {
+        self.timing
+    }
+
+    /// A node by id.
+    pub fn node(&self, node_id: &str) -> Option<&Node> {
+        self.nodes.get(node_id)
+    }
+
+    /// Number of nodes held (listed or not).
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// True when no node is held.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Rebuild from the store after a restart. Nodes already in the view (heard since start-up)
+    /// are kept as they are.
+    pub fn restore(&mut self, tokens: &[TokenDoc], records: Vec<NodeRecord>, states: Vec<StateDoc>, now: f64) {
+        self.revoked_tokens.extend(tokens.iter().filter(|t| !t.active).map(|t| t.id));
+        let mut states: HashMap<String, StateDoc> = states.into_iter().map(|s| (s.node_id.clone(), s)).collect();
+        for record in records {
+            if self.nodes.contains_key(&record.node_id) {
+                continue;
+            }
+            let state = states.remove(&record.node_id);
+            let revoked = self.revoked_tokens.contains(&record.token_id);
+            let node = Node::restored(record, state, revoked, now);
+            if node.connected || now - node.last_seen <= self.timing.retention {
+                self.nodes.insert(node.record.node_id.clone(), node);
+            }
+        }
+    }
+
+    /// Insert one node read from the store (met through a heartbeat this replica did not know).
+    pub fn insert_loaded(&mut self, record: NodeRecord, state: Option<StateDoc>, token_active: bool, now: f64) {
+        if self.nodes.contains_key(&record.node_id) {
+            return;
+        }
+        if !token_active {
+            self.revoked_tokens.insert(record.token_id);
+        }
+        let mut node = Node::restored(record, state, !token_active, now);
+        // It was heard a moment ago: that is why it is being loaded.
+        node.connected = false;
+        self.nodes.insert(node.record.node_id.clone(), node);
+    }
+
+    /// A node (re)registered: it is connected now, with the stored settings.
+    pub fn register(&mut self, record: NodeRecord, now: f64) {
+        self.revoked_tokens.remove(&record.token_id);
+        match self.nodes.get_mut(&record.node_id) {
+            Some(node) => {
+                let workers_changed = node.record.workers != record.workers
+                    || node.record.inventory != record.inventory
+                    || node.record.settings != record.settings;
+                node.record = record;
+                node.revoked = false;
+                if !node.connected {
+                    node.connected = true;
+                    node.connected_at = now;
+                }
+                node.last_seen = now;
+                node.last_heard = now;
+                if workers_changed {
+                    let (driver, processes) = plan_processes(
+                        &node.record.inventory.gpu_info,
+                        &node.record.settings,
+                        &vec![None; node.record.workers as usize],
+                    );
+                    node.driver = driver;
+                    node.processes = processes;
+                    node.busy_slots = 0;
+                }
+                node.dirty = true;
+            }
+            None => {
+                let node = Node::new(record, now);
+                self.nodes.insert(node.record.node_id.clone(), node);
+            }
+        }
+    }
+
+    /// Apply a heartbeat.
+    pub fn heartbeat(&mut self, hb: &Heartbeat, now: f64) -> HeartbeatOutcome {
+        let interval = self.timing.interval.max(1.0);
+        let Some(node) = self.nodes.get_mut(&hb.node_id) else {
+            return HeartbeatOutcome::Unknown;
+        };
+        if node.revoked {
+            node.disconnect();
+            if now - node.last_push >= interval {
+                node.last_push = now;
+                return HeartbeatOutcome::Revoked(Some(NodeControl::Leave {
+                    reason: format!("cluster token {:?} was revoked", node.record.token_name),
+                }));
+            }
+            return HeartbeatOutcome::Revoked(None);
+        }
+        node.last_seen = now;
+        node.last_heard = now;
+        if hb.stopping {
+            node.disconnect();
+            node.busy_slots = 0;
+            return HeartbeatOutcome::Applied(None);
+        }
+        if !node.connected {
+            node.connected = true;
+            node.connected_at = now;
+            node.dirty = true;
+        }
+        if node.busy_slots != hb.busy_slots || node.processes != hb.processes || node.driver != hb.driver {
+            node.busy_slots = hb.busy_slots;
+            node.processes = hb.processes.clone();
+            node.driver = hb.driver;
+            node.dirty = true;
+        }
+        node.uptime_seconds = hb.uptime_seconds;
+        node.gpu_memory_used_mib = hb.gpu_memory_used_mib;
+        if now - node.persisted_last_seen >= LAST_SEEN_PERSIST_SECS {
+            node.dirty = true;
+        }
+        let stored = &node.record.settings;
+        if hb.settings.settings_version > stored.settings_version {
+            // Another replica changed it and this one missed the announcement.
+            node.record.settings = hb.settings.clone();
+            HeartbeatOutcome::Applied(None)
+        } else if hb.settings.settings_version < stored.settings_version && now - node.last_push >= interval {
+            node.last_push = now;
+            HeartbeatOutcome::Applied(Some(NodeControl::Settings(stored.clone())))
+        } else {
+            HeartbeatOutcome::Applied(None)
+        }
+    }
+
+    /// New settings for a node (from this replica's handler or another's announcement); older
+    /// versions than the one held are ignored. Returns the node's connection state when known.
+    pub fn apply_settings(&mut self, node_id: &str, settings: &NodeSettings) -> Option<bool> {
+        let node = self.nodes.get_mut(node_id)?;
+        if settings.settings_version >= node.record.settings.settings_version {
+            node.record.settings = settings.clone();
+            node.last_push = f64::NEG_INFINITY;
+        }
+        Some(node.connected)
+    }
+
+    /// A token was revoked: its nodes are disconnected and refused. Returns their ids.
+    pub fn revoke_token(&mut self, token_id: i64) -> Vec<String> {
+        self.revoked_tokens.insert(token_id);
+        let mut ids = Vec::new();
+        for node in self.nodes.values_mut().filter(|n| n.record.token_id == token_id) {
+            node.revoked = true;
+            node.disconnect();
+            ids.push(node.record.node_id.clone());
+        }
+        ids
+    }
+
+    /// Disconnect nodes silent for too long and forget those disconnected past the retention.
+    /// Returns how many were disconnected.
+    pub fn sweep(&mut self, now: f64) -> usize {
+        let expiry = self.timing.expiry();
+        let retention = self.timing.retention;
+        let mut expired = 0;
+        for node in self.nodes.values_mut() {
+            if node.connected && now - node.last_heard > expiry {
+                node.disconnect();
+                expired += 1;
+            }
+        }
+        self.nodes.retain(|_, n| n.connected || now - n.last_seen <= retention || n.dirty);
+        expired
+    }
+
+    /// The state documents to write now; they count as written (see [`View::unflushed`]).
+    pub fn take_dirty(&mut self) -> Vec<StateDoc> {
+        let mut docs = Vec::new();
+        for node in self.nodes.values_mut().filter(|n| n.dirty) {
+            node.dirty = false;
+            node.persisted_last_seen = node.last_seen;
+            docs.push(node.state_doc());
+        }
+        docs
+    }
+
+    /// A write of these documents failed: mark them dirty again.
+    pub fn unflushed(&mut self, docs: &[StateDoc]) {
+        for d in docs {
+            if let Some(n) = self.nodes.get_mut(&d.node_id) {
+                n.dirty = true;
+            }
+        }
+    }
+
+    fn listed(&self, now: f64) -> Vec<&Node> {
+        let retention = self.timing.retention;
+        let mut nodes: Vec<&Node> =
+            self.nodes.values().filter(|n| n.connected || now - n.last_seen <= retention).collect();
+        nodes.sort_by(|a, b| {
+            a.record.hostname.cmp(&b.record.hostname).then_with(|| a.record.node_id.cmp(&b.record.node_id))
+        });
+        nodes
+    }
+
+    /// `cluster_nodes`: totals and every listed node, by hostname.
+    pub fn cluster_nodes(&self, now: f64, uptime_seconds: f64) -> (MasterStats, Vec<ClusterNode>) {
+        let listed = self.listed(now);
+        let connected: Vec<&&Node> = listed.iter().filter(|n| n.connected).collect();
+        let stats = MasterStats {
+            total_nodes: listed.len() as u64,
+            connected_nodes: connected.len() as u64,
+            total_workers: connected.iter().map(|n| u64::from(n.record.workers)).sum(),
+            total_active_jobs: connected.iter().map(|n| u64::from(n.busy_slots)).sum(),
+            total_completed_jobs: listed.iter().map(|n| n.record.completed_jobs).sum(),
+            uptime_seconds: round1(uptime_seconds),
+        };
+        (stats, listed.iter().map(|n| n.cluster_node(now)).collect())
+    }
+
+    /// `cluster_clients`: the connected nodes, by hostname.
+    pub fn cluster_clients(&self, now: f64) -> Vec<ClusterClient> {
+        self.listed(now).into_iter().filter(|n| n.connected).map(|n| n.cluster_client()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gantry_contracts::registry::{GpuInfo, Inventory};
+
+    const T: Timing = Timing { interval: 5.0, misses: 3, retention: 3600.0 };
+
+    fn record(id: &str, host: &str, token_id: i64) -> NodeRecord {
+        NodeRecord {
+            node_id: id.into(),
+            hostname: host.into(),
+            token_id,
+            token_name: "t".into(),
+            token_prefix: "abcd1234".into(),
+            ip_address: "10.0.0.1".into(),
+            weight: 100,
+            workers: 2,
+            inventory: Inventory {
+                gpu_info: GpuInfo { available_backends: vec!["cpu".into()], ..Default::default() },
+                host_memory_gb: 16.0,
+                cpus: 8,
+                ..Default::default()
+            },
+            version: "0.1.0".into(),
+            registered_at: 0.0,
+            settings: NodeSettings::default(),
+            completed_jobs: 0,
+        }
+    }
+
+    fn beat(view: &View, id: &str) -> Heartbeat {
+        let node = view.node(id).unwrap();
+        Heartbeat {
+            node_id: id.into(),
+            busy_slots: 0,
+            gpu_memory_used_mib: None,
+            processes: node.processes.clone(),
+            driver: node.driver,
+            settings: node.record.settings.clone(),
+            uptime_seconds: 1.0,
+            stopping: false,
+        }
+    }
+
+    #[test]
+    fn a_registered_node_is_listed_connected_with_one_process_per_worker() {
+        let mut v = View::new(T);
+        v.register(record("n1", "a", 1), 100.0);
+        let (stats, nodes) = v.cluster_nodes(100.0, 5.0);
+        assert_eq!(stats.total_nodes, 1);
+        assert_eq!(stats.connected_nodes, 1);
+        assert_eq!(stats.total_workers, 2);
+        assert_eq!(nodes[0].processes.len(), 2);
+        assert_eq!(nodes[0].processes[0].name, "train_cpu");
+        assert_eq!(nodes[0].workers_available, 2);
+        assert_eq!(nodes[0].token, "abcd1234...");
+        assert_eq!(v.cluster_clients(100.0).len(), 1);
+    }
+
+    #[test]
+    fn a_silent_node_disconnects_after_the_missed_heartbeats_and_returns_with_a_beat() {
+        let mut v = View::new(T);
+        v.register(record("n1", "a", 1), 100.0);
+        assert_eq!(v.sweep(114.9), 0, "still within 3 x 5 s");
+        assert_eq!(v.sweep(115.1), 1);
+        assert!(!v.node("n1").unwrap().connected);
+        assert!(v.cluster_clients(116.0).is_empty());
+        let (_, nodes) = v.cluster_nodes(116.0, 16.0);
+        assert!(!nodes[0].connected);
+        assert_eq!(nodes[0].workers_available, 0);
+
+        let hb = beat(&v, "n1");
+        assert_eq!(v.heartbeat(&hb, 130.0), HeartbeatOutcome::Applied(None));
+        let n = v.node("n1").unwrap();
+        assert!(n.connected);
+        assert_eq!(n.connected_at, 130.0);
+    }
+
+    #[test]
+    fn a_disconnected_node_is_forgotten_after_the_retention() {
+        let mut v = View::new(T);
+        v.register(record("n1", "a", 1), 100.0);
+        v.sweep(120.0);
+        v.take_dirty();
+        v.sweep(100.0 + 3599.0);
+        assert_eq!(v.len(), 1);
+        v.sweep(100.0 + 3601.0);
+        assert!(v.is_empty());
+    }
+
+    #[test]
+    fn a_node_behind_on_its_settings_is_sent_the_stored_ones_at_most_once_per_interval() {
+        let mut v = View::new(T);
+        v.register(record("n1", "a", 1), 100.0);
+        let newer = NodeSettings { driver_preference: Some(Driver::Cuda), draining: false, settings_version: 2 };
+        v.apply_settings("n1", &newer);
+        let mut hb = beat(&v, "n1");
+        hb.settings = NodeSettings::default();
+        assert_eq!(v.heartbeat(&hb, 101.0), HeartbeatOutcome::Applied(Some(NodeControl::Settings(newer.clone()))));
+        assert_eq!(v.heartbeat(&hb, 102.0), HeartbeatOutcome::Applied(None));
+        assert!(matches!(v.heartbeat(&hb, 106.5), HeartbeatOutcome::Applied(Some(_))));
+    }
+
+    #[test]
+    fn a_replica_that_missed_a_change_adopts_the_nodes_newer_settings() {
+        let mut v = View::new(T);
+        v.register(record("n1", "a", 1), 100.0);
+        let mut hb = beat(&v, "n1");
+        hb.settings = NodeSettings { driver_preference: None, draining: true, settings_version: 4 };
+        assert_eq!(v.heartbeat(&hb, 101.0), HeartbeatOutcome::Applied(None));
+        assert!(v.node("n1").unwrap().record.settings.draining);
+        // An older announcement arriving late changes nothing.
+        v.apply_settings("n1", &NodeSettings { settings_version: 3, ..Default::default() });
+        assert!(v.node("n1").unwrap().record.settings.draining);
+    }
+
+    #[test]
+    fn a_revoked_tokens_nodes_are_disconnected_and_told_to_leave_when_they_beat() {
+        let mut v = View::new(T);
+        v.register(record("n1", "a", 1), 100.0);
+        v.register(record("n2", "b", 2), 100.0);
+        assert_eq!(v.revoke_token(1), vec!["n1".to_owned()]);
+        assert!(!v.node("n1").unwrap().connected);
+        assert!(v.node("n2").unwrap().connected);
+        let hb = beat(&v, "n1");
+        assert!(matches!(v.heartbeat(&hb, 101.0), HeartbeatOutcome::Revoked(Some(NodeControl::Leave { .. }))));
+        assert_eq!(v.heartbeat(&hb, 101.5), HeartbeatOutcome::Revoked(None));
+        assert!(!v.node("n1").unwrap().connected);
+    }
+
+    #[test]
+    fn a_stopping_node_disconnects_at_once() {
+        let mut v = View::new(T);
+        v.register(record("n1", "a", 1), 100.0);
+        let mut hb = beat(&v, "n1");
+        hb.stopping = true;
+        v.heartbeat(&hb, 101.0);
+        assert!(!v.node("n1").unwrap().connected);
+    }
+
+    #[test]
+    fn restored_nodes_keep_their_state_and_get_a_full_expiry_period() {
+        let mut v = View::new(T);
+        v.register(record("n1", "a", 1), 100.0);
+        v.register(record("n2", "b", 1), 100.0);
+        v.sweep(100.0);
+        let mut docs = v.take_dirty();
+        docs.iter_mut().find(|d| d.node_id == "n2").unwrap().connected = false;
+        let mut rec = record("n1", "a", 1);
+        rec.settings.driver_preference = Some(Driver::Rocm);
+        rec.completed_jobs = 7;
+        let tokens = vec![];
+        let mut w = View::new(T);
+        w.restore(&tokens, vec![rec, record("n2", "b", 1)], docs, 200.0);
+        let n1 = w.node("n1").unwrap();
+        assert!(n1.connected);
+        assert_eq!(n1.last_seen, 100.0);
+        assert_eq!(n1.record.completed_jobs, 7);
+        assert_eq!(n1.record.settings.driver_preference, Some(Driver::Rocm));
+        assert!(!w.node("n2").unwrap().connected, "recently disconnected stays listed, disconnected");
+        assert_eq!(w.sweep(214.0), 0);
+        assert_eq!(w.sweep(215.5), 1);
+    }
+
+    #[test]
+    fn only_changed_nodes_are_flushed_and_idle_ones_every_thirty_seconds() {
+        let mut v = View::new(T);
+        v.register(record("n1", "a", 1), 100.0);
+        assert_eq!(v.take_dirty().len(), 1);
+        let hb = beat(&v, "n1");
+        v.heartbeat(&hb, 105.0);
+        assert!(v.take_dirty().is_empty());
+        v.heartbeat(&hb, 131.0);
+        assert_eq!(v.take_dirty().len(), 1);
+    }
+}
