@@ -17,6 +17,17 @@ const EXPECTED: &[&str] = &[
     "/api/admin/users",
     "/admin/api/users/{id}",
     "/api/admin/users/{id}",
+    "/admin/api/cluster_tokens",
+    "/api/admin/cluster_tokens",
+    "/admin/api/cluster_tokens/{id}",
+    "/admin/api/cluster_clients",
+    "/api/admin/cluster_clients",
+    "/api/admin/cluster_nodes",
+    "/admin/api/cluster_nodes",
+    "/api/admin/cluster_nodes/set_driver",
+    "/admin/api/cluster_nodes/set_driver",
+    "/api/admin/cluster_nodes/drain",
+    "/api/admin/cluster_nodes/undrain",
     "/api/auth/login",
     "/api/auth/logout",
     "/api/auth/me",
@@ -88,6 +99,9 @@ async fn the_admin_page_renders_each_endpoint_with_curl_examples_for_this_host()
     assert!(html.contains("Directory path to browse (default: root directory)"));
     assert!(html.contains("&quot;current_path&quot;: &quot;/some/path&quot;"));
     assert!(!html.contains("{{ request.host_url }}"));
+    assert!(html.contains("-F &quot;driver=cuda&quot;"), "the set_driver example sends a form");
+    assert!(html.contains("Preferred driver: &quot;cuda&quot; or &quot;rocm&quot;"));
+    assert!(html.contains("&quot;total_completed_jobs&quot;: 15"));
     let docs = reqwest::get(format!("{base}/admin/api/docs")).await.unwrap();
     assert_eq!(docs.status(), StatusCode::OK);
 }
@@ -128,7 +142,16 @@ async fn swagger_ui_and_the_admin_page_render_in_headless_chromium_without_leavi
     }
     assert_eq!(seen["pageTitle"], "Admin API Documentation");
     let page: BTreeSet<&str> = seen["pagePaths"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
-    for p in ["/admin/api/browse", "/admin/api/users", "/api/auth/login", "/api/tokens"] {
+    for p in [
+        "/admin/api/browse",
+        "/admin/api/users",
+        "/admin/api/cluster_tokens",
+        "/admin/api/cluster_clients",
+        "/api/admin/cluster_nodes",
+        "/api/admin/cluster_nodes/set_driver",
+        "/api/auth/login",
+        "/api/tokens",
+    ] {
         assert!(page.contains(p), "the admin page does not show {p}: {page:?}");
     }
     assert!(seen["curls"].as_array().unwrap().iter().any(|c| c.as_str().unwrap().contains(&format!("{base}/admin/api/browse"))));

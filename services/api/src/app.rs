@@ -7,6 +7,7 @@ use poem_openapi::OpenApiService;
 use tracing::Instrument;
 
 use crate::browse::BrowseApi;
+use crate::cluster::ClusterApi;
 use crate::docs::{self, Aliased, Docs};
 use crate::error::envelope;
 use crate::session::SessionApi;
@@ -18,12 +19,18 @@ use crate::users::UsersApi;
 pub const MAX_BODY_BYTES: usize = 1 << 20;
 
 /// Every API group, admin paths under both prefixes.
-pub type Apis = Aliased<(BrowseApi, UsersApi, SessionApi, TokensApi)>;
+pub type Apis = Aliased<(BrowseApi, UsersApi, ClusterApi, SessionApi, TokensApi)>;
 
 /// The OpenAPI service of every group.
 pub fn api_service(state: AppState) -> OpenApiService<Apis, ()> {
     OpenApiService::new(
-        Aliased((BrowseApi(state.clone()), UsersApi(state.clone()), SessionApi(state.clone()), TokensApi(state))),
+        Aliased((
+            BrowseApi(state.clone()),
+            UsersApi(state.clone()),
+            ClusterApi(state.clone()),
+            SessionApi(state.clone()),
+            TokensApi(state),
+        )),
         "Gantry API",
         env!("CARGO_PKG_VERSION"),
     )

@@ -338,4 +338,14 @@ pub mod samples {
     pub const CREATE_USER: &str = "curl -X POST -H \"Authorization: Bearer YOUR_ADMIN_API_TOKEN\" -H \"Content-Type: application/json\" \\\n  -d '{\"username\": \"user1\", \"email\": \"user1@example.com\", \"password\": \"a long password\", \"tokens\": 1000}' \\\n  {{ request.host_url }}admin/api/users";
     /// Curl example.
     pub const UPDATE_USER: &str = "curl -X PATCH -H \"Authorization: Bearer YOUR_ADMIN_API_TOKEN\" -H \"Content-Type: application/json\" \\\n  -d '{\"tokens_delta\": 500, \"reason\": \"monthly allowance\"}' \\\n  {{ request.host_url }}admin/api/users/2";
+    /// Curl example.
+    pub const LIST_CLUSTER_TOKENS: &str = "curl -H \"Authorization: Bearer YOUR_ADMIN_API_TOKEN\" \\\n  {{ request.host_url }}admin/api/cluster_tokens";
+    /// Curl example.
+    pub const CREATE_CLUSTER_TOKEN: &str = "curl -X POST -H \"Authorization: Bearer YOUR_ADMIN_API_TOKEN\" -H \"Content-Type: application/json\" \\\n  -d '{\"name\": \"Worker Token\"}' {{ request.host_url }}admin/api/cluster_tokens";
+    /// Curl example.
+    pub const LIST_CLUSTER_CLIENTS: &str = "curl -H \"Authorization: Bearer YOUR_ADMIN_API_TOKEN\" \\\n  {{ request.host_url }}admin/api/cluster_clients";
+    /// Curl example.
+    pub const CLUSTER_NODES: &str = "curl -H \"Authorization: Bearer YOUR_ADMIN_API_TOKEN\" \\\n  {{ request.host_url }}api/admin/cluster_nodes";
+    /// Curl example.
+    pub const SET_DRIVER: &str = "curl -X POST -H \"Authorization: Bearer YOUR_ADMIN_API_TOKEN\" \\\n  -F \"hostname=worker1.example.com\" \\\n  -F \"token=abc123...\" \\\n  -F \"driver=cuda\" \\\n  {{ request.host_url }}api/admin/cluster_nodes/set_driver";
 }

@@ -11,11 +11,12 @@
 //! - [`error`]: the error type of every operation and the envelope.
 //! - [`docs`]: the OpenAPI spec, Swagger UI, the rendered admin page, `/api/admin` aliases.
 //! - [`data_path`]: the data-root path rules, one function for browse, training and analysis.
-//! - One module per feature: [`browse`], [`users`], [`session`], [`tokens`].
+//! - One module per feature: [`browse`], [`users`], [`cluster`], [`session`], [`tokens`].
 
 pub mod app;
 pub mod auth;
 pub mod browse;
+pub mod cluster;
 pub mod data_path;
 pub mod docs;
 pub mod error;

@@ -18,4 +18,7 @@ pub enum ApiTags {
     /// Your own API tokens.
     #[oai(rename = "API tokens")]
     Tokens,
+    /// Cluster tokens, nodes and their drivers (admins).
+    #[oai(rename = "Cluster")]
+    Cluster,
 }
