@@ -21,10 +21,12 @@
 //! - [`services`]: the NATS micro-service names each binary registers under.
 //! - [`error`]: error codes and payloads.
 //! - [`auth`]: messages of the `gantry.auth.v1.*` endpoints.
+//! - [`jobs`]: training jobs, their streams, events, records and models.
 //! - [`registry`]: messages of the `gantry.registry.v1.*` endpoints and node traffic.
 
 pub mod auth;
 pub mod error;
+pub mod jobs;
 pub mod registry;
 pub mod services;
 pub mod subjects;

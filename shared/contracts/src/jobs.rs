@@ -1,0 +1,520 @@
+//! Training jobs: the JetStream streams and object stores, the job message trainers pull, the
+//! events they publish, the registry's job and model endpoints, and cancellation.
+//!
+//! ## The flow
+//! 1. The api validates a submission, charges the caller through auth (key: the job id), packs
+//!    the dataset into [`DATASETS_BUCKET`] under its content hash, records the job through
+//!    [`subjects::JOBS_CREATE`] (status `queued`) and publishes a [`TrainJob`] on
+//!    [`train_subject`] with `Nats-Msg-Id` = job id.
+//! 2. A trainer serving that driver (or `any`) pulls it from the durable consumer
+//!    [`train_consumer`], keeps it leased with in-progress acks, and publishes [`JobEvent`]s on
+//!    [`event_subject`] (stream [`EVENTS_STREAM`]): started, progress, checkpoint, then exactly
+//!    one of completed, failed or cancelled. It acks the job message after the final event.
+//! 3. The registry consumes [`EVENTS_STREAM`] durably ([`EVENTS_CONSUMER`]): it updates the job
+//!    record, the node counters and the models, refunds failed jobs, and ignores events whose
+//!    `delivery` is older than the job's current delivery (a zombie worker's late result).
+//! 4. Jobs that exhaust their deliveries are failed and refunded by the registry, which listens
+//!    to the JetStream max-deliveries advisory ([`MAX_DELIVERIES_ADVISORY`]).
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Work-queue stream of jobs; subjects `gantry.jobs.train.<driver>` and
+/// `gantry.jobs.analyze.<driver>`.
+pub const JOBS_STREAM: &str = "GANTRY_JOBS";
+/// Subjects of [`JOBS_STREAM`].
+pub const JOBS_STREAM_SUBJECTS: [&str; 2] = ["gantry.jobs.train.*", "gantry.jobs.analyze.*"];
+/// Stream of job events; subjects `gantry.events.job.<job_id>`.
+pub const EVENTS_STREAM: &str = "GANTRY_EVENTS";
+/// Subjects of [`EVENTS_STREAM`].
+pub const EVENTS_STREAM_SUBJECTS: [&str; 1] = ["gantry.events.job.*"];
+/// The registry's durable consumer of [`EVENTS_STREAM`].
+pub const EVENTS_CONSUMER: &str = "registry-job-events";
+/// Object store of dataset snapshots, keyed by content hash (`<sha256>.tar`).
+pub const DATASETS_BUCKET: &str = "gantry-datasets";
+/// Object store of model weights, cards and checkpoints.
+pub const MODELS_BUCKET: &str = "gantry-models";
+/// How long a trainer may go without acking before its job is redelivered, seconds. Trainers
+/// send in-progress acks at a third of this.
+pub const ACK_WAIT_SECS: u64 = 30;
+/// Deliveries of a job before it is failed (one first try and two retries).
+pub const MAX_DELIVER: i64 = 3;
+/// JetStream's advisory for a message that reached its max deliveries, for [`JOBS_STREAM`].
+pub fn max_deliveries_advisory(consumer: &str) -> String {
+    format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{JOBS_STREAM}.{consumer}")
+}
+/// Wildcard of [`max_deliveries_advisory`] over every jobs consumer.
+pub const MAX_DELIVERIES_ADVISORY: &str = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.GANTRY_JOBS.*";
+
+/// Which backend a job asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobDriver {
+    /// NVIDIA GPUs.
+    Cuda,
+    /// AMD GPUs.
+    Rocm,
+    /// CPU only.
+    Cpu,
+    /// Whichever node takes it first.
+    Any,
+}
+
+impl JobDriver {
+    /// `cuda`, `rocm`, `cpu` or `any`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobDriver::Cuda => "cuda",
+            JobDriver::Rocm => "rocm",
+            JobDriver::Cpu => "cpu",
+            JobDriver::Any => "any",
+        }
+    }
+
+    /// Parse `cuda`, `rocm`, `cpu` or `any`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "cuda" => Some(Self::Cuda),
+            "rocm" => Some(Self::Rocm),
+            "cpu" => Some(Self::Cpu),
+            "any" => Some(Self::Any),
+            _ => None,
+        }
+    }
+
+    /// All four.
+    pub const ALL: [JobDriver; 4] = [JobDriver::Cuda, JobDriver::Rocm, JobDriver::Cpu, JobDriver::Any];
+}
+
+/// Subject a training job for `driver` is published on.
+pub fn train_subject(driver: JobDriver) -> String {
+    format!("gantry.jobs.train.{}", driver.as_str())
+}
+
+/// Durable pull consumer of training jobs for `driver`, shared by every trainer serving it.
+pub fn train_consumer(driver: JobDriver) -> String {
+    format!("train-{}", driver.as_str())
+}
+
+/// Subject of a job's events.
+pub fn event_subject(job_id: &str) -> String {
+    format!("gantry.events.job.{job_id}")
+}
+
+/// Core NATS subject on which a cancellation is announced to every trainer.
+pub fn cancel_subject(job_id: &str) -> String {
+    format!("gantry.control.job.{job_id}.cancel")
+}
+
+/// Trainers subscribe to this wildcard of [`cancel_subject`].
+pub const CANCEL_SUBJECTS: &str = "gantry.control.job.*.cancel";
+
+/// Training settings, with their bounds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainParams {
+    /// Passes over the data, 1–200 (default 10).
+    pub epochs: u32,
+    /// Images per step, 1–1024 (default 32).
+    pub batch_size: u32,
+    /// Adam learning rate, (0, 1] (default 0.001).
+    pub learning_rate: f64,
+    /// Images are resized to this square, 16–512 (default 64).
+    pub image_size: u32,
+    /// Share of each class held out for validation, [0.05, 0.5] (default 0.2).
+    pub validation_split: f64,
+}
+
+impl Default for TrainParams {
+    fn default() -> Self {
+        Self { epochs: 10, batch_size: 32, learning_rate: 0.001, image_size: 64, validation_split: 0.2 }
+    }
+}
+
+/// The message a trainer pulls.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainJob {
+    /// Job id (also the `Nats-Msg-Id` and the charge's idempotency key).
+    pub job_id: String,
+    /// Who submitted it.
+    pub user_id: i64,
+    /// Name of the model to create a version of.
+    pub output_model: String,
+    /// Description for the model card.
+    pub description: String,
+    /// Requested backend.
+    pub driver: JobDriver,
+    /// Content hash of the dataset snapshot (object `<hash>.tar` in [`DATASETS_BUCKET`]).
+    pub dataset_hash: String,
+    /// Class names, sorted (the ImageFolder sub-directories).
+    pub classes: Vec<String>,
+    /// Training settings.
+    pub params: TrainParams,
+    /// When it was submitted.
+    pub submitted_at: DateTime<Utc>,
+}
+
+/// Job states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    /// Waiting for a trainer.
+    Queued,
+    /// A trainer is on it.
+    Running,
+    /// Finished with a model.
+    Completed,
+    /// Could not finish (see the error); refunded.
+    Failed,
+    /// Cancelled by its owner or an admin.
+    Cancelled,
+}
+
+impl JobStatus {
+    /// Whether the job is over.
+    pub fn is_final(self) -> bool {
+        matches!(self, JobStatus::Completed | JobStatus::Failed | JobStatus::Cancelled)
+    }
+
+    /// The lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Queued => "queued",
+            JobStatus::Running => "running",
+            JobStatus::Completed => "completed",
+            JobStatus::Failed => "failed",
+            JobStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// Why a job failed; decides the HTTP status a held submission answers with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    /// The trainer could not use the data (422).
+    Data,
+    /// The trainer crashed or kept failing, deliveries exhausted (500).
+    Crash,
+    /// No node took it in time (503).
+    NoNode,
+    /// Something on our side after the charge: store or publish (503).
+    System,
+}
+
+/// A per-epoch metric row of a model card.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    /// 1-based epoch.
+    pub epoch: u32,
+    /// Mean training loss.
+    pub loss: f64,
+    /// Training accuracy, 0–1.
+    pub train_accuracy: f64,
+    /// Validation accuracy, 0–1.
+    pub val_accuracy: f64,
+}
+
+/// A model version as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelVersion {
+    /// Model name (`output_model`).
+    pub name: String,
+    /// 1, 2, 3 ... per name.
+    pub version: u32,
+    /// Owner.
+    pub user_id: i64,
+    /// The job that made it.
+    pub job_id: String,
+    /// Object key of the weights in [`MODELS_BUCKET`].
+    pub weights_key: String,
+    /// The model card (JSON written by the trainer: classes, image size, normalisation,
+    /// architecture, metrics, description, dataset hash, job id, node).
+    pub card: serde_json::Value,
+    /// Final validation accuracy.
+    pub val_accuracy: f64,
+    /// When it was stored.
+    pub created_at: DateTime<Utc>,
+}
+
+/// What happened to a job; published on [`event_subject`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum JobEventKind {
+    /// A trainer took it (again).
+    Started {
+        /// The node.
+        node: String,
+        /// The backend it trains on.
+        driver: String,
+        /// The epoch it resumes after (0 for a fresh start).
+        resumed_from_epoch: u32,
+    },
+    /// Training progress.
+    Progress {
+        /// 1-based epoch.
+        epoch: u32,
+        /// Of how many.
+        epochs: u32,
+        /// Step within the whole run.
+        step: u64,
+        /// Steps of the whole run.
+        total_steps: u64,
+        /// Recent training loss.
+        loss: f64,
+        /// Training accuracy so far in this epoch.
+        train_accuracy: f64,
+        /// Validation accuracy of the last finished epoch, if any.
+        val_accuracy: Option<f64>,
+        /// Throughput.
+        samples_per_sec: f64,
+        /// Estimated seconds to go.
+        eta_seconds: f64,
+    },
+    /// An epoch's checkpoint is stored; a redelivered job resumes after it.
+    Checkpoint {
+        /// The epoch.
+        epoch: u32,
+        /// Its metrics.
+        metrics: EpochMetrics,
+    },
+    /// Done: the model version is stored.
+    Completed {
+        /// The version.
+        model: ModelVersion,
+    },
+    /// Could not finish.
+    Failed {
+        /// Why, for the user.
+        error: String,
+        /// The kind of failure.
+        kind: FailureKind,
+    },
+    /// Stopped by a cancel.
+    Cancelled,
+}
+
+/// An event of a job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobEvent {
+    /// The job.
+    pub job_id: String,
+    /// The delivery of the job message this comes from (results are fenced by it). The api and
+    /// registry use 0 for events they publish themselves.
+    pub delivery: u64,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// What.
+    #[serde(flatten)]
+    pub kind: JobEventKind,
+}
+
+impl JobEvent {
+    /// Whether this event ends the job.
+    pub fn is_final(&self) -> bool {
+        matches!(self.kind, JobEventKind::Completed { .. } | JobEventKind::Failed { .. } | JobEventKind::Cancelled)
+    }
+}
+
+/// A job as the registry keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    /// Job id.
+    pub job_id: String,
+    /// Owner.
+    pub user_id: i64,
+    /// Model name.
+    pub output_model: String,
+    /// Description.
+    pub description: String,
+    /// The dataset as the user named it (`/datasets/shapes`).
+    pub train_path: String,
+    /// Its content hash.
+    pub dataset_hash: String,
+    /// Requested backend.
+    pub driver: JobDriver,
+    /// Settings.
+    pub params: TrainParams,
+    /// Where it stands.
+    pub status: JobStatus,
+    /// Tokens charged (0 for admins).
+    pub tokens_charged: i64,
+    /// Whether the charge was given back.
+    #[serde(default, deserialize_with = "crate::registry::tolerant_bool")]
+    pub refunded: bool,
+    /// The node working on it or that finished it.
+    pub node: Option<String>,
+    /// Latest delivery seen (results from older ones are ignored).
+    #[serde(default)]
+    pub delivery: u64,
+    /// Last progress event.
+    pub progress: Option<serde_json::Value>,
+    /// Last checkpointed epoch.
+    #[serde(default)]
+    pub checkpoint_epoch: u32,
+    /// The model version it produced.
+    pub model: Option<ModelVersion>,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// The failure's kind.
+    pub failure_kind: Option<FailureKind>,
+    /// Submitted.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+    /// Position among queued jobs of the same driver (1 = next); listings only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_position: Option<u64>,
+    /// Why a queued job waits (no node for its driver, all slots busy); listings only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_reason: Option<String>,
+}
+
+/// Registry endpoint names for jobs and models, relative to [`crate::subjects::REGISTRY_V1`].
+pub mod subjects {
+    /// [`super::JobRecord`] (status `queued`) → [`super::JobRecord`]. Creating an existing id
+    /// answers the stored record unchanged (idempotent submissions).
+    pub const JOBS_CREATE: &str = "jobs.create";
+    /// [`super::JobRef`] → [`super::JobRecord`] (with queue position). Unknown: `not_found`.
+    pub const JOBS_GET: &str = "jobs.get";
+    /// [`super::JobQuery`] → [`super::JobList`].
+    pub const JOBS_LIST: &str = "jobs.list";
+    /// [`super::JobRef`] → [`super::JobRecord`]: marks it cancelled (a final job: `conflict`),
+    /// announces it on [`super::cancel_subject`], refunds it if training had not started.
+    pub const JOBS_CANCEL: &str = "jobs.cancel";
+    /// [`super::FailJob`] → [`super::JobRecord`]: the api failing a job it could not publish.
+    pub const JOBS_FAIL: &str = "jobs.fail";
+    /// [`super::ModelQuery`] → [`super::ModelList`].
+    pub const MODELS_LIST: &str = "models.list";
+    /// [`super::ModelRef`] → [`super::ModelDetail`]. Unknown: `not_found`.
+    pub const MODELS_GET: &str = "models.get";
+}
+
+/// Names a job; `user_id` set limits it to that owner (others get `not_found`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobRef {
+    /// Job id.
+    pub job_id: String,
+    /// Only this owner's.
+    #[serde(default)]
+    pub user_id: Option<i64>,
+}
+
+/// `jobs.fail` request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FailJob {
+    /// Job id.
+    pub job_id: String,
+    /// Why.
+    pub error: String,
+    /// Kind.
+    pub kind: FailureKind,
+}
+
+/// `jobs.list` request.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct JobQuery {
+    /// Only this owner's jobs.
+    #[serde(default)]
+    pub user_id: Option<i64>,
+    /// Only jobs in this state.
+    #[serde(default)]
+    pub status: Option<JobStatus>,
+    /// Page size (default 50, at most 500).
+    #[serde(default)]
+    pub limit: Option<u64>,
+    /// Skip.
+    #[serde(default)]
+    pub offset: u64,
+}
+
+/// `jobs.list` reply: newest first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobList {
+    /// This page.
+    pub jobs: Vec<JobRecord>,
+    /// Matching jobs in all.
+    pub total: u64,
+}
+
+/// `models.list` request.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ModelQuery {
+    /// Only this owner's models.
+    #[serde(default)]
+    pub user_id: Option<i64>,
+}
+
+/// A model and its latest version.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelSummary {
+    /// Name.
+    pub name: String,
+    /// Versions stored.
+    pub versions: u32,
+    /// The newest.
+    pub latest: ModelVersion,
+}
+
+/// `models.list` reply.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelList {
+    /// By name.
+    pub models: Vec<ModelSummary>,
+}
+
+/// `models.get` request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelRef {
+    /// Name.
+    pub name: String,
+    /// Only this owner's.
+    #[serde(default)]
+    pub user_id: Option<i64>,
+}
+
+/// `models.get` reply: every version, oldest first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelDetail {
+    /// Name.
+    pub name: String,
+    /// Versions.
+    pub versions: Vec<ModelVersion>,
+}
+
+/// Object key of a model version's weights.
+pub fn weights_key(name: &str, version: u32) -> String {
+    format!("models/{name}/{version}/model.safetensors")
+}
+
+/// Object key of a job's latest checkpoint.
+pub fn checkpoint_key(job_id: &str) -> String {
+    format!("checkpoints/{job_id}/latest")
+}
+
+/// Object key of a dataset snapshot.
+pub fn dataset_key(hash: &str) -> String {
+    format!("{hash}.tar")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_tagged_and_flat() {
+        let e = JobEvent { job_id: "j".into(), delivery: 2, at: Utc::now(), kind: JobEventKind::Cancelled };
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["type"], "cancelled");
+        assert_eq!(v["delivery"], 2);
+        assert!(e.is_final());
+        let back: JobEvent = serde_json::from_value(v).unwrap();
+        assert_eq!(back, e);
+    }
+
+    #[test]
+    fn subjects_do_not_overlap_between_streams() {
+        assert_eq!(train_subject(JobDriver::Cuda), "gantry.jobs.train.cuda");
+        assert!(event_subject("x").starts_with("gantry.events.job."));
+        assert!(!cancel_subject("x").starts_with("gantry.jobs."));
+    }
+}
