@@ -7,12 +7,16 @@
 //! - [`config`]: every environment variable of DESIGN's list, parsed once, errors naming it.
 //! - [`telemetry`]: tracing subscriber (JSON logs), OTLP export, W3C propagation over NATS headers.
 //! - [`nats`]: connect with retry, traced request/publish, and micro-service endpoint serving.
+//! - [`jobs`]: the JetStream streams, job consumers and object stores, ensured at start-up.
+//! - [`dataset`]: dataset snapshots (deterministic tar, named by SHA-256).
 //! - [`mongo`]: connect, per-service database names.
 //! - [`shutdown`]: SIGINT/SIGTERM into a cancellation token.
 //! - [`health`]: `/healthz` and `/readyz`.
 
 pub mod config;
+pub mod dataset;
 pub mod health;
+pub mod jobs;
 pub mod mongo;
 pub mod nats;
 pub mod shutdown;

@@ -1,0 +1,117 @@
+//! Dataset snapshots: an ImageFolder directory packed into a deterministic tar archive whose
+//! SHA-256 is its name, so an unchanged dataset is stored once and remote nodes need no shared
+//! filesystem. The api packs; trainers unpack into their cache.
+
+use std::io::{Read, Write};
+use std::path::{Component, Path};
+
+use anyhow::{bail, Context as _};
+use sha2::{Digest, Sha256};
+
+/// One file of a dataset: its path inside the archive (`class/image.png`) and where to read it.
+#[derive(Debug, Clone)]
+pub struct DatasetFile {
+    /// Relative path with `/` separators: `<class>/<file>`.
+    pub relative: String,
+    /// The file on disk.
+    pub source: std::path::PathBuf,
+}
+
+struct HashingWriter<W: Write> {
+    inner: W,
+    hasher: Sha256,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Pack `files` (sorted here) into a tar archive at `out`, with fixed modes, owners and times so
+/// the same content always gives the same bytes. Returns the archive's SHA-256 in hex.
+pub fn pack(files: &mut [DatasetFile], out: &Path) -> anyhow::Result<String> {
+    files.sort_by(|a, b| a.relative.cmp(&b.relative));
+    let file = std::fs::File::create(out).context("creating the snapshot file")?;
+    let mut writer = HashingWriter { inner: std::io::BufWriter::new(file), hasher: Sha256::new() };
+    {
+        let mut builder = tar::Builder::new(&mut writer);
+        builder.mode(tar::HeaderMode::Deterministic);
+        for f in files.iter() {
+            let mut src = std::fs::File::open(&f.source).with_context(|| format!("reading {}", f.relative))?;
+            let len = src.metadata()?.len();
+            let mut header = tar::Header::new_gnu();
+            header.set_size(len);
+            header.set_mode(0o644);
+            header.set_mtime(0);
+            header.set_uid(0);
+            header.set_gid(0);
+            header.set_entry_type(tar::EntryType::Regular);
+            builder.append_data(&mut header, &f.relative, &mut src).with_context(|| format!("packing {}", f.relative))?;
+        }
+        builder.finish()?;
+    }
+    writer.flush()?;
+    Ok(hex::encode(writer.hasher.finalize()))
+}
+
+/// Unpack a snapshot into `dir`, refusing anything but plain files at `<class>/<file>` depth
+/// (no links, no absolute paths, no `..`).
+pub fn unpack(archive: impl Read, dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let mut ar = tar::Archive::new(archive);
+    for entry in ar.entries()? {
+        let mut entry = entry?;
+        if entry.header().entry_type() != tar::EntryType::Regular {
+            bail!("snapshot holds something other than a plain file");
+        }
+        let path = entry.path()?.into_owned();
+        let parts: Vec<_> = path.components().collect();
+        if parts.len() != 2 || !parts.iter().all(|c| matches!(c, Component::Normal(_))) {
+            bail!("snapshot entry {} is not <class>/<file>", path.display());
+        }
+        let target = dir.join(&path);
+        std::fs::create_dir_all(target.parent().unwrap())?;
+        let mut out = std::fs::File::create(&target)?;
+        std::io::copy(&mut entry, &mut out)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_content_packs_to_the_same_hash_and_unpacks_back() {
+        let src = tempfile::tempdir().unwrap();
+        for (class, name, body) in [("cats", "a.png", "1"), ("dogs", "b.png", "22"), ("cats", "c.png", "333")] {
+            std::fs::create_dir_all(src.path().join(class)).unwrap();
+            std::fs::write(src.path().join(class).join(name), body).unwrap();
+        }
+        let files = |order: &[(&str, &str)]| -> Vec<DatasetFile> {
+            order
+                .iter()
+                .map(|(c, n)| DatasetFile { relative: format!("{c}/{n}"), source: src.path().join(c).join(n) })
+                .collect()
+        };
+        let out = tempfile::tempdir().unwrap();
+        let h1 = pack(&mut files(&[("cats", "a.png"), ("dogs", "b.png"), ("cats", "c.png")]), &out.path().join("1.tar")).unwrap();
+        let h2 = pack(&mut files(&[("dogs", "b.png"), ("cats", "c.png"), ("cats", "a.png")]), &out.path().join("2.tar")).unwrap();
+        assert_eq!(h1, h2);
+        std::fs::write(src.path().join("cats/a.png"), "changed").unwrap();
+        let h3 = pack(&mut files(&[("cats", "a.png"), ("dogs", "b.png"), ("cats", "c.png")]), &out.path().join("3.tar")).unwrap();
+        assert_ne!(h1, h3);
+
+        let dest = tempfile::tempdir().unwrap();
+        unpack(std::fs::File::open(out.path().join("1.tar")).unwrap(), dest.path()).unwrap();
+        assert_eq!(std::fs::read_to_string(dest.path().join("dogs/b.png")).unwrap(), "22");
+        assert_eq!(std::fs::read_to_string(dest.path().join("cats/c.png")).unwrap(), "333");
+    }
+}

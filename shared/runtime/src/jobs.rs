@@ -1,0 +1,99 @@
+//! JetStream set-up shared by the api, the registry and the trainers: the job and event streams,
+//! the per-driver job consumers and the object stores. Every service ensures them at start-up;
+//! creating what exists already changes nothing.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, consumer, object_store, stream};
+use gantry_contracts::jobs::{
+    self, JobDriver, ACK_WAIT_SECS, DATASETS_BUCKET, EVENTS_STREAM, EVENTS_STREAM_SUBJECTS, JOBS_STREAM,
+    JOBS_STREAM_SUBJECTS, MAX_DELIVER, MODELS_BUCKET,
+};
+
+/// The job stream's configuration: a work queue, deduplicated by job id for ten minutes.
+pub fn jobs_stream() -> stream::Config {
+    stream::Config {
+        name: JOBS_STREAM.into(),
+        subjects: JOBS_STREAM_SUBJECTS.iter().map(|s| s.to_string()).collect(),
+        retention: stream::RetentionPolicy::WorkQueue,
+        duplicate_window: Duration::from_secs(600),
+        storage: stream::StorageType::File,
+        ..Default::default()
+    }
+}
+
+/// The event stream's configuration: kept a week, so a job's history can be replayed.
+pub fn events_stream() -> stream::Config {
+    stream::Config {
+        name: EVENTS_STREAM.into(),
+        subjects: EVENTS_STREAM_SUBJECTS.iter().map(|s| s.to_string()).collect(),
+        retention: stream::RetentionPolicy::Limits,
+        max_age: Duration::from_secs(7 * 24 * 3600),
+        storage: stream::StorageType::File,
+        ..Default::default()
+    }
+}
+
+/// The durable pull consumer of training jobs for `driver`.
+pub fn train_consumer(driver: JobDriver) -> consumer::pull::Config {
+    let name = jobs::train_consumer(driver);
+    consumer::pull::Config {
+        durable_name: Some(name.clone()),
+        name: Some(name),
+        filter_subject: jobs::train_subject(driver),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: Duration::from_secs(ACK_WAIT_SECS),
+        max_deliver: MAX_DELIVER,
+        // A crashed trainer's job comes back after AckWait; a nak'd one after a short pause.
+        backoff: vec![],
+        max_ack_pending: 10_000,
+        ..Default::default()
+    }
+}
+
+/// Create (or find) both streams, the four training consumers and both object stores.
+pub async fn ensure(js: &jetstream::Context) -> anyhow::Result<()> {
+    let jobs = js.get_or_create_stream(jobs_stream()).await.context("creating the GANTRY_JOBS stream")?;
+    js.get_or_create_stream(events_stream()).await.context("creating the GANTRY_EVENTS stream")?;
+    for driver in JobDriver::ALL {
+        jobs.get_or_create_consumer(&jobs::train_consumer(driver), train_consumer(driver))
+            .await
+            .with_context(|| format!("creating the {} consumer", jobs::train_consumer(driver)))?;
+    }
+    for bucket in [DATASETS_BUCKET, MODELS_BUCKET] {
+        bucket_store(js, bucket).await?;
+    }
+    Ok(())
+}
+
+/// An object store, created when missing.
+pub async fn bucket_store(js: &jetstream::Context, bucket: &str) -> anyhow::Result<object_store::ObjectStore> {
+    match js.get_object_store(bucket).await {
+        Ok(store) => Ok(store),
+        Err(_) => js
+            .create_object_store(object_store::Config { bucket: bucket.into(), ..Default::default() })
+            .await
+            .with_context(|| format!("creating object store {bucket}")),
+    }
+}
+
+/// [`ensure`] until it succeeds (NATS may come up after the service), or `shutdown` fires.
+pub async fn ensure_with_retry(js: &jetstream::Context, shutdown: &tokio_util::sync::CancellationToken) -> bool {
+    let mut attempt = 0u32;
+    loop {
+        match ensure(js).await {
+            Ok(()) => return true,
+            Err(e) => {
+                attempt += 1;
+                if attempt == 1 || attempt % 10 == 0 {
+                    tracing::warn!(error = format!("{e:#}"), attempt, "JetStream set-up failed; retrying");
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}
