@@ -4,6 +4,10 @@
 //! them.
 //!
 //! ## Layout
-//! - [`startup`]: connect, register the micro service, serve health.
+//! - [`startup`]: inventory, connect, register the micro service, serve health, join, run.
+//! - [`inventory`]: CUDA/ROCm devices (tch, NVML, rocm-smi), host memory and CPUs.
+//! - [`node`]: joining, heartbeats, control messages (driver, drain, leave), re-registering.
 
+pub mod inventory;
+pub mod node;
 pub mod startup;

@@ -1,20 +1,76 @@
-//! Start-up: connections, health, shutdown.
+//! Start-up: inventory, connections, health, joining the cluster, shutdown.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use gantry_contracts::registry::NodeName;
 use gantry_contracts::services;
 use gantry_runtime::health::{self, Readiness};
 use gantry_runtime::{nats, Config};
 use tokio_util::sync::CancellationToken;
 
-/// Run until `shutdown` fires.
+use crate::inventory;
+use crate::node::{self, JoinError, Node, NodeConfig};
+
+/// The node name: `GANTRY_NODE_NAME`, else the hostname.
+pub fn node_name(config: &Config) -> anyhow::Result<NodeName> {
+    let name = config
+        .node_name
+        .clone()
+        .or_else(sysinfo::System::host_name)
+        .unwrap_or_else(|| "localhost".into());
+    NodeName::parse(&name).map_err(|e| anyhow::anyhow!("invalid GANTRY_NODE_NAME={name:?}: {e}"))
+}
+
+/// Run until `shutdown` fires (exit 0), or until the cluster refuses this node (an error: exit
+/// non-zero).
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let token = config.cluster_token.clone().context(
+        "GANTRY_CLUSTER_TOKEN is not set: create a cluster token (POST /admin/api/cluster_tokens) and start the trainer with it",
+    )?;
+    let hostname = node_name(&config)?;
+
+    let (nvml, inv) = tokio::task::spawn_blocking(|| {
+        let nvml = inventory::open_nvml().ok().map(Arc::new);
+        let inv = inventory::detect(nvml.as_deref());
+        (nvml, inv)
+    })
+    .await
+    .context("probing the GPU inventory")?;
+    tracing::info!(
+        backends = ?inv.gpu_info.available_backends, gpus = inv.gpus.len(),
+        host_memory_gb = inv.host_memory_gb, cpus = inv.cpus, "inventory"
+    );
+
     let client = nats::connect(&config, services::TRAINER).await?;
-    let readiness = Readiness::nats(client.clone());
+    let joined = Arc::new(AtomicBool::new(false));
+    let ready = joined.clone();
+    let readiness = Readiness::nats(client.clone())
+        .with_check(move || (!ready.load(Ordering::Acquire)).then(|| "not joined to the cluster yet".to_owned()));
     let (_addr, health) = health::serve(config.health_addr, readiness, shutdown.clone()).await?;
     let service = nats::start_service(&client, services::TRAINER, "Trains jobs on this machine's devices").await?;
 
-    shutdown.cancelled().await;
+    let node_config = NodeConfig {
+        hostname,
+        ip_address: node::local_ip(&config.nats_url),
+        weight: config.node_weight,
+        workers: config.workers,
+        token,
+        heartbeat_interval: config.heartbeat_interval,
+    };
+    let result = match Node::join(client.clone(), node_config, inv, nvml, &shutdown).await {
+        Ok(node) => {
+            joined.store(true, Ordering::Release);
+            node.run(shutdown.clone()).await
+        }
+        Err(JoinError::Stopped) => Ok(()),
+        Err(e @ JoinError::Refused(_)) => Err(anyhow::Error::new(e)),
+    };
+
+    shutdown.cancel(); // stops the health server when leaving on our own
     let _ = service.stop().await;
     let _ = client.flush().await;
     let _ = health.await;
-    Ok(())
+    result
 }

@@ -1,0 +1,298 @@
+//! The node side of the cluster: join with the cluster token, heartbeat, follow control messages
+//! (driver choice, drain, leave), and re-register by itself after a network loss.
+//!
+//! What the workers should do is published on a [`tokio::sync::watch`] channel
+//! ([`WorkerPlan`]): the job consumers (training issue) follow it to move to another backend's
+//! queue or stop taking work when drained.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use async_nats::Client;
+use futures::StreamExt;
+use gantry_contracts::error::{ErrorCode, ServiceFailure};
+use gantry_contracts::registry::{
+    plan_processes, Driver, Heartbeat, Inventory, NodeControl, NodeName, NodeSettings, RegisterNode, Registered,
+};
+use gantry_contracts::subjects;
+use gantry_runtime::nats;
+use nvml_wrapper::Nvml;
+use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// What the workers do now: which backend's jobs they take, and whether they take any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerPlan {
+    /// The backend the workers run on (the preference, or the best one the node has).
+    pub driver: Driver,
+    /// False when drained or when the chosen backend is missing: take no new job.
+    pub accepting: bool,
+}
+
+/// Who this node is and what it offers.
+pub struct NodeConfig {
+    /// The node name.
+    pub hostname: NodeName,
+    /// The address it reaches the cluster from.
+    pub ip_address: String,
+    /// Node weight.
+    pub weight: u32,
+    /// Worker slots.
+    pub workers: u32,
+    /// The cluster token.
+    pub token: SecretString,
+    /// Seconds between heartbeats.
+    pub heartbeat_interval: Duration,
+}
+
+/// Why joining stopped for good (as opposed to "try again later").
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    /// The registry refused the token (unknown or revoked) or the request: exit non-zero.
+    #[error("the registry refused this node: {0}")]
+    Refused(String),
+    /// Shutdown was requested while waiting for the registry.
+    #[error("stopped while joining")]
+    Stopped,
+}
+
+/// A joined node's running state.
+pub struct Node {
+    client: Client,
+    config: NodeConfig,
+    inventory: Inventory,
+    nvml: Option<Arc<Nvml>>,
+    started: Instant,
+    node_id: String,
+    settings: NodeSettings,
+    /// Per worker: the model it trains, or `None` when idle (filled by the job consumers).
+    busy: Arc<Mutex<Vec<Option<String>>>>,
+    plan: watch::Sender<WorkerPlan>,
+}
+
+/// The address of the interface that routes to the NATS server (no packet is sent).
+pub fn local_ip(nats_url: &str) -> String {
+    let first = nats_url.split(',').next().unwrap_or(nats_url);
+    let rest = first.split_once("://").map(|(_, r)| r).unwrap_or(first);
+    let rest = rest.rsplit_once('@').map(|(_, r)| r).unwrap_or(rest);
+    let hostport = rest.split('/').next().unwrap_or(rest);
+    let target = if hostport.contains(':') { hostport.to_owned() } else { format!("{hostport}:4222") };
+    std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| {
+            s.connect(target.as_str())?;
+            s.local_addr()
+        })
+        .map(|a| a.ip().to_string())
+        .unwrap_or_else(|_| "127.0.0.1".into())
+}
+
+impl Node {
+    fn register_request(&self) -> RegisterNode {
+        RegisterNode {
+            token: self.config.token.expose_secret().to_owned(),
+            hostname: self.config.hostname.to_string(),
+            ip_address: self.config.ip_address.clone(),
+            weight: self.config.weight,
+            workers: self.config.workers,
+            inventory: self.inventory.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        }
+    }
+
+    /// One registration attempt. `Ok(None)`: try again later (no registry, store down).
+    async fn register_once(&self) -> Result<Option<Registered>, JoinError> {
+        let subject = subjects::registry(subjects::registry::REGISTER);
+        match nats::request::<_, Registered>(&self.client, subject, &self.register_request()).await {
+            Ok(r) => Ok(Some(r)),
+            Err(ServiceFailure { code: ErrorCode::Unavailable | ErrorCode::Internal, message }) => {
+                tracing::warn!(reason = %message, "cannot register yet; retrying");
+                Ok(None)
+            }
+            Err(f) => Err(JoinError::Refused(f.message)),
+        }
+    }
+
+    /// Join: register until the registry answers (backing off), then apply the stored settings.
+    /// A refused token ends it at once.
+    pub async fn join(
+        client: Client,
+        config: NodeConfig,
+        inventory: Inventory,
+        nvml: Option<Arc<Nvml>>,
+        shutdown: &CancellationToken,
+    ) -> Result<Self, JoinError> {
+        let workers = config.workers as usize;
+        let (plan, _) = watch::channel(WorkerPlan { driver: inventory.gpu_info.best(), accepting: true });
+        let mut node = Node {
+            client,
+            config,
+            inventory,
+            nvml,
+            started: Instant::now(),
+            node_id: String::new(),
+            settings: NodeSettings::default(),
+            busy: Arc::new(Mutex::new(vec![None; workers])),
+            plan,
+        };
+        let mut backoff = Duration::from_millis(250);
+        loop {
+            if let Some(reg) = node.register_once().await? {
+                node.node_id = reg.node_id.clone();
+                node.apply(reg.settings);
+                tracing::info!(
+                    node_id = %reg.node_id, token_name = %reg.token_name,
+                    driver = %node.plan.borrow().driver, "joined the cluster"
+                );
+                return Ok(node);
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return Err(JoinError::Stopped),
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// The node's identity.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// Follow what the workers should do.
+    pub fn plan(&self) -> watch::Receiver<WorkerPlan> {
+        self.plan.subscribe()
+    }
+
+    /// Per-worker busy slots, for the job consumers to fill.
+    pub fn busy_slots(&self) -> Arc<Mutex<Vec<Option<String>>>> {
+        self.busy.clone()
+    }
+
+    /// Take new settings when newer than the ones applied.
+    fn apply(&mut self, settings: NodeSettings) {
+        if settings.settings_version < self.settings.settings_version {
+            return;
+        }
+        let (driver, processes) = plan_processes(&self.inventory.gpu_info, &settings, &[None]);
+        let unavailable = processes.first().is_some_and(|p| p.reason.is_some());
+        if let Some(reason) = processes.first().and_then(|p| p.reason.clone()) {
+            tracing::warn!(%reason, "the chosen driver is not available here; workers are unavailable");
+        }
+        let plan = WorkerPlan { driver, accepting: !settings.draining && !unavailable };
+        if *self.plan.borrow() != plan || self.settings != settings {
+            tracing::info!(
+                driver = %plan.driver, draining = settings.draining,
+                version = settings.settings_version, "settings applied"
+            );
+        }
+        self.plan.send_replace(plan);
+        self.settings = settings;
+    }
+
+    fn heartbeat(&self, stopping: bool) -> Heartbeat {
+        let busy = self.busy.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let (driver, processes) = plan_processes(&self.inventory.gpu_info, &self.settings, &busy);
+        Heartbeat {
+            node_id: self.node_id.clone(),
+            busy_slots: busy.iter().filter(|b| b.is_some()).count() as u32,
+            gpu_memory_used_mib: crate::inventory::gpu_memory_used_mib(self.nvml.as_deref()),
+            processes,
+            driver,
+            settings: self.settings.clone(),
+            uptime_seconds: self.started.elapsed().as_secs_f64(),
+            stopping,
+        }
+    }
+
+    async fn send_heartbeat(&self, stopping: bool) {
+        let hb = self.heartbeat(stopping);
+        if let Err(e) = nats::publish(&self.client, subjects::node_heartbeat(&self.node_id), &hb).await {
+            tracing::debug!(error = %e, "heartbeat not sent");
+        }
+    }
+
+    /// Register again with the same identity (after a reconnect, or when asked). A refusal
+    /// (revoked token) ends the node.
+    async fn rejoin(&mut self) -> anyhow::Result<()> {
+        match self.register_once().await {
+            Ok(Some(reg)) => {
+                if reg.node_id != self.node_id {
+                    tracing::warn!(old = %self.node_id, new = %reg.node_id, "the registry gave a new identity");
+                    self.node_id = reg.node_id;
+                }
+                self.apply(reg.settings);
+                tracing::info!(node_id = %self.node_id, "registered again");
+                Ok(())
+            }
+            Ok(None) => Ok(()), // the next reconnect or heartbeat tries again
+            Err(JoinError::Refused(m)) => anyhow::bail!("the registry refused this node on re-registering: {m}"),
+            Err(JoinError::Stopped) => Ok(()),
+        }
+    }
+
+    /// Heartbeat and follow control messages until `shutdown` fires (then say goodbye and return
+    /// `Ok`) or the node must leave (`Err`, so the process exits non-zero).
+    pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let mut control = self
+            .client
+            .subscribe(subjects::node_control(&self.node_id))
+            .await
+            .context("subscribing to this node's control subject")?;
+        let mut tick = tokio::time::interval(self.config.heartbeat_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut was_connected = true;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    self.send_heartbeat(true).await;
+                    let _ = self.client.flush().await;
+                    return Ok(());
+                }
+                _ = tick.tick() => {
+                    let connected = nats::is_connected(&self.client);
+                    if connected && !was_connected {
+                        tracing::info!("connection back: registering again");
+                        self.rejoin().await?;
+                    }
+                    was_connected = connected;
+                    self.send_heartbeat(false).await;
+                }
+                msg = control.next() => {
+                    let Some(msg) = msg else { anyhow::bail!("the control subscription ended") };
+                    match serde_json::from_slice::<NodeControl>(&msg.payload) {
+                        Ok(NodeControl::Settings(s)) => {
+                            self.apply(s);
+                            self.send_heartbeat(false).await;
+                        }
+                        Ok(NodeControl::Leave { reason }) => {
+                            anyhow::bail!("leaving the cluster: {reason}; this node's cluster token no longer works");
+                        }
+                        Ok(NodeControl::Reregister) => {
+                            let node_id = self.node_id.clone();
+                            self.rejoin().await?;
+                            if node_id != self.node_id {
+                                control = self.client.subscribe(subjects::node_control(&self.node_id)).await?;
+                            }
+                            self.send_heartbeat(false).await;
+                        }
+                        Err(e) => tracing::warn!(error = %e, "ignoring an unreadable control message"),
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_local_address_is_the_one_routing_to_nats() {
+        assert_eq!(local_ip("nats://127.0.0.1:4222"), "127.0.0.1");
+        assert_eq!(local_ip("nats://user:pw@127.0.0.1:4222,nats://10.0.0.1:4222"), "127.0.0.1");
+        assert_eq!(local_ip("nats://localhost"), "127.0.0.1");
+    }
+}
