@@ -208,8 +208,28 @@ impl Core {
 
 impl Stack {
     /// Start a trainer with this stack's variables (a CPU node; the cluster token and node name
-    /// come from `extra_env` when a test sets them).
+    /// come from `extra_env` when a test sets them). Without `GANTRY_CLUSTER_TOKEN` there, a new
+    /// cluster token is created first through the running registry ([`Stack::create_cluster_token`]),
+    /// so the registry must be up.
     pub fn trainer(&self) -> ServiceProcess {
-        self.spawn("gantry-trainer", &[])
+        if self.extra_env.contains_key("GANTRY_CLUSTER_TOKEN") {
+            return self.spawn("gantry-trainer", &[]);
+        }
+        let token = self.create_cluster_token("test");
+        self.spawn("gantry-trainer", &[("GANTRY_CLUSTER_TOKEN", &token)])
+    }
+
+    /// Create a cluster token named `name` through the running registry (`gantry-registry
+    /// create-token`, over this stack's NATS) and return it whole. Panics when no registry answers
+    /// within a minute.
+    pub fn create_cluster_token(&self, name: &str) -> String {
+        let out = Command::new(bin_dir().join("gantry-registry"))
+            .args(["create-token", name, "--wait", "60"])
+            .env("NATS_URL", self.nats.url())
+            .stdin(Stdio::null())
+            .output()
+            .expect("run gantry-registry create-token");
+        assert!(out.status.success(), "gantry-registry create-token failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).expect("utf-8 token").trim().to_owned()
     }
 }
