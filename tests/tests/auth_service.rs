@@ -154,7 +154,7 @@ async fn two_replicas_starting_at_once_create_one_admin_and_a_restart_changes_no
 }
 
 #[tokio::test]
-async fn without_a_configured_password_one_is_generated_and_printed_once() {
+async fn a_generated_admin_password_is_printed_once_and_a_token_configured_later_is_added() {
     let stack = Stack::start().await;
     let auth = stack.spawn("gantry-auth", &[("GANTRY_ADMIN_PASSWORD", ""), ("GANTRY_ADMIN_API_TOKEN", "")]);
     auth.wait_ready(READY).await;
@@ -170,10 +170,23 @@ async fn without_a_configured_password_one_is_generated_and_printed_once() {
     let client = stack.nats.client().await;
     assert!(login(&client, "admin", &password, "10.0.0.1").await.is_ok());
 
+    assert_eq!(verify(&client, bearer(ADMIN_TOKEN)).await.unwrap_err().code, ErrorCode::Unauthorized);
+
+    // Restarted with GANTRY_ADMIN_API_TOKEN: the existing admin gets it; no new password.
     drop(auth);
-    let again = stack.spawn("gantry-auth", &[("GANTRY_ADMIN_PASSWORD", ""), ("GANTRY_ADMIN_API_TOKEN", "")]);
+    let again = stack.spawn("gantry-auth", &[("GANTRY_ADMIN_PASSWORD", "")]);
     again.wait_ready(READY).await;
     assert!(!again.output().contains("generated password"), "printed again on restart");
+    let p = verify(&client, bearer(ADMIN_TOKEN)).await.expect("the token was added to the existing admin");
+    assert_eq!(p.user.id, 1);
+
+    // Once its owner revokes it, a restart does not bring it back.
+    let listed: ApiTokenList = ok(&client, ep::TOKENS_LIST, &UserRef { user_id: 1 }).await;
+    let _: Value = ok(&client, ep::TOKENS_REVOKE, &RevokeApiToken { user_id: 1, token_id: listed.tokens[0].id.clone() }).await;
+    drop(again);
+    let third = stack.spawn("gantry-auth", &[("GANTRY_ADMIN_PASSWORD", "")]);
+    third.wait_ready(READY).await;
+    assert_eq!(verify(&client, bearer(ADMIN_TOKEN)).await.unwrap_err().code, ErrorCode::Unauthorized);
 }
 
 #[tokio::test]
@@ -523,4 +536,111 @@ async fn endpoints_register_and_health_answers_while_the_store_is_unreachable() 
     })
     .await;
     assert!(f.is_some(), "verify should answer unavailable:\n{}", auth.output());
+}
+
+/// Run a Python script with pymongo against this stack's auth database: `sys.argv[1]` is the
+/// store's URI, `sys.argv[2]` the database, then `args`. The store's own interpreter runs it (the
+/// store is built on pymongo, so it is there wherever the store is). Returns what it printed.
+fn store_script(stack: &Stack, script: &str, args: &[&str]) -> String {
+    let store = gantry_testing::util::tool("nx-27017");
+    let first = std::fs::read_to_string(&store).unwrap().lines().next().unwrap_or_default().to_owned();
+    let mut words = first.trim_start_matches("#!").split_whitespace();
+    let mut python = words.next().expect("nx-27017 starts with a #! line").to_owned();
+    if python.ends_with("/env") {
+        python = words.next().expect("#!/usr/bin/env names the interpreter").to_owned();
+    }
+    let out = std::process::Command::new(python)
+        .arg("-c")
+        .arg(script)
+        .arg(stack.store.uri())
+        .arg(format!("{}auth", stack.prefix))
+        .args(args)
+        .output()
+        .expect("run the store's python");
+    assert!(out.status.success(), "store script failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn a_charge_interrupted_between_its_steps_is_finished_once_by_a_retry() {
+    let (stack, _auth, client) = started().await;
+    let user = create_user(&client, "quinn", 1000).await;
+
+    // What a replica that died mid-charge leaves behind: one entry written but the balance
+    // untouched; one entry written and the balance already moved (with its mark), not yet applied.
+    store_script(
+        &stack,
+        r#"
+import sys, time, hashlib
+from pymongo import MongoClient
+db = MongoClient(sys.argv[1])[sys.argv[2]]
+uid = int(sys.argv[3]); now = int(time.time() * 1000)
+for key in ("died-before-balance", "died-after-balance"):
+    db.ledger.insert_one({"key": key, "user_id": uid, "kind": "charge", "amount": 100, "delta": -100,
+        "reason": "test", "state": "pending", "lease_until_ms": now - 1000, "created_at_ms": now - 20000,
+        "applied_at_ms": 0, "settled_at_ms": 0})
+mark = "ledger_marks." + hashlib.sha256(b"died-after-balance").hexdigest()
+db.users.update_one({"_id": uid}, {"$inc": {"tokens": -100}, "$set": {mark: now}})
+"#,
+        &[&user.id.to_string()],
+    );
+    assert_eq!(balance(&client, user.id).await, 900);
+
+    let a: CreditResult = ok(&client, ep::CREDITS_CHARGE, &change(user.id, 100, "died-before-balance")).await;
+    assert_eq!((a.tokens_used, a.remaining_tokens), (100, 800));
+    let b: CreditResult = ok(&client, ep::CREDITS_CHARGE, &change(user.id, 100, "died-after-balance")).await;
+    assert_eq!((b.tokens_used, b.remaining_tokens), (100, 800), "the balance had moved already: not again");
+    for key in ["died-before-balance", "died-after-balance"] {
+        let r: CreditResult = ok(&client, ep::CREDITS_CHARGE, &change(user.id, 100, key)).await;
+        assert!(r.replayed);
+        assert_eq!(r.remaining_tokens, 800);
+    }
+    let refund: CreditResult = ok(&client, ep::CREDITS_REFUND, &change(user.id, 100, "died-after-balance")).await;
+    assert_eq!(refund.remaining_tokens, 900);
+}
+
+#[tokio::test]
+async fn every_balance_change_is_in_the_ledger_with_user_delta_reason_key_and_time() {
+    let (stack, _auth, client) = started().await;
+    let user = create_user(&client, "rosa", 500).await;
+    let _: CreditResult = ok(&client, ep::CREDITS_CHARGE, &change(user.id, 100, "job-1")).await;
+    let _: CreditResult = ok(&client, ep::CREDITS_CHARGE, &change(user.id, 100, "job-1")).await;
+    let _: CreditResult = ok(&client, ep::CREDITS_REFUND, &change(user.id, 100, "job-1")).await;
+    let _: User = ok(&client, ep::USERS_UPDATE, &UpdateUser { id: user.id, tokens_delta: Some(-50), reason: Some("cleanup".into()), actor_id: Some(1), ..Default::default() }).await;
+    let _ = call::<_, CreditResult>(&client, ep::CREDITS_CHARGE, &change(user.id, 1000, "too-much")).await.unwrap_err();
+
+    let out = store_script(
+        &stack,
+        r#"
+import sys, json
+from pymongo import MongoClient
+db = MongoClient(sys.argv[1])[sys.argv[2]]
+rows = [{k: d.get(k) for k in ("key", "user_id", "kind", "delta", "reason", "state", "created_at_ms", "actor_id")}
+        for d in db.ledger.find({"user_id": int(sys.argv[3])})]
+print(json.dumps(rows))
+"#,
+        &[&user.id.to_string()],
+    );
+    let rows: Vec<Value> = serde_json::from_str(out.trim()).unwrap();
+    let mut seen: Vec<(String, String, i64, String)> = rows
+        .iter()
+        .map(|r| {
+            assert_eq!(r["user_id"], user.id, "{r}");
+            assert_eq!(r["state"], "applied", "{r}");
+            assert!(r["created_at_ms"].as_i64().unwrap() > 1_600_000_000_000, "{r}");
+            let key = r["key"].as_str().unwrap();
+            let key = if key.starts_with("adjust:") { "adjust:*" } else { key };
+            (key.to_owned(), r["kind"].as_str().unwrap().to_owned(), r["delta"].as_i64().unwrap(), r["reason"].as_str().unwrap().to_owned())
+        })
+        .collect();
+    seen.sort();
+    let want = [
+        ("adjust:*", "adjust", -50, "cleanup"),
+        ("adjust:*", "adjust", 500, "opening balance"),
+        ("job-1", "charge", -100, "test"),
+        ("refund:job-1", "refund", 100, "test"),
+    ];
+    let want: Vec<_> = want.iter().map(|(k, c, d, r)| (k.to_string(), c.to_string(), *d, r.to_string())).collect();
+    assert_eq!(seen, want, "the refused charge is not recorded; the repeated one once");
+    assert_eq!(balance(&client, user.id).await, 450);
 }
