@@ -191,7 +191,7 @@ async fn a_generated_admin_password_is_printed_once_and_a_token_configured_later
 
 #[tokio::test]
 async fn a_user_logs_in_verifies_the_session_and_after_logout_it_no_longer_verifies() {
-    let (_stack, _auth, client) = started().await;
+    let (_stack, auth, client) = started().await;
     let user = create_user(&client, "carol", 0).await;
     assert_eq!(user.id, 2);
     assert_eq!(user.role, Role::User);
@@ -217,6 +217,9 @@ async fn a_user_logs_in_verifies_the_session_and_after_logout_it_no_longer_verif
     // A session id is never a bearer token, and made-up ones fail the same way.
     assert_eq!(verify(&client, bearer(&s.session_id)).await.unwrap_err().code, ErrorCode::Unauthorized);
     assert_eq!(verify(&client, session("0".repeat(64).as_str())).await.unwrap_err().code, ErrorCode::Unauthorized);
+
+    let out = auth.output();
+    assert!(!out.contains(&s.session_id) && !out.contains("carol-password"), "a secret reached the logs:\n{out}");
 }
 
 #[tokio::test]
@@ -279,7 +282,7 @@ async fn an_inactive_user_cannot_log_in() {
 
 #[tokio::test]
 async fn a_revoked_token_and_a_deactivated_user_are_unauthorized_even_after_the_boolean_quirk() {
-    let (_stack, _auth, client) = started().await;
+    let (_stack, auth, client) = started().await;
     let user = create_user(&client, "hank", 0).await;
     let mut revocations = client.subscribe(REVOCATIONS).await.unwrap();
     client.flush().await.unwrap();
@@ -327,6 +330,9 @@ async fn a_revoked_token_and_a_deactivated_user_are_unauthorized_even_after_the_
     assert!(back.active);
     assert!(verify(&client, bearer(&t2.secret)).await.is_ok());
     assert_eq!(verify(&client, bearer(&t.secret)).await.unwrap_err().code, ErrorCode::Unauthorized);
+
+    let out = auth.output();
+    assert!(!out.contains(&t.secret[4..]) && !out.contains(&t2.secret[4..]), "a token reached the logs:\n{out}");
 }
 
 #[tokio::test]
@@ -521,7 +527,7 @@ async fn with_two_replicas_200_concurrent_charges_of_100_against_1000_succeed_ex
 }
 
 #[tokio::test]
-async fn endpoints_register_and_health_answers_while_the_store_is_unreachable() {
+async fn endpoints_register_and_health_answers_while_the_store_is_unreachable_and_sigterm_still_stops_it() {
     let stack = Stack::start().await;
     let dead = format!("mongodb://127.0.0.1:{}/?directConnection=true", free_port());
     let auth = stack.spawn("gantry-auth", &[("MONGODB_URI", dead.as_str())]);
@@ -536,6 +542,20 @@ async fn endpoints_register_and_health_answers_while_the_store_is_unreachable() 
     })
     .await;
     assert!(f.is_some(), "verify should answer unavailable:\n{}", auth.output());
+
+    // Still waiting for the store, it stops promptly and cleanly.
+    let mut auth = auth;
+    let status = auth.terminate(Duration::from_secs(8)).await.expect("stops within 8 s of SIGTERM");
+    assert_eq!(status.code(), Some(0), "{}", auth.output());
+}
+
+#[tokio::test]
+async fn sigterm_stops_a_ready_auth_with_code_zero() {
+    let (_stack, mut auth, client) = started().await;
+    create_user(&client, "sam", 10).await;
+    let status = auth.terminate(Duration::from_secs(8)).await.expect("stops within 8 s of SIGTERM");
+    assert_eq!(status.code(), Some(0), "{}", auth.output());
+    assert!(!auth.output().contains("sam-password"), "a password reached the output");
 }
 
 /// Run a Python script with pymongo against this stack's auth database: `sys.argv[1]` is the
