@@ -244,12 +244,16 @@ impl Store {
 /// `credits.charge`: take `amount` tokens once per key; admins pay nothing (the key is still
 /// recorded, so a repeat is a replay).
 pub async fn charge(app: App, req: CreditChange) -> AuthResult<CreditResult> {
+    charge_in(app.store(), req).await
+}
+
+/// [`charge`] against a store.
+pub async fn charge_in(store: &Store, req: CreditChange) -> AuthResult<CreditResult> {
     let key = IdempotencyKey::parse(&req.key)?;
     if req.amount <= 0 {
         return Err(AuthError::BadRequest("amount must be a positive number of tokens".into()));
     }
     let reason = validate_reason(&req.reason, "charge")?;
-    let store = app.store();
     let user = store
         .user(req.user_id)
         .await?
@@ -274,12 +278,16 @@ pub async fn charge(app: App, req: CreditChange) -> AuthResult<CreditResult> {
 /// `credits.refund`: give back what the applied charge with the same key took (at most
 /// `amount`), once.
 pub async fn refund(app: App, req: CreditChange) -> AuthResult<CreditResult> {
+    refund_in(app.store(), req).await
+}
+
+/// [`refund`] against a store.
+pub async fn refund_in(store: &Store, req: CreditChange) -> AuthResult<CreditResult> {
     let key = IdempotencyKey::parse(&req.key)?;
     if req.amount <= 0 {
         return Err(AuthError::BadRequest("amount must be a positive number of tokens".into()));
     }
     let reason = validate_reason(&req.reason, "refund")?;
-    let store = app.store();
     let not_found = || AuthError::NotFound(format!("no charge with key '{}' for user {}", req.key, req.user_id));
     let charge = store.find_entry(key.ledger().as_ref()).await?.ok_or_else(not_found)?;
     if charge.kind != LedgerKind::Charge || charge.user_id != req.user_id {
@@ -331,12 +339,11 @@ pub async fn record_opening_balance(store: &Store, user_id: i64, tokens: i64) ->
     Ok(())
 }
 
-/// Background upkeep: finish entries abandoned by a crashed request, and remove marks of
-/// entries applied long ago.
-pub async fn settle(store: &Store) -> anyhow::Result<()> {
+/// Background upkeep as of `now` (ms; tests pass a later time to skip ahead): finish entries
+/// abandoned by a crashed request, and remove marks of entries applied long ago.
+pub async fn settle(store: &Store, now: i64) -> anyhow::Result<()> {
     use anyhow::Context as _;
     use futures::TryStreamExt;
-    let now = now_ms();
 
     let abandoned: Vec<LedgerDoc> = store
         .ledger
@@ -348,7 +355,7 @@ pub async fn settle(store: &Store) -> anyhow::Result<()> {
         .await
         .context("reading abandoned ledger entries")?;
     for e in abandoned {
-        if let Some(lease) = store.take_over(&e, now_ms() + ms(LEASE)).await? {
+        if let Some(lease) = store.take_over(&e, now.max(now_ms()) + ms(LEASE)).await? {
             let key = e.key.clone();
             let outcome = finish(store, LedgerDoc { lease_until_ms: lease, ..e }).await;
             tracing::info!(key_digest = %secrets::digest(&key), outcome = ?outcome.map(|_| ()), "finished an abandoned ledger entry");

@@ -62,6 +62,7 @@ where
 /// Wait for the store, then create indexes and the first admin; retry until it works.
 async fn start_when_store_answers(app: App, first: FirstAdmin, shutdown: CancellationToken) {
     let mut failures = 0u32;
+    let mut next_warning = 1u32;
     loop {
         if !mongo::wait_ready(&app.store().db, &shutdown).await {
             return;
@@ -76,8 +77,9 @@ async fn start_when_store_answers(app: App, first: FirstAdmin, shutdown: Cancell
             Err(e) => {
                 failures += 1;
                 let reason = format!("{e:#}");
-                if failures == 1 || failures % 10 == 0 {
+                if failures >= next_warning {
                     tracing::warn!(error = %reason, failures, "start-up work failed; retrying");
+                    next_warning = failures + 10;
                 }
                 app.set_problem(Some(reason));
             }
@@ -102,7 +104,7 @@ async fn sweep(app: App, shutdown: CancellationToken) {
         if let Err(e) = app.store().sweep_expired(app.settings().failure_window).await {
             tracing::warn!(error = format!("{e:#}"), "sweeping expired sessions failed");
         }
-        if let Err(e) = credits::settle(app.store()).await {
+        if let Err(e) = credits::settle(app.store(), crate::store::now_ms()).await {
             tracing::warn!(error = format!("{e:#}"), "settling the ledger failed");
         }
     }
