@@ -8,6 +8,8 @@ use tracing::Instrument;
 
 use crate::browse::BrowseApi;
 use crate::cluster::ClusterApi;
+use crate::jobs::JobsApi;
+use crate::train::TrainApi;
 use crate::docs::{self, Aliased, Docs};
 use crate::error::envelope;
 use crate::session::SessionApi;
@@ -19,15 +21,17 @@ use crate::users::UsersApi;
 pub const MAX_BODY_BYTES: usize = 1 << 20;
 
 /// Every API group, admin paths under both prefixes.
-pub type Apis = Aliased<(BrowseApi, UsersApi, ClusterApi, SessionApi, TokensApi)>;
+pub type Apis = Aliased<(BrowseApi, TrainApi, UsersApi, ClusterApi, JobsApi, SessionApi, TokensApi)>;
 
 /// The OpenAPI service of every group.
-pub fn api_service(state: AppState) -> OpenApiService<Apis, ()> {
+pub fn api_service(state: AppState, hold: std::time::Duration) -> OpenApiService<Apis, ()> {
     OpenApiService::new(
         Aliased((
             BrowseApi(state.clone()),
+            TrainApi { state: state.clone(), hold },
             UsersApi(state.clone()),
             ClusterApi(state.clone()),
+            JobsApi(state.clone()),
             SessionApi(state.clone()),
             TokensApi(state),
         )),
@@ -42,8 +46,13 @@ pub fn api_service(state: AppState) -> OpenApiService<Apis, ()> {
 }
 
 /// The whole app.
-pub fn build(state: AppState, readiness: gantry_runtime::health::Readiness, public_url: Option<String>) -> impl Endpoint<Output = Response> {
-    let service = api_service(state);
+pub fn build(
+    state: AppState,
+    readiness: gantry_runtime::health::Readiness,
+    public_url: Option<String>,
+    hold: std::time::Duration,
+) -> impl Endpoint<Output = Response> {
+    let service = api_service(state, hold);
     let json = service.spec();
     let docs = Docs {
         yaml: service.spec_yaml(),

@@ -7,21 +7,16 @@ use gantry_runtime::nats;
 use poem::Request;
 use poem_openapi::param::Path;
 use poem_openapi::payload::{Form, Json};
-use poem_openapi::types::{Example, ParseFromJSON};
+use poem_openapi::types::Example;
 use poem_openapi::{ApiRequest, ApiResponse, Multipart, Object, OpenApi};
 use serde::Serialize;
 
 use crate::auth::Credentials;
-use crate::error::{ApiError, ApiResult};
+use crate::error::ApiResult;
 use crate::state::AppState;
 use crate::tags::ApiTags;
 use crate::users::rfc3339;
-
-/// Carry a registry reply into its documented type (the field names are the same by contract).
-fn carry<T: ParseFromJSON>(value: impl Serialize) -> ApiResult<T> {
-    let json = serde_json::to_value(value).map_err(ApiError::internal)?;
-    T::parse_from_json(Some(json)).map_err(|e| ApiError::internal(format!("registry reply does not match the contract: {}", e.into_message())))
-}
+use crate::wire::carry;
 
 /// A cluster token.
 #[derive(Debug, Clone, Object)]

@@ -348,4 +348,6 @@ pub mod samples {
     pub const CLUSTER_NODES: &str = "curl -H \"Authorization: Bearer YOUR_ADMIN_API_TOKEN\" \\\n  {{ request.host_url }}api/admin/cluster_nodes";
     /// Curl example.
     pub const SET_DRIVER: &str = "curl -X POST -H \"Authorization: Bearer YOUR_ADMIN_API_TOKEN\" \\\n  -F \"hostname=worker1.example.com\" \\\n  -F \"token=abc123...\" \\\n  -F \"driver=cuda\" \\\n  {{ request.host_url }}api/admin/cluster_nodes/set_driver";
+    /// Curl example.
+    pub const TRAIN: &str = "curl -X POST -H \"Authorization: Bearer YOUR_ADMIN_API_TOKEN\" \\\n  -H \"Content-Type: application/json\" \\\n  -d '{\n    \"output_model\": \"MyModel\",\n    \"description\": \"Custom trained model\",\n    \"train_path\": \"/path/to/training/data\"\n  }' \\\n  {{ request.host_url }}admin/api/train";
 }

@@ -10,8 +10,9 @@
 //! - [`auth`]: credentials (bearer, session cookie), verification cache, same-origin check.
 //! - [`error`]: the error type of every operation and the envelope.
 //! - [`docs`]: the OpenAPI spec, Swagger UI, the rendered admin page, `/api/admin` aliases.
+//! - [`wire`]: service replies carried into documented types.
 //! - [`data_path`]: the data-root path rules, one function for browse, training and analysis.
-//! - One module per feature: [`browse`], [`users`], [`cluster`], [`session`], [`tokens`].
+//! - One module per feature: [`browse`], [`train`], [`jobs`], [`users`], [`cluster`], [`session`], [`tokens`].
 
 pub mod app;
 pub mod auth;
@@ -20,9 +21,12 @@ pub mod cluster;
 pub mod data_path;
 pub mod docs;
 pub mod error;
+pub mod jobs;
 pub mod session;
 pub mod startup;
 pub mod state;
 pub mod tags;
 pub mod tokens;
+pub mod train;
 pub mod users;
+pub mod wire;

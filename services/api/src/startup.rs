@@ -19,7 +19,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let service = nats::start_service(&client, services::API, "HTTP edge of the admin and user API").await?;
 
     let state = AppState::new(&config, client.clone()).await?;
-    let app = app::build(state, readiness, config.public_url.clone());
+    let js = async_nats::jetstream::new(client.clone());
+    {
+        let (js, shutdown) = (js.clone(), shutdown.clone());
+        tokio::spawn(async move { gantry_runtime::jobs::ensure_with_retry(&js, &shutdown).await });
+    }
+    let app = app::build(state, readiness, config.public_url.clone(), config.train_hold);
     tracing::info!(addr = %config.http_addr, "api listening");
     Server::new(TcpListener::bind(config.http_addr))
         .run_with_graceful_shutdown(app, shutdown.cancelled_owned(), Some(Duration::from_secs(10)))

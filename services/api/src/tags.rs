@@ -21,4 +21,7 @@ pub enum ApiTags {
     /// Cluster tokens, nodes and their drivers (admins).
     #[oai(rename = "Cluster")]
     Cluster,
+    /// Training jobs and the models they make.
+    #[oai(rename = "Training")]
+    Training,
 }

@@ -20,19 +20,20 @@ use crate::registry::Registry;
 use crate::store::Store;
 use crate::view::Timing;
 
-/// Serve one endpoint with a handler method of [`Registry`].
-async fn endpoint<Req, Resp, F, Fut>(
+/// Serve one endpoint with a handler method of `state` ([`Registry`] or [`crate::jobs::Jobs`]).
+pub(crate) async fn endpoint<S, Req, Resp, F, Fut>(
     group: &async_nats::service::Group,
     name: &'static str,
-    registry: &Registry,
+    registry: &S,
     shutdown: &CancellationToken,
     tracker: &TaskTracker,
     handler: F,
 ) -> anyhow::Result<()>
 where
+    S: Clone + Send + Sync + 'static,
     Req: DeserializeOwned + Send + 'static,
     Resp: Serialize + Send + 'static,
-    F: Fn(Registry, Req) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(S, Req) -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<Resp, RegistryError>> + Send + 'static,
 {
     let ep = group.endpoint(name).await.map_err(|e| anyhow::anyhow!("adding endpoint {name}: {e}"))?;
@@ -75,6 +76,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     endpoint(&group, ep::CLIENTS, &registry, &shutdown, &tracker, |r: Registry, q| async move { r.cluster_clients(q).await }).await?;
     endpoint(&group, ep::SET_DRIVER, &registry, &shutdown, &tracker, |r: Registry, q| async move { r.set_driver(q).await }).await?;
     endpoint(&group, ep::DRAIN, &registry, &shutdown, &tracker, |r: Registry, q| async move { r.drain(q).await }).await?;
+    crate::jobs::serve(&group, &registry, &shutdown, &tracker).await?;
     tracing::info!("registry endpoints up");
 
     shutdown.cancelled().await;

@@ -314,3 +314,11 @@ impl Store {
         Ok(())
     }
 }
+
+impl Store {
+    /// Count a completed job for a node.
+    pub async fn count_completed(&self, node_id: &str) -> Result<(), RegistryError> {
+        self.nodes().update_one(doc! { "_id": node_id }, doc! { "$inc": { "completed_jobs": 1_i64 } }).await?;
+        Ok(())
+    }
+}

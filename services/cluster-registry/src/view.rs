@@ -628,3 +628,18 @@ mod tests {
         assert_eq!(v.take_dirty().len(), 1);
     }
 }
+
+/// What the job side of the registry reads and counts.
+impl View {
+    /// Every node this replica knows.
+    pub fn nodes(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.values()
+    }
+
+    /// Count a completed job for a node (also written to the store by the caller).
+    pub fn count_completed(&mut self, node_id: &str) {
+        if let Some(n) = self.nodes.get_mut(node_id) {
+            n.record.completed_jobs += 1;
+        }
+    }
+}

@@ -242,8 +242,10 @@ pub struct ModelVersion {
 pub enum JobEventKind {
     /// A trainer took it (again).
     Started {
-        /// The node.
+        /// The node's name.
         node: String,
+        /// The node's id (`gantry.node.<node_id>.*`).
+        node_id: String,
         /// The backend it trains on.
         driver: String,
         /// The epoch it resumes after (0 for a fresh start).
@@ -277,7 +279,8 @@ pub enum JobEventKind {
         /// Its metrics.
         metrics: EpochMetrics,
     },
-    /// Done: the model version is stored.
+    /// Done: the weights are stored. The trainer sends `version: 0`; the registry numbers the
+    /// version when it records the job (read the job to learn it).
     Completed {
         /// The version.
         model: ModelVersion,
@@ -341,8 +344,11 @@ pub struct JobRecord {
     /// Whether the charge was given back.
     #[serde(default, deserialize_with = "crate::registry::tolerant_bool")]
     pub refunded: bool,
-    /// The node working on it or that finished it.
+    /// The node working on it or that finished it (its name).
     pub node: Option<String>,
+    /// That node's id.
+    #[serde(default)]
+    pub node_id: Option<String>,
     /// Latest delivery seen (results from older ones are ignored).
     #[serde(default)]
     pub delivery: u64,
@@ -481,9 +487,9 @@ pub struct ModelDetail {
     pub versions: Vec<ModelVersion>,
 }
 
-/// Object key of a model version's weights.
-pub fn weights_key(name: &str, version: u32) -> String {
-    format!("models/{name}/{version}/model.safetensors")
+/// Object key of the weights a job produced (a model version points at it).
+pub fn weights_key(job_id: &str) -> String {
+    format!("jobs/{job_id}/model.safetensors")
 }
 
 /// Object key of a job's latest checkpoint.

@@ -58,6 +58,9 @@ pub struct Config {
     pub heartbeat_misses: u32,
     /// `GANTRY_NODE_RETENTION` seconds a disconnected node stays listed (default 86400).
     pub node_retention: Duration,
+    /// `GANTRY_TRAIN_HOLD` seconds a training submission is held waiting for its job to end
+    /// before it answers 202 (default 900).
+    pub train_hold: Duration,
 }
 
 fn var(name: &'static str) -> Option<String> {
@@ -156,6 +159,7 @@ impl Config {
             ),
             heartbeat_misses: number("GANTRY_HEARTBEAT_MISSES", 3u32, 1, 1000)?,
             node_retention: Duration::from_secs(number("GANTRY_NODE_RETENTION", 86_400u64, 1, 365 * 86_400)?),
+            train_hold: Duration::from_millis((number("GANTRY_TRAIN_HOLD", 900.0f64, 0.1, 86_400.0)? * 1000.0) as u64),
         })
     }
 

@@ -61,8 +61,8 @@ pub fn pack(files: &mut [DatasetFile], out: &Path) -> anyhow::Result<String> {
     Ok(hex::encode(writer.hasher.finalize()))
 }
 
-/// Unpack a snapshot into `dir`, refusing anything but plain files at `<class>/<file>` depth
-/// (no links, no absolute paths, no `..`).
+/// Unpack a snapshot into `dir`, refusing anything but plain files inside a class folder
+/// (`<class>/.../<file>`, at most 16 deep; no links, no absolute paths, no `..`).
 pub fn unpack(archive: impl Read, dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     let mut ar = tar::Archive::new(archive);
@@ -73,8 +73,8 @@ pub fn unpack(archive: impl Read, dir: &Path) -> anyhow::Result<()> {
         }
         let path = entry.path()?.into_owned();
         let parts: Vec<_> = path.components().collect();
-        if parts.len() != 2 || !parts.iter().all(|c| matches!(c, Component::Normal(_))) {
-            bail!("snapshot entry {} is not <class>/<file>", path.display());
+        if parts.len() < 2 || parts.len() > 16 || !parts.iter().all(|c| matches!(c, Component::Normal(_))) {
+            bail!("snapshot entry {} is not <class>/.../<file>", path.display());
         }
         let target = dir.join(&path);
         std::fs::create_dir_all(target.parent().unwrap())?;

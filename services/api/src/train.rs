@@ -1,0 +1,597 @@
+//! `POST /admin/api/train` (and `POST /api/train` for users): validate, charge, snapshot the
+//! dataset, record and publish the job, then hold the request until the job ends.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use gantry_contracts::auth::{CreditChange, CreditResult, Principal, Role};
+use gantry_contracts::error::ErrorCode;
+use gantry_contracts::jobs::{
+    self, FailJob, FailureKind, JobDriver, JobEvent, JobEventKind, JobRecord, JobRef, JobStatus, TrainJob, TrainParams,
+};
+use gantry_contracts::subjects;
+use gantry_runtime::dataset::{self, DatasetFile};
+use gantry_runtime::nats;
+use gantry_training::dataset::{DatasetLimits, Listing};
+use poem::Request;
+use poem_openapi::param::{Header, Query};
+use poem_openapi::payload::Json;
+use poem_openapi::types::Example;
+use poem_openapi::{ApiResponse, Object, OpenApi};
+use sha2::{Digest, Sha256};
+
+use crate::auth::Credentials;
+use crate::data_path::DataRoot;
+use crate::error::{ApiError, ApiResult};
+use crate::jobs::ModelVersionOut;
+use crate::state::AppState;
+use crate::tags::ApiTags;
+use crate::wire::carry;
+
+/// What training costs a user, in credit tokens (admins pay nothing).
+pub const TRAINING_COST: i64 = 100;
+
+fn default_model() -> String {
+    "MyCustomModel".into()
+}
+
+/// A training request.
+#[derive(Debug, Clone, Object)]
+pub struct TrainBody {
+    /// Name for the trained model (default: "MyCustomModel")
+    #[oai(default = "default_model", validator(min_length = 1, max_length = 100, pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"))]
+    pub output_model: String,
+    /// Description of the model
+    #[oai(default, validator(max_length = 2000))]
+    pub description: String,
+    /// Path to the training data directory
+    #[oai(validator(min_length = 1, max_length = 1024))]
+    pub train_path: String,
+    /// Passes over the data (default: 10, 1 to 200)
+    #[oai(validator(minimum(value = "1"), maximum(value = "200")))]
+    pub epochs: Option<u32>,
+    /// Images per step (default: 32, 1 to 1024)
+    #[oai(validator(minimum(value = "1"), maximum(value = "1024")))]
+    pub batch_size: Option<u32>,
+    /// Learning rate (default: 0.001, above 0 and at most 1)
+    #[oai(validator(minimum(value = "0", exclusive), maximum(value = "1")))]
+    pub learning_rate: Option<f64>,
+    /// Images are resized to this square (default: 64, 16 to 512)
+    #[oai(validator(minimum(value = "16"), maximum(value = "512")))]
+    pub image_size: Option<u32>,
+    /// Share of each class held out for validation (default: 0.2, 0.05 to 0.5)
+    #[oai(validator(minimum(value = "0.05"), maximum(value = "0.5")))]
+    pub validation_split: Option<f64>,
+    /// Backend: "cuda", "rocm", "cpu" or "any" (default: "any")
+    pub driver: Option<String>,
+    /// Hold the request until the job ends (default: true); false answers 202 at once
+    pub wait: Option<bool>,
+}
+
+/// The job finished.
+#[derive(Debug, Clone, Object)]
+#[oai(example)]
+pub struct TrainCompleted {
+    /// "Training completed".
+    pub message: String,
+    /// Tokens charged (0 for admins).
+    pub tokens_used: i64,
+    /// The caller's balance afterwards.
+    pub remaining_tokens: i64,
+    /// The job.
+    pub job_id: String,
+    /// The model version it produced.
+    pub model: Option<ModelVersionOut>,
+}
+
+impl Example for TrainCompleted {
+    fn example() -> Self {
+        Self {
+            message: "Training completed".into(),
+            tokens_used: 100,
+            remaining_tokens: 900,
+            job_id: "7f0c3f9e2b7d4c1a9e8b6d5c4b3a2f1e".into(),
+            model: None,
+        }
+    }
+}
+
+/// The job is queued (or still running); follow it at `status_url`.
+#[derive(Debug, Clone, Object)]
+pub struct TrainQueued {
+    /// "Training queued".
+    pub message: String,
+    /// The job.
+    pub job_id: String,
+    /// Tokens charged (0 for admins).
+    pub tokens_used: i64,
+    /// The caller's balance afterwards.
+    pub remaining_tokens: i64,
+    /// Where to follow it.
+    pub status_url: String,
+}
+
+/// `POST /admin/api/train` answers.
+#[derive(ApiResponse)]
+pub enum TrainResponse {
+    /// Training completed.
+    #[oai(status = 200)]
+    Completed(Json<TrainCompleted>),
+    /// Queued: `wait=false`, `Prefer: respond-async`, or the hold ran out while the job waits or runs.
+    #[oai(status = 202)]
+    Queued(Json<TrainQueued>),
+}
+
+/// A dataset ready to queue.
+struct Snapshot {
+    hash: String,
+    classes: Vec<String>,
+    archive: tempfile::NamedTempFile,
+}
+
+fn dataset_error(e: gantry_training::dataset::DatasetError) -> ApiError {
+    if e.is_data_error() {
+        ApiError::bad_request(format!("train_path is not a usable ImageFolder dataset: {e}"))
+    } else {
+        ApiError::internal(e)
+    }
+}
+
+/// Check `train_path` (path rules, ImageFolder layout, bounds, image headers) and pack it.
+fn prepare(root: &DataRoot, train_path: &str) -> ApiResult<Snapshot> {
+    let dir = root.resolve_dir(train_path)?;
+    let limits = DatasetLimits::default();
+    let listing = Listing::scan(dir.real(), &limits).map_err(dataset_error)?;
+    // Every image's header, before anything is decoded anywhere: refuse bombs and junk now.
+    let mut readable = vec![0usize; listing.classes.len()];
+    let mut files = Vec::with_capacity(listing.files.len());
+    for f in &listing.files {
+        let path = dir.real().join(&f.relative_path);
+        if !root.contains(&path) {
+            return Err(ApiError::forbidden(format!("`{}` resolves outside the data root", f.relative_path)));
+        }
+        let dims = image::ImageReader::open(&path)
+            .and_then(|r| r.with_guessed_format())
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.into_dimensions().map_err(|e| e.to_string()));
+        match dims {
+            Ok((w, h)) => {
+                if w > limits.max_image_side || h > limits.max_image_side || (w as u64 * h as u64) > limits.max_image_pixels {
+                    return Err(ApiError::bad_request(format!(
+                        "`{}` is {w}x{h} pixels, more than the limit of {} per side or {} pixels",
+                        f.relative_path, limits.max_image_side, limits.max_image_pixels
+                    )));
+                }
+                readable[f.class] += 1;
+            }
+            Err(reason) => {
+                return Err(ApiError::bad_request(format!("`{}` is not a readable PNG or JPEG image: {reason}", f.relative_path)))
+            }
+        }
+        files.push(DatasetFile { relative: format!("{}/{}", listing.classes[f.class], strip_class(&f.relative_path)), source: path });
+    }
+    if let Some(i) = readable.iter().position(|n| *n == 0) {
+        return Err(ApiError::bad_request(format!("class folder `{}` has no readable PNG or JPEG image", listing.classes[i])));
+    }
+    let archive = tempfile::NamedTempFile::new().map_err(ApiError::internal)?;
+    let hash = dataset::pack(&mut files, archive.path()).map_err(ApiError::internal)?;
+    Ok(Snapshot { hash, classes: listing.classes.clone(), archive })
+}
+
+/// `cats/sub/a.png` → `sub/a.png`.
+fn strip_class(relative: &str) -> &str {
+    relative.split_once('/').map(|(_, rest)| rest).unwrap_or(relative)
+}
+
+/// The job id: from the caller's `Idempotency-Key` (so a retry finds the same job), else random.
+fn job_id(user_id: i64, key: Option<&str>) -> String {
+    match key {
+        Some(k) => {
+            let mut h = Sha256::new();
+            h.update(user_id.to_le_bytes());
+            h.update(k.as_bytes());
+            hex::encode(&h.finalize()[..16])
+        }
+        None => uuid::Uuid::new_v4().simple().to_string(),
+    }
+}
+
+/// Training for admins and users.
+pub struct TrainApi {
+    /// Shared state.
+    pub state: AppState,
+    /// How long a submission is held.
+    pub hold: Duration,
+}
+
+struct Submitted {
+    job_id: String,
+    tokens_used: i64,
+    remaining_tokens: i64,
+    status_url: String,
+}
+
+impl TrainApi {
+    async fn refund(&self, user_id: i64, job_id: &str) {
+        let r: Result<CreditResult, _> = nats::request(
+            &self.state.nats,
+            subjects::auth(subjects::auth::CREDITS_REFUND),
+            &CreditChange { user_id, amount: TRAINING_COST, key: job_id.to_owned(), reason: format!("training job {job_id} could not be queued") },
+        )
+        .await;
+        if let Err(e) = r {
+            tracing::error!(job_id, error = %e, "refund failed; the ledger key lets a retry complete it");
+        }
+    }
+
+    /// Fail the job (if recorded) and refund, then answer 503.
+    async fn abort(&self, user_id: i64, job_id: &str, recorded: bool, what: String) -> ApiError {
+        if recorded {
+            let _: Result<JobRecord, _> = nats::request(
+                &self.state.nats,
+                subjects::registry(jobs::subjects::JOBS_FAIL),
+                &FailJob { job_id: job_id.to_owned(), error: what.clone(), kind: FailureKind::System },
+            )
+            .await;
+        }
+        self.refund(user_id, job_id).await;
+        ApiError::new(ErrorCode::Unavailable, format!("{what}; the job was not queued and any charge was refunded"))
+    }
+
+    async fn submit(&self, req: &Request, p: Principal, body: TrainBody, idem: Option<String>, wait: bool) -> ApiResult<TrainResponse> {
+        let driver = match body.driver.as_deref() {
+            None => JobDriver::Any,
+            Some(d) => JobDriver::parse(d).ok_or_else(|| ApiError::bad_request("driver must be one of cuda, rocm, cpu, any"))?,
+        };
+        let d = TrainParams::default();
+        let params = TrainParams {
+            epochs: body.epochs.unwrap_or(d.epochs),
+            batch_size: body.batch_size.unwrap_or(d.batch_size),
+            learning_rate: body.learning_rate.unwrap_or(d.learning_rate),
+            image_size: body.image_size.unwrap_or(d.image_size),
+            validation_split: body.validation_split.unwrap_or(d.validation_split),
+        };
+        let admin = p.user.role == Role::Admin;
+        let status_base = if admin { "/admin/api/jobs" } else { "/api/jobs" };
+        if let Some(k) = &idem {
+            if k.is_empty() || k.len() > 200 {
+                return Err(ApiError::bad_request("Idempotency-Key must be 1 to 200 characters"));
+            }
+        }
+        let job_id = job_id(p.user.id, idem.as_deref());
+
+        // A retried submission: the same job, never a second charge.
+        if idem.is_some() {
+            let existing: Result<JobRecord, _> = nats::request(
+                &self.state.nats,
+                subjects::registry(jobs::subjects::JOBS_GET),
+                &JobRef { job_id: job_id.clone(), user_id: Some(p.user.id) },
+            )
+            .await;
+            if let Ok(job) = existing {
+                let me = self.me(req, &p).await;
+                let sub = Submitted {
+                    status_url: format!("{status_base}/{job_id}"),
+                    job_id,
+                    tokens_used: job.tokens_charged,
+                    remaining_tokens: me,
+                };
+                return self.answer(sub, Some(job), wait).await;
+            }
+        }
+
+        // Validate and pack before charging: bad data costs nothing.
+        let root = self.state.data_root.clone();
+        let train_path = body.train_path.clone();
+        let snapshot = tokio::task::spawn_blocking(move || prepare(&root, &train_path)).await.map_err(ApiError::internal)??;
+
+        let charge: CreditResult = nats::request(
+            &self.state.nats,
+            subjects::auth(subjects::auth::CREDITS_CHARGE),
+            &CreditChange { user_id: p.user.id, amount: TRAINING_COST, key: job_id.clone(), reason: format!("training job {job_id}") },
+        )
+        .await?;
+
+        // Store the snapshot once per content hash.
+        let js = async_nats::jetstream::new(self.state.nats.clone());
+        let key = jobs::dataset_key(&snapshot.hash);
+        let stored = async {
+            let store = gantry_runtime::jobs::bucket_store(&js, jobs::DATASETS_BUCKET).await?;
+            if store.info(&key).await.is_err() {
+                let mut file = tokio::fs::File::open(snapshot.archive.path()).await?;
+                store.put(key.as_str(), &mut file).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
+            anyhow::Ok(())
+        }
+        .await;
+        if let Err(e) = stored {
+            tracing::error!(error = format!("{e:#}"), "storing the dataset snapshot failed");
+            return Err(self.abort(p.user.id, &job_id, false, "the dataset could not be stored".into()).await);
+        }
+
+        let now = chrono::Utc::now();
+        let record = JobRecord {
+            job_id: job_id.clone(),
+            user_id: p.user.id,
+            output_model: body.output_model.clone(),
+            description: body.description.clone(),
+            train_path: gantry_api_display(&self.state.data_root, &body.train_path),
+            dataset_hash: snapshot.hash.clone(),
+            driver,
+            params: params.clone(),
+            status: JobStatus::Queued,
+            tokens_charged: charge.tokens_used,
+            refunded: false,
+            node: None,
+            node_id: None,
+            delivery: 0,
+            progress: None,
+            checkpoint_epoch: 0,
+            model: None,
+            error: None,
+            failure_kind: None,
+            created_at: now,
+            updated_at: now,
+            queue_position: None,
+            waiting_reason: None,
+        };
+        if let Err(e) = nats::request::<_, JobRecord>(&self.state.nats, subjects::registry(jobs::subjects::JOBS_CREATE), &record).await {
+            tracing::error!(error = %e, "recording the job failed");
+            return Err(self.abort(p.user.id, &job_id, false, "the job could not be recorded".into()).await);
+        }
+
+        // Listen before publishing, so a fast job's end is not missed.
+        let events = if wait { Some(self.state.nats.subscribe(jobs::event_subject(&job_id)).await.map_err(ApiError::internal)?) } else { None };
+        let job = TrainJob {
+            job_id: job_id.clone(),
+            user_id: p.user.id,
+            output_model: body.output_model,
+            description: body.description,
+            driver,
+            dataset_hash: snapshot.hash,
+            classes: snapshot.classes,
+            params,
+            submitted_at: now,
+        };
+        let mut headers = nats::traced_headers();
+        headers.insert("Nats-Msg-Id", job_id.as_str());
+        let payload = serde_json::to_vec(&job).map_err(ApiError::internal)?;
+        let published = async {
+            js.publish_with_headers(jobs::train_subject(driver), headers, payload.into()).await?.await?;
+            anyhow::Ok(())
+        }
+        .await;
+        if let Err(e) = published {
+            tracing::error!(error = format!("{e:#}"), "publishing the job failed");
+            return Err(self.abort(p.user.id, &job_id, true, "the job queue refused the job".into()).await);
+        }
+        tracing::info!(job_id, driver = driver.as_str(), "training job queued");
+
+        let sub = Submitted {
+            status_url: format!("{status_base}/{job_id}"),
+            job_id,
+            tokens_used: charge.tokens_used,
+            remaining_tokens: charge.remaining_tokens,
+        };
+        match events {
+            None => Ok(queued(sub)),
+            Some(events) => self.hold(sub, events).await,
+        }
+    }
+
+    /// The caller's balance now.
+    async fn me(&self, req: &Request, p: &Principal) -> i64 {
+        let _ = req;
+        let user: Result<gantry_contracts::auth::User, _> = nats::request(
+            &self.state.nats,
+            subjects::auth(subjects::auth::USERS_GET),
+            &gantry_contracts::auth::UserRef { user_id: p.user.id },
+        )
+        .await;
+        user.map(|u| u.tokens).unwrap_or(p.user.tokens)
+    }
+
+    /// Answer for a job that already exists (a retried submission).
+    async fn answer(&self, sub: Submitted, job: Option<JobRecord>, wait: bool) -> ApiResult<TrainResponse> {
+        match job {
+            Some(job) if job.status.is_final() => final_answer(sub, &job.status, job.model, job.error, job.failure_kind),
+            _ if !wait => Ok(queued(sub)),
+            _ => {
+                let events = self.state.nats.subscribe(jobs::event_subject(&sub.job_id)).await.map_err(ApiError::internal)?;
+                // It may have ended between the lookup and the subscription.
+                let again: Result<JobRecord, _> = nats::request(
+                    &self.state.nats,
+                    subjects::registry(jobs::subjects::JOBS_GET),
+                    &JobRef { job_id: sub.job_id.clone(), user_id: None },
+                )
+                .await;
+                if let Ok(job) = again {
+                    if job.status.is_final() {
+                        return final_answer(sub, &job.status, job.model, job.error, job.failure_kind);
+                    }
+                }
+                self.hold(sub, events).await
+            }
+        }
+    }
+
+    /// The model version as the registry numbered it, once it has recorded the completion.
+    async fn recorded_model(&self, job_id: &str) -> Option<gantry_contracts::jobs::ModelVersion> {
+        for _ in 0..100 {
+            let job: Result<JobRecord, _> = nats::request(
+                &self.state.nats,
+                subjects::registry(jobs::subjects::JOBS_GET),
+                &JobRef { job_id: job_id.to_owned(), user_id: None },
+            )
+            .await;
+            if let Ok(JobRecord { status: JobStatus::Completed, model: Some(m), .. }) = job {
+                return Some(m);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        None
+    }
+
+    /// Wait for the job's final event, at most the hold.
+    async fn hold(&self, sub: Submitted, mut events: async_nats::Subscriber) -> ApiResult<TrainResponse> {
+        let deadline = tokio::time::sleep(self.hold);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                _ = &mut deadline => break,
+                msg = events.next() => {
+                    let Some(msg) = msg else { break };
+                    let Ok(event) = serde_json::from_slice::<JobEvent>(&msg.payload) else { continue };
+                    match event.kind {
+                        JobEventKind::Completed { model } => {
+                            let model = self.recorded_model(&sub.job_id).await.unwrap_or(model);
+                            return final_answer(sub, &JobStatus::Completed, Some(model), None, None);
+                        }
+                        JobEventKind::Failed { error, kind } => {
+                            return final_answer(sub, &JobStatus::Failed, None, Some(error), Some(kind));
+                        }
+                        JobEventKind::Cancelled => return final_answer(sub, &JobStatus::Cancelled, None, None, None),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        // The hold ran out. With no node able to take it at all, fail it now (503, refunded);
+        // otherwise it is queued or running: 202.
+        let job: JobRecord = nats::request(
+            &self.state.nats,
+            subjects::registry(jobs::subjects::JOBS_GET),
+            &JobRef { job_id: sub.job_id.clone(), user_id: None },
+        )
+        .await?;
+        if job.status == JobStatus::Queued && job.waiting_reason.as_deref().is_some_and(|r| r.starts_with("no node")) {
+            let reason = job.waiting_reason.clone().unwrap_or_default();
+            let _: Result<JobRecord, _> = nats::request(
+                &self.state.nats,
+                subjects::registry(jobs::subjects::JOBS_CANCEL),
+                &JobRef { job_id: sub.job_id.clone(), user_id: None },
+            )
+            .await;
+            return Err(ApiError::new(
+                ErrorCode::Unavailable,
+                format!("no node could take job {} within the hold ({reason}); it was withdrawn and refunded", sub.job_id),
+            ));
+        }
+        if job.status.is_final() {
+            return final_answer(sub, &job.status, job.model, job.error, job.failure_kind);
+        }
+        Ok(queued(sub))
+    }
+}
+
+/// The user-facing form of a path (`/datasets/x`), or the raw text when it does not resolve.
+fn gantry_api_display(root: &DataRoot, raw: &str) -> String {
+    root.resolve(raw).map(|p| p.as_str().to_owned()).unwrap_or_else(|_| raw.to_owned())
+}
+
+fn queued(sub: Submitted) -> TrainResponse {
+    TrainResponse::Queued(Json(TrainQueued {
+        message: "Training queued".into(),
+        job_id: sub.job_id,
+        tokens_used: sub.tokens_used,
+        remaining_tokens: sub.remaining_tokens,
+        status_url: sub.status_url,
+    }))
+}
+
+fn final_answer(
+    sub: Submitted,
+    status: &JobStatus,
+    model: Option<gantry_contracts::jobs::ModelVersion>,
+    error: Option<String>,
+    kind: Option<FailureKind>,
+) -> ApiResult<TrainResponse> {
+    let refunded = if sub.tokens_used > 0 { format!("; the {} tokens charged were refunded", sub.tokens_used) } else { String::new() };
+    match status {
+        JobStatus::Completed => Ok(TrainResponse::Completed(Json(TrainCompleted {
+            message: "Training completed".into(),
+            tokens_used: sub.tokens_used,
+            remaining_tokens: sub.remaining_tokens,
+            job_id: sub.job_id,
+            model: model.map(carry).transpose()?,
+        }))),
+        JobStatus::Cancelled => Err(ApiError::new(ErrorCode::Conflict, format!("job {} was cancelled{refunded}", sub.job_id))),
+        _ => {
+            let code = match kind {
+                Some(FailureKind::Data) => ErrorCode::Unprocessable,
+                Some(FailureKind::NoNode) | Some(FailureKind::System) => ErrorCode::Unavailable,
+                _ => ErrorCode::Internal,
+            };
+            let message = format!("job {} failed: {}{refunded}", sub.job_id, error.unwrap_or_else(|| "unknown error".into()));
+            if code == ErrorCode::Internal {
+                // A trainer crash is reported as it is, not hidden behind a generic message.
+                return Err(ApiError::Internal(Json(crate::error::ErrorBody {
+                    error: crate::error::ErrorDetail { code: code.as_str().into(), message },
+                })));
+            }
+            Err(ApiError::new(code, message))
+        }
+    }
+}
+
+fn wants_async(prefer: &Option<String>) -> bool {
+    prefer.as_deref().is_some_and(|p| p.split(',').any(|v| v.trim().eq_ignore_ascii_case("respond-async")))
+}
+
+#[OpenApi]
+impl TrainApi {
+    /// Train a model
+    ///
+    /// Start AI model training process. Costs 100 tokens (free for admins).
+    #[oai(
+        path = "/admin/api/train",
+        method = "post",
+        tag = "ApiTags::AdminApi",
+        operation_id = "train",
+        code_sample(lang = "curl", source = "crate::docs::samples::TRAIN")
+    )]
+    #[allow(clippy::too_many_arguments)]
+    async fn train_admin(
+        &self,
+        req: &Request,
+        auth: Credentials,
+        body: Json<TrainBody>,
+        /// Hold the request until the job ends (default: true)
+        wait: Query<Option<bool>>,
+        /// `respond-async` answers 202 at once
+        #[oai(name = "Prefer")]
+        prefer: Header<Option<String>>,
+        /// A retried request with the same key returns the same job and charges once
+        #[oai(name = "Idempotency-Key")]
+        idempotency_key: Header<Option<String>>,
+    ) -> ApiResult<TrainResponse> {
+        let p = self.state.auth.admin(&auth, req).await?;
+        let wait = wait.0.or(body.0.wait).unwrap_or(true) && !wants_async(&prefer.0);
+        self.submit(req, p, body.0, idempotency_key.0, wait).await
+    }
+
+    /// Train a model (users)
+    ///
+    /// The same as the admin endpoint for any user, who pays 100 credit tokens (402 when the
+    /// balance is short). Failed jobs are refunded.
+    #[oai(path = "/api/train", method = "post", tag = "ApiTags::Training", operation_id = "train_user")]
+    #[allow(clippy::too_many_arguments)]
+    async fn train_user(
+        &self,
+        req: &Request,
+        auth: Credentials,
+        body: Json<TrainBody>,
+        /// Hold the request until the job ends (default: true)
+        wait: Query<Option<bool>>,
+        /// `respond-async` answers 202 at once
+        #[oai(name = "Prefer")]
+        prefer: Header<Option<String>>,
+        /// A retried request with the same key returns the same job and charges once
+        #[oai(name = "Idempotency-Key")]
+        idempotency_key: Header<Option<String>>,
+    ) -> ApiResult<TrainResponse> {
+        let p = self.state.auth.principal(&auth, req).await?;
+        let wait = wait.0.or(body.0.wait).unwrap_or(true) && !wants_async(&prefer.0);
+        self.submit(req, p, body.0, idempotency_key.0, wait).await
+    }
+}

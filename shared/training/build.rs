@@ -1,0 +1,35 @@
+//! Links this crate's own executables (the benchmark binary and the tests) against libtorch's GPU
+//! library with `--no-as-needed`.
+//!
+//! Nothing in Rust calls into `libtorch_cuda.so` directly: libtorch registers its CUDA backend from
+//! static initialisers in that library. With the default `--as-needed` the linker drops it, and
+//! `tch::Cuda::is_available()` answers false on a GPU machine. Linker arguments never propagate
+//! from a library to the binaries that use it, so every binary crate has to do this itself; see
+//! LINKING.md for what `services/trainer/build.rs` must print.
+//!
+//! torch-sys (`links = "tch"`) publishes its libtorch lib directory as `DEP_TCH_LIBTORCH_LIB` to
+//! crates that depend on it directly, which is why this crate names torch-sys as a dependency. CPU
+//! wheels have no `libtorch_cuda.so`, so the argument is only emitted when the file exists.
+
+use std::env;
+use std::path::PathBuf;
+
+fn main() {
+    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
+    // Only with the `torch` feature does torch-sys build and publish its directory.
+    let Some(lib_dir) = env::var_os("DEP_TCH_LIBTORCH_LIB").map(PathBuf::from) else {
+        return;
+    };
+    if env::var("CARGO_CFG_TARGET_OS").as_deref() != Ok("linux") {
+        return;
+    }
+    // ROCm builds of libtorch ship libtorch_hip.so instead of libtorch_cuda.so.
+    for lib in ["torch_cuda", "torch_hip"] {
+        if lib_dir.join(format!("lib{lib}.so")).exists() {
+            let arg = format!("-Wl,--no-as-needed,-l{lib},--as-needed");
+            println!("cargo:rustc-link-arg-bins={arg}");
+            println!("cargo:rustc-link-arg-tests={arg}");
+        }
+    }
+}
