@@ -18,8 +18,22 @@ enum Command {
     Inventory,
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("gantry-trainer: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = runtime.block_on(cli_main());
+    // A training thread still finishing its step (or decoding a large dataset) must not hold the
+    // exit: its job was handed back already.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    code
+}
+
+async fn cli_main() -> ExitCode {
     match Cli::parse().command.unwrap_or(Command::Run) {
         Command::Run => gantry_runtime::run_service("gantry-trainer", gantry_trainer::startup::run).await,
         Command::Inventory => {

@@ -19,7 +19,7 @@ use gantry_contracts::subjects;
 use gantry_runtime::nats;
 use nvml_wrapper::Nvml;
 use secrecy::{ExposeSecret, SecretString};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 /// What the workers do now: which backend's jobs they take, and whether they take any.
@@ -69,6 +69,8 @@ pub struct Node {
     settings: NodeSettings,
     /// Per worker: the model it trains, or `None` when idle (filled by the job consumers).
     busy: Arc<Mutex<Vec<Option<String>>>>,
+    /// Woken by the job consumers when a slot is taken or freed: heartbeat at once.
+    busy_changed: Arc<Notify>,
     plan: watch::Sender<WorkerPlan>,
 }
 
@@ -134,6 +136,7 @@ impl Node {
             node_id: String::new(),
             settings: NodeSettings::default(),
             busy: Arc::new(Mutex::new(vec![None; workers])),
+            busy_changed: Arc::new(Notify::new()),
             plan,
         };
         let mut backoff = Duration::from_millis(250);
@@ -168,6 +171,12 @@ impl Node {
     /// Per-worker busy slots, for the job consumers to fill.
     pub fn busy_slots(&self) -> Arc<Mutex<Vec<Option<String>>>> {
         self.busy.clone()
+    }
+
+    /// Notify this when [`Node::busy_slots`] changed, so the registry hears it before the next
+    /// heartbeat tick.
+    pub fn busy_changed(&self) -> Arc<Notify> {
+        self.busy_changed.clone()
     }
 
     /// Take new settings when newer than the ones applied.
@@ -243,8 +252,10 @@ impl Node {
         let mut tick = tokio::time::interval(self.config.heartbeat_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut was_connected = true;
+        let busy_changed = self.busy_changed.clone();
         loop {
             tokio::select! {
+                _ = busy_changed.notified() => self.send_heartbeat(false).await,
                 _ = shutdown.cancelled() => {
                     self.send_heartbeat(true).await;
                     let _ = self.client.flush().await;

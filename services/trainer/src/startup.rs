@@ -1,5 +1,6 @@
 //! Start-up: inventory, connections, health, joining the cluster, shutdown.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -11,6 +12,7 @@ use gantry_runtime::{nats, Config};
 use tokio_util::sync::CancellationToken;
 
 use crate::inventory;
+use crate::jobs::{self, WorkerConfig, Workers};
 use crate::node::{self, JoinError, Node, NodeConfig};
 
 /// The node name: `GANTRY_NODE_NAME`, else the hostname.
@@ -23,6 +25,15 @@ pub fn node_name(config: &Config) -> anyhow::Result<NodeName> {
     NodeName::parse(&name).map_err(|e| anyhow::anyhow!("invalid GANTRY_NODE_NAME={name:?}: {e}"))
 }
 
+/// Where dataset snapshots are cached: `GANTRY_CACHE_DIR`, else `<tmp>/gantry-trainer-<node>`.
+/// (Read here rather than in the shared configuration: only the trainer has a cache.)
+pub fn cache_dir(node: &NodeName) -> PathBuf {
+    match std::env::var("GANTRY_CACHE_DIR") {
+        Ok(dir) if !dir.trim().is_empty() => PathBuf::from(dir.trim()),
+        _ => jobs::default_cache_dir(node.as_ref()),
+    }
+}
+
 /// Run until `shutdown` fires (exit 0), or until the cluster refuses this node (an error: exit
 /// non-zero).
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -30,6 +41,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         "GANTRY_CLUSTER_TOKEN is not set: create a cluster token (POST /admin/api/cluster_tokens) and start the trainer with it",
     )?;
     let hostname = node_name(&config)?;
+    let node_config_name = hostname.clone();
 
     let (nvml, inv) = tokio::task::spawn_blocking(|| {
         let nvml = inventory::open_nvml().ok().map(Arc::new);
@@ -52,17 +64,37 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let service = nats::start_service(&client, services::TRAINER, "Trains jobs on this machine's devices").await?;
 
     let node_config = NodeConfig {
-        hostname,
+        hostname: node_config_name,
         ip_address: node::local_ip(&config.nats_url),
         weight: config.node_weight,
         workers: config.workers,
         token,
         heartbeat_interval: config.heartbeat_interval,
     };
+    // What this process may use (cgroup quotas included), not what the host has.
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(inv.cpus.max(1) as usize);
     let result = match Node::join(client.clone(), node_config, inv, nvml, &shutdown).await {
         Ok(node) => {
             joined.store(true, Ordering::Release);
-            node.run(shutdown.clone()).await
+            let workers = Workers::new(
+                client.clone(),
+                WorkerConfig {
+                    node_name: hostname.to_string(),
+                    node_id: node.node_id().to_owned(),
+                    cache_dir: cache_dir(&hostname),
+                    threads: jobs::threads_per_job(cpus, config.workers as usize),
+                },
+                node.busy_slots(),
+                node.busy_changed(),
+            );
+            let jobs = tokio::spawn(workers.run(node.plan(), shutdown.clone()));
+            let result = node.run(shutdown.clone()).await;
+            // Leaving on our own (token revoked) stops the jobs too: they are handed back.
+            shutdown.cancel();
+            if tokio::time::timeout(jobs::SHUTDOWN_GRACE + jobs::PULL_WAIT * 2, jobs).await.is_err() {
+                tracing::warn!("the job workers did not stop in time");
+            }
+            result
         }
         Err(JoinError::Stopped) => Ok(()),
         Err(e @ JoinError::Refused(_)) => Err(anyhow::Error::new(e)),
