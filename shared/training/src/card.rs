@@ -84,7 +84,8 @@ pub struct ModelCard {
 pub const CARD_VERSION: u32 = 1;
 
 /// The value of [`ModelCard::input`].
-pub const INPUT_DESCRIPTION: &str = "RGB image resized to image_size x image_size (bilinear, aspect \
+pub const INPUT_DESCRIPTION: &str =
+    "RGB image resized to image_size x image_size (bilinear, aspect \
 ratio not kept), scaled to [0, 1], then (x - mean) / std per channel; NCHW float32";
 
 impl ModelCard {

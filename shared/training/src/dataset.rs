@@ -43,8 +43,10 @@ pub struct Normalization {
 
 impl Normalization {
     /// The ImageNet statistics torchvision uses; the default.
-    pub const IMAGENET: Normalization =
-        Normalization { mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] };
+    pub const IMAGENET: Normalization = Normalization {
+        mean: [0.485, 0.456, 0.406],
+        std: [0.229, 0.224, 0.225],
+    };
 }
 
 impl Default for Normalization {
@@ -133,7 +135,9 @@ pub enum DatasetError {
     #[error("the dataset is not a directory")]
     NotADirectory,
     /// Fewer than two class folders.
-    #[error("an ImageFolder dataset needs at least two class folders (one per class), found {found}")]
+    #[error(
+        "an ImageFolder dataset needs at least two class folders (one per class), found {found}"
+    )]
     TooFewClasses {
         /// Class folders found.
         found: usize,
@@ -294,7 +298,9 @@ impl Listing {
             }
         }
         if classes.len() < 2 {
-            return Err(DatasetError::TooFewClasses { found: classes.len() });
+            return Err(DatasetError::TooFewClasses {
+                found: classes.len(),
+            });
         }
         if classes.len() > limits.max_classes {
             return Err(DatasetError::TooManyClasses {
@@ -302,7 +308,12 @@ impl Listing {
                 max: limits.max_classes,
             });
         }
-        let mut listing = Listing { root: root.to_path_buf(), classes, files: Vec::new(), total_bytes: 0 };
+        let mut listing = Listing {
+            root: root.to_path_buf(),
+            classes,
+            files: Vec::new(),
+            total_bytes: 0,
+        };
         for class in 0..listing.classes.len() {
             let before = listing.files.len();
             let name = listing.classes[class].clone();
@@ -313,7 +324,9 @@ impl Listing {
         }
         // Class folders are visited in sorted order and each walk is sorted, but sort anyway so
         // the order is exactly byte order of the relative path, which the hash relies on.
-        listing.files.sort_by(|a, b| a.relative_path.cmp(&b.relative_path));
+        listing
+            .files
+            .sort_by(|a, b| a.relative_path.cmp(&b.relative_path));
         Ok(listing)
     }
 
@@ -325,7 +338,10 @@ impl Listing {
         limits: &DatasetLimits,
     ) -> Result<(), DatasetError> {
         if depth > limits.max_depth {
-            return Err(DatasetError::TooDeep { path: dir.to_string(), max: limits.max_depth });
+            return Err(DatasetError::TooDeep {
+                path: dir.to_string(),
+                max: limits.max_depth,
+            });
         }
         for (name, kind) in read_dir_sorted(&self.root.join(dir), dir)? {
             if name.starts_with('.') {
@@ -337,7 +353,9 @@ impl Listing {
                 EntryKind::Symlink => return Err(DatasetError::Symlink { path }),
                 EntryKind::File(bytes) if is_image_name(&name) => {
                     if self.files.len() >= limits.max_files {
-                        return Err(DatasetError::TooManyFiles { max: limits.max_files });
+                        return Err(DatasetError::TooManyFiles {
+                            max: limits.max_files,
+                        });
                     }
                     if bytes > limits.max_file_bytes {
                         return Err(DatasetError::FileTooLarge {
@@ -348,9 +366,15 @@ impl Listing {
                     }
                     self.total_bytes += bytes;
                     if self.total_bytes > limits.max_total_bytes {
-                        return Err(DatasetError::DatasetTooLarge { max: limits.max_total_bytes });
+                        return Err(DatasetError::DatasetTooLarge {
+                            max: limits.max_total_bytes,
+                        });
                     }
-                    self.files.push(ImageFile { class, relative_path: path, bytes });
+                    self.files.push(ImageFile {
+                        class,
+                        relative_path: path,
+                        bytes,
+                    });
                 }
                 EntryKind::File(_) | EntryKind::Other => {}
             }
@@ -374,10 +398,16 @@ impl Listing {
 
     /// Reads one listed file, refusing it if it grew past the limit since the scan.
     fn read(&self, file: &ImageFile, limits: &DatasetLimits) -> Result<Vec<u8>, DatasetError> {
-        let io_err = |source| DatasetError::Io { path: file.relative_path.clone(), source };
+        let io_err = |source| DatasetError::Io {
+            path: file.relative_path.clone(),
+            source,
+        };
         let handle = fs::File::open(self.root.join(&file.relative_path)).map_err(io_err)?;
         let mut bytes = Vec::with_capacity(file.bytes as usize);
-        handle.take(limits.max_file_bytes + 1).read_to_end(&mut bytes).map_err(io_err)?;
+        handle
+            .take(limits.max_file_bytes + 1)
+            .read_to_end(&mut bytes)
+            .map_err(io_err)?;
         if bytes.len() as u64 > limits.max_file_bytes {
             return Err(DatasetError::FileTooLarge {
                 path: file.relative_path.clone(),
@@ -397,15 +427,24 @@ enum EntryKind {
 }
 
 fn read_dir_sorted(dir: &Path, rel: &str) -> Result<Vec<(String, EntryKind)>, DatasetError> {
-    let shown = if rel.is_empty() { ".".to_string() } else { rel.to_string() };
-    let io_err = |source| DatasetError::Io { path: shown.clone(), source };
+    let shown = if rel.is_empty() {
+        ".".to_string()
+    } else {
+        rel.to_string()
+    };
+    let io_err = |source| DatasetError::Io {
+        path: shown.clone(),
+        source,
+    };
     let mut out = Vec::new();
     for entry in fs::read_dir(dir).map_err(io_err)? {
         let entry = entry.map_err(io_err)?;
         let name = entry
             .file_name()
             .into_string()
-            .map_err(|_| DatasetError::InvalidName { parent: shown.clone() })?;
+            .map_err(|_| DatasetError::InvalidName {
+                parent: shown.clone(),
+            })?;
         // DirEntry::metadata does not follow symlinks, which is what lets us see and refuse them.
         let meta = entry.metadata().map_err(io_err)?;
         let kind = if meta.file_type().is_symlink() {
@@ -443,7 +482,11 @@ pub fn content_hash(listing: &Listing, limits: &DatasetLimits) -> Result<String,
     let digests = listing
         .files
         .iter()
-        .map(|f| listing.read(f, limits).map(|b| (b.len() as u64, file_digest(&b))))
+        .map(|f| {
+            listing
+                .read(f, limits)
+                .map(|b| (b.len() as u64, file_digest(&b)))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(combine_digests(listing, &digests))
 }
@@ -479,10 +522,16 @@ fn probe(bytes: &[u8], limits: &DatasetLimits) -> Result<(u32, u32), ImageProble
         .map_err(|e| ImageProblem::Bad(e.to_string()))?;
     match reader.format() {
         Some(ImageFormat::Png | ImageFormat::Jpeg) => {}
-        Some(other) => return Err(ImageProblem::Bad(format!("{other:?} images are not supported"))),
+        Some(other) => {
+            return Err(ImageProblem::Bad(format!(
+                "{other:?} images are not supported"
+            )))
+        }
         None => return Err(ImageProblem::Bad("unrecognised image format".into())),
     }
-    let (width, height) = reader.into_dimensions().map_err(|e| ImageProblem::Bad(e.to_string()))?;
+    let (width, height) = reader
+        .into_dimensions()
+        .map_err(|e| ImageProblem::Bad(e.to_string()))?;
     if width == 0 || height == 0 {
         return Err(ImageProblem::Bad("the image is empty".into()));
     }
@@ -511,9 +560,17 @@ fn decode_into(
     decoder_limits.max_image_width = Some(limits.max_image_side);
     decoder_limits.max_image_height = Some(limits.max_image_side);
     // Room for the largest allowed image at 16 bits x 4 channels, plus decoder scratch.
-    decoder_limits.max_alloc = Some(limits.max_image_pixels.saturating_mul(8).saturating_add(64 << 20));
+    decoder_limits.max_alloc = Some(
+        limits
+            .max_image_pixels
+            .saturating_mul(8)
+            .saturating_add(64 << 20),
+    );
     reader.limits(decoder_limits);
-    let rgb = reader.decode().map_err(|e| ImageProblem::Bad(e.to_string()))?.to_rgb8();
+    let rgb = reader
+        .decode()
+        .map_err(|e| ImageProblem::Bad(e.to_string()))?
+        .to_rgb8();
     let rgb = if rgb.dimensions() == (size, size) {
         rgb
     } else {
@@ -649,7 +706,9 @@ impl Dataset {
         let mut pixels = vec![0f32; n * per_image];
         let mut digests = vec![(0u64, [0u8; 32]); n];
         let threads = match options.decode_threads {
-            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            0 => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
             t => t,
         }
         .clamp(1, n.max(1));
@@ -693,10 +752,15 @@ impl Dataset {
         let (train_idx, val_idx) =
             stratified_split(listing, options.validation_split, options.split_seed);
         let take = |idx: &[usize]| {
-            let mut split = Split { image_size: size, ..Split::default() };
+            let mut split = Split {
+                image_size: size,
+                ..Split::default()
+            };
             split.images.reserve(idx.len() * per_image);
             for &i in idx {
-                split.images.extend_from_slice(&pixels[i * per_image..(i + 1) * per_image]);
+                split
+                    .images
+                    .extend_from_slice(&pixels[i * per_image..(i + 1) * per_image]);
                 split.labels.push(listing.files[i].class as i64);
                 split.paths.push(listing.files[i].relative_path.clone());
             }
@@ -728,10 +792,16 @@ fn validate_options(options: &LoadOptions) -> Result<(), DatasetError> {
             options.validation_split
         )));
     }
-    if options.normalization.std.iter().any(|s| !s.is_finite() || *s <= 0.0)
+    if options
+        .normalization
+        .std
+        .iter()
+        .any(|s| !s.is_finite() || *s <= 0.0)
         || options.normalization.mean.iter().any(|m| !m.is_finite())
     {
-        return Err(DatasetError::InvalidOptions("normalisation needs finite means and positive standard deviations".into()));
+        return Err(DatasetError::InvalidOptions(
+            "normalisation needs finite means and positive standard deviations".into(),
+        ));
     }
     Ok(())
 }

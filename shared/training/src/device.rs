@@ -65,14 +65,25 @@ pub fn pick_device(driver: &str) -> Result<Device, DeviceError> {
     let runtime = || gpu_runtime();
     match driver.as_str() {
         "cpu" => Ok(Device::Cpu),
-        "any" => Ok(if runtime() == GpuRuntime::None { Device::Cpu } else { Device::Cuda(0) }),
+        "any" => Ok(if runtime() == GpuRuntime::None {
+            Device::Cpu
+        } else {
+            Device::Cuda(0)
+        }),
         "cuda" | "rocm" => {
             let found = runtime();
-            let wanted = if driver == "cuda" { GpuRuntime::Cuda } else { GpuRuntime::Rocm };
+            let wanted = if driver == "cuda" {
+                GpuRuntime::Cuda
+            } else {
+                GpuRuntime::Rocm
+            };
             if found == wanted {
                 Ok(Device::Cuda(0))
             } else {
-                Err(DeviceError::Unavailable { wanted: driver, found })
+                Err(DeviceError::Unavailable {
+                    wanted: driver,
+                    found,
+                })
             }
         }
         _ => Err(DeviceError::UnknownDriver(driver)),
@@ -87,7 +98,10 @@ mod tests {
     fn cpu_and_any_always_resolve() {
         assert_eq!(pick_device("cpu"), Ok(Device::Cpu));
         assert!(pick_device("ANY").is_ok());
-        assert!(matches!(pick_device("tpu"), Err(DeviceError::UnknownDriver(_))));
+        assert!(matches!(
+            pick_device("tpu"),
+            Err(DeviceError::UnknownDriver(_))
+        ));
         assert!(available_drivers().contains(&"cpu"));
     }
 }

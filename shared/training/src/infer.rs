@@ -40,7 +40,11 @@ impl LoadedModel {
 
 /// Rebuilds the network described by `card` on `device` and loads `safetensors` into it. Refuses
 /// an unknown architecture and weights whose names or shapes do not match the network.
-pub fn load_model(card: &ModelCard, safetensors: &[u8], device: Device) -> Result<LoadedModel, TrainError> {
+pub fn load_model(
+    card: &ModelCard,
+    safetensors: &[u8],
+    device: Device,
+) -> Result<LoadedModel, TrainError> {
     if card.architecture != ARCHITECTURE {
         return Err(TrainError::BadWeights(format!(
             "unknown architecture `{}` (this build knows `{ARCHITECTURE}`)",
@@ -56,7 +60,12 @@ pub fn load_model(card: &ModelCard, safetensors: &[u8], device: Device) -> Resul
     let vs = nn::VarStore::new(device);
     let net = ResNet::new(&vs.root(), config);
     load_weights(&vs, safetensors)?;
-    Ok(LoadedModel { card: card.clone(), net, _vs: vs, device })
+    Ok(LoadedModel {
+        card: card.clone(),
+        net,
+        _vs: vs,
+        device,
+    })
 }
 
 /// Classifies `images` (`[N, 3, S, S]`, preprocessed as the card says, on any device) and returns
@@ -75,8 +84,15 @@ pub fn predict(model: &LoadedModel, images: &Tensor) -> Result<Vec<usize>, Train
         let mut start = 0;
         while start < n {
             let len = (n - start).min(256);
-            let batch = images.f_narrow(0, start, len)?.f_to_kind(Kind::Float)?.f_to_device(model.device)?;
-            let classes = model.net.forward_t(&batch, false).f_argmax(-1, false)?.f_to_device(Device::Cpu)?;
+            let batch = images
+                .f_narrow(0, start, len)?
+                .f_to_kind(Kind::Float)?
+                .f_to_device(model.device)?;
+            let classes = model
+                .net
+                .forward_t(&batch, false)
+                .f_argmax(-1, false)?
+                .f_to_device(Device::Cpu)?;
             let classes = Vec::<i64>::try_from(&classes)?;
             out.extend(classes.into_iter().map(|c| c as usize));
             start += len;
@@ -91,11 +107,19 @@ pub(crate) fn weights_to_bytes(vs: &nn::VarStore) -> Result<Vec<u8>, TrainError>
     let mut named: Vec<(String, Tensor)> = vs
         .variables()
         .into_iter()
-        .map(|(name, t)| Ok((name, t.f_detach()?.f_to_device(Device::Cpu)?.f_contiguous()?)))
+        .map(|(name, t)| {
+            Ok((
+                name,
+                t.f_detach()?.f_to_device(Device::Cpu)?.f_contiguous()?,
+            ))
+        })
         .collect::<Result<_, tch::TchError>>()?;
     named.sort_by(|a, b| a.0.cmp(&b.0));
     // tch writes safetensors only to a path; a private temp file keeps it off shared storage.
-    let file = tempfile::Builder::new().prefix("gantry-weights-").suffix(".safetensors").tempfile()?;
+    let file = tempfile::Builder::new()
+        .prefix("gantry-weights-")
+        .suffix(".safetensors")
+        .tempfile()?;
     Tensor::write_safetensors(&named, file.path())?;
     Ok(fs::read(file.path())?)
 }
@@ -103,7 +127,10 @@ pub(crate) fn weights_to_bytes(vs: &nn::VarStore) -> Result<Vec<u8>, TrainError>
 /// Copies safetensors `bytes` into the variables of `vs`: every variable must be present with its
 /// exact shape, and nothing else may be.
 pub(crate) fn load_weights(vs: &nn::VarStore, bytes: &[u8]) -> Result<(), TrainError> {
-    let file = tempfile::Builder::new().prefix("gantry-weights-").suffix(".safetensors").tempfile()?;
+    let file = tempfile::Builder::new()
+        .prefix("gantry-weights-")
+        .suffix(".safetensors")
+        .tempfile()?;
     fs::write(file.path(), bytes)?;
     let mut tensors: HashMap<String, Tensor> = Tensor::read_safetensors(file.path())
         .map_err(|e| TrainError::BadWeights(format!("not a safetensors file: {e}")))?
@@ -124,7 +151,9 @@ pub(crate) fn load_weights(vs: &nn::VarStore, bytes: &[u8]) -> Result<(), TrainE
         tch::no_grad(|| var.f_copy_(&src))?;
     }
     if let Some(extra) = tensors.keys().next() {
-        return Err(bad(format!("the weights hold tensor `{extra}`, which the network does not have")));
+        return Err(bad(format!(
+            "the weights hold tensor `{extra}`, which the network does not have"
+        )));
     }
     Ok(())
 }

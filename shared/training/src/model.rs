@@ -51,26 +51,43 @@ impl NetConfig {
     /// Checks the values are ones the network can be built with.
     pub fn validate(&self) -> Result<(), String> {
         if self.num_classes < 2 {
-            return Err(format!("a classifier needs at least 2 classes, not {}", self.num_classes));
+            return Err(format!(
+                "a classifier needs at least 2 classes, not {}",
+                self.num_classes
+            ));
         }
         if !(16..=512).contains(&self.image_size) {
-            return Err(format!("image_size must be within 16..=512, not {}", self.image_size));
+            return Err(format!(
+                "image_size must be within 16..=512, not {}",
+                self.image_size
+            ));
         }
         if !(4..=256).contains(&self.base_width) {
-            return Err(format!("base_width must be within 4..=256, not {}", self.base_width));
+            return Err(format!(
+                "base_width must be within 4..=256, not {}",
+                self.base_width
+            ));
         }
         Ok(())
     }
 }
 
 fn conv3x3(p: nn::Path, c_in: i64, c_out: i64, stride: i64) -> nn::Conv2D {
-    let cfg = nn::ConvConfig { stride, padding: 1, bias: false, ..Default::default() };
+    let cfg = nn::ConvConfig {
+        stride,
+        padding: 1,
+        bias: false,
+        ..Default::default()
+    };
     nn::conv2d(p, c_in, c_out, 3, cfg)
 }
 
 fn bn(p: nn::Path, c: i64) -> nn::BatchNorm {
     // PyTorch starts BN scales at 1; tch's default is uniform(0, 1), which trains worse.
-    let cfg = nn::BatchNormConfig { ws_init: nn::Init::Const(1.0), ..Default::default() };
+    let cfg = nn::BatchNormConfig {
+        ws_init: nn::Init::Const(1.0),
+        ..Default::default()
+    };
     nn::batch_norm2d(p, c, cfg)
 }
 
@@ -86,8 +103,15 @@ struct BasicBlock {
 impl BasicBlock {
     fn new(p: nn::Path, c_in: i64, c_out: i64, stride: i64) -> Self {
         let shortcut = (stride != 1 || c_in != c_out).then(|| {
-            let cfg = nn::ConvConfig { stride, bias: false, ..Default::default() };
-            (nn::conv2d(&p / "shortcut_conv", c_in, c_out, 1, cfg), bn(&p / "shortcut_bn", c_out))
+            let cfg = nn::ConvConfig {
+                stride,
+                bias: false,
+                ..Default::default()
+            };
+            (
+                nn::conv2d(&p / "shortcut_conv", c_in, c_out, 1, cfg),
+                bn(&p / "shortcut_bn", c_out),
+            )
         });
         Self {
             conv1: conv3x3(&p / "conv1", c_in, c_out, stride),
@@ -148,13 +172,18 @@ impl ResNet {
 
 impl ModuleT for ResNet {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        let mut ys = xs.apply(&self.stem_conv).apply_t(&self.stem_bn, train).relu();
+        let mut ys = xs
+            .apply(&self.stem_conv)
+            .apply_t(&self.stem_bn, train)
+            .relu();
         if self.config.stem_pool() {
             ys = ys.max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
         }
         for block in &self.blocks {
             ys = block.forward_t(&ys, train);
         }
-        ys.adaptive_avg_pool2d([1, 1]).flatten(1, -1).apply(&self.fc)
+        ys.adaptive_avg_pool2d([1, 1])
+            .flatten(1, -1)
+            .apply(&self.fc)
     }
 }

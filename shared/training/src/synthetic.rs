@@ -61,7 +61,13 @@ pub struct SyntheticSpec {
 
 impl Default for SyntheticSpec {
     fn default() -> Self {
-        Self { per_class: 100, image_size: 32, seed: 1, shuffle_labels: false, mixed_formats: true }
+        Self {
+            per_class: 100,
+            image_size: 32,
+            seed: 1,
+            shuffle_labels: false,
+            mixed_formats: true,
+        }
     }
 }
 
@@ -96,7 +102,11 @@ pub fn draw(shape: Shape, size: u32, rng: &mut impl Rng) -> RgbImage {
     };
     let mut img: RgbImage = ImageBuffer::new(size, size);
     for (x, y, px) in img.enumerate_pixels_mut() {
-        let colour = if inside(x as f32 + 0.5, y as f32 + 0.5) { fg } else { bg };
+        let colour = if inside(x as f32 + 0.5, y as f32 + 0.5) {
+            fg
+        } else {
+            bg
+        };
         let mut out = [0u8; 3];
         for c in 0..3 {
             let noise: i16 = rng.gen_range(-8..=8);
@@ -110,7 +120,8 @@ pub fn draw(shape: Shape, size: u32, rng: &mut impl Rng) -> RgbImage {
 /// A background and a foreground colour whose luminances differ enough that the shape stays
 /// visible in grayscale too.
 fn contrasting_colours(rng: &mut impl Rng) -> ([u8; 3], [u8; 3]) {
-    let luma = |c: [u8; 3]| 0.299 * f32::from(c[0]) + 0.587 * f32::from(c[1]) + 0.114 * f32::from(c[2]);
+    let luma =
+        |c: [u8; 3]| 0.299 * f32::from(c[0]) + 0.587 * f32::from(c[1]) + 0.114 * f32::from(c[2]);
     loop {
         let bg: [u8; 3] = rng.gen();
         let fg: [u8; 3] = rng.gen();
@@ -136,11 +147,16 @@ pub struct SyntheticReport {
 /// `per_class` images in each.
 pub fn generate(dir: &Path, spec: &SyntheticSpec) -> io::Result<SyntheticReport> {
     if spec.image_size < 16 {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "image_size must be at least 16"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "image_size must be at least 16",
+        ));
     }
     let mut rng = rand::rngs::StdRng::seed_from_u64(spec.seed);
-    let truth: Vec<Shape> =
-        Shape::ALL.iter().flat_map(|&s| std::iter::repeat_n(s, spec.per_class)).collect();
+    let truth: Vec<Shape> = Shape::ALL
+        .iter()
+        .flat_map(|&s| std::iter::repeat_n(s, spec.per_class))
+        .collect();
     let mut folders = truth.clone();
     if spec.shuffle_labels {
         folders.shuffle(&mut rng);
@@ -174,13 +190,15 @@ fn to_io(e: image::ImageError) -> io::Error {
 
 fn encode_png_rgb(img: &RgbImage) -> io::Result<Vec<u8>> {
     let mut out = Vec::new();
-    img.write_to(&mut io::Cursor::new(&mut out), image::ImageFormat::Png).map_err(to_io)?;
+    img.write_to(&mut io::Cursor::new(&mut out), image::ImageFormat::Png)
+        .map_err(to_io)?;
     Ok(out)
 }
 
 fn encode_png_gray(img: &GrayImage) -> io::Result<Vec<u8>> {
     let mut out = Vec::new();
-    img.write_to(&mut io::Cursor::new(&mut out), image::ImageFormat::Png).map_err(to_io)?;
+    img.write_to(&mut io::Cursor::new(&mut out), image::ImageFormat::Png)
+        .map_err(to_io)?;
     Ok(out)
 }
 

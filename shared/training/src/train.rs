@@ -75,19 +75,31 @@ impl TrainConfig {
     pub fn validate(&self) -> Result<(), TrainError> {
         let bad = |m: String| Err(TrainError::InvalidConfig(m));
         if !(1..=1000).contains(&self.epochs) {
-            return bad(format!("epochs must be within 1..=1000, not {}", self.epochs));
+            return bad(format!(
+                "epochs must be within 1..=1000, not {}",
+                self.epochs
+            ));
         }
         if !(1..=4096).contains(&self.batch_size) {
-            return bad(format!("batch_size must be within 1..=4096, not {}", self.batch_size));
+            return bad(format!(
+                "batch_size must be within 1..=4096, not {}",
+                self.batch_size
+            ));
         }
         if !(self.learning_rate > 0.0 && self.learning_rate <= 1.0) {
-            return bad(format!("learning_rate must be within (0, 1], not {}", self.learning_rate));
+            return bad(format!(
+                "learning_rate must be within (0, 1], not {}",
+                self.learning_rate
+            ));
         }
         if self.threads == Some(0) || self.threads.is_some_and(|t| t > 1024) {
             return bad("threads must be within 1..=1024".into());
         }
         if !(4..=256).contains(&self.base_width) {
-            return bad(format!("base_width must be within 4..=256, not {}", self.base_width));
+            return bad(format!(
+                "base_width must be within 4..=256, not {}",
+                self.base_width
+            ));
         }
         Ok(())
     }
@@ -208,7 +220,10 @@ pub enum TrainError {
 impl TrainError {
     /// True when the job's input is at fault (HTTP 422 at the edge) rather than the node.
     pub fn is_data_error(&self) -> bool {
-        matches!(self, TrainError::UnusableData(_) | TrainError::Diverged { .. })
+        matches!(
+            self,
+            TrainError::UnusableData(_) | TrainError::Diverged { .. }
+        )
     }
 }
 
@@ -331,15 +346,17 @@ pub fn train(
     config.validate()?;
     // tch reports most libtorch failures (a CUDA out-of-memory in a forward pass, say) by
     // panicking; a trainer node wants an error it can report, not a dead worker.
-    catch_unwind(AssertUnwindSafe(|| run(config, data, device, progress, on_checkpoint, resume)))
-        .unwrap_or_else(|panic| {
-            let msg = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "unknown panic".into());
-            Err(TrainError::Panicked(msg))
-        })
+    catch_unwind(AssertUnwindSafe(|| {
+        run(config, data, device, progress, on_checkpoint, resume)
+    }))
+    .unwrap_or_else(|panic| {
+        let msg = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "unknown panic".into());
+        Err(TrainError::Panicked(msg))
+    })
 }
 
 /// Running sums of an epoch, kept on the device so steps never wait for the GPU.
@@ -386,7 +403,9 @@ fn run(
     };
     net_config.validate().map_err(TrainError::UnusableData)?;
     if data.train.is_empty() {
-        return Err(TrainError::UnusableData("the training split is empty".into()));
+        return Err(TrainError::UnusableData(
+            "the training split is empty".into(),
+        ));
     }
     if let Some(threads) = config.threads {
         tch::set_num_threads(threads as i32);
@@ -442,16 +461,29 @@ fn run(
             let ys = y_train.f_index_select(0, &idx)?;
             if config.augment {
                 let flips: Vec<bool> = (0..len).map(|_| rng.gen_bool(0.5)).collect();
-                let mask = Tensor::from_slice(&flips).f_to_device(device)?.f_view([len, 1, 1, 1])?;
+                let mask = Tensor::from_slice(&flips)
+                    .f_to_device(device)?
+                    .f_view([len, 1, 1, 1])?;
                 xs = xs.f_flip([3])?.f_where_self(&mask, &xs)?;
             }
-            opt.set_lr(config.lr_schedule.rate(config.learning_rate, step, total_steps));
+            opt.set_lr(
+                config
+                    .lr_schedule
+                    .rate(config.learning_rate, step, total_steps),
+            );
             let logits = net.forward_t(&xs, true);
-            let loss = logits.f_log_softmax(-1, Kind::Float)?.f_nll_loss::<Tensor>(&ys, None, tch::Reduction::Mean, -100)?;
+            let loss = logits
+                .f_log_softmax(-1, Kind::Float)?
+                .f_nll_loss::<Tensor>(&ys, None, tch::Reduction::Mean, -100)?;
             opt.backward_step(&loss);
             tch::no_grad(|| -> Result<(), TrainError> {
-                totals.loss_sum = totals.loss_sum.f_add(&loss.f_to_kind(Kind::Double)?.f_mul_scalar(len)?)?;
-                let hits = logits.f_argmax(-1, false)?.f_eq_tensor(&ys)?.f_sum(Kind::Int64)?;
+                totals.loss_sum = totals
+                    .loss_sum
+                    .f_add(&loss.f_to_kind(Kind::Double)?.f_mul_scalar(len)?)?;
+                let hits = logits
+                    .f_argmax(-1, false)?
+                    .f_eq_tensor(&ys)?
+                    .f_sum(Kind::Int64)?;
                 totals.correct = totals.correct.f_add(&hits)?;
                 Ok(())
             })?;
@@ -486,7 +518,9 @@ fn run(
                 eta_seconds: eta(run_start, steps_this_run, total_steps - step),
             };
             if progress(event).is_break() {
-                return Err(TrainError::Cancelled { completed_epochs: epoch - 1 });
+                return Err(TrainError::Cancelled {
+                    completed_epochs: epoch - 1,
+                });
             }
         }
 
@@ -519,7 +553,9 @@ fn run(
             weights: weights_to_bytes(&vs)?,
         };
         if on_checkpoint(epoch, checkpoint.to_bytes()).is_break() {
-            return Err(TrainError::Cancelled { completed_epochs: epoch });
+            return Err(TrainError::Cancelled {
+                completed_epochs: epoch,
+            });
         }
         last_report = Instant::now();
         let event = Progress {
@@ -537,7 +573,9 @@ fn run(
             eta_seconds: eta(run_start, steps_this_run, total_steps - step),
         };
         if progress(event).is_break() {
-            return Err(TrainError::Cancelled { completed_epochs: epoch });
+            return Err(TrainError::Cancelled {
+                completed_epochs: epoch,
+            });
         }
     }
 
@@ -581,7 +619,11 @@ fn eta(run_start: Instant, steps_done: u64, steps_left: u64) -> f64 {
     run_start.elapsed().as_secs_f64() / steps_done as f64 * steps_left as f64
 }
 
-fn check_compatible(ckpt: &Checkpoint, config: &TrainConfig, data: &Dataset) -> Result<(), TrainError> {
+fn check_compatible(
+    ckpt: &Checkpoint,
+    config: &TrainConfig,
+    data: &Dataset,
+) -> Result<(), TrainError> {
     let bad = |m: String| Err(TrainError::IncompatibleCheckpoint(m));
     if ckpt.architecture != ARCHITECTURE || ckpt.base_width != config.base_width {
         return bad(format!(
@@ -590,19 +632,33 @@ fn check_compatible(ckpt: &Checkpoint, config: &TrainConfig, data: &Dataset) -> 
         ));
     }
     if ckpt.classes != data.classes {
-        return bad(format!("its classes {:?} differ from the dataset's {:?}", ckpt.classes, data.classes));
+        return bad(format!(
+            "its classes {:?} differ from the dataset's {:?}",
+            ckpt.classes, data.classes
+        ));
     }
     if ckpt.image_size != data.image_size {
-        return bad(format!("its image_size {} differs from {}", ckpt.image_size, data.image_size));
+        return bad(format!(
+            "its image_size {} differs from {}",
+            ckpt.image_size, data.image_size
+        ));
     }
     if ckpt.epoch > config.epochs {
-        return bad(format!("it has {} epochs, more than the {} asked for", ckpt.epoch, config.epochs));
+        return bad(format!(
+            "it has {} epochs, more than the {} asked for",
+            ckpt.epoch, config.epochs
+        ));
     }
     Ok(())
 }
 
 /// Accuracy of `net` on `split` in evaluation mode, or `None` for an empty split.
-fn evaluate(net: &ResNet, split: &Split, device: Device, batch: usize) -> Result<Option<f64>, TrainError> {
+fn evaluate(
+    net: &ResNet,
+    split: &Split,
+    device: Device,
+    batch: usize,
+) -> Result<Option<f64>, TrainError> {
     if split.is_empty() {
         return Ok(None);
     }
@@ -616,7 +672,11 @@ fn evaluate(net: &ResNet, split: &Split, device: Device, batch: usize) -> Result
             let len = (batch as i64).min(n - start);
             let x = xs.f_narrow(0, start, len)?.f_to_device(device)?;
             let y = ys.f_narrow(0, start, len)?.f_to_device(device)?;
-            let hits = net.forward_t(&x, false).f_argmax(-1, false)?.f_eq_tensor(&y)?.f_sum(Kind::Int64)?;
+            let hits = net
+                .forward_t(&x, false)
+                .f_argmax(-1, false)?
+                .f_eq_tensor(&y)?
+                .f_sum(Kind::Int64)?;
             correct = correct.f_add(&hits)?;
             start += len;
         }
@@ -624,4 +684,3 @@ fn evaluate(net: &ResNet, split: &Split, device: Device, batch: usize) -> Result
     })?;
     Ok(Some(correct as f64 / n as f64))
 }
-

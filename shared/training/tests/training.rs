@@ -15,14 +15,28 @@ use gantry_training::{
 /// The recipe the service's defaults should match: 200 images per class at 32x32, 20 epochs,
 /// Adam at 3e-3 with a cosine schedule, batches of 32.
 fn shapes(dir: &Path, per_class: usize, shuffle_labels: bool) -> Dataset {
-    let spec = SyntheticSpec { per_class, image_size: 32, seed: 7, shuffle_labels, mixed_formats: true };
+    let spec = SyntheticSpec {
+        per_class,
+        image_size: 32,
+        seed: 7,
+        shuffle_labels,
+        mixed_formats: true,
+    };
     synthetic::generate(dir, &spec).expect("generate");
-    let options = LoadOptions { image_size: 32, validation_split: 0.2, ..LoadOptions::default() };
+    let options = LoadOptions {
+        image_size: 32,
+        validation_split: 0.2,
+        ..LoadOptions::default()
+    };
     Dataset::load(dir, &options).expect("load")
 }
 
 fn config(epochs: u32) -> TrainConfig {
-    TrainConfig { epochs, seed: 3, ..TrainConfig::default() }
+    TrainConfig {
+        epochs,
+        seed: 3,
+        ..TrainConfig::default()
+    }
 }
 
 fn keep_going(_: Progress) -> ControlFlow<()> {
@@ -34,11 +48,23 @@ fn no_checkpoints(_: u32, _: Vec<u8>) -> ControlFlow<()> {
 }
 
 fn train_quietly(config: &TrainConfig, data: &Dataset) -> TrainedModel {
-    train(config, data, Device::Cpu, &mut keep_going, &mut no_checkpoints, None).expect("train")
+    train(
+        config,
+        data,
+        Device::Cpu,
+        &mut keep_going,
+        &mut no_checkpoints,
+        None,
+    )
+    .expect("train")
 }
 
 fn accuracy(predicted: &[usize], labels: &[i64]) -> f64 {
-    let correct = predicted.iter().zip(labels).filter(|(p, l)| **p as i64 == **l).count();
+    let correct = predicted
+        .iter()
+        .zip(labels)
+        .filter(|(p, l)| **p as i64 == **l)
+        .count();
     correct as f64 / labels.len() as f64
 }
 
@@ -52,14 +78,21 @@ fn shapes_are_learnt_and_the_weights_classify_as_reported() {
     let model = train_quietly(&config(20), &data);
     let card = &model.card;
     let reported = card.final_val_accuracy().unwrap();
-    eprintln!("validation accuracy per epoch: {:?}", card.metrics.iter().map(|m| m.val_accuracy.unwrap()).collect::<Vec<_>>());
+    eprintln!(
+        "validation accuracy per epoch: {:?}",
+        card.metrics
+            .iter()
+            .map(|m| m.val_accuracy.unwrap())
+            .collect::<Vec<_>>()
+    );
     assert!(reported >= 0.9, "validation accuracy {reported}");
     assert_eq!(card.metrics.len(), 20);
     assert_eq!(card.dataset_hash, data.content_hash);
     assert_eq!(card.training.val_samples, 120);
 
     // The card survives JSON, and the safetensors load into a freshly built network.
-    let card: gantry_training::ModelCard = serde_json::from_str(&serde_json::to_string(card).unwrap()).unwrap();
+    let card: gantry_training::ModelCard =
+        serde_json::from_str(&serde_json::to_string(card).unwrap()).unwrap();
     let loaded = load_model(&card, &model.weights, Device::Cpu).unwrap();
     let predicted = predict(&loaded, &data.validation.images_tensor()).unwrap();
     assert_eq!(accuracy(&predicted, &data.validation.labels), reported);
@@ -69,16 +102,28 @@ fn shapes_are_learnt_and_the_weights_classify_as_reported() {
         .iter()
         .map(|p| {
             let bytes = std::fs::read(dir.path().join(p)).unwrap();
-            let px = preprocess_image(&bytes, card.image_size, &card.normalization, &DatasetLimits::default()).unwrap();
+            let px = preprocess_image(
+                &bytes,
+                card.image_size,
+                &card.normalization,
+                &DatasetLimits::default(),
+            )
+            .unwrap();
             Tensor::from_slice(&px).view([3, 32, 32])
         })
         .collect();
-    assert_eq!(predict(&loaded, &Tensor::stack(&some, 0)).unwrap(), predicted[..10]);
+    assert_eq!(
+        predict(&loaded, &Tensor::stack(&some, 0)).unwrap(),
+        predicted[..10]
+    );
 
     // Weights for another network are refused.
     let mut other = card.clone();
     other.classes.push("hexagon".into());
-    assert!(matches!(load_model(&other, &model.weights, Device::Cpu), Err(TrainError::BadWeights(_))));
+    assert!(matches!(
+        load_model(&other, &model.weights, Device::Cpu),
+        Err(TrainError::BadWeights(_))
+    ));
 }
 
 #[test]
@@ -94,7 +139,12 @@ fn shuffled_labels_are_not_learnt() {
 fn progress_reports_every_epoch_and_the_whole_job() {
     let dir = tempfile::tempdir().unwrap();
     let data = shapes(dir.path(), 20, false);
-    let config = TrainConfig { epochs: 2, batch_size: 16, report_interval_ms: 0, ..config(2) };
+    let config = TrainConfig {
+        epochs: 2,
+        batch_size: 16,
+        report_interval_ms: 0,
+        ..config(2)
+    };
     let mut events = Vec::new();
     let mut checkpoints = Vec::new();
     let model = train(
@@ -118,13 +168,31 @@ fn progress_reports_every_epoch_and_the_whole_job() {
     use ProgressKind::*;
     assert_eq!(
         kinds,
-        [(Report, 1, 1), (Report, 1, 2), (Report, 1, 3), (EpochEnd, 1, 3), (Report, 2, 4), (Report, 2, 5), (Report, 2, 6), (EpochEnd, 2, 6)]
+        [
+            (Report, 1, 1),
+            (Report, 1, 2),
+            (Report, 1, 3),
+            (EpochEnd, 1, 3),
+            (Report, 2, 4),
+            (Report, 2, 5),
+            (Report, 2, 6),
+            (EpochEnd, 2, 6)
+        ]
     );
-    assert!(events.iter().all(|e| e.total_steps == 6 && e.steps_per_epoch == 3 && e.epochs == 2));
-    assert!(events.iter().all(|e| e.loss.is_finite() && e.loss > 0.0 && e.samples_per_sec > 0.0));
-    assert!(events.iter().all(|e| (e.kind == EpochEnd) == e.val_accuracy.is_some()));
+    assert!(events
+        .iter()
+        .all(|e| e.total_steps == 6 && e.steps_per_epoch == 3 && e.epochs == 2));
+    assert!(events
+        .iter()
+        .all(|e| e.loss.is_finite() && e.loss > 0.0 && e.samples_per_sec > 0.0));
+    assert!(events
+        .iter()
+        .all(|e| (e.kind == EpochEnd) == e.val_accuracy.is_some()));
     assert_eq!(events.last().unwrap().eta_seconds, 0.0);
-    assert_eq!(events.last().unwrap().val_accuracy, model.card.final_val_accuracy());
+    assert_eq!(
+        events.last().unwrap().val_accuracy,
+        model.card.final_val_accuracy()
+    );
     assert_eq!(checkpoints.iter().map(|c| c.0).collect::<Vec<_>>(), [1, 2]);
 }
 
@@ -132,7 +200,11 @@ fn progress_reports_every_epoch_and_the_whole_job() {
 fn break_from_the_callback_cancels_within_one_step() {
     let dir = tempfile::tempdir().unwrap();
     let data = shapes(dir.path(), 20, false);
-    let config = TrainConfig { epochs: 5, batch_size: 8, ..config(5) };
+    let config = TrainConfig {
+        epochs: 5,
+        batch_size: 8,
+        ..config(5)
+    };
     let mut calls = 0;
     let mut checkpoints = 0;
     let result = train(
@@ -153,7 +225,15 @@ fn break_from_the_callback_cancels_within_one_step() {
         },
         None,
     );
-    assert!(matches!(result, Err(TrainError::Cancelled { completed_epochs: 0 })), "{result:?}");
+    assert!(
+        matches!(
+            result,
+            Err(TrainError::Cancelled {
+                completed_epochs: 0
+            })
+        ),
+        "{result:?}"
+    );
     assert_eq!(calls, 3, "no callback after Break");
     assert_eq!(checkpoints, 0);
 }
@@ -162,7 +242,11 @@ fn break_from_the_callback_cancels_within_one_step() {
 fn resuming_from_a_checkpoint_continues_at_the_next_epoch() {
     let dir = tempfile::tempdir().unwrap();
     let data = shapes(dir.path(), 20, false);
-    let config = TrainConfig { epochs: 3, batch_size: 16, ..config(3) };
+    let config = TrainConfig {
+        epochs: 3,
+        batch_size: 16,
+        ..config(3)
+    };
 
     // First run: stopped (as if the node died) right after epoch 1 was checkpointed.
     let mut saved = None;
@@ -170,14 +254,28 @@ fn resuming_from_a_checkpoint_continues_at_the_next_epoch() {
         &config,
         &data,
         Device::Cpu,
-        &mut |p| if p.kind == ProgressKind::EpochEnd { ControlFlow::Break(()) } else { ControlFlow::Continue(()) },
+        &mut |p| {
+            if p.kind == ProgressKind::EpochEnd {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        },
         &mut |epoch, bytes| {
             saved = Some((epoch, bytes));
             ControlFlow::Continue(())
         },
         None,
     );
-    assert!(matches!(first, Err(TrainError::Cancelled { completed_epochs: 1 })), "{first:?}");
+    assert!(
+        matches!(
+            first,
+            Err(TrainError::Cancelled {
+                completed_epochs: 1
+            })
+        ),
+        "{first:?}"
+    );
     let (epoch, bytes) = saved.unwrap();
     assert_eq!(epoch, 1);
     let checkpoint = Checkpoint::from_bytes(&bytes).unwrap();
@@ -197,19 +295,39 @@ fn resuming_from_a_checkpoint_continues_at_the_next_epoch() {
         Some(checkpoint.clone()),
     )
     .unwrap();
-    assert_eq!(events.first(), Some(&(2, 4)), "3 steps per epoch, so epoch 2 starts at step 4");
+    assert_eq!(
+        events.first(),
+        Some(&(2, 4)),
+        "3 steps per epoch, so epoch 2 starts at step 4"
+    );
     assert!(events.iter().all(|(epoch, _)| *epoch >= 2));
     let metrics = &model.card.metrics;
-    assert_eq!(metrics.iter().map(|m| m.epoch).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(
+        metrics.iter().map(|m| m.epoch).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
     assert_eq!(metrics[0], checkpoint.metrics[0]);
     assert_eq!(model.card.training.resumed_from_epoch, Some(1));
 
     // A checkpoint of another dataset is refused; garbage is not a checkpoint.
     let mut other = checkpoint;
     other.classes[0] = "hexagon".into();
-    let refused = train(&config, &data, Device::Cpu, &mut keep_going, &mut no_checkpoints, Some(other));
-    assert!(matches!(refused, Err(TrainError::IncompatibleCheckpoint(_))), "{refused:?}");
-    assert!(matches!(Checkpoint::from_bytes(b"not a checkpoint"), Err(TrainError::BadCheckpoint(_))));
+    let refused = train(
+        &config,
+        &data,
+        Device::Cpu,
+        &mut keep_going,
+        &mut no_checkpoints,
+        Some(other),
+    );
+    assert!(
+        matches!(refused, Err(TrainError::IncompatibleCheckpoint(_))),
+        "{refused:?}"
+    );
+    assert!(matches!(
+        Checkpoint::from_bytes(b"not a checkpoint"),
+        Err(TrainError::BadCheckpoint(_))
+    ));
 }
 
 #[test]
@@ -217,12 +335,34 @@ fn bad_configurations_are_refused_before_training() {
     let dir = tempfile::tempdir().unwrap();
     let data = shapes(dir.path(), 5, false);
     for config in [
-        TrainConfig { epochs: 0, ..TrainConfig::default() },
-        TrainConfig { batch_size: 0, ..TrainConfig::default() },
-        TrainConfig { learning_rate: f64::NAN, ..TrainConfig::default() },
-        TrainConfig { threads: Some(0), ..TrainConfig::default() },
+        TrainConfig {
+            epochs: 0,
+            ..TrainConfig::default()
+        },
+        TrainConfig {
+            batch_size: 0,
+            ..TrainConfig::default()
+        },
+        TrainConfig {
+            learning_rate: f64::NAN,
+            ..TrainConfig::default()
+        },
+        TrainConfig {
+            threads: Some(0),
+            ..TrainConfig::default()
+        },
     ] {
-        let result = train(&config, &data, Device::Cpu, &mut keep_going, &mut no_checkpoints, None);
-        assert!(matches!(result, Err(TrainError::InvalidConfig(_))), "{config:?}: {result:?}");
+        let result = train(
+            &config,
+            &data,
+            Device::Cpu,
+            &mut keep_going,
+            &mut no_checkpoints,
+            None,
+        );
+        assert!(
+            matches!(result, Err(TrainError::InvalidConfig(_))),
+            "{config:?}: {result:?}"
+        );
     }
 }

@@ -4,12 +4,12 @@
 //! It generates the synthetic shape dataset (unless the work directory already has one), loads it
 //! with [`Dataset::load`] (no validation split, so every image trains), writes the decoded tensor
 //! for `bench/train_throughput.py` (`train_images.f32`, `train_labels.i64`, little-endian raw,
-//! plus `meta.json`) so PyTorch trains on exactly the same pixels, then runs [`train`] and prints
+//! plus `meta.json`) so PyTorch trains on exactly the same pixels, then runs [`train()`](gantry_training::train()) and prints
 //! one JSON object: per-epoch samples/s and their median over the epochs after the first (the
 //! first pays for allocator warm-up and, on CUDA, cuDNN's algorithm search).
 
 use std::fs;
-use std::io::Write;
+use std::io::{BufWriter, Write};
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 
@@ -69,16 +69,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         };
         synthetic::generate(&data_dir, &spec)?;
     }
-    let options =
-        LoadOptions { image_size: args.image_size, validation_split: 0.0, ..LoadOptions::default() };
+    let options = LoadOptions {
+        image_size: args.image_size,
+        validation_split: 0.0,
+        ..LoadOptions::default()
+    };
     let data = Dataset::load(&data_dir, &options)?;
 
     // Raw little-endian tensors: torch.frombuffer reads them without numpy or an image library.
-    let mut images = fs::File::create(args.work_dir.join("train_images.f32"))?;
+    let mut images = BufWriter::new(fs::File::create(args.work_dir.join("train_images.f32"))?);
     for x in &data.train.images {
         images.write_all(&x.to_le_bytes())?;
     }
-    let labels: Vec<u8> = data.train.labels.iter().flat_map(|l| l.to_le_bytes()).collect();
+    images.flush()?;
+    let labels: Vec<u8> = data
+        .train
+        .labels
+        .iter()
+        .flat_map(|l| l.to_le_bytes())
+        .collect();
     fs::write(args.work_dir.join("train_labels.i64"), labels)?;
     let config = TrainConfig {
         epochs: args.epochs,
@@ -96,7 +105,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "base_width": config.base_width,
         "epochs": config.epochs,
     });
-    fs::write(args.work_dir.join("meta.json"), serde_json::to_vec_pretty(&meta)?)?;
+    fs::write(
+        args.work_dir.join("meta.json"),
+        serde_json::to_vec_pretty(&meta)?,
+    )?;
 
     let model = train(
         &config,
@@ -106,8 +118,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &mut |_, _| ControlFlow::Continue(()),
         None,
     )?;
-    let per_epoch: Vec<f64> = model.card.metrics.iter().map(|m| m.samples_per_sec).collect();
-    let steady = if per_epoch.len() > 1 { &per_epoch[1..] } else { &per_epoch[..] };
+    let per_epoch: Vec<f64> = model
+        .card
+        .metrics
+        .iter()
+        .map(|m| m.samples_per_sec)
+        .collect();
+    let steady = if per_epoch.len() > 1 {
+        &per_epoch[1..]
+    } else {
+        &per_epoch[..]
+    };
     let report = serde_json::json!({
         "implementation": "rust-tch",
         "device": format!("{device:?}"),
