@@ -34,9 +34,14 @@ struct Cluster {
 
 impl Cluster {
     async fn start() -> Self {
+        Self::with_hold("600").await
+    }
+
+    /// With `GANTRY_TRAIN_HOLD` = `hold` seconds.
+    async fn with_hold(hold: &str) -> Self {
         let mut stack = Stack::start().await;
         stack.extra_env.insert("GANTRY_HEARTBEAT_INTERVAL".into(), "0.5".into());
-        stack.extra_env.insert("GANTRY_TRAIN_HOLD".into(), "600".into());
+        stack.extra_env.insert("GANTRY_TRAIN_HOLD".into(), hold.into());
         let core = stack.start_core().await;
         let (status, v) = send(
             http().post(format!("{}/admin/api/cluster_tokens", core.url())).bearer_auth(ADMIN_TOKEN).json(&json!({"name": "tests"})),
@@ -158,15 +163,17 @@ async fn the_pages_curl_example_trains_shapes_to_90_percent_while_shuffled_label
     let c = Cluster::start().await;
     let _node = c.trainer("cpu-node-1").await;
     let root = c.stack.data_root.path();
-    shapes(&root.join("path/to/training/data"), 100, false, 7);
-    shapes(&root.join("shuffled"), 100, true, 7);
+    shapes(&root.join("path/to/training/data"), 30, false, 3);
+    shapes(&root.join("shapes"), 200, false, 7);
+    shapes(&root.join("shuffled"), 200, true, 7);
 
+    // The page's example, exactly as written, held until the job ends:
     // curl -X POST -H "Authorization: Bearer YOUR_ADMIN_API_TOKEN" -H "Content-Type: application/json" \
     //   -d '{"output_model": "MyModel", "description": "Custom trained model", "train_path": "/path/to/training/data"}' \
     //   {{ request.host_url }}admin/api/train
     let out = tokio::process::Command::new("curl")
         .args(["-s", "-X", "POST", "-H", &format!("Authorization: Bearer {ADMIN_TOKEN}"), "-H", "Content-Type: application/json", "-d"])
-        .arg(r#"{ "output_model": "MyModel", "description": "Custom trained model", "train_path": "/path/to/training/data", "epochs": 8, "image_size": 32 }"#)
+        .arg(r#"{ "output_model": "MyModel", "description": "Custom trained model", "train_path": "/path/to/training/data" }"#)
         .arg(format!("{}/admin/api/train", c.url()))
         .output()
         .await
@@ -175,9 +182,20 @@ async fn the_pages_curl_example_trains_shapes_to_90_percent_while_shuffled_label
     assert_eq!(v["message"], "Training completed", "{v}");
     assert_eq!(v["tokens_used"], 0, "admins pay nothing");
     assert_eq!(v["remaining_tokens"], c.balance(1).await);
+    assert_eq!(v["model"]["name"], "MyModel");
+    assert_eq!(v["model"]["version"], 1);
+    assert_eq!(v["model"]["card"]["training"]["epochs"], 10, "the defaults apply");
+
+    // A real run on the shapes: a held JSON submission with more epochs.
+    let (status, v) = send(http().post(format!("{}/admin/api/train", c.url())).bearer_auth(ADMIN_TOKEN).json(&json!({
+        "output_model": "MyModel", "description": "Custom trained model", "train_path": "/shapes",
+        "epochs": 25, "learning_rate": 0.003, "image_size": 32
+    })))
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
     let model = &v["model"];
     assert_eq!(model["name"], "MyModel");
-    assert_eq!(model["version"], 1);
+    assert_eq!(model["version"], 2, "a new version of the same model");
     let acc = final_val_accuracy(model);
     assert!(acc >= 0.9, "validation accuracy {acc} < 0.9: {v}");
     let card = &model["card"];
@@ -189,7 +207,7 @@ async fn the_pages_curl_example_trains_shapes_to_90_percent_while_shuffled_label
     // The downloaded weights load into the same network and classify the validation images as
     // reported.
     let resp = http()
-        .get(format!("{}/admin/api/models/MyModel/versions/1/download", c.url()))
+        .get(format!("{}/admin/api/models/MyModel/versions/2/download", c.url()))
         .bearer_auth(ADMIN_TOKEN)
         .send()
         .await
@@ -199,7 +217,7 @@ async fn the_pages_curl_example_trains_shapes_to_90_percent_while_shuffled_label
     let card: gantry_training::card::ModelCard = serde_json::from_value(card.clone()).unwrap();
     let loaded = gantry_training::infer::load_model(&card, &weights, tch::Device::Cpu).unwrap();
     let data = Dataset::load(
-        &root.join("path/to/training/data"),
+        &root.join("shapes"),
         &LoadOptions { image_size: card.image_size, validation_split: 0.2, normalization: card.normalization, ..Default::default() },
     )
     .unwrap();
@@ -209,7 +227,7 @@ async fn the_pages_curl_example_trains_shapes_to_90_percent_while_shuffled_label
     assert!((measured - acc).abs() < 1e-6, "reloaded weights score {measured}, the job reported {acc}");
 
     // The same pictures with shuffled labels: nothing to learn.
-    let id = c.submit(json!({"output_model": "Shuffled", "train_path": "/shuffled", "epochs": 8, "image_size": 32})).await;
+    let id = c.submit(json!({"output_model": "Shuffled", "train_path": "/shuffled", "epochs": 25, "learning_rate": 0.003, "image_size": 32})).await;
     let job = c.wait_status(&id, "completed", Duration::from_secs(600)).await;
     let acc = final_val_accuracy(&job["model"]);
     assert!(acc < 0.5, "shuffled labels reached {acc}");
@@ -218,10 +236,10 @@ async fn the_pages_curl_example_trains_shapes_to_90_percent_while_shuffled_label
     let (_, models) = send(http().get(format!("{}/admin/api/models", c.url())).bearer_auth(ADMIN_TOKEN)).await;
     assert_eq!(models["models"].as_array().unwrap().len(), 2, "{models}");
     let (_, nodes) = send(http().get(format!("{}/api/admin/cluster_nodes", c.url())).bearer_auth(ADMIN_TOKEN)).await;
-    assert_eq!(nodes["nodes"][0]["completed_jobs"], 2, "{nodes}");
-    assert_eq!(nodes["master_stats"]["total_completed_jobs"], 2);
+    assert_eq!(nodes["nodes"][0]["completed_jobs"], 3, "{nodes}");
+    assert_eq!(nodes["master_stats"]["total_completed_jobs"], 3);
     let (_, list) = send(http().get(format!("{}/admin/api/jobs?status=completed", c.url())).bearer_auth(ADMIN_TOKEN)).await;
-    assert_eq!(list["total"], 2);
+    assert_eq!(list["total"], 3);
     assert_eq!(list["jobs"][0]["job_id"], id, "newest first");
 
     // The event history over server-sent events ends with the completion.
@@ -301,8 +319,8 @@ async fn a_paying_user_is_charged_once_per_idempotency_key() {
 async fn a_job_whose_trainer_dies_is_redelivered_and_resumes_after_its_last_checkpoint() {
     let c = Cluster::start().await;
     let mut first = c.trainer("doomed").await;
-    shapes(&c.stack.data_root.path().join("shapes"), 60, false, 5);
-    let id = c.submit(json!({"train_path": "/shapes", "epochs": 6, "image_size": 32, "output_model": "Resumed"})).await;
+    shapes(&c.stack.data_root.path().join("shapes"), 100, false, 5);
+    let id = c.submit(json!({"train_path": "/shapes", "epochs": 12, "image_size": 32, "output_model": "Resumed"})).await;
 
     // Kill -9 right after the first checkpoint.
     let checkpointed = wait_until(Duration::from_secs(300), || async {
@@ -333,7 +351,7 @@ async fn a_job_whose_trainer_dies_is_redelivered_and_resumes_after_its_last_chec
         .filter_map(|e| match e.kind { JobEventKind::Progress { epoch, .. } => Some(epoch), _ => None })
         .collect();
     assert!(epochs_after.iter().all(|e| *e > last_epoch), "epochs retrained after resuming: {epochs_after:?}");
-    assert_eq!(job["model"]["card"]["metrics"].as_array().unwrap().len(), 6, "the history of all six epochs is kept");
+    assert_eq!(job["model"]["card"]["metrics"].as_array().unwrap().len(), 12, "the history of every epoch is kept");
 }
 
 #[tokio::test]
@@ -438,4 +456,42 @@ async fn unusable_datasets_and_escaping_paths_are_refused_before_any_charge() {
     let (status, v) = send(http().post(format!("{}/api/train", c.url())).bearer_auth(&token).json(&json!({"description": "no path"}))).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
     assert_eq!(c.balance(id).await, 1000, "nothing was charged");
+}
+
+#[tokio::test]
+async fn a_held_job_that_no_node_can_take_answers_503_and_is_refunded() {
+    let c = Cluster::with_hold("2").await;
+    shapes(&c.stack.data_root.path().join("shapes"), 5, false, 1);
+    let (id, token) = c.user("hopeful", 300).await;
+    let (status, v) = send(http().post(format!("{}/api/train", c.url())).bearer_auth(&token).json(&json!({"train_path": "/shapes", "driver": "cuda"}))).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("no node"), "{v}");
+    assert_eq!(c.balance(id).await, 300, "refunded");
+    let (_, jobs) = send(http().get(format!("{}/api/jobs", c.url())).bearer_auth(&token)).await;
+    assert_eq!(jobs["jobs"][0]["status"], "failed", "{jobs}");
+    assert_eq!(jobs["jobs"][0]["failure_kind"], "no_node");
+}
+
+#[tokio::test]
+async fn a_queued_job_shows_its_position_and_why_it_waits() {
+    let c = Cluster::start().await;
+    shapes(&c.stack.data_root.path().join("shapes"), 5, false, 1);
+    let first = c.submit(json!({"train_path": "/shapes", "driver": "rocm"})).await;
+    let second = c.submit(json!({"train_path": "/shapes", "driver": "rocm"})).await;
+    let j1 = c.job(&first).await;
+    let j2 = c.job(&second).await;
+    assert_eq!(j1["status"], "queued");
+    assert_eq!(j1["queue_position"], 1, "{j1}");
+    assert_eq!(j2["queue_position"], 2, "{j2}");
+    assert!(j2["waiting_reason"].as_str().unwrap().starts_with("no node for driver rocm"), "{j2}");
+    let (_, list) = send(http().get(format!("{}/admin/api/jobs?status=queued&limit=1", c.url())).bearer_auth(ADMIN_TOKEN)).await;
+    assert_eq!(list["total"], 2);
+    assert_eq!(list["jobs"].as_array().unwrap().len(), 1);
+    assert_eq!(list["jobs"][0]["job_id"], second, "newest first");
+    // Cancelling a queued job ends it at once.
+    let (status, v) = send(http().post(format!("{}/admin/api/jobs/{first}/cancel", c.url())).bearer_auth(ADMIN_TOKEN)).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(c.job(&second).await["queue_position"], 1);
+    let (status, _) = send(http().get(format!("{}/admin/api/jobs/nope", c.url())).bearer_auth(ADMIN_TOKEN)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
 }

@@ -468,8 +468,8 @@ impl TrainApi {
             let reason = job.waiting_reason.clone().unwrap_or_default();
             let _: Result<JobRecord, _> = nats::request(
                 &self.state.nats,
-                subjects::registry(jobs::subjects::JOBS_CANCEL),
-                &JobRef { job_id: sub.job_id.clone(), user_id: None },
+                subjects::registry(jobs::subjects::JOBS_FAIL),
+                &FailJob { job_id: sub.job_id.clone(), error: reason.clone(), kind: FailureKind::NoNode },
             )
             .await;
             return Err(ApiError::new(
