@@ -3,7 +3,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use gantry_contracts::error::ErrorCode;
-use gantry_contracts::registry::{ClusterToken, CreateClusterToken};
+use gantry_contracts::registry::{ClusterToken, ClusterTokenList, CreateClusterToken, Empty};
 use gantry_contracts::subjects;
 
 /// Gantry's cluster registry.
@@ -26,44 +26,104 @@ enum Command {
         #[arg(long, default_value_t = 60)]
         wait: u64,
     },
+    /// Keep a usable cluster token in FILE: reuse the one there while the registry lists it as
+    /// active, else create one named NAME and write it there (mode 0600). For deploy/local/up.sh.
+    EnsureToken {
+        /// The token's name, when one is created.
+        name: String,
+        /// Where the whole token is kept.
+        #[arg(long)]
+        file: std::path::PathBuf,
+        /// Seconds to wait for a registry to answer.
+        #[arg(long, default_value_t = 60)]
+        wait: u64,
+    },
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     match Cli::parse().command.unwrap_or(Command::Serve) {
         Command::Serve => gantry_runtime::run_service("gantry-registry", gantry_registry::startup::run).await,
-        Command::CreateToken { name, wait } => create_token(name, Duration::from_secs(wait)).await,
+        Command::CreateToken { name, wait } => match create_token(&name, Duration::from_secs(wait)).await {
+            Ok(token) => {
+                println!("{token}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("gantry-registry: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::EnsureToken { name, file, wait } => match ensure_token(&name, &file, Duration::from_secs(wait)).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("gantry-registry: {e}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 
-async fn create_token(name: String, wait: Duration) -> ExitCode {
+async fn connect(deadline: Instant) -> Result<async_nats::Client, String> {
     let url = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
-    let deadline = Instant::now() + wait;
-    let client = loop {
+    loop {
         match async_nats::connect(url.as_str()).await {
-            Ok(c) => break c,
-            Err(e) if Instant::now() > deadline => {
-                eprintln!("gantry-registry: cannot reach NATS at {url}: {e}");
-                return ExitCode::FAILURE;
-            }
+            Ok(c) => return Ok(c),
+            Err(e) if Instant::now() > deadline => return Err(format!("cannot reach NATS at {url}: {e}")),
             Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
         }
-    };
-    let subject = subjects::registry(subjects::registry::TOKENS_CREATE);
+    }
+}
+
+/// A request to the registry, retried while no registry answers (until `deadline`).
+async fn call<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
+    client: &async_nats::Client,
+    endpoint: &str,
+    req: &Req,
+    deadline: Instant,
+) -> Result<Resp, String> {
     loop {
-        let req = CreateClusterToken { name: name.clone() };
-        match gantry_runtime::nats::request::<_, ClusterToken>(&client, subject.clone(), &req).await {
-            Ok(token) => {
-                println!("{}", token.token);
-                return ExitCode::SUCCESS;
-            }
+        match gantry_runtime::nats::request::<_, Resp>(client, subjects::registry(endpoint), req).await {
+            Ok(r) => return Ok(r),
             Err(f) if f.code == ErrorCode::Unavailable && Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
-            Err(f) => {
-                eprintln!("gantry-registry: creating the cluster token failed: {f}");
-                return ExitCode::FAILURE;
-            }
+            Err(f) => return Err(format!("{endpoint} failed: {f}")),
         }
     }
+}
+
+async fn create_token(name: &str, wait: Duration) -> Result<String, String> {
+    let deadline = Instant::now() + wait;
+    let client = connect(deadline).await?;
+    let req = CreateClusterToken { name: name.to_owned() };
+    let token: ClusterToken = call(&client, subjects::registry::TOKENS_CREATE, &req, deadline).await?;
+    Ok(token.token)
+}
+
+async fn ensure_token(name: &str, file: &std::path::Path, wait: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + wait;
+    let client = connect(deadline).await?;
+    if let Ok(saved) = std::fs::read_to_string(file) {
+        let saved = saved.trim();
+        let list: ClusterTokenList = call(&client, subjects::registry::TOKENS_LIST, &Empty {}, deadline).await?;
+        let listed = format!("{}...", saved.get(..8).unwrap_or(saved));
+        if saved.len() == 64 && list.tokens.iter().any(|t| t.active && t.token == listed) {
+            return Ok(());
+        }
+        eprintln!("gantry-registry: the token in {} is no longer active; creating a new one", file.display());
+    }
+    let req = CreateClusterToken { name: name.to_owned() };
+    let token: ClusterToken = call(&client, subjects::registry::TOKENS_CREATE, &req, deadline).await?;
+    write_secret(file, &token.token).map_err(|e| format!("writing {}: {e}", file.display()))
+}
+
+fn write_secret(file: &std::path::Path, secret: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let tmp = file.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    writeln!(f, "{secret}")?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, file)
 }

@@ -80,9 +80,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     tracing::info!("registry endpoints up");
 
     shutdown.cancelled().await;
-    let _ = service.stop().await;
+    // Bounded: with NATS gone, stopping the service and flushing would wait for a reconnect
+    // that may never come, and SIGTERM must still stop the process.
+    let _ = tokio::time::timeout(Duration::from_secs(2), service.stop()).await;
     nats::drain(&tracker, Duration::from_secs(10)).await;
-    let _ = client.flush().await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
     let _ = health.await;
     Ok(())
 }
