@@ -262,3 +262,23 @@ async fn two_registry_replicas_each_keep_the_whole_view() {
         .await;
     drop(trainer);
 }
+
+#[tokio::test]
+async fn a_node_keeps_its_identity_and_rejoins_by_itself_after_nats_comes_back() {
+    let mut cluster = Cluster::start().await;
+    let token = cluster.create_token("t").await;
+    let mut trainer = cluster.trainer("node-g", &token.token, 1);
+    trainer.wait_ready(READY).await;
+    let before = cluster.wait_node("node-g", JOIN, "connected", |n| n.connected).await;
+
+    cluster.stack.nats.stop();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    cluster.stack.nats.restart().await;
+    cluster.client = cluster.stack.nats.client().await;
+    cluster.registry.wait_ready(READY).await;
+
+    let after = cluster.wait_node("node-g", Duration::from_secs(40), "connected again", |n| n.connected).await;
+    assert_eq!(after.client_id, before.client_id);
+    assert!(trainer.try_exit().is_none(), "the trainer gave up:\n{}", trainer.output());
+    assert_eq!(cluster.nodes().await.nodes.len(), 1);
+}

@@ -258,7 +258,7 @@ impl Node {
                 _ = busy_changed.notified() => self.send_heartbeat(false).await,
                 _ = shutdown.cancelled() => {
                     self.send_heartbeat(true).await;
-                    let _ = self.client.flush().await;
+                    let _ = tokio::time::timeout(Duration::from_secs(2), self.client.flush()).await;
                     return Ok(());
                 }
                 _ = tick.tick() => {
