@@ -108,6 +108,16 @@ GANTRY_ADMIN_API_TOKEN=$GANTRY_ADMIN_API_TOKEN
 ENV
 umask 022
 
+# --- cluster (issue 4): a cluster token named `local`, kept in the state dir, and one local
+# trainer node joining with it. deploy/local/trainer.sh starts more.
+"$BIN/gantry-registry" ensure-token local --file "$GANTRY_STATE_DIR/cluster_token" \
+    || die "could not create the local cluster token (see $GANTRY_STATE_DIR/logs/registry.log)"
+mkdir -p "$GANTRY_STATE_DIR/nodes/local/cache"
+start trainer env OTEL_SERVICE_NAME=gantry-trainer GANTRY_NODE_NAME=local \
+    GANTRY_CLUSTER_TOKEN="$(cat "$GANTRY_STATE_DIR/cluster_token")" \
+    GANTRY_CACHE_DIR="$GANTRY_STATE_DIR/nodes/local/cache" "$BIN/gantry-trainer"
+# --- end cluster
+
 cat <<MSG
 
   Gantry is up.
@@ -117,6 +127,7 @@ cat <<MSG
     API token  $GANTRY_ADMIN_API_TOKEN
     data root  $GANTRY_DATA_ROOT
     addresses  $GANTRY_STATE_DIR/env     logs  $GANTRY_STATE_DIR/logs
+    cluster    token in $GANTRY_STATE_DIR/cluster_token; one trainer \`local\`; more: deploy/local/trainer.sh
 
   Stop with Ctrl-C (or SIGTERM).
 
