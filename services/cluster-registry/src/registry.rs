@@ -233,19 +233,26 @@ impl Registry {
         Ok(Registered { client_id: node_id.clone(), node_id, settings, token_name: token.name })
     }
 
-    /// `nodes.list`.
+    /// `nodes.list`. Only the page asked for is built (under the view's lock, briefly).
     pub async fn cluster_nodes(&self, q: ListQuery) -> Result<ClusterNodes, RegistryError> {
         self.ensure_restored()?;
-        let (master_stats, nodes) = self.view().cluster_nodes(now(), self.uptime());
-        let (nodes, next_offset) = page(nodes, &q, self.payload_budget())?;
+        let (budget, uptime, t) = (self.payload_budget(), self.uptime(), now());
+        let view = self.view();
+        let listed = view.listed(t);
+        let master_stats = View::stats(&listed, uptime);
+        let rest = listed.get(q.offset..).unwrap_or_default();
+        let (nodes, next_offset) = page(rest.iter().map(|n| n.cluster_node(t)), listed.len(), &q, budget)?;
         Ok(ClusterNodes { master_stats, nodes, next_offset })
     }
 
-    /// `clients.list`.
+    /// `clients.list`: connected nodes only.
     pub async fn cluster_clients(&self, q: ListQuery) -> Result<ClusterClients, RegistryError> {
         self.ensure_restored()?;
-        let clients = self.view().cluster_clients(now());
-        let (clients, next_offset) = page(clients, &q, self.payload_budget())?;
+        let (budget, t) = (self.payload_budget(), now());
+        let view = self.view();
+        let connected: Vec<_> = view.listed(t).into_iter().filter(|n| n.connected).collect();
+        let rest = connected.get(q.offset..).unwrap_or_default();
+        let (clients, next_offset) = page(rest.iter().map(|n| n.cluster_client()), connected.len(), &q, budget)?;
         Ok(ClusterClients { clients, next_offset })
     }
 
@@ -335,14 +342,19 @@ impl Registry {
     }
 }
 
-/// Cut `items` to the page `q` asks for, at most `budget` bytes of JSON; returns the page and
-/// the next offset when more follow.
-fn page<T: Serialize>(items: Vec<T>, q: &ListQuery, budget: usize) -> Result<(Vec<T>, Option<usize>), RegistryError> {
-    let total = items.len();
+/// Take the page `q` asks for from `items` (which start at `q.offset`, out of `total`): at most
+/// `q.limit` entries and `budget` bytes of JSON. Returns the page and the next offset when more
+/// follow. Items past the page are never built.
+fn page<T: Serialize>(
+    items: impl Iterator<Item = T>,
+    total: usize,
+    q: &ListQuery,
+    budget: usize,
+) -> Result<(Vec<T>, Option<usize>), RegistryError> {
     let limit = q.limit.unwrap_or(usize::MAX).max(1);
     let mut out = Vec::new();
     let mut size = 512; // master_stats and the envelope
-    for item in items.into_iter().skip(q.offset).take(limit) {
+    for item in items.take(limit) {
         let len = serde_json::to_vec(&item).map_err(anyhow::Error::from)?.len() + 1;
         if !out.is_empty() && size + len > budget {
             break;
@@ -361,13 +373,13 @@ mod tests {
     #[test]
     fn pages_stop_under_the_budget_and_name_the_next_offset() {
         let items: Vec<String> = (0..100).map(|i| format!("{i:0>98}")).collect();
-        let (p, next) = page(items.clone(), &ListQuery::default(), 512 + 1000).unwrap();
+        let (p, next) = page(items.iter(), 100, &ListQuery::default(), 512 + 1000).unwrap();
         assert_eq!(p.len(), 9);
         assert_eq!(next, Some(9));
-        let (p, next) = page(items.clone(), &ListQuery { offset: 95, limit: None }, 1 << 20).unwrap();
+        let (p, next) = page(items[95..].iter(), 100, &ListQuery { offset: 95, limit: None }, 1 << 20).unwrap();
         assert_eq!(p.len(), 5);
         assert_eq!(next, None);
-        let (p, next) = page(items, &ListQuery { offset: 0, limit: Some(10) }, 1 << 20).unwrap();
+        let (p, next) = page(items.iter(), 100, &ListQuery { offset: 0, limit: Some(10) }, 1 << 20).unwrap();
         assert_eq!(p.len(), 10);
         assert_eq!(next, Some(10));
     }

@@ -150,7 +150,8 @@ impl Node {
         self.processes.iter().filter(|p| p.status == process_status::ACTIVE).count() as u32
     }
 
-    fn cluster_node(&self, now: f64) -> ClusterNode {
+    /// This node as `cluster_nodes` lists it.
+    pub fn cluster_node(&self, now: f64) -> ClusterNode {
         let inv = &self.record.inventory;
         ClusterNode {
             token: format!("{}...", self.record.token_prefix),
@@ -181,7 +182,8 @@ impl Node {
         }
     }
 
-    fn cluster_client(&self) -> ClusterClient {
+    /// This node as `cluster_clients` lists it.
+    pub fn cluster_client(&self) -> ClusterClient {
         ClusterClient {
             client_id: self.record.node_id.clone(),
             connected_at: self.connected_at,
@@ -421,7 +423,9 @@ impl View {
         }
     }
 
-    fn listed(&self, now: f64) -> Vec<&Node> {
+    /// The nodes the listings show (connected, or disconnected within the retention), by
+    /// hostname then id.
+    pub fn listed(&self, now: f64) -> Vec<&Node> {
         let retention = self.timing.retention;
         let mut nodes: Vec<&Node> =
             self.nodes.values().filter(|n| n.connected || now - n.last_seen <= retention).collect();
@@ -431,19 +435,23 @@ impl View {
         nodes
     }
 
+    /// `master_stats` over the listed nodes.
+    pub fn stats(listed: &[&Node], uptime_seconds: f64) -> MasterStats {
+        let connected = || listed.iter().filter(|n| n.connected);
+        MasterStats {
+            total_nodes: listed.len() as u64,
+            connected_nodes: connected().count() as u64,
+            total_workers: connected().map(|n| u64::from(n.record.workers)).sum(),
+            total_active_jobs: connected().map(|n| u64::from(n.busy_slots)).sum(),
+            total_completed_jobs: listed.iter().map(|n| n.record.completed_jobs).sum(),
+            uptime_seconds: round1(uptime_seconds),
+        }
+    }
+
     /// `cluster_nodes`: totals and every listed node, by hostname.
     pub fn cluster_nodes(&self, now: f64, uptime_seconds: f64) -> (MasterStats, Vec<ClusterNode>) {
         let listed = self.listed(now);
-        let connected: Vec<&&Node> = listed.iter().filter(|n| n.connected).collect();
-        let stats = MasterStats {
-            total_nodes: listed.len() as u64,
-            connected_nodes: connected.len() as u64,
-            total_workers: connected.iter().map(|n| u64::from(n.record.workers)).sum(),
-            total_active_jobs: connected.iter().map(|n| u64::from(n.busy_slots)).sum(),
-            total_completed_jobs: listed.iter().map(|n| n.record.completed_jobs).sum(),
-            uptime_seconds: round1(uptime_seconds),
-        };
-        (stats, listed.iter().map(|n| n.cluster_node(now)).collect())
+        (Self::stats(&listed, uptime_seconds), listed.iter().map(|n| n.cluster_node(now)).collect())
     }
 
     /// `cluster_clients`: the connected nodes, by hostname.
