@@ -282,3 +282,29 @@ async fn a_node_keeps_its_identity_and_rejoins_by_itself_after_nats_comes_back()
     assert!(trainer.try_exit().is_none(), "the trainer gave up:\n{}", trainer.output());
     assert_eq!(cluster.nodes().await.nodes.len(), 1);
 }
+
+#[tokio::test]
+async fn a_heartbeat_from_an_unknown_node_is_answered_with_a_request_to_register() {
+    use futures::StreamExt;
+    use gantry_contracts::registry::{Heartbeat, NodeControl, NodeSettings};
+    use gantry_contracts::subjects;
+
+    let cluster = Cluster::start().await;
+    let node_id = "0123456789abcdef0123456789abcdef";
+    let mut control = cluster.client.subscribe(subjects::node_control(node_id)).await.unwrap();
+    let hb = Heartbeat {
+        node_id: node_id.into(),
+        busy_slots: 0,
+        gpu_memory_used_mib: None,
+        processes: vec![],
+        driver: Driver::Cpu,
+        settings: NodeSettings::default(),
+        uptime_seconds: 1.0,
+        stopping: false,
+    };
+    cluster.client.publish(subjects::node_heartbeat(node_id), serde_json::to_vec(&hb).unwrap().into()).await.unwrap();
+    let msg = tokio::time::timeout(Duration::from_secs(10), control.next()).await.expect("an answer").unwrap();
+    let ctl: NodeControl = serde_json::from_slice(&msg.payload).unwrap();
+    assert_eq!(ctl, NodeControl::Reregister);
+    assert!(cluster.nodes().await.nodes.is_empty(), "an unregistered node is not listed");
+}
