@@ -16,6 +16,7 @@ GANTRY_STATE_DIR="$(cd "$GANTRY_STATE_DIR" && pwd)"
 exec > >(tee -a "$GANTRY_STATE_DIR/up.log") 2>&1
 
 PIDS=()
+NAMES=()
 stop_all() {
     trap - INT TERM EXIT
     log "stopping"
@@ -36,6 +37,7 @@ start() { # name, command... — runs in the background, output to logs/<name>.l
     local name="$1"; shift
     "$@" >>"$GANTRY_STATE_DIR/logs/$name.log" 2>&1 &
     PIDS+=("$!")
+    NAMES+=("$name")
     log "started $name (pid $!)"
 }
 wait_port() { # port, what
@@ -133,7 +135,23 @@ cat <<MSG
 
 MSG
 
-# Foreground until a signal, or until a service exits on its own.
+# Foreground until a signal. A process that exits is reported and the rest keep running: the
+# services wait for NATS and the store to come back (restart them by hand, or re-run this), so
+# stopping NATS shows in /readyz without taking the stack down.
 set +e
-wait -n "${PIDS[@]}"
-log "a process of the stack exited; stopping the rest"
+reported=()
+while :; do
+    wait -n "${PIDS[@]}" 2>/dev/null
+    alive=0
+    for i in "${!PIDS[@]}"; do
+        if kill -0 "${PIDS[$i]}" 2>/dev/null; then
+            alive=$((alive + 1))
+        elif [ -z "${reported[$i]:-}" ]; then
+            reported[$i]=1
+            log "${NAMES[$i]} (pid ${PIDS[$i]}) exited; see $GANTRY_STATE_DIR/logs/${NAMES[$i]}.log"
+        fi
+    done
+    [ "$alive" -gt 0 ] || break
+    sleep 1
+done
+log "every process of the stack has exited"
