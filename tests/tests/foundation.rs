@@ -131,3 +131,24 @@ async fn sigterm_stops_each_service_within_seconds_with_code_zero() {
         assert_eq!(status.code(), Some(0), "{} exit status:\n{}", svc.name, svc.output());
     }
 }
+
+#[tokio::test]
+async fn sigterm_stops_each_service_with_code_zero_even_while_nats_is_down() {
+    let mut stack = Stack::start().await;
+    let core = stack.start_core().await;
+    let trainer = stack.trainer();
+    trainer.wait_ready(READY).await;
+    stack.nats.stop();
+    for svc in [&core.api, &core.auth] {
+        let down = wait_until(Duration::from_secs(10), || async { (svc.readyz().await == Some(503)).then_some(()) }).await;
+        assert!(down.is_some(), "{} still ready with NATS stopped", svc.name);
+    }
+    let gantry_testing::Core { auth, registry, api } = core;
+    for mut svc in [api, auth, registry, trainer] {
+        let status = svc
+            .terminate(Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|| panic!("{} did not stop within 10 s of SIGTERM with NATS down:\n{}", svc.name, svc.output()));
+        assert_eq!(status.code(), Some(0), "{} exit status:\n{}", svc.name, svc.output());
+    }
+}

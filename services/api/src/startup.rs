@@ -29,7 +29,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     Server::new(TcpListener::bind(config.http_addr))
         .run_with_graceful_shutdown(app, shutdown.cancelled_owned(), Some(Duration::from_secs(10)))
         .await?;
-    let _ = service.stop().await;
-    let _ = client.flush().await;
+    nats::leave(service, &client).await;
     Ok(())
 }

@@ -146,11 +146,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     background.spawn(sweep(app.clone(), shutdown.clone()));
 
     shutdown.cancelled().await;
-    let _ = service.stop().await;
+    nats::leave(service, &client).await;
     nats::drain(&tracker, Duration::from_secs(10)).await;
     background.close();
     let _ = tokio::time::timeout(Duration::from_secs(5), background.wait()).await;
-    let _ = client.flush().await;
     let _ = health.await;
     Ok(())
 }

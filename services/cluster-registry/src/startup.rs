@@ -82,9 +82,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     shutdown.cancelled().await;
     // Bounded: with NATS gone, stopping the service and flushing would wait for a reconnect
     // that may never come, and SIGTERM must still stop the process.
-    let _ = tokio::time::timeout(Duration::from_secs(2), service.stop()).await;
+    nats::leave(service, &client).await;
     nats::drain(&tracker, Duration::from_secs(10)).await;
-    let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
     let _ = health.await;
     Ok(())
 }

@@ -434,7 +434,13 @@ impl Workers {
             }
             let driver = [job_driver(current.driver), JobDriver::Any][turn % 2];
             turn = turn.wrapping_add(1);
-            if let Err(e) = self.pull(&mut consumers, driver, free, &plan, &shutdown, &tracker).await {
+            // With NATS gone a pull waits for its request timeout; a shutdown must not. A batch cut
+            // short here only delays its unread messages until AckWait.
+            let pulled = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = self.pull(&mut consumers, driver, free, &plan, &shutdown, &tracker) => r,
+            };
+            if let Err(e) = pulled {
                 consumers.remove(&driver);
                 tracing::warn!(consumer = contract::train_consumer(driver), error = format!("{e:#}"), "pulling jobs failed; retrying");
                 tokio::select! {

@@ -102,8 +102,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
     shutdown.cancel(); // stops the health server when leaving on our own
     // Bounded: with NATS gone these would wait for a reconnect, and SIGTERM must still stop us.
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), service.stop()).await;
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), client.flush()).await;
+    nats::leave(service, &client).await;
     let _ = health.await;
     result
 }

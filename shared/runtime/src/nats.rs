@@ -176,3 +176,10 @@ pub async fn drain(tracker: &TaskTracker, grace: Duration) {
         tracing::warn!("in-flight requests did not finish within the grace period");
     }
 }
+
+/// Leave NATS at shutdown: stop the micro service (its endpoints stop taking requests) and flush
+/// what is pending, each bounded so that a server that is gone cannot hold up the exit.
+pub async fn leave(service: service::Service, client: &Client) {
+    let _ = tokio::time::timeout(Duration::from_secs(2), service.stop()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
+}
