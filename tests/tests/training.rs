@@ -143,8 +143,13 @@ impl Cluster {
             .unwrap();
         let mut messages = consumer.messages().await.unwrap();
         let mut out = Vec::new();
-        while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_millis(1500), messages.next()).await {
+        // Everything stored when the consumer was made: stop at the last one (pending 0), or
+        // after a quiet second when there is nothing at all.
+        while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_millis(1000), messages.next()).await {
             out.push(serde_json::from_slice(&m.payload).unwrap());
+            if m.info().map(|i| i.pending == 0).unwrap_or(false) {
+                break;
+            }
         }
         out
     }
@@ -320,15 +325,22 @@ async fn a_job_whose_trainer_dies_is_redelivered_and_resumes_after_its_last_chec
     let c = Cluster::start().await;
     let mut first = c.trainer("doomed").await;
     shapes(&c.stack.data_root.path().join("shapes"), 100, false, 5);
-    let id = c.submit(json!({"train_path": "/shapes", "epochs": 12, "image_size": 32, "output_model": "Resumed"})).await;
+    let live = c.stack.nats.client().await;
+    let mut watch = live.subscribe("gantry.events.job.*").await.unwrap();
+    let id = c.submit(json!({"train_path": "/shapes", "epochs": 20, "image_size": 48, "output_model": "Resumed"})).await;
 
-    // Kill -9 right after the first checkpoint.
-    let checkpointed = wait_until(Duration::from_secs(300), || async {
-        c.events(&id).await.iter().any(|e| matches!(e.kind, JobEventKind::Checkpoint { .. })).then_some(())
+    // Kill -9 the moment the first checkpoint is announced.
+    let checkpointed = tokio::time::timeout(Duration::from_secs(300), async {
+        while let Some(m) = watch.next().await {
+            let e: JobEvent = serde_json::from_slice(&m.payload).unwrap();
+            if e.job_id == id && matches!(e.kind, JobEventKind::Checkpoint { .. }) {
+                return;
+            }
+        }
     })
     .await;
-    assert!(checkpointed.is_some(), "no checkpoint:\n{}", first.output());
     first.kill9();
+    assert!(checkpointed.is_ok(), "no checkpoint:\n{}", first.output());
     let before = c.events(&id).await;
     let last_epoch = before.iter().filter_map(|e| match e.kind { JobEventKind::Checkpoint { epoch, .. } => Some(epoch), _ => None }).max().unwrap();
     assert!(!before.iter().any(JobEvent::is_final), "it finished before the kill; make the job longer");
@@ -351,7 +363,7 @@ async fn a_job_whose_trainer_dies_is_redelivered_and_resumes_after_its_last_chec
         .filter_map(|e| match e.kind { JobEventKind::Progress { epoch, .. } => Some(epoch), _ => None })
         .collect();
     assert!(epochs_after.iter().all(|e| *e > last_epoch), "epochs retrained after resuming: {epochs_after:?}");
-    assert_eq!(job["model"]["card"]["metrics"].as_array().unwrap().len(), 12, "the history of every epoch is kept");
+    assert_eq!(job["model"]["card"]["metrics"].as_array().unwrap().len(), 20, "the history of every epoch is kept");
 }
 
 #[tokio::test]
