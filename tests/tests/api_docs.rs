@@ -28,6 +28,19 @@ const EXPECTED: &[&str] = &[
     "/admin/api/cluster_nodes/set_driver",
     "/api/admin/cluster_nodes/drain",
     "/api/admin/cluster_nodes/undrain",
+    "/admin/api/train",
+    "/api/admin/train",
+    "/api/train",
+    "/admin/api/jobs",
+    "/admin/api/jobs/{id}",
+    "/admin/api/jobs/{id}/events",
+    "/admin/api/jobs/{id}/cancel",
+    "/api/jobs",
+    "/api/jobs/{id}/cancel",
+    "/admin/api/models",
+    "/admin/api/models/{name}",
+    "/admin/api/models/{name}/versions/{version}/download",
+    "/api/models",
     "/api/auth/login",
     "/api/auth/logout",
     "/api/auth/me",
@@ -102,6 +115,15 @@ async fn the_admin_page_renders_each_endpoint_with_curl_examples_for_this_host()
     assert!(html.contains("-F &quot;driver=cuda&quot;"), "the set_driver example sends a form");
     assert!(html.contains("Preferred driver: &quot;cuda&quot; or &quot;rocm&quot;"));
     assert!(html.contains("&quot;total_completed_jobs&quot;: 15"));
+    assert!(html.contains("Start AI model training process. Costs 100 tokens (free for admins)."));
+    assert!(html.contains("Name for the trained model (default: &quot;MyCustomModel&quot;)"));
+    assert!(html.contains("&quot;message&quot;: &quot;Training completed&quot;"));
+    // The seven endpoints of the page come first, in the page's order.
+    let order: Vec<usize> = ["/admin/api/browse", "/admin/api/train", "/admin/api/users</code>", "/admin/api/cluster_tokens</code>", "/admin/api/cluster_clients", "/api/admin/cluster_nodes</code>", "/api/admin/cluster_nodes/set_driver"]
+        .iter()
+        .map(|p| html.find(p).unwrap_or_else(|| panic!("{p} missing from the page")))
+        .collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}");
     let docs = reqwest::get(format!("{base}/admin/api/docs")).await.unwrap();
     assert_eq!(docs.status(), StatusCode::OK);
 }
@@ -144,6 +166,7 @@ async fn swagger_ui_and_the_admin_page_render_in_headless_chromium_without_leavi
     let page: BTreeSet<&str> = seen["pagePaths"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
     for p in [
         "/admin/api/browse",
+        "/admin/api/train",
         "/admin/api/users",
         "/admin/api/cluster_tokens",
         "/admin/api/cluster_clients",

@@ -136,10 +136,11 @@ fn params(spec: &Value, op: &Value) -> Vec<Param> {
             description,
         });
     }
+    // Every content type of a body carries the same fields; take the first.
     let body = op
-        .pointer("/requestBody/content/application~1json/schema")
-        .or_else(|| op.pointer("/requestBody/content/multipart~1form-data/schema"))
-        .or_else(|| op.pointer("/requestBody/content/application~1x-www-form-urlencoded/schema"));
+        .pointer("/requestBody/content")
+        .and_then(Value::as_object)
+        .and_then(|c| c.values().find_map(|m| m.get("schema")));
     if let Some(schema) = body {
         let schema = resolve(spec, schema);
         let required: Vec<&str> = schema
