@@ -20,6 +20,9 @@ use crate::users::UsersApi;
 /// Largest request body accepted (413 beyond).
 pub const MAX_BODY_BYTES: usize = 1 << 20;
 
+/// Oversized bodies up to this size are read and dropped before the 413 goes out.
+const DRAIN_LIMIT_BYTES: usize = 8 << 20;
+
 /// Every API group, admin paths under both prefixes.
 pub type Apis = Aliased<(BrowseApi, TrainApi, UsersApi, ClusterApi, JobsApi, SessionApi, TokensApi)>;
 
@@ -93,7 +96,14 @@ async fn limit_body(req: &mut Request) -> poem::Result<()> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     match declared {
-        Some(n) if n > MAX_BODY_BYTES as u64 => Err(too_large()),
+        // Read (and drop) a moderately oversized body before answering, so the client finishes
+        // sending and sees the 413 instead of a broken connection; beyond that, just refuse.
+        Some(n) if n > MAX_BODY_BYTES as u64 => {
+            if n <= DRAIN_LIMIT_BYTES as u64 {
+                let _ = req.take_body().into_bytes_limit(DRAIN_LIMIT_BYTES).await;
+            }
+            Err(too_large())
+        }
         Some(_) => Ok(()),
         None if req.headers().contains_key(poem::http::header::TRANSFER_ENCODING) => {
             let bytes = req.take_body().into_bytes_limit(MAX_BODY_BYTES).await.map_err(|_| too_large())?;
