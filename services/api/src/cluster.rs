@@ -2,14 +2,12 @@
 //! registry answers in the admin page's shapes; these types document them and carry them through.
 
 use gantry_contracts::registry as msg;
-use gantry_contracts::subjects::{self, registry as ep};
-use gantry_runtime::nats;
+use gantry_contracts::subjects::registry as ep;
 use poem::Request;
 use poem_openapi::param::Path;
 use poem_openapi::payload::{Form, Json};
 use poem_openapi::types::Example;
 use poem_openapi::{ApiRequest, ApiResponse, Multipart, Object, OpenApi};
-use serde::Serialize;
 
 use crate::auth::Credentials;
 use crate::error::ApiResult;
@@ -376,15 +374,11 @@ pub enum CreatedClusterToken {
 pub struct ClusterApi(pub AppState);
 
 impl ClusterApi {
-    async fn ask<Req: Serialize, Resp: serde::de::DeserializeOwned>(&self, endpoint: &str, req: &Req) -> ApiResult<Resp> {
-        Ok(nats::request(&self.0.nats, subjects::registry(endpoint), req).await?)
-    }
-
     async fn drain(&self, req: &Request, auth: Credentials, body: NodeBody, drain: bool) -> ApiResult<Json<SuccessOut>> {
         self.0.auth.admin(&auth, req).await?;
         let f = body.fields();
         let r: msg::SetDriverResult =
-            self.ask(ep::DRAIN, &msg::Drain { hostname: f.hostname, token: f.token, drain: Some(drain) }).await?;
+            self.0.registry(ep::DRAIN, &msg::Drain { hostname: f.hostname, token: f.token, drain: Some(drain) }).await?;
         Ok(Json(SuccessOut { success: r.success, warning: r.warning }))
     }
 }
@@ -403,7 +397,7 @@ impl ClusterApi {
     )]
     async fn list_tokens(&self, req: &Request, auth: Credentials) -> ApiResult<Json<ClusterTokenList>> {
         self.0.auth.admin(&auth, req).await?;
-        let list: msg::ClusterTokenList = self.ask(ep::TOKENS_LIST, &msg::Empty {}).await?;
+        let list: msg::ClusterTokenList = self.0.registry(ep::TOKENS_LIST, &msg::Empty {}).await?;
         Ok(Json(ClusterTokenList { tokens: list.tokens.into_iter().map(Into::into).collect() }))
     }
 
@@ -420,7 +414,7 @@ impl ClusterApi {
     )]
     async fn create_token(&self, req: &Request, auth: Credentials, body: Json<CreateClusterTokenBody>) -> ApiResult<CreatedClusterToken> {
         self.0.auth.admin(&auth, req).await?;
-        let t: msg::ClusterToken = self.ask(ep::TOKENS_CREATE, &msg::CreateClusterToken { name: body.0.name }).await?;
+        let t: msg::ClusterToken = self.0.registry(ep::TOKENS_CREATE, &msg::CreateClusterToken { name: body.0.name }).await?;
         Ok(CreatedClusterToken::Created(Json(t.into())))
     }
 
@@ -437,7 +431,7 @@ impl ClusterApi {
         id: Path<i64>,
     ) -> ApiResult<Json<ClusterTokenOut>> {
         self.0.auth.admin(&auth, req).await?;
-        let t: msg::ClusterToken = self.ask(ep::TOKENS_REVOKE, &msg::RevokeClusterToken { id: id.0 }).await?;
+        let t: msg::ClusterToken = self.0.registry(ep::TOKENS_REVOKE, &msg::RevokeClusterToken { id: id.0 }).await?;
         Ok(Json(t.into()))
     }
 
@@ -456,7 +450,7 @@ impl ClusterApi {
         let mut clients = Vec::new();
         let mut offset = 0;
         loop {
-            let page: msg::ClusterClients = self.ask(ep::CLIENTS, &msg::ListQuery { offset, limit: None }).await?;
+            let page: msg::ClusterClients = self.0.registry(ep::CLIENTS, &msg::ListQuery { offset, limit: None }).await?;
             clients.extend(page.clients);
             match page.next_offset {
                 Some(next) if next > offset => offset = next,
@@ -478,12 +472,12 @@ impl ClusterApi {
     )]
     async fn nodes(&self, req: &Request, auth: Credentials) -> ApiResult<Json<ClusterNodesOut>> {
         self.0.auth.admin(&auth, req).await?;
-        let first: msg::ClusterNodes = self.ask(ep::NODES, &msg::ListQuery::default()).await?;
+        let first: msg::ClusterNodes = self.0.registry(ep::NODES, &msg::ListQuery::default()).await?;
         let stats = first.master_stats.clone();
         let mut nodes = first.nodes;
         let mut next = first.next_offset;
         while let Some(offset) = next {
-            let page: msg::ClusterNodes = self.ask(ep::NODES, &msg::ListQuery { offset, limit: None }).await?;
+            let page: msg::ClusterNodes = self.0.registry(ep::NODES, &msg::ListQuery { offset, limit: None }).await?;
             nodes.extend(page.nodes);
             next = page.next_offset.filter(|n| *n > offset);
         }
@@ -506,7 +500,7 @@ impl ClusterApi {
             SetDriverBody::Multipart(f) | SetDriverBody::Form(Form(f)) | SetDriverBody::Json(Json(f)) => f,
         };
         let r: msg::SetDriverResult =
-            self.ask(ep::SET_DRIVER, &msg::SetDriver { hostname: f.hostname, token: f.token, driver: f.driver }).await?;
+            self.0.registry(ep::SET_DRIVER, &msg::SetDriver { hostname: f.hostname, token: f.token, driver: f.driver }).await?;
         Ok(Json(SuccessOut { success: r.success, warning: r.warning }))
     }
 

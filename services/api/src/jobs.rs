@@ -7,13 +7,10 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 use gantry_contracts::auth::Principal;
 use gantry_contracts::jobs::{self, JobEvent, JobList, JobQuery, JobRecord, JobRef, JobStatus, ModelDetail, ModelList, ModelQuery, ModelRef};
-use gantry_contracts::subjects;
-use gantry_runtime::nats;
 use poem::Request;
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::{Attachment, AttachmentType, EventStream, Json};
 use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
-use serde::Serialize;
 
 use crate::auth::Credentials;
 use crate::error::{ApiError, ApiResult};
@@ -216,19 +213,16 @@ impl JobsApi {
         }
     }
 
-    async fn ask<Req: Serialize, Resp: serde::de::DeserializeOwned>(&self, endpoint: &str, req: &Req) -> ApiResult<Resp> {
-        Ok(nats::request(&self.0.nats, subjects::registry(endpoint), req).await?)
-    }
-
     async fn list(&self, user_id: Option<i64>, status: Option<StatusFilter>, limit: u64, offset: u64) -> ApiResult<Json<JobListOut>> {
         let list: JobList = self
-            .ask(jobs::subjects::JOBS_LIST, &JobQuery { user_id, status: status.map(Into::into), limit: Some(limit), offset })
+            .0
+            .registry(jobs::subjects::JOBS_LIST, &JobQuery { user_id, status: status.map(Into::into), limit: Some(limit), offset })
             .await?;
         Ok(Json(JobListOut { jobs: carry(list.jobs)?, total: list.total, limit, offset }))
     }
 
     async fn get(&self, user_id: Option<i64>, job_id: String) -> ApiResult<JobRecord> {
-        self.ask(jobs::subjects::JOBS_GET, &JobRef { job_id, user_id }).await
+        self.0.registry(jobs::subjects::JOBS_GET, &JobRef { job_id, user_id }).await
     }
 
     /// The job's events as SSE: everything stored so far, then live, ending after the final one.
@@ -267,22 +261,22 @@ impl JobsApi {
     }
 
     async fn cancel(&self, user_id: Option<i64>, job_id: String) -> ApiResult<Json<JobOut>> {
-        let job: JobRecord = self.ask(jobs::subjects::JOBS_CANCEL, &JobRef { job_id, user_id }).await?;
+        let job: JobRecord = self.0.registry(jobs::subjects::JOBS_CANCEL, &JobRef { job_id, user_id }).await?;
         Ok(Json(carry(job)?))
     }
 
     async fn models(&self, user_id: Option<i64>) -> ApiResult<Json<ModelListOut>> {
-        let list: ModelList = self.ask(jobs::subjects::MODELS_LIST, &ModelQuery { user_id }).await?;
+        let list: ModelList = self.0.registry(jobs::subjects::MODELS_LIST, &ModelQuery { user_id }).await?;
         Ok(Json(ModelListOut { models: carry(list.models)? }))
     }
 
     async fn model(&self, user_id: Option<i64>, name: String) -> ApiResult<Json<ModelDetailOut>> {
-        let m: ModelDetail = self.ask(jobs::subjects::MODELS_GET, &ModelRef { name, user_id }).await?;
+        let m: ModelDetail = self.0.registry(jobs::subjects::MODELS_GET, &ModelRef { name, user_id }).await?;
         Ok(Json(carry(m)?))
     }
 
     async fn download(&self, user_id: Option<i64>, name: String, version: u32) -> ApiResult<Download> {
-        let m: ModelDetail = self.ask(jobs::subjects::MODELS_GET, &ModelRef { name: name.clone(), user_id }).await?;
+        let m: ModelDetail = self.0.registry(jobs::subjects::MODELS_GET, &ModelRef { name: name.clone(), user_id }).await?;
         let v = m
             .versions
             .iter()

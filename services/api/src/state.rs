@@ -29,3 +29,14 @@ impl AppState {
         })
     }
 }
+
+impl AppState {
+    /// Ask a registry endpoint (`gantry.registry.v1.<endpoint>`); its failure becomes the api's error.
+    pub async fn registry<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
+        &self,
+        endpoint: &str,
+        req: &Req,
+    ) -> crate::error::ApiResult<Resp> {
+        Ok(gantry_runtime::nats::request(&self.nats, gantry_contracts::subjects::registry(endpoint), req).await?)
+    }
+}

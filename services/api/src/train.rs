@@ -238,7 +238,7 @@ impl TrainApi {
         ApiError::new(ErrorCode::Unavailable, format!("{what}; the job was not queued and any charge was refunded"))
     }
 
-    async fn submit(&self, req: &Request, p: Principal, body: TrainBody, idem: Option<String>, wait: bool) -> ApiResult<TrainResponse> {
+    async fn submit(&self, p: Principal, body: TrainBody, idem: Option<String>, wait: bool) -> ApiResult<TrainResponse> {
         let driver = match body.driver.as_deref() {
             None => JobDriver::Any,
             Some(d) => JobDriver::parse(d).ok_or_else(|| ApiError::bad_request("driver must be one of cuda, rocm, cpu, any"))?,
@@ -269,7 +269,7 @@ impl TrainApi {
             )
             .await;
             if let Ok(job) = existing {
-                let me = self.me(req, &p).await;
+                let me = self.me(&p).await;
                 let sub = Submitted {
                     status_url: format!("{status_base}/{job_id}"),
                     job_id,
@@ -380,8 +380,7 @@ impl TrainApi {
     }
 
     /// The caller's balance now.
-    async fn me(&self, req: &Request, p: &Principal) -> i64 {
-        let _ = req;
+    async fn me(&self, p: &Principal) -> i64 {
         let user: Result<gantry_contracts::auth::User, _> = nats::request(
             &self.state.nats,
             subjects::auth(subjects::auth::USERS_GET),
@@ -567,7 +566,7 @@ impl TrainApi {
     ) -> ApiResult<TrainResponse> {
         let p = self.state.auth.admin(&auth, req).await?;
         let wait = wait.0.or(body.0.wait).unwrap_or(true) && !wants_async(&prefer.0);
-        self.submit(req, p, body.0, idempotency_key.0, wait).await
+        self.submit(p, body.0, idempotency_key.0, wait).await
     }
 
     /// Train a model (users)
@@ -592,6 +591,6 @@ impl TrainApi {
     ) -> ApiResult<TrainResponse> {
         let p = self.state.auth.principal(&auth, req).await?;
         let wait = wait.0.or(body.0.wait).unwrap_or(true) && !wants_async(&prefer.0);
-        self.submit(req, p, body.0, idempotency_key.0, wait).await
+        self.submit(p, body.0, idempotency_key.0, wait).await
     }
 }
