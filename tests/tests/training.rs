@@ -190,6 +190,10 @@ async fn the_pages_curl_example_trains_shapes_to_90_percent_while_shuffled_label
     assert_eq!(v["model"]["name"], "MyModel");
     assert_eq!(v["model"]["version"], 1);
     assert_eq!(v["model"]["card"]["training"]["epochs"], 10, "the defaults apply");
+    // The held answer is what the registry recorded, not a trainer's word ahead of it.
+    let (_, job) = send(http().get(format!("{}/admin/api/jobs/{}", c.url(), v["job_id"].as_str().unwrap())).bearer_auth(ADMIN_TOKEN)).await;
+    assert_eq!(job["status"], "completed", "{job}");
+    assert_eq!(job["model"], v["model"], "{job}");
 
     // A real run on the shapes: a held JSON submission with more epochs.
     let (status, v) = send(http().post(format!("{}/admin/api/train", c.url())).bearer_auth(ADMIN_TOKEN).json(&json!({

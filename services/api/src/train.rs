@@ -7,7 +7,7 @@ use futures::StreamExt;
 use gantry_contracts::auth::{CreditChange, CreditResult, Principal, Role};
 use gantry_contracts::error::ErrorCode;
 use gantry_contracts::jobs::{
-    self, FailJob, FailureKind, JobDriver, JobEvent, JobEventKind, JobRecord, JobRef, JobStatus, TrainJob, TrainParams,
+    self, FailJob, FailureKind, JobDriver, JobRecord, JobRef, JobStatus, TrainJob, TrainParams,
 };
 use gantry_contracts::subjects;
 use gantry_runtime::dataset::{self, DatasetFile};
@@ -341,7 +341,7 @@ impl TrainApi {
         }
 
         // Listen before publishing, so a fast job's end is not missed.
-        let events = if wait { Some(self.state.nats.subscribe(jobs::event_subject(&job_id)).await.map_err(ApiError::internal)?) } else { None };
+        let settled = if wait { Some(self.state.nats.subscribe(jobs::settled_subject(&job_id)).await.map_err(ApiError::internal)?) } else { None };
         let job = TrainJob {
             job_id: job_id.clone(),
             user_id: p.user.id,
@@ -373,9 +373,9 @@ impl TrainApi {
             tokens_used: charge.tokens_used,
             remaining_tokens: charge.remaining_tokens,
         };
-        match events {
+        match settled {
             None => Ok(queued(sub)),
-            Some(events) => self.hold(sub, events).await,
+            Some(settled) => self.hold(sub, settled).await,
         }
     }
 
@@ -396,7 +396,7 @@ impl TrainApi {
             Some(job) if job.status.is_final() => final_answer(sub, &job.status, job.model, job.error, job.failure_kind),
             _ if !wait => Ok(queued(sub)),
             _ => {
-                let events = self.state.nats.subscribe(jobs::event_subject(&sub.job_id)).await.map_err(ApiError::internal)?;
+                let settled = self.state.nats.subscribe(jobs::settled_subject(&sub.job_id)).await.map_err(ApiError::internal)?;
                 // It may have ended between the lookup and the subscription.
                 let again: Result<JobRecord, _> = nats::request(
                     &self.state.nats,
@@ -409,48 +409,24 @@ impl TrainApi {
                         return final_answer(sub, &job.status, job.model, job.error, job.failure_kind);
                     }
                 }
-                self.hold(sub, events).await
+                self.hold(sub, settled).await
             }
         }
     }
 
-    /// The model version as the registry numbered it, once it has recorded the completion.
-    async fn recorded_model(&self, job_id: &str) -> Option<gantry_contracts::jobs::ModelVersion> {
-        for _ in 0..100 {
-            let job: Result<JobRecord, _> = nats::request(
-                &self.state.nats,
-                subjects::registry(jobs::subjects::JOBS_GET),
-                &JobRef { job_id: job_id.to_owned(), user_id: None },
-            )
-            .await;
-            if let Ok(JobRecord { status: JobStatus::Completed, model: Some(m), .. }) = job {
-                return Some(m);
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        None
-    }
-
-    /// Wait for the job's final event, at most the hold.
-    async fn hold(&self, sub: Submitted, mut events: async_nats::Subscriber) -> ApiResult<TrainResponse> {
+    /// Wait until the registry announces the job settled (model numbered, refund given), at most
+    /// the hold.
+    async fn hold(&self, sub: Submitted, mut settled: async_nats::Subscriber) -> ApiResult<TrainResponse> {
         let deadline = tokio::time::sleep(self.hold);
         tokio::pin!(deadline);
         loop {
             tokio::select! {
                 _ = &mut deadline => break,
-                msg = events.next() => {
+                msg = settled.next() => {
                     let Some(msg) = msg else { break };
-                    let Ok(event) = serde_json::from_slice::<JobEvent>(&msg.payload) else { continue };
-                    match event.kind {
-                        JobEventKind::Completed { model } => {
-                            let model = self.recorded_model(&sub.job_id).await.unwrap_or(model);
-                            return final_answer(sub, &JobStatus::Completed, Some(model), None, None);
-                        }
-                        JobEventKind::Failed { error, kind } => {
-                            return final_answer(sub, &JobStatus::Failed, None, Some(error), Some(kind));
-                        }
-                        JobEventKind::Cancelled => return final_answer(sub, &JobStatus::Cancelled, None, None, None),
-                        _ => {}
+                    let Ok(job) = serde_json::from_slice::<JobRecord>(&msg.payload) else { continue };
+                    if job.status.is_final() {
+                        return final_answer(sub, &job.status, job.model, job.error, job.failure_kind);
                     }
                 }
             }

@@ -26,6 +26,7 @@ use mongodb::{Collection, IndexModel};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::error::RegistryError;
 use crate::registry::Registry;
@@ -200,10 +201,13 @@ impl Jobs {
         let job = self.save(job).await?;
         // Every trainer hears it; the one running it stops and publishes the final event.
         let _ = self.registry.client().publish(jobs::cancel_subject(&job.job_id), "".into()).await;
-        if was_queued {
+        let job = if was_queued {
             self.publish_event(&job.job_id, JobEventKind::Cancelled).await;
-            return self.refund(job, "cancelled before training started").await;
-        }
+            self.refund(job, "cancelled before training started").await?
+        } else {
+            job
+        };
+        self.announce_settled(&job).await;
         Ok(job)
     }
 
@@ -222,7 +226,19 @@ impl Jobs {
         job.error = Some(error);
         job.failure_kind = Some(kind);
         let job = self.save(job).await?;
-        self.refund(job, "job failed").await
+        let job = self.refund(job, "job failed").await?;
+        self.announce_settled(&job).await;
+        Ok(job)
+    }
+
+    /// Tell whoever holds the submission that the job is over and recorded
+    /// ([`jobs::settled_subject`]). Lost when nobody listens, which is fine: the record is stored.
+    async fn announce_settled(&self, job: &JobRecord) {
+        let Ok(payload) = serde_json::to_vec(job) else { return };
+        let client = self.registry.client();
+        if let Err(e) = client.publish_with_headers(jobs::settled_subject(&job.job_id), nats::traced_headers(), payload.into()).await {
+            tracing::warn!(job_id = job.job_id, error = %e, "could not announce the job's end");
+        }
     }
 
     /// Give the charge back (once: keyed by the job id) and record it.
@@ -297,18 +313,20 @@ impl Jobs {
                 job.status = JobStatus::Completed;
                 job.model = Some(stored);
                 let node_id = job.node_id.clone();
-                self.save(job).await?;
+                let job = self.save(job).await?;
                 if let Some(node_id) = node_id {
                     self.registry.store().count_completed(&node_id).await?;
                     self.registry.view().count_completed(&node_id);
                 }
+                self.announce_settled(&job).await;
             }
             JobEventKind::Failed { error, kind } => {
                 self.mark_failed(job, error, kind).await?;
             }
             JobEventKind::Cancelled => {
                 job.status = JobStatus::Cancelled;
-                self.save(job).await?;
+                let job = self.save(job).await?;
+                self.announce_settled(&job).await;
             }
         }
         Ok(())
@@ -460,13 +478,21 @@ impl Jobs {
         loop {
             let msg = tokio::select! {
                 _ = stop.cancelled() => return Ok(()),
-                m = messages.next() => match m { Some(m) => m.map_err(|e| anyhow::anyhow!("{e}"))?, None => return Ok(()) },
+                m = messages.next() => match m {
+                    Some(Ok(m)) => m,
+                    // The stream re-arms its pulls itself; messages already pulled are not lost.
+                    Some(Err(e)) if e.kind() == consumer::pull::MessagesErrorKind::MissingHeartbeat => {
+                        tracing::warn!(error = %e, "job event consumer missed a heartbeat; going on");
+                        continue;
+                    }
+                    Some(Err(e)) => return Err(anyhow::anyhow!("{e}")),
+                    None => return Ok(()),
+                },
             };
             let span = tracing::info_span!("job.event", subject = %msg.subject);
             gantry_runtime::telemetry::set_parent_from(&span, msg.headers.as_ref());
-            let _enter = span.enter();
             match serde_json::from_slice::<JobEvent>(&msg.payload) {
-                Ok(event) => match self.apply(event).await {
+                Ok(event) => match self.apply(event).instrument(span).await {
                     Ok(()) => {
                         let _ = msg.ack().await;
                     }

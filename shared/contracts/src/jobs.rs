@@ -101,6 +101,14 @@ pub fn event_subject(job_id: &str) -> String {
     format!("gantry.events.job.{job_id}")
 }
 
+/// Core NATS subject on which the registry announces a job's [`JobRecord`] once the job is
+/// over and everything that follows from its end is recorded: the model version numbered, the
+/// refund given. A held submission answers from this, never from a trainer's raw event, so it
+/// cannot answer ahead of the registry.
+pub fn settled_subject(job_id: &str) -> String {
+    format!("gantry.status.job.{job_id}")
+}
+
 /// Core NATS subject on which a cancellation is announced to every trainer.
 pub fn cancel_subject(job_id: &str) -> String {
     format!("gantry.control.job.{job_id}.cancel")
@@ -521,6 +529,9 @@ mod tests {
     fn subjects_do_not_overlap_between_streams() {
         assert_eq!(train_subject(JobDriver::Cuda), "gantry.jobs.train.cuda");
         assert!(event_subject("x").starts_with("gantry.events.job."));
-        assert!(!cancel_subject("x").starts_with("gantry.jobs."));
+        // Core NATS announcements stay out of both streams.
+        for core in [cancel_subject("x"), settled_subject("x")] {
+            assert!(!core.starts_with("gantry.jobs.") && !core.starts_with("gantry.events."), "{core}");
+        }
     }
 }
