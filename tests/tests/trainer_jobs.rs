@@ -8,6 +8,7 @@
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer};
+use futures::StreamExt;
 use gantry_contracts::jobs::{self, JobEvent, JobEventKind, EVENTS_STREAM, JOBS_STREAM, MODELS_BUCKET};
 use gantry_contracts::registry::{ClusterNodes, ClusterToken, CreateClusterToken, Drain, Empty, SetDriverResult};
 use gantry_contracts::subjects;
@@ -141,7 +142,7 @@ impl Env {
         loop {
             let mut batch = consumer.fetch().max_messages(500).messages().await.expect("fetch events");
             let before = out.len();
-            while let Some(Ok(m)) = futures::StreamExt::next(&mut batch).await {
+            while let Some(Ok(m)) = batch.next().await {
                 out.push(serde_json::from_slice(&m.payload).expect("a job event"));
             }
             if out.len() == before {
@@ -169,6 +170,21 @@ impl Env {
         let r: SetDriverResult =
             gantry_runtime::nats::request(&self.nats, subjects::registry(subjects::registry::DRAIN), &req).await.expect("drain");
         assert!(r.success);
+    }
+
+    /// `nodes.list` requests each registry replica has answered, from `$SRV.STATS`, sorted.
+    async fn node_listings_per_replica(&self) -> Vec<u64> {
+        let inbox = self.nats.new_inbox();
+        let mut sub = self.nats.subscribe(inbox.clone()).await.unwrap();
+        self.nats.publish_with_reply(format!("$SRV.STATS.{}", gantry_contracts::services::REGISTRY), inbox, "".into()).await.unwrap();
+        let mut counts = Vec::new();
+        while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(1), sub.next()).await {
+            let v: Value = serde_json::from_slice(&msg.payload).unwrap();
+            let n = v["endpoints"].as_array().unwrap().iter().find(|e| e["subject"] == subjects::registry(subjects::registry::NODES));
+            counts.push(n.and_then(|e| e["num_requests"].as_u64()).unwrap_or(0));
+        }
+        counts.sort_unstable();
+        counts
     }
 
     /// Wait until `hostname`'s workers are all idle again (no model, not busy).
@@ -204,6 +220,9 @@ fn kinds(events: &[JobEvent]) -> Vec<&'static str> {
 async fn a_submitted_job_is_trained_and_its_model_version_downloads_as_safetensors() {
     let env = Env::start().await;
     env.dataset("shapes", 20, 32);
+    // A second registry replica: whichever one records the completion, both must count it.
+    let second_registry = env.stack.spawn("gantry-registry", &[]);
+    second_registry.wait_ready(READY).await;
     let trainer = env.trainer("trainer-a").await;
     let started = Instant::now();
 
@@ -279,6 +298,21 @@ async fn a_submitted_job_is_trained_and_its_model_version_downloads_as_safetenso
     assert!(!env.checkpoint_exists(&id).await);
     let node = env.wait_idle("trainer-a").await;
     assert_eq!(node.completed_jobs, 1);
+
+    // Both replicas list the same count (listings go to either replica of the queue group).
+    let before = env.node_listings_per_replica().await;
+    assert_eq!(before.len(), 2, "two registry replicas answer $SRV.STATS");
+    for _ in 0..20 {
+        let nodes: ClusterNodes =
+            gantry_runtime::nats::request(&env.nats, subjects::registry(subjects::registry::NODES), &Empty {}).await.unwrap();
+        let node = nodes.nodes.iter().find(|n| n.hostname == "trainer-a").expect("trainer-a is listed");
+        assert_eq!(node.completed_jobs, 1, "{nodes:?}");
+        assert_eq!(nodes.master_stats.total_completed_jobs, 1);
+    }
+    let after = env.node_listings_per_replica().await;
+    assert_eq!(after.iter().sum::<u64>() - before.iter().sum::<u64>(), 20);
+    assert!(after.iter().all(|n| *n > 0), "both replicas answered listings: {after:?}");
+    drop(second_registry);
 }
 
 #[tokio::test]

@@ -309,15 +309,17 @@ impl Jobs {
                 self.save(job).await?;
             }
             JobEventKind::Completed { model } => {
-                let stored = self.store_model(&job, model).await?;
+                let (stored, numbered_now) = self.store_model(&job, model).await?;
+                // Counted once, when the version is numbered, and before the job reads completed,
+                // so whoever sees the job completed sees the node's count include it. (A count that
+                // fails here is lost rather than doubled: the retry finds the version numbered.)
+                if let (Some(node_id), true) = (&job.node_id, numbered_now) {
+                    self.registry.store().count_completed(node_id).await?;
+                    self.refresh_completed(node_id).await;
+                }
                 job.status = JobStatus::Completed;
                 job.model = Some(stored);
-                let node_id = job.node_id.clone();
                 let job = self.save(job).await?;
-                if let Some(node_id) = node_id {
-                    self.registry.store().count_completed(&node_id).await?;
-                    self.registry.view().count_completed(&node_id);
-                }
                 self.announce_settled(&job).await;
             }
             JobEventKind::Failed { error, kind } => {
@@ -332,10 +334,20 @@ impl Jobs {
         Ok(())
     }
 
-    /// Number the new version of a model and store it (once per job).
-    async fn store_model(&self, job: &JobRecord, mut model: ModelVersion) -> Result<ModelVersion, RegistryError> {
+    /// Take a node's completed-job count from the store into this replica's view.
+    async fn refresh_completed(&self, node_id: &str) {
+        match self.registry.store().completed_jobs(node_id).await {
+            Ok(Some(n)) => self.registry.view().set_completed(node_id, n),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(node_id, error = %e, "reading a node's completed jobs"),
+        }
+    }
+
+    /// Number the new version of a model and store it (once per job). True when this call
+    /// numbered it, false when an earlier try already had.
+    async fn store_model(&self, job: &JobRecord, mut model: ModelVersion) -> Result<(ModelVersion, bool), RegistryError> {
         if let Some(existing) = self.models().find_one(doc! { "job_id": &job.job_id }).await? {
-            return Ok(existing.version);
+            return Ok((existing.version, false));
         }
         let counters: Collection<Document> = self.registry.store().database().collection("counters");
         let after = counters
@@ -356,7 +368,7 @@ impl Jobs {
         model.job_id = job.job_id.clone();
         let d = ModelDoc { id: format!("{}:{}", model.name, model.version), created_ms: Utc::now().timestamp_millis(), version: model.clone() };
         self.models().insert_one(&d).await?;
-        Ok(model)
+        Ok((model, true))
     }
 
     /// `models.list`.
@@ -447,6 +459,21 @@ impl Jobs {
                     }
                 })
             };
+            // Every replica follows completions (not only the one that recorded them), so each
+            // lists the same completed-job counts.
+            let completions = {
+                let this = this.clone();
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    let Ok(mut sub) = this.registry.client().subscribe(jobs::SETTLED_SUBJECTS).await else { return };
+                    loop {
+                        let msg = tokio::select! { _ = stop.cancelled() => break, m = sub.next() => match m { Some(m) => m, None => break } };
+                        if let Ok(JobRecord { status: JobStatus::Completed, node_id: Some(node_id), .. }) = serde_json::from_slice(&msg.payload) {
+                            this.refresh_completed(&node_id).await;
+                        }
+                    }
+                })
+            };
             loop {
                 if stop.is_cancelled() {
                     break;
@@ -457,6 +484,7 @@ impl Jobs {
                 }
             }
             advisories.abort();
+            completions.abort();
         });
     }
 

@@ -321,4 +321,9 @@ impl Store {
         self.nodes().update_one(doc! { "_id": node_id }, doc! { "$inc": { "completed_jobs": 1_i64 } }).await?;
         Ok(())
     }
+
+    /// A node's completed-job count as stored (`None` for an unknown node).
+    pub async fn completed_jobs(&self, node_id: &str) -> Result<Option<u64>, RegistryError> {
+        Ok(self.node(node_id).await?.map(|n| n.completed_jobs))
+    }
 }

@@ -644,10 +644,11 @@ impl View {
         self.nodes.values()
     }
 
-    /// Count a completed job for a node (also written to the store by the caller).
-    pub fn count_completed(&mut self, node_id: &str) {
+    /// Take a node's completed-job count as stored (the store is where it is counted, so every
+    /// replica converges on the same number).
+    pub fn set_completed(&mut self, node_id: &str, completed: u64) {
         if let Some(n) = self.nodes.get_mut(node_id) {
-            n.record.completed_jobs += 1;
+            n.record.completed_jobs = completed;
         }
     }
 }

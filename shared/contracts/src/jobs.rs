@@ -109,6 +109,10 @@ pub fn settled_subject(job_id: &str) -> String {
     format!("gantry.status.job.{job_id}")
 }
 
+/// Every registry replica subscribes to this wildcard of [`settled_subject`] to keep its node
+/// counters in step with the replica that recorded the end.
+pub const SETTLED_SUBJECTS: &str = "gantry.status.job.*";
+
 /// Core NATS subject on which a cancellation is announced to every trainer.
 pub fn cancel_subject(job_id: &str) -> String {
     format!("gantry.control.job.{job_id}.cancel")
