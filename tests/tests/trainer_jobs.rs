@@ -244,7 +244,7 @@ async fn a_submitted_job_is_trained_and_its_model_version_downloads_as_safetenso
     assert_eq!(model["name"], "shapes");
     assert_eq!(model["version"], 1);
     assert_eq!(model["job_id"], id.as_str());
-    assert_eq!(model["weights_key"], jobs::weights_key(&id));
+    assert_eq!(model["weights_key"], jobs::weights_key(&id, 1));
     let card = &model["card"];
     assert_eq!(card["classes"], json!(["circle", "square", "triangle"]));
     assert_eq!(card["image_size"], 32);

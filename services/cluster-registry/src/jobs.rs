@@ -58,6 +58,24 @@ pub struct Jobs {
     registry: Registry,
 }
 
+/// Run `op` again, on a fresh read, while another writer got to the job first (a few times).
+async fn redo_if_stale<T, F, Fut>(mut op: F) -> Result<T, RegistryError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, RegistryError>>,
+{
+    let mut tries = 1;
+    loop {
+        match op().await {
+            Err(RegistryError::Stale(m)) if tries < 5 => {
+                tracing::debug!(reason = m, "redoing a job update");
+                tries += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
 fn unavailable_if_final(job: &JobRecord) -> Result<(), RegistryError> {
     if job.status.is_final() {
         return Err(RegistryError::Conflict(format!("job {} is already {}", job.job_id, job.status.as_str())));
@@ -91,12 +109,19 @@ impl Jobs {
         Ok(self.jobs().find_one(doc! { "_id": job_id }).await?.map(|d| d.record))
     }
 
+    /// Write back a job read with [`Self::load`], only if nobody wrote it since (its `updated_at`
+    /// is the version): replicas and the api's requests change jobs concurrently, and the store
+    /// has no transactions. [`RegistryError::Stale`] otherwise: read again and redo.
     async fn save(&self, mut job: JobRecord) -> Result<JobRecord, RegistryError> {
+        let read = mongodb::bson::to_bson(&job.updated_at).map_err(anyhow::Error::from)?;
         job.updated_at = Utc::now();
         job.queue_position = None;
         job.waiting_reason = None;
         let d = JobDoc { id: job.job_id.clone(), created_ms: job.created_at.timestamp_millis(), record: job.clone() };
-        self.jobs().replace_one(doc! { "_id": &d.id }, &d).upsert(true).await?;
+        let written = self.jobs().replace_one(doc! { "_id": &d.id, "updated_at": read }, &d).await?;
+        if written.matched_count == 0 {
+            return Err(RegistryError::Stale(format!("job {} changed concurrently; try again", job.job_id)));
+        }
         Ok(job)
     }
 
@@ -193,6 +218,10 @@ impl Jobs {
 
     /// `jobs.cancel`.
     pub async fn cancel(&self, r: JobRef) -> Result<JobRecord, RegistryError> {
+        redo_if_stale(|| self.cancel_once(r.clone())).await
+    }
+
+    async fn cancel_once(&self, r: JobRef) -> Result<JobRecord, RegistryError> {
         let mut job = Self::owned(self.load(&r.job_id).await?, &r)?;
         unavailable_if_final(&job)?;
         let was_queued = job.status == JobStatus::Queued;
@@ -213,6 +242,10 @@ impl Jobs {
 
     /// `jobs.fail`: the api could not queue the job.
     pub async fn fail(&self, f: FailJob) -> Result<JobRecord, RegistryError> {
+        redo_if_stale(|| self.fail_once(f.clone())).await
+    }
+
+    async fn fail_once(&self, f: FailJob) -> Result<JobRecord, RegistryError> {
         let job = self.load(&f.job_id).await?.ok_or_else(|| RegistryError::NotFound(format!("no job {}", f.job_id)))?;
         if job.status.is_final() {
             return Ok(job);
@@ -412,13 +445,17 @@ impl Jobs {
         let stream = js.get_stream(jobs::JOBS_STREAM).await?;
         let msg = stream.get_raw_message(stream_seq).await?;
         let job: jobs::TrainJob = serde_json::from_slice(&msg.payload)?;
-        if let Some(record) = self.load(&job.job_id).await? {
-            if !record.status.is_final() {
-                let error = format!("the job failed on {} deliveries; no trainer could finish it", jobs::MAX_DELIVER);
-                self.publish_event(&job.job_id, JobEventKind::Failed { error: error.clone(), kind: FailureKind::Crash }).await;
-                self.mark_failed(record, error, FailureKind::Crash).await?;
+        redo_if_stale(|| async {
+            if let Some(record) = self.load(&job.job_id).await? {
+                if !record.status.is_final() {
+                    let error = format!("the job failed on {} deliveries; no trainer could finish it", jobs::MAX_DELIVER);
+                    self.publish_event(&job.job_id, JobEventKind::Failed { error: error.clone(), kind: FailureKind::Crash }).await;
+                    self.mark_failed(record, error, FailureKind::Crash).await?;
+                }
             }
-        }
+            Ok(())
+        })
+        .await?;
         let _ = stream.delete_message(stream_seq).await;
         Ok(())
     }
@@ -490,17 +527,18 @@ impl Jobs {
 
     async fn consume(&self, js: &jetstream::Context, stop: &CancellationToken) -> anyhow::Result<()> {
         let stream = js.get_stream(EVENTS_STREAM).await?;
-        let consumer = stream
-            .get_or_create_consumer(
-                EVENTS_CONSUMER,
-                consumer::pull::Config {
-                    durable_name: Some(EVENTS_CONSUMER.into()),
-                    filter_subject: "gantry.events.job.*".into(),
-                    ack_policy: consumer::AckPolicy::Explicit,
-                    ack_wait: Duration::from_secs(30),
-                    ..Default::default()
-                },
-            )
+        // Created or updated to this config. One event in flight across all replicas: events are
+        // applied in the order they were published, so a job's progress can never be applied
+        // after its completion by a slower replica, nor two updates of one job race.
+        let consumer: consumer::PullConsumer = stream
+            .create_consumer(consumer::pull::Config {
+                durable_name: Some(EVENTS_CONSUMER.into()),
+                filter_subject: "gantry.events.job.*".into(),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(30),
+                max_ack_pending: 1,
+                ..Default::default()
+            })
             .await?;
         let mut messages = consumer.messages().await?;
         loop {
@@ -520,7 +558,7 @@ impl Jobs {
             let span = tracing::info_span!("job.event", subject = %msg.subject);
             gantry_runtime::telemetry::set_parent_from(&span, msg.headers.as_ref());
             match serde_json::from_slice::<JobEvent>(&msg.payload) {
-                Ok(event) => match self.apply(event).instrument(span).await {
+                Ok(event) => match redo_if_stale(|| self.apply(event.clone())).instrument(span).await {
                     Ok(()) => {
                         let _ = msg.ack().await;
                     }

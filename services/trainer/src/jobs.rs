@@ -673,7 +673,7 @@ impl Workers {
             return Outcome::Cancelled;
         }
 
-        let weights_key = contract::weights_key(&job.job_id);
+        let weights_key = contract::weights_key(&job.job_id, delivery);
         let uploaded = async {
             let store = self.store(MODELS_BUCKET).await?;
             store.put(weights_key.as_str(), &mut model.weights.as_slice()).await.map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -12,7 +12,10 @@
 //!    one of completed, failed or cancelled. It acks the job message after the final event.
 //! 3. The registry consumes [`EVENTS_STREAM`] durably ([`EVENTS_CONSUMER`]): it updates the job
 //!    record, the node counters and the models, refunds failed jobs, and ignores events whose
-//!    `delivery` is older than the job's current delivery (a zombie worker's late result).
+//!    `delivery` is older than the job's current delivery (a zombie worker's late result). The
+//!    consumer has one event in flight across all registry replicas, so events apply in order.
+//!    Once a job is over and recorded, the registry announces its record on
+//!    [`settled_subject`]; a held submission answers from that.
 //! 4. Jobs that exhaust their deliveries are failed and refunded by the registry, which listens
 //!    to the JetStream max-deliveries advisory ([`MAX_DELIVERIES_ADVISORY`]).
 
@@ -28,7 +31,7 @@ pub const JOBS_STREAM_SUBJECTS: [&str; 2] = ["gantry.jobs.train.*", "gantry.jobs
 pub const EVENTS_STREAM: &str = "GANTRY_EVENTS";
 /// Subjects of [`EVENTS_STREAM`].
 pub const EVENTS_STREAM_SUBJECTS: [&str; 1] = ["gantry.events.job.*"];
-/// The registry's durable consumer of [`EVENTS_STREAM`].
+/// The registry's durable consumer of [`EVENTS_STREAM`] (`max_ack_pending` 1: in order).
 pub const EVENTS_CONSUMER: &str = "registry-job-events";
 /// Object store of dataset snapshots, keyed by content hash (`<sha256>.tar`).
 pub const DATASETS_BUCKET: &str = "gantry-datasets";
@@ -499,9 +502,11 @@ pub struct ModelDetail {
     pub versions: Vec<ModelVersion>,
 }
 
-/// Object key of the weights a job produced (a model version points at it).
-pub fn weights_key(job_id: &str) -> String {
-    format!("jobs/{job_id}/model.safetensors")
+/// Object key of the weights a delivery of a job produced (a model version points at it). Keyed
+/// by delivery, so a node that lost its lease and finishes late writes beside the accepted
+/// weights, never over them.
+pub fn weights_key(job_id: &str, delivery: u64) -> String {
+    format!("jobs/{job_id}/{delivery}/model.safetensors")
 }
 
 /// Object key of a job's latest checkpoint.
