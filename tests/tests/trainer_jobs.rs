@@ -46,18 +46,36 @@ impl Env {
 
     /// A CPU trainer named `name` with one worker slot, joined and ready.
     async fn trainer(&self, name: &str) -> ServiceProcess {
-        let cache = self.cache.path().join(name);
-        let t = self.stack.spawn(
-            "gantry-trainer",
-            &[
-                ("GANTRY_CLUSTER_TOKEN", &self.token),
-                ("GANTRY_NODE_NAME", name),
-                ("GANTRY_WORKERS", "1"),
-                ("GANTRY_CACHE_DIR", cache.to_str().unwrap()),
-            ],
-        );
+        self.trainer_with(name, &[]).await
+    }
+
+    /// The same, with more variables.
+    async fn trainer_with(&self, name: &str, extra: &[(&str, &str)]) -> ServiceProcess {
+        let cache = self.cache_dir(name);
+        let mut env = vec![
+            ("GANTRY_CLUSTER_TOKEN", self.token.as_str()),
+            ("GANTRY_NODE_NAME", name),
+            ("GANTRY_WORKERS", "1"),
+            ("GANTRY_CACHE_DIR", cache.to_str().unwrap()),
+        ];
+        env.extend_from_slice(extra);
+        let t = self.stack.spawn("gantry-trainer", &env);
         t.wait_ready(READY).await;
         t
+    }
+
+    fn cache_dir(&self, name: &str) -> std::path::PathBuf {
+        self.cache.path().join(name)
+    }
+
+    /// The dataset snapshots cached on `name`, by hash.
+    fn cached_datasets(&self, name: &str) -> Vec<String> {
+        let mut hashes: Vec<String> = std::fs::read_dir(self.cache_dir(name).join("datasets"))
+            .map(|d| d.flatten().filter(|e| e.path().is_dir()).filter_map(|e| e.file_name().into_string().ok()).collect())
+            .unwrap_or_default();
+        hashes.retain(|h| !h.starts_with('.'));
+        hashes.sort();
+        hashes
     }
 
     /// Three classes of shapes under `<data root>/<name>`.
@@ -357,6 +375,30 @@ async fn a_cancel_stops_the_job_on_its_node_and_nothing_is_published_after_it() 
     assert!(job["model"].is_null());
     assert!(!env.checkpoint_exists(&id).await, "the checkpoint of a cancelled job is deleted");
     assert_eq!(env.queued_messages().await, 0, "the job message is terminated, not redelivered");
+}
+
+#[tokio::test]
+async fn past_its_budget_the_dataset_cache_drops_the_least_recently_used_snapshot() {
+    let env = Env::start().await;
+    env.dataset("first", 6, 16);
+    env.dataset("second", 7, 16);
+    // A budget of nothing: every fetch evicts whatever no job is using.
+    let trainer = env.trainer_with("trainer-e", &[("GANTRY_CACHE_MAX_GB", "0")]).await;
+    let mut hashes = Vec::new();
+    for name in ["first", "second"] {
+        let id = env.submit(json!({"output_model": name, "train_path": format!("/{name}"), "epochs": 1, "image_size": 16})).await;
+        let job = env
+            .wait_job(&id, Duration::from_secs(60), "final", &[&trainer], |j| {
+                matches!(j["status"].as_str(), Some("completed" | "failed" | "cancelled"))
+            })
+            .await;
+        assert_eq!(job["status"], "completed", "{job:#}");
+        hashes.push(job["dataset_hash"].as_str().unwrap().to_owned());
+        // The snapshot a job used stays until the next fetch.
+        assert_eq!(env.cached_datasets("trainer-e"), vec![hashes.last().unwrap().clone()], "after {name}");
+    }
+    assert_ne!(hashes[0], hashes[1]);
+    assert!(trainer.output().contains("evicted a dataset from the cache"), "{}", trainer.output());
 }
 
 #[tokio::test]

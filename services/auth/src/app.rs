@@ -39,21 +39,9 @@ impl Default for Settings {
 }
 
 impl Settings {
-    /// Defaults, with `GANTRY_SESSION_TTL` (seconds, 1 to 30 days) when set.
-    pub fn from_env() -> anyhow::Result<Self> {
-        let mut s = Self::default();
-        if let Some(v) = std::env::var("GANTRY_SESSION_TTL").ok().filter(|v| !v.trim().is_empty()) {
-            let secs: u64 = v
-                .trim()
-                .parse()
-                .ok()
-                .filter(|n| (1..=30 * 86_400).contains(n))
-                .ok_or_else(|| {
-                    anyhow::anyhow!("invalid GANTRY_SESSION_TTL={v:?}: expected whole seconds between 1 and 2592000")
-                })?;
-            s.session_ttl = Duration::from_secs(secs);
-        }
-        Ok(s)
+    /// Defaults, with the session lifetime from the configuration (`GANTRY_SESSION_TTL`).
+    pub fn from_config(config: &gantry_runtime::config::Config) -> Self {
+        Self { session_ttl: config.session_ttl, ..Self::default() }
     }
 }
 

@@ -112,7 +112,7 @@ async fn sweep(app: App, shutdown: CancellationToken) {
 
 /// Run until `shutdown` fires.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let settings = Settings::from_env()?;
+    let settings = Settings::from_config(&config);
     let first = FirstAdmin::from_config(&config)?;
     let client = nats::connect(&config, services::AUTH).await?;
     let db = mongo::connect(&config, "auth").await?;

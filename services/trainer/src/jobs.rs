@@ -56,6 +56,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::cache;
 use crate::node::WorkerPlan;
 
 /// How long one pull request waits at the server before the loop looks again (at the other
@@ -77,6 +78,8 @@ pub struct WorkerConfig {
     pub node_id: String,
     /// Where dataset snapshots are cached (`<cache_dir>/datasets/<hash>/`).
     pub cache_dir: PathBuf,
+    /// The cache's budget in bytes; least recently used snapshots go beyond it.
+    pub cache_max_bytes: u64,
     /// libtorch intra-op threads per job.
     pub threads: usize,
 }
@@ -310,6 +313,8 @@ struct Inner {
     /// Jobs in flight, by a serial (the same job may run twice here after a lost lease).
     running: Mutex<HashMap<u64, (String, Arc<JobControl>)>>,
     serial: AtomicU64,
+    /// Dataset snapshots this node's jobs are using (never evicted).
+    datasets_in_use: cache::InUse,
 }
 
 /// A taken worker slot; freed on drop.
@@ -368,6 +373,7 @@ impl Workers {
                 slot_freed: Notify::new(),
                 running: Mutex::new(HashMap::new()),
                 serial: AtomicU64::new(0),
+                datasets_in_use: cache::InUse::default(),
             }),
         }
     }
@@ -624,8 +630,9 @@ impl Workers {
             d = self.dataset_dir(&job.dataset_hash) => d,
             _ = control.interrupted.cancelled() => return control.interrupted_outcome().unwrap_or(Outcome::HandedBack),
         };
-        let dataset = match dataset {
-            Ok(dir) => dir,
+        // The lease keeps the snapshot in the cache until this job is done with it.
+        let (dataset, _lease) = match dataset {
+            Ok(d) => d,
             Err(o) => return o,
         };
         let resume = match self.read_checkpoint(&job.job_id).await {
@@ -754,18 +761,30 @@ impl Workers {
     }
 
     /// The unpacked dataset, from the cache or fetched into it. Errors are the job's outcome.
-    async fn dataset_dir(&self, hash: &str) -> Result<PathBuf, Outcome> {
+    async fn dataset_dir(&self, hash: &str) -> Result<(PathBuf, cache::Lease), Outcome> {
         if !valid_dataset_hash(hash) {
             return Err(Outcome::Failed { error: format!("the job names an invalid dataset snapshot {hash:?}"), kind: FailureKind::Data });
         }
+        let lease = self.inner.datasets_in_use.lease(hash);
         let root = self.inner.config.cache_dir.join("datasets");
         let dir = root.join(hash);
         if dir.is_dir() {
             tracing::debug!(dir = %dir.display(), "dataset cached");
-            return Ok(dir);
+            if let Err(e) = cache::touch(&root, hash) {
+                tracing::warn!(error = %e, "could not mark the cached dataset used");
+            }
+            return Ok((dir, lease));
         }
         match self.fetch_dataset(hash, &root, &dir).await {
-            Ok(()) => Ok(dir),
+            Ok(()) => {
+                let _ = cache::touch(&root, hash);
+                let (max, keep) = (self.inner.config.cache_max_bytes, self.inner.datasets_in_use.held());
+                let evicted = tokio::task::spawn_blocking(move || cache::evict(&root, max, &keep)).await.unwrap_or_default();
+                for c in evicted {
+                    tracing::info!(hash = c.hash, bytes = c.bytes, "evicted a dataset from the cache");
+                }
+                Ok((dir, lease))
+            }
             Err(FetchError::Missing) => Err(Outcome::Failed {
                 error: format!("the dataset snapshot {hash} is missing from the {DATASETS_BUCKET} store"),
                 kind: FailureKind::System,

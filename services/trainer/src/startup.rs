@@ -26,12 +26,8 @@ pub fn node_name(config: &Config) -> anyhow::Result<NodeName> {
 }
 
 /// Where dataset snapshots are cached: `GANTRY_CACHE_DIR`, else `<tmp>/gantry-trainer-<node>`.
-/// (Read here rather than in the shared configuration: only the trainer has a cache.)
-pub fn cache_dir(node: &NodeName) -> PathBuf {
-    match std::env::var("GANTRY_CACHE_DIR") {
-        Ok(dir) if !dir.trim().is_empty() => PathBuf::from(dir.trim()),
-        _ => jobs::default_cache_dir(node.as_ref()),
-    }
+pub fn cache_dir(config: &Config, node: &NodeName) -> PathBuf {
+    config.cache_dir.clone().unwrap_or_else(|| jobs::default_cache_dir(node.as_ref()))
 }
 
 /// Run until `shutdown` fires (exit 0), or until the cluster refuses this node (an error: exit
@@ -81,7 +77,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 WorkerConfig {
                     node_name: hostname.to_string(),
                     node_id: node.node_id().to_owned(),
-                    cache_dir: cache_dir(&hostname),
+                    cache_dir: cache_dir(&config, &hostname),
+                    cache_max_bytes: (config.cache_max_gb * 1e9) as u64,
                     threads: jobs::threads_per_job(cpus, config.workers as usize),
                 },
                 node.busy_slots(),

@@ -61,6 +61,15 @@ pub struct Config {
     /// `GANTRY_TRAIN_HOLD` seconds a training submission is held waiting for its job to end
     /// before it answers 202 (default 900).
     pub train_hold: Duration,
+    /// `GANTRY_SESSION_TTL` seconds of inactivity after which a session expires (default 43200,
+    /// 12 h; 1 to 2592000).
+    pub session_ttl: Duration,
+    /// `GANTRY_CACHE_DIR`: where a trainer caches dataset snapshots (default
+    /// `<tmp>/gantry-trainer-<node name>`).
+    pub cache_dir: Option<PathBuf>,
+    /// `GANTRY_CACHE_MAX_GB`: the trainer's dataset cache budget (default 50); least recently
+    /// used snapshots that no job is using are removed beyond it.
+    pub cache_max_gb: f64,
 }
 
 fn var(name: &'static str) -> Option<String> {
@@ -160,6 +169,9 @@ impl Config {
             heartbeat_misses: number("GANTRY_HEARTBEAT_MISSES", 3u32, 1, 1000)?,
             node_retention: Duration::from_secs(number("GANTRY_NODE_RETENTION", 86_400u64, 1, 365 * 86_400)?),
             train_hold: Duration::from_millis((number("GANTRY_TRAIN_HOLD", 900.0f64, 0.1, 86_400.0)? * 1000.0) as u64),
+            session_ttl: Duration::from_secs(number("GANTRY_SESSION_TTL", 43_200u64, 1, 30 * 86_400)?),
+            cache_dir: var("GANTRY_CACHE_DIR").map(|d| PathBuf::from(d.trim())),
+            cache_max_gb: number("GANTRY_CACHE_MAX_GB", 50.0f64, 0.0, 1_000_000.0)?,
         })
     }
 
