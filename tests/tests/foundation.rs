@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use futures::StreamExt;
-use gantry_testing::{wait_until, Stack};
+use gantry_testing::{metric, wait_until, Stack};
 
 const READY: Duration = Duration::from_secs(60);
 
@@ -153,4 +153,53 @@ async fn sigterm_stops_each_service_with_code_zero_even_while_nats_is_down() {
             .unwrap_or_else(|| panic!("{} did not stop within 10 s of SIGTERM with NATS down:\n{}", svc.name, svc.output()));
         assert_eq!(status.code(), Some(0), "{} exit status:\n{}", svc.name, svc.output());
     }
+}
+
+#[tokio::test]
+async fn every_service_exports_prometheus_metrics_that_follow_its_work() {
+    let stack = Stack::start().await;
+    let core = stack.start_core().await;
+    let trainer = stack.trainer();
+    trainer.wait_ready(READY).await;
+    let http = reqwest::Client::new();
+    let get = |path: &str, token: Option<&str>| {
+        let mut req = http.get(format!("{}{path}", core.url()));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    let admin = Some(gantry_testing::ADMIN_TOKEN);
+    assert_eq!(get("/admin/api/users", admin).await, 200);
+    assert_eq!(get("/api/admin/users", admin).await, 200);
+    assert_eq!(get("/admin/api/users", None).await, 401);
+    assert_eq!(get("/admin/api/jobs/no-such-job", admin).await, 404);
+    // The node shows up connected (the registry's gauge follows its sweep).
+    let joined = wait_until(Duration::from_secs(30), || async {
+        let text = core.registry.metrics().await;
+        (metric(&text, r#"gantry_registry_nodes{state="connected"}"#) == 1.0).then_some(())
+    })
+    .await;
+    assert!(joined.is_some(), "the registry never counted the trainer connected:\n{}", core.registry.metrics().await);
+    assert_eq!(get("/admin/api/cluster_nodes", admin).await, 200);
+
+    // The api counts requests by route (ids folded) and status.
+    let api = core.api.metrics().await;
+    assert_eq!(metric(&api, r#"gantry_http_requests_total{method="GET",route="/admin/api/users",status="200"}"#), 1.0, "{api}");
+    assert_eq!(metric(&api, r#"gantry_http_requests_total{method="GET",route="/api/admin/users",status="200"}"#), 1.0, "{api}");
+    assert_eq!(metric(&api, r#"gantry_http_requests_total{method="GET",route="/admin/api/users",status="401"}"#), 1.0, "{api}");
+    assert_eq!(metric(&api, r#"gantry_http_requests_total{method="GET",route="/admin/api/jobs/{id}",status="404"}"#), 1.0, "{api}");
+    assert!(!api.contains("no-such-job"), "a client's path leaked into a label");
+    assert!(metric(&api, r#"gantry_http_request_duration_seconds_count{method="GET",route="/admin/api/users"}"#) >= 2.0);
+
+    // Auth answered the two listings; the registry the node listing and the trainer's joining.
+    let auth = core.auth.metrics().await;
+    assert_eq!(metric(&auth, r#"gantry_nats_requests_total{endpoint="users.list",outcome="ok"}"#), 2.0, "{auth}");
+    let registry = core.registry.metrics().await;
+    assert!(metric(&registry, r#"gantry_nats_requests_total{endpoint="nodes.list",outcome="ok"}"#) >= 1.0, "{registry}");
+    assert!(metric(&registry, r#"gantry_nats_request_duration_seconds_count{endpoint="nodes.list"}"#) >= 1.0);
+
+    // The trainer is idle.
+    let node = trainer.metrics().await;
+    assert!(node.contains("gantry_trainer_jobs_running 0"), "{node}");
 }

@@ -12,7 +12,7 @@ use futures::StreamExt;
 use gantry_contracts::jobs::{self, JobEvent, JobEventKind, EVENTS_STREAM, JOBS_STREAM, MODELS_BUCKET};
 use gantry_contracts::registry::{ClusterNodes, ClusterToken, CreateClusterToken, Drain, Empty, SetDriverResult};
 use gantry_contracts::subjects;
-use gantry_testing::{wait_until, Core, ServiceProcess, Stack, ADMIN_TOKEN};
+use gantry_testing::{metric, wait_until, Core, ServiceProcess, Stack, ADMIN_TOKEN};
 use gantry_training::synthetic::{self, SyntheticSpec};
 use serde_json::{json, Value};
 
@@ -221,17 +221,7 @@ impl Env {
 }
 
 fn kinds(events: &[JobEvent]) -> Vec<&'static str> {
-    events
-        .iter()
-        .map(|e| match e.kind {
-            JobEventKind::Started { .. } => "started",
-            JobEventKind::Progress { .. } => "progress",
-            JobEventKind::Checkpoint { .. } => "checkpoint",
-            JobEventKind::Completed { .. } => "completed",
-            JobEventKind::Failed { .. } => "failed",
-            JobEventKind::Cancelled => "cancelled",
-        })
-        .collect()
+    events.iter().map(|e| e.kind.name()).collect()
 }
 
 #[tokio::test]
@@ -330,6 +320,14 @@ async fn a_submitted_job_is_trained_and_its_model_version_downloads_as_safetenso
     let after = env.node_listings_per_replica().await;
     assert_eq!(after.iter().sum::<u64>() - before.iter().sum::<u64>(), 20);
     assert!(after.iter().all(|n| *n > 0), "both replicas answered listings: {after:?}");
+    // Their metrics: the trainer counts the job completed; between them the replicas recorded it
+    // once and applied its events.
+    assert_eq!(metric(&trainer.metrics().await, r#"gantry_trainer_jobs_total{outcome="completed"}"#), 1.0);
+    let replicas = [env.core.registry.metrics().await, second_registry.metrics().await];
+    let settled: f64 = replicas.iter().map(|m| metric(m, r#"gantry_registry_jobs_settled_total{status="completed"}"#)).sum();
+    assert_eq!(settled, 1.0);
+    let applied: f64 = replicas.iter().map(|m| metric(m, r#"gantry_registry_job_events_total{type="completed"}"#)).sum();
+    assert_eq!(applied, 1.0);
     drop(second_registry);
 }
 

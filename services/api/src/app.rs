@@ -64,10 +64,20 @@ pub fn build(
         json,
         public_url,
     };
+    // Route labels keep the static segments of every route and fold the rest (ids, names).
+    let templates: Vec<String> = docs.spec["paths"].as_object().map(|p| p.keys().cloned().collect()).unwrap_or_default();
+    let known = std::sync::Arc::new(gantry_runtime::metrics::static_segments(
+        templates.iter().map(String::as_str).chain(docs::PATHS).chain(gantry_runtime::health::PATHS),
+    ));
     let route = docs::add_routes(Route::new(), docs);
     gantry_runtime::health::add_routes(route, readiness)
         .nest("/", service)
-        .around(|ep, mut req| async move {
+        .around(move |ep, mut req| {
+            let known = known.clone();
+            async move {
+            let started = std::time::Instant::now();
+            let method = req.method().to_string();
+            let route = gantry_runtime::metrics::route_label(req.uri().path(), &known);
             let span = tracing::info_span!("http.request", method = %req.method(), path = %req.uri().path(), otel.kind = "server", status = tracing::field::Empty);
             gantry_runtime::telemetry::set_parent_from_http(&span, req.headers());
             let resp = async move {
@@ -82,7 +92,13 @@ pub fn build(
                 Err(err) => envelope(err),
             };
             span.record("status", resp.status().as_u16());
+            let status = resp.status().as_u16().to_string();
+            gantry_runtime::metrics::HTTP_REQUESTS.with_label_values(&[method.as_str(), route.as_str(), status.as_str()]).inc();
+            gantry_runtime::metrics::HTTP_REQUEST_SECONDS
+                .with_label_values(&[method.as_str(), route.as_str()])
+                .observe(started.elapsed().as_secs_f64());
             Ok(resp)
+            }
         })
 }
 

@@ -317,6 +317,9 @@ fn swagger(docs: poem::web::Data<&Docs>) -> Html<String> {
     Html(docs.swagger.clone())
 }
 
+/// The paths [`add_routes`] serves.
+pub const PATHS: [&str; 4] = ["/admin/api", "/admin/api/openapi.json", "/admin/api/openapi.yaml", "/admin/api/docs"];
+
 /// Add the documentation routes, readable without logging in (they hold no data).
 pub fn add_routes(route: poem::Route, docs: Docs) -> poem::Route {
     route

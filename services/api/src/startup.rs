@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 /// Run until `shutdown` fires.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    gantry_runtime::metrics::init_api();
     let client = nats::connect(&config, services::API).await?;
     let readiness = Readiness::nats(client.clone());
     let service = nats::start_service(&client, services::API, "HTTP edge of the admin and user API").await?;

@@ -267,6 +267,7 @@ impl Jobs {
     /// Tell whoever holds the submission that the job is over and recorded
     /// ([`jobs::settled_subject`]). Lost when nobody listens, which is fine: the record is stored.
     async fn announce_settled(&self, job: &JobRecord) {
+        gantry_runtime::metrics::REGISTRY_JOBS_SETTLED.with_label_values(&[job.status.as_str()]).inc();
         let Ok(payload) = serde_json::to_vec(job) else { return };
         let client = self.registry.client();
         if let Err(e) = client.publish_with_headers(jobs::settled_subject(&job.job_id), nats::traced_headers(), payload.into()).await {
@@ -558,15 +559,19 @@ impl Jobs {
             let span = tracing::info_span!("job.event", subject = %msg.subject);
             gantry_runtime::telemetry::set_parent_from(&span, msg.headers.as_ref());
             match serde_json::from_slice::<JobEvent>(&msg.payload) {
-                Ok(event) => match redo_if_stale(|| self.apply(event.clone())).instrument(span).await {
-                    Ok(()) => {
-                        let _ = msg.ack().await;
+                Ok(event) => {
+                    let kind = event.kind.name();
+                    match redo_if_stale(|| self.apply(event.clone())).instrument(span).await {
+                        Ok(()) => {
+                            gantry_runtime::metrics::REGISTRY_JOB_EVENTS.with_label_values(&[kind]).inc();
+                            let _ = msg.ack().await;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "applying a job event failed; it comes back");
+                            let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                        }
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "applying a job event failed; it comes back");
-                        let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
-                    }
-                },
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "unreadable job event dropped");
                     let _ = msg.ack().await;

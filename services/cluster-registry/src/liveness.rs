@@ -181,7 +181,13 @@ async fn sweep(registry: Registry, shutdown: CancellationToken) {
         if !registry.is_restored() {
             continue;
         }
-        let expired = registry.view().sweep(now());
+        let (expired, connected, listed) = {
+            let mut view = registry.view();
+            let expired = view.sweep(now());
+            (expired, view.nodes().filter(|n| n.connected).count(), view.nodes().count())
+        };
+        gantry_runtime::metrics::REGISTRY_NODES.with_label_values(&["connected"]).set(connected as i64);
+        gantry_runtime::metrics::REGISTRY_NODES.with_label_values(&["disconnected"]).set((listed - connected) as i64);
         if expired > 0 {
             tracing::info!(nodes = expired, "nodes missed their heartbeats: disconnected");
         }

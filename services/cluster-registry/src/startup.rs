@@ -48,6 +48,7 @@ where
 
 /// Run until `shutdown` fires.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    gantry_runtime::metrics::init_registry();
     let client = nats::connect(&config, services::REGISTRY).await?;
     let db = mongo::connect(&config, "registry").await?;
     let timing = Timing {

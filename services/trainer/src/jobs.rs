@@ -47,7 +47,7 @@ use gantry_contracts::jobs::{
 };
 use gantry_contracts::registry::Driver;
 use gantry_contracts::subjects;
-use gantry_runtime::{nats, telemetry};
+use gantry_runtime::{metrics, nats, telemetry};
 use gantry_training::{Checkpoint, Dataset, DatasetError, LoadOptions, ModelCard, Progress, ProgressKind, TrainConfig, TrainError};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -117,6 +117,20 @@ pub fn valid_dataset_hash(hash: &str) -> bool {
 /// Whether a message that arrived from `consumer` is still wanted under `plan`.
 pub fn wanted(plan: &WorkerPlan, consumer: JobDriver) -> bool {
     plan.accepting && (consumer == JobDriver::Any || consumer == job_driver(plan.driver))
+}
+
+impl Outcome {
+    /// Its label in `gantry_trainer_jobs_total`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Outcome::AlreadyFinal(_) | Outcome::Unknown => "skipped",
+            Outcome::Completed(_) => "completed",
+            Outcome::Cancelled => "cancelled",
+            Outcome::HandedBack => "handed_back",
+            Outcome::Failed { .. } => "failed",
+            Outcome::Retry(_) => "retried",
+        }
+    }
 }
 
 /// How one job ended on this node.
@@ -595,8 +609,11 @@ impl Workers {
                 ))
             };
             tracing::info!("job received");
+            metrics::TRAINER_JOBS_RUNNING.inc();
             let outcome = self.execute(&job, delivery, backend, &control).await;
+            metrics::TRAINER_JOBS_RUNNING.dec();
             drop(lease);
+            metrics::TRAINER_JOBS.with_label_values(&[outcome.name()]).inc();
             self.finish(&msg, &job, delivery, outcome).await;
             drop(slot);
         }
@@ -779,7 +796,13 @@ impl Workers {
             Ok(()) => {
                 let _ = cache::touch(&root, hash);
                 let (max, keep) = (self.inner.config.cache_max_bytes, self.inner.datasets_in_use.held());
-                let evicted = tokio::task::spawn_blocking(move || cache::evict(&root, max, &keep)).await.unwrap_or_default();
+                let (evicted, left) = tokio::task::spawn_blocking(move || {
+                    let evicted = cache::evict(&root, max, &keep);
+                    (evicted, cache::list(&root).iter().map(|c| c.bytes).sum::<u64>())
+                })
+                .await
+                .unwrap_or_default();
+                metrics::TRAINER_CACHE_BYTES.set(left as i64);
                 for c in evicted {
                     tracing::info!(hash = c.hash, bytes = c.bytes, "evicted a dataset from the cache");
                 }
@@ -876,6 +899,9 @@ impl Workers {
             }
             match update {
                 Update::Progress(kind) => {
+                    if let JobEventKind::Progress { samples_per_sec, .. } = &kind {
+                        metrics::TRAINER_SAMPLES_PER_SECOND.set(*samples_per_sec);
+                    }
                     if !control.is_interrupted() {
                         self.publish_logged(&job_id, delivery, kind).await;
                     }

@@ -33,6 +33,7 @@ pub fn cache_dir(config: &Config, node: &NodeName) -> PathBuf {
 /// Run until `shutdown` fires (exit 0), or until the cluster refuses this node (an error: exit
 /// non-zero).
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    gantry_runtime::metrics::init_trainer();
     let token = config.cluster_token.clone().context(
         "GANTRY_CLUSTER_TOKEN is not set: create a cluster token (POST /admin/api/cluster_tokens) and start the trainer with it",
     )?;

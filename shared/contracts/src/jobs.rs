@@ -326,6 +326,21 @@ pub struct JobEvent {
     pub kind: JobEventKind,
 }
 
+impl JobEventKind {
+    /// The `type` it travels under: `started`, `progress`, `checkpoint`, `completed`, `failed`
+    /// or `cancelled`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Started { .. } => "started",
+            Self::Progress { .. } => "progress",
+            Self::Checkpoint { .. } => "checkpoint",
+            Self::Completed { .. } => "completed",
+            Self::Failed { .. } => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
 impl JobEvent {
     /// Whether this event ends the job.
     pub fn is_final(&self) -> bool {
@@ -532,6 +547,18 @@ mod tests {
         assert!(e.is_final());
         let back: JobEvent = serde_json::from_value(v).unwrap();
         assert_eq!(back, e);
+    }
+
+    #[test]
+    fn an_event_kinds_name_is_its_type_on_the_wire() {
+        let kinds = [
+            JobEventKind::Started { node: "n".into(), node_id: "i".into(), driver: "cpu".into(), resumed_from_epoch: 0 },
+            JobEventKind::Failed { error: "e".into(), kind: FailureKind::Data },
+            JobEventKind::Cancelled,
+        ];
+        for kind in kinds {
+            assert_eq!(serde_json::to_value(&kind).unwrap()["type"], kind.name());
+        }
     }
 
     #[test]

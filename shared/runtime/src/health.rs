@@ -1,5 +1,6 @@
-//! `/healthz` (the process is alive) and `/readyz` (its dependencies answer). The api mounts
-//! [`routes`] on its HTTP port; other services [`serve`] them on `GANTRY_HEALTH_ADDR`.
+//! `/healthz` (the process is alive), `/readyz` (its dependencies answer) and `/metrics`
+//! (Prometheus text). The api mounts [`add_routes`] on its HTTP port; other services [`serve`]
+//! them on `GANTRY_HEALTH_ADDR`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -74,10 +75,18 @@ async fn readyz(Data(readiness): Data<&Readiness>) -> Response {
     }
 }
 
-/// Add `/healthz` and `/readyz` to a larger app's routes.
-pub fn add_routes(route: Route, readiness: Readiness) -> Route {
-    route.at("/healthz", get(healthz)).at("/readyz", get(readyz).data(readiness))
+#[handler]
+fn metrics() -> Response {
+    Response::builder().content_type("text/plain; version=0.0.4; charset=utf-8").body(crate::metrics::render())
 }
+
+/// Add `/healthz`, `/readyz` and `/metrics` to a larger app's routes.
+pub fn add_routes(route: Route, readiness: Readiness) -> Route {
+    route.at("/healthz", get(healthz)).at("/readyz", get(readyz).data(readiness)).at("/metrics", get(metrics))
+}
+
+/// The paths [`add_routes`] serves.
+pub const PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 
 /// Bind `addr` (port 0 picks a free one), log and return the bound address, and serve until
 /// `shutdown` fires.

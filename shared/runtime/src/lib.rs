@@ -11,12 +11,14 @@
 //! - [`dataset`]: dataset snapshots (deterministic tar, named by SHA-256).
 //! - [`mongo`]: connect, per-service database names.
 //! - [`shutdown`]: SIGINT/SIGTERM into a cancellation token.
-//! - [`health`]: `/healthz` and `/readyz`.
+//! - [`health`]: `/healthz`, `/readyz` and `/metrics`.
+//! - [`metrics`]: the Prometheus metrics every service exports.
 
 pub mod config;
 pub mod dataset;
 pub mod health;
 pub mod jobs;
+pub mod metrics;
 pub mod mongo;
 pub mod nats;
 pub mod shutdown;

@@ -139,10 +139,14 @@ pub async fn serve<Req, Resp, F, Fut>(
         telemetry::set_parent_from(&span, request.message.headers.as_ref());
         tracker.spawn(
             async move {
+                let started = std::time::Instant::now();
                 let result = match serde_json::from_slice::<Req>(&request.message.payload) {
                     Ok(req) => handler(req).await,
                     Err(e) => Err(ServiceFailure::new(ErrorCode::BadRequest, format!("malformed request: {e}"))),
                 };
+                let outcome = result.as_ref().map_or_else(|f| f.code.as_str(), |_| "ok");
+                crate::metrics::NATS_REQUESTS.with_label_values(&[name, outcome]).inc();
+                crate::metrics::NATS_REQUEST_SECONDS.with_label_values(&[name]).observe(started.elapsed().as_secs_f64());
                 let answer = match result {
                     Ok(resp) => serde_json::to_vec(&resp).map(Bytes::from).map_err(|e| service::error::Error {
                         code: 500,

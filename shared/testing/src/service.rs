@@ -80,6 +80,15 @@ impl ServiceProcess {
         client.get(format!("{}/readyz", self.base_url)).send().await.ok().map(|r| r.status().as_u16())
     }
 
+    /// `GET /metrics`: Prometheus' text format. Panics unless it answers 200 with `text/plain`.
+    pub async fn metrics(&self) -> String {
+        let resp = reqwest::get(format!("{}/metrics", self.base_url)).await.unwrap();
+        assert_eq!(resp.status().as_u16(), 200, "{} /metrics", self.name);
+        let kind = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+        assert!(kind.starts_with("text/plain"), "{} /metrics answered {kind}", self.name);
+        resp.text().await.unwrap()
+    }
+
     /// Wait until `/readyz` answers 200. Panics with the service's output when it does not.
     pub async fn wait_ready(&self, timeout: Duration) {
         let ok = wait_until(timeout, || async { (self.readyz().await == Some(200)).then_some(()) }).await;

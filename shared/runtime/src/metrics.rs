@@ -1,0 +1,181 @@
+//! Prometheus metrics, served as text at `/metrics` beside `/healthz` and `/readyz` (the api's
+//! HTTP port, the other services' `GANTRY_HEALTH_ADDR`). Every service gets the NATS endpoint
+//! metrics from [`crate::nats::serve`]; the api adds its HTTP metrics and each service its own
+//! (`gantry_registry_*`, `gantry_trainer_*`), registered here so the names live in one place.
+//! Labels carry endpoint names, routes with ids folded to `{id}`, outcomes and codes only: never a
+//! user, token or path a user chose.
+
+use std::collections::HashSet;
+use std::sync::LazyLock;
+
+use prometheus::{
+    register_gauge, register_histogram_vec, register_int_counter_vec, register_int_gauge, register_int_gauge_vec, Gauge,
+    HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, TextEncoder,
+};
+
+/// Seconds buckets for request latencies: 1 ms to 30 s.
+const LATENCY_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+/// `gantry_nats_requests_total{endpoint, outcome}`: requests a NATS service endpoint answered;
+/// `outcome` is `ok` or the error code (`not_found`, `conflict`, ...).
+pub static NATS_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "gantry_nats_requests_total",
+        "Requests answered by this service's NATS endpoints, by endpoint and outcome (ok or the error code).",
+        &["endpoint", "outcome"]
+    )
+    .expect("gantry_nats_requests_total registers once")
+});
+
+/// `gantry_nats_request_duration_seconds{endpoint}`.
+pub static NATS_REQUEST_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "gantry_nats_request_duration_seconds",
+        "Time to answer a request on a NATS endpoint.",
+        &["endpoint"],
+        LATENCY_BUCKETS.to_vec()
+    )
+    .expect("gantry_nats_request_duration_seconds registers once")
+});
+
+/// `gantry_http_requests_total{method, route, status}` (api).
+pub static HTTP_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "gantry_http_requests_total",
+        "HTTP requests answered, by method, route (ids folded to {id}) and status.",
+        &["method", "route", "status"]
+    )
+    .expect("gantry_http_requests_total registers once")
+});
+
+/// `gantry_http_request_duration_seconds{method, route}` (api).
+pub static HTTP_REQUEST_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "gantry_http_request_duration_seconds",
+        "Time to answer an HTTP request (a held training submission counts its hold).",
+        &["method", "route"],
+        LATENCY_BUCKETS.to_vec()
+    )
+    .expect("gantry_http_request_duration_seconds registers once")
+});
+
+/// `gantry_registry_nodes{state}`: nodes this registry replica lists, connected or disconnected.
+pub static REGISTRY_NODES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!("gantry_registry_nodes", "Nodes this replica lists, by state (connected or disconnected).", &["state"])
+        .expect("gantry_registry_nodes registers once")
+});
+
+/// `gantry_registry_job_events_total{type}`: job events applied (of every replica, each counts its own).
+pub static REGISTRY_JOB_EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!("gantry_registry_job_events_total", "Job events this replica applied, by type.", &["type"])
+        .expect("gantry_registry_job_events_total registers once")
+});
+
+/// `gantry_registry_jobs_settled_total{status}`: jobs this replica recorded as over.
+pub static REGISTRY_JOBS_SETTLED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "gantry_registry_jobs_settled_total",
+        "Jobs this replica recorded as over, by final status (completed, failed, cancelled).",
+        &["status"]
+    )
+    .expect("gantry_registry_jobs_settled_total registers once")
+});
+
+/// `gantry_trainer_jobs_running`.
+pub static TRAINER_JOBS_RUNNING: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!("gantry_trainer_jobs_running", "Jobs this trainer is working on now.").expect("gantry_trainer_jobs_running registers once")
+});
+
+/// `gantry_trainer_jobs_total{outcome}`: how jobs ended on this trainer.
+pub static TRAINER_JOBS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "gantry_trainer_jobs_total",
+        "Jobs that ended on this trainer, by outcome (completed, failed, cancelled, retried, handed_back, skipped).",
+        &["outcome"]
+    )
+    .expect("gantry_trainer_jobs_total registers once")
+});
+
+/// `gantry_trainer_samples_per_second`: the training throughput of the latest progress report.
+pub static TRAINER_SAMPLES_PER_SECOND: LazyLock<Gauge> = LazyLock::new(|| {
+    register_gauge!("gantry_trainer_samples_per_second", "Training throughput in the latest progress report of this trainer.")
+        .expect("gantry_trainer_samples_per_second registers once")
+});
+
+/// `gantry_trainer_dataset_cache_bytes`: the dataset cache's size after the latest fetch.
+pub static TRAINER_CACHE_BYTES: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!("gantry_trainer_dataset_cache_bytes", "Bytes of dataset snapshots cached on this trainer after the latest fetch.")
+        .expect("gantry_trainer_dataset_cache_bytes registers once")
+});
+
+/// Register the api's metrics, so they are listed before the first request.
+pub fn init_api() {
+    LazyLock::force(&HTTP_REQUESTS);
+    LazyLock::force(&HTTP_REQUEST_SECONDS);
+}
+
+/// Register the registry's metrics.
+pub fn init_registry() {
+    LazyLock::force(&REGISTRY_NODES);
+    LazyLock::force(&REGISTRY_JOB_EVENTS);
+    LazyLock::force(&REGISTRY_JOBS_SETTLED);
+}
+
+/// Register the trainer's metrics.
+pub fn init_trainer() {
+    LazyLock::force(&TRAINER_JOBS_RUNNING);
+    LazyLock::force(&TRAINER_JOBS);
+    LazyLock::force(&TRAINER_SAMPLES_PER_SECOND);
+    LazyLock::force(&TRAINER_CACHE_BYTES);
+}
+
+/// The route label of a request path: each segment kept when it is one of `known` (the static
+/// segments of the app's routes), else folded to `{id}`; at most eight segments. Ids, names,
+/// versions and anything a client made up fold, so the label's values stay few.
+pub fn route_label(path: &str, known: &HashSet<String>) -> String {
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).take(8).collect();
+    if segments.is_empty() {
+        return "/".into();
+    }
+    let folded: Vec<&str> = segments.iter().map(|s| if known.contains(*s) { s } else { "{id}" }).collect();
+    format!("/{}", folded.join("/"))
+}
+
+/// The static segments of route templates such as `/admin/api/users/{id}`.
+pub fn static_segments<'a>(templates: impl IntoIterator<Item = &'a str>) -> HashSet<String> {
+    templates
+        .into_iter()
+        .flat_map(|t| t.split('/'))
+        .filter(|s| !s.is_empty() && !s.starts_with('{') && !s.starts_with(':'))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Every registered metric in Prometheus' text format.
+pub fn render() -> String {
+    TextEncoder::new().encode_to_string(&prometheus::gather()).unwrap_or_else(|e| format!("# encoding the metrics failed: {e}\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_keep_known_segments_and_fold_the_rest() {
+        let known = static_segments(["/admin/api/users/{id}", "/admin/api/models/{name}/versions/{version}/download", "/healthz"]);
+        assert_eq!(route_label("/admin/api/users/12", &known), "/admin/api/users/{id}");
+        assert_eq!(route_label("/admin/api/models/MyModel/versions/2/download", &known), "/admin/api/models/{id}/versions/{id}/download");
+        assert_eq!(route_label("/wp-admin/setup.php", &known), "/{id}/{id}");
+        assert_eq!(route_label("/", &known), "/");
+        assert_eq!(route_label("/healthz", &known), "/healthz");
+        assert_eq!(route_label("/a/b/c/d/e/f/g/h/i/j", &known).matches('/').count(), 8);
+    }
+
+    #[test]
+    fn counters_show_in_the_text_format() {
+        NATS_REQUESTS.with_label_values(&["test.endpoint", "ok"]).inc_by(3);
+        let text = render();
+        assert!(text.contains("# TYPE gantry_nats_requests_total counter"), "{text}");
+        assert!(text.contains(r#"gantry_nats_requests_total{endpoint="test.endpoint",outcome="ok"} 3"#), "{text}");
+    }
+}
