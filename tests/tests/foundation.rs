@@ -105,7 +105,7 @@ async fn a_bad_configuration_value_exits_non_zero_naming_the_variable() {
         ("gantry-trainer", "GANTRY_WORKERS", "lots"),
         ("gantry-auth", "GANTRY_ADMIN_API_TOKEN", "too-short"),
         ("gantry-auth", "GANTRY_SESSION_TTL", "0"),
-        ("gantry-trainer", "GANTRY_CACHE_MAX_GB", "-1"),
+        ("gantry-trainer", "GANTRY_CACHE_MAX_GB", "NaN"),
     ] {
         let mut svc = stack.spawn(bin, &[(var, value)]);
         let status = svc.wait_exit(Duration::from_secs(20)).await.unwrap_or_else(|| panic!("{bin} kept running with {var}={value}"));

@@ -304,8 +304,14 @@ async fn a_submitted_job_is_trained_and_its_model_version_downloads_as_safetenso
     // idle again and the node credited with the job.
     assert_eq!(env.queued_messages().await, 0);
     assert!(!env.checkpoint_exists(&id).await);
-    let node = env.wait_idle("trainer-a").await;
-    assert_eq!(node.completed_jobs, 1);
+    env.wait_idle("trainer-a").await;
+    let credited = wait_until(Duration::from_secs(10), || async {
+        let nodes: ClusterNodes =
+            gantry_runtime::nats::request(&env.nats, subjects::registry(subjects::registry::NODES), &Empty {}).await.ok()?;
+        nodes.nodes.into_iter().find(|n| n.hostname == "trainer-a" && n.completed_jobs == 1)
+    })
+    .await;
+    assert!(credited.is_some(), "the node was never credited with the job");
 
     // Both replicas list the same count (listings go to either replica of the queue group).
     let before = env.node_listings_per_replica().await;
@@ -541,4 +547,72 @@ async fn sigterm_hands_the_job_back_and_another_node_resumes_after_its_checkpoin
     assert_eq!(second_run_epochs.first().copied(), Some(starts[1].2 + 1), "{second_run_epochs:?}");
     assert_eq!(job["model"]["card"]["training"]["resumed_from_epoch"], starts[1].2);
     assert_eq!(job["model"]["card"]["metrics"].as_array().map(Vec::len), Some(10));
+}
+
+/// A queued job recorded straight through the registry (no trainer will see it).
+fn queued_record(job_id: &str) -> jobs::JobRecord {
+    let now = chrono::Utc::now();
+    jobs::JobRecord {
+        job_id: job_id.into(),
+        user_id: 1,
+        output_model: "contended".into(),
+        description: String::new(),
+        train_path: "/none".into(),
+        dataset_hash: "0".repeat(64),
+        driver: jobs::JobDriver::Cuda,
+        params: jobs::TrainParams::default(),
+        status: jobs::JobStatus::Queued,
+        tokens_charged: 0,
+        refunded: false,
+        node: None,
+        node_id: None,
+        delivery: 0,
+        progress: None,
+        checkpoint_epoch: 0,
+        model: None,
+        error: None,
+        failure_kind: None,
+        created_at: now,
+        updated_at: now,
+        queue_position: None,
+        waiting_reason: None,
+    }
+}
+
+#[tokio::test]
+async fn a_cancel_and_a_failure_racing_on_two_replicas_end_a_job_exactly_one_way() {
+    let env = Env::start().await;
+    let second_registry = env.stack.spawn("gantry-registry", &[]);
+    second_registry.wait_ready(READY).await;
+    let request = |subject: &'static str, body: Value| {
+        let nats = env.nats.clone();
+        async move {
+            gantry_runtime::nats::request::<_, jobs::JobRecord>(&nats, subjects::registry(subject), &body).await
+        }
+    };
+    for i in 0..15 {
+        let id = format!("contended-{i}");
+        let created: jobs::JobRecord = request(jobs::subjects::JOBS_CREATE, serde_json::to_value(queued_record(&id)).unwrap()).await.unwrap();
+        assert_eq!(created.status, jobs::JobStatus::Queued);
+        let (cancelled, failed) = tokio::join!(
+            request(jobs::subjects::JOBS_CANCEL, json!({"job_id": id})),
+            request(jobs::subjects::JOBS_FAIL, json!({"job_id": id, "error": "the queue refused it", "kind": "system"})),
+        );
+        let stored = env.job(&id).await;
+        // Whichever came second saw the first one's result: the answers agree with the record.
+        let failed = failed.unwrap_or_else(|e| panic!("jobs.fail: {e}"));
+        match cancelled {
+            Ok(c) => {
+                assert_eq!(c.status, jobs::JobStatus::Cancelled);
+                assert_eq!(failed.status, jobs::JobStatus::Cancelled, "both won on {id}");
+                assert_eq!(stored["status"], "cancelled", "{stored}");
+            }
+            Err(e) => {
+                assert_eq!(e.code, gantry_contracts::error::ErrorCode::Conflict, "{e}");
+                assert_eq!(failed.status, jobs::JobStatus::Failed);
+                assert_eq!(stored["status"], "failed", "{stored}");
+            }
+        }
+    }
+    drop(second_registry);
 }

@@ -241,11 +241,14 @@ async fn the_pages_curl_example_trains_shapes_to_90_percent_while_shuffled_label
     let acc = final_val_accuracy(&job["model"]);
     assert!(acc < 0.5, "shuffled labels reached {acc}");
 
-    // Listings and counters follow the jobs.
-    let (_, models) = send(http().get(format!("{}/admin/api/models", c.url())).bearer_auth(ADMIN_TOKEN)).await;
-    assert_eq!(models["models"].as_array().unwrap().len(), 2, "{models}");
-    let (_, nodes) = send(http().get(format!("{}/api/admin/cluster_nodes", c.url())).bearer_auth(ADMIN_TOKEN)).await;
-    assert_eq!(nodes["nodes"][0]["completed_jobs"], 3, "{nodes}");
+    // Listings and counters follow the jobs (they are settled just after the job reads completed).
+    let settled = wait_until(Duration::from_secs(10), || async {
+        let (_, models) = send(http().get(format!("{}/admin/api/models", c.url())).bearer_auth(ADMIN_TOKEN)).await;
+        let (_, nodes) = send(http().get(format!("{}/api/admin/cluster_nodes", c.url())).bearer_auth(ADMIN_TOKEN)).await;
+        (models["models"].as_array().map(Vec::len) == Some(2) && nodes["nodes"][0]["completed_jobs"] == 3).then_some(nodes)
+    })
+    .await;
+    let nodes = settled.expect("two models listed and three jobs credited to the node");
     assert_eq!(nodes["master_stats"]["total_completed_jobs"], 3);
     let (_, list) = send(http().get(format!("{}/admin/api/jobs?status=completed", c.url())).bearer_auth(ADMIN_TOKEN)).await;
     assert_eq!(list["total"], 3);

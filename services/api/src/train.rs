@@ -393,7 +393,7 @@ impl TrainApi {
     /// Answer for a job that already exists (a retried submission).
     async fn answer(&self, sub: Submitted, job: Option<JobRecord>, wait: bool) -> ApiResult<TrainResponse> {
         match job {
-            Some(job) if job.status.is_final() => final_answer(sub, &job.status, job.model, job.error, job.failure_kind),
+            Some(job) if job.status.is_final() => final_answer(sub, job),
             _ if !wait => Ok(queued(sub)),
             _ => {
                 let settled = self.state.nats.subscribe(jobs::settled_subject(&sub.job_id)).await.map_err(ApiError::internal)?;
@@ -406,7 +406,7 @@ impl TrainApi {
                 .await;
                 if let Ok(job) = again {
                     if job.status.is_final() {
-                        return final_answer(sub, &job.status, job.model, job.error, job.failure_kind);
+                        return final_answer(sub, job);
                     }
                 }
                 self.hold(sub, settled).await
@@ -419,6 +419,8 @@ impl TrainApi {
     async fn hold(&self, sub: Submitted, mut settled: async_nats::Subscriber) -> ApiResult<TrainResponse> {
         let deadline = tokio::time::sleep(self.hold);
         tokio::pin!(deadline);
+        // A backstop for an announcement that never came (lost in a reconnect): look now and then.
+        let mut look = tokio::time::interval_at(tokio::time::Instant::now() + HOLD_LOOK_EVERY, HOLD_LOOK_EVERY);
         loop {
             tokio::select! {
                 _ = &mut deadline => break,
@@ -426,7 +428,20 @@ impl TrainApi {
                     let Some(msg) = msg else { break };
                     let Ok(job) = serde_json::from_slice::<JobRecord>(&msg.payload) else { continue };
                     if job.status.is_final() {
-                        return final_answer(sub, &job.status, job.model, job.error, job.failure_kind);
+                        return final_answer(sub, job);
+                    }
+                }
+                _ = look.tick() => {
+                    let job: Result<JobRecord, _> = nats::request(
+                        &self.state.nats,
+                        subjects::registry(jobs::subjects::JOBS_GET),
+                        &JobRef { job_id: sub.job_id.clone(), user_id: None },
+                    )
+                    .await;
+                    if let Ok(job) = job {
+                        if job.status.is_final() {
+                            return final_answer(sub, job);
+                        }
                     }
                 }
             }
@@ -453,11 +468,14 @@ impl TrainApi {
             ));
         }
         if job.status.is_final() {
-            return final_answer(sub, &job.status, job.model, job.error, job.failure_kind);
+            return final_answer(sub, job);
         }
         Ok(queued(sub))
     }
 }
+
+/// How often a held submission looks at its job besides listening for its end.
+const HOLD_LOOK_EVERY: Duration = Duration::from_secs(10);
 
 /// The user-facing form of a path (`/datasets/x`), or the raw text when it does not resolve.
 fn gantry_api_display(root: &DataRoot, raw: &str) -> String {
@@ -474,14 +492,15 @@ fn queued(sub: Submitted) -> TrainResponse {
     }))
 }
 
-fn final_answer(
-    sub: Submitted,
-    status: &JobStatus,
-    model: Option<gantry_contracts::jobs::ModelVersion>,
-    error: Option<String>,
-    kind: Option<FailureKind>,
-) -> ApiResult<TrainResponse> {
-    let refunded = if sub.tokens_used > 0 { format!("; the {} tokens charged were refunded", sub.tokens_used) } else { String::new() };
+/// The answer for a job that is over, from its record as the registry keeps it.
+fn final_answer(sub: Submitted, job: JobRecord) -> ApiResult<TrainResponse> {
+    let JobRecord { status, model, error, failure_kind: kind, refunded, tokens_charged, .. } = job;
+    let refunded = match (tokens_charged > 0, refunded) {
+        (false, _) => String::new(),
+        (true, true) => format!("; the {tokens_charged} tokens charged were refunded"),
+        (true, false) if status == JobStatus::Cancelled => format!("; the {tokens_charged} tokens charged are kept: training had started"),
+        (true, false) => format!("; the refund of the {tokens_charged} tokens charged is pending"),
+    };
     match status {
         JobStatus::Completed => Ok(TrainResponse::Completed(Json(TrainCompleted {
             message: "Training completed".into(),

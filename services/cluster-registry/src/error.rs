@@ -21,10 +21,6 @@ pub enum RegistryError {
     /// The store is unreachable or the view is still loading (503).
     #[error("{0}")]
     Unavailable(String),
-    /// Another writer changed the record between our read and our write; read again and retry
-    /// (503 if it keeps happening).
-    #[error("{0}")]
-    Stale(String),
     /// Anything else (500).
     #[error(transparent)]
     Unexpected(#[from] anyhow::Error),
@@ -53,7 +49,7 @@ impl From<RegistryError> for ServiceFailure {
             RegistryError::Unauthorized(m) => ServiceFailure::new(ErrorCode::Unauthorized, m),
             RegistryError::NotFound(m) => ServiceFailure::new(ErrorCode::NotFound, m),
             RegistryError::Conflict(m) => ServiceFailure::new(ErrorCode::Conflict, m),
-            RegistryError::Unavailable(m) | RegistryError::Stale(m) => ServiceFailure::new(ErrorCode::Unavailable, m),
+            RegistryError::Unavailable(m) => ServiceFailure::new(ErrorCode::Unavailable, m),
             RegistryError::Unexpected(e) => {
                 tracing::error!(error = format!("{e:#}"), "unexpected registry failure");
                 ServiceFailure::new(ErrorCode::Internal, "internal error in the registry")

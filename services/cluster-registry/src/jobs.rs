@@ -38,8 +38,19 @@ struct JobDoc {
     id: String,
     /// Milliseconds since the epoch, for ordering.
     created_ms: i64,
+    /// Bumped by every write: the version a write is conditional on.
+    #[serde(default)]
+    rev: i64,
     #[serde(flatten)]
     record: JobRecord,
+}
+
+/// What [`Jobs::update`] did.
+enum Update<T> {
+    /// `change` left the job alone; this is the job as it is.
+    Unchanged(JobRecord),
+    /// Written; the job as written, and what `change` returned.
+    Changed(JobRecord, T),
 }
 
 /// A model version as stored.
@@ -52,28 +63,24 @@ struct ModelDoc {
     version: ModelVersion,
 }
 
+/// How long applying one event may take (the consumer's ack wait is 30 s).
+const APPLY_LIMIT: Duration = Duration::from_secs(20);
+/// Deliveries of one job event before it is given up on.
+const EVENT_MAX_DELIVER: i64 = 20;
+
+fn bson_number(v: Option<&Bson>) -> Result<i64, RegistryError> {
+    match v {
+        Some(Bson::Int64(n)) => Ok(*n),
+        Some(Bson::Int32(n)) => Ok(i64::from(*n)),
+        Some(Bson::Double(n)) => Ok(*n as i64),
+        other => Err(anyhow::anyhow!("expected a number, found {other:?}").into()),
+    }
+}
+
 /// The job side of the registry; cheap to clone.
 #[derive(Clone)]
 pub struct Jobs {
     registry: Registry,
-}
-
-/// Run `op` again, on a fresh read, while another writer got to the job first (a few times).
-async fn redo_if_stale<T, F, Fut>(mut op: F) -> Result<T, RegistryError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, RegistryError>>,
-{
-    let mut tries = 1;
-    loop {
-        match op().await {
-            Err(RegistryError::Stale(m)) if tries < 5 => {
-                tracing::debug!(reason = m, "redoing a job update");
-                tries += 1;
-            }
-            other => return other,
-        }
-    }
 }
 
 fn unavailable_if_final(job: &JobRecord) -> Result<(), RegistryError> {
@@ -109,20 +116,37 @@ impl Jobs {
         Ok(self.jobs().find_one(doc! { "_id": job_id }).await?.map(|d| d.record))
     }
 
-    /// Write back a job read with [`Self::load`], only if nobody wrote it since (its `updated_at`
-    /// is the version): replicas and the api's requests change jobs concurrently, and the store
-    /// has no transactions. [`RegistryError::Stale`] otherwise: read again and redo.
-    async fn save(&self, mut job: JobRecord) -> Result<JobRecord, RegistryError> {
-        let read = mongodb::bson::to_bson(&job.updated_at).map_err(anyhow::Error::from)?;
-        job.updated_at = Utc::now();
-        job.queue_position = None;
-        job.waiting_reason = None;
-        let d = JobDoc { id: job.job_id.clone(), created_ms: job.created_at.timestamp_millis(), record: job.clone() };
-        let written = self.jobs().replace_one(doc! { "_id": &d.id, "updated_at": read }, &d).await?;
-        if written.matched_count == 0 {
-            return Err(RegistryError::Stale(format!("job {} changed concurrently; try again", job.job_id)));
+    /// Change a job in the store: read it, let `change` edit it (or return `None` to leave it as
+    /// it is), and write it back only if nobody wrote it since (conditional on its `rev`). When
+    /// another writer got there first (a replica applying an event, a cancel on another replica),
+    /// read again and decide again: the store has no transactions, so this is how concurrent
+    /// writers never lose each other's changes. `change` must be free of side effects; the
+    /// caller acts on the result.
+    async fn update<T>(
+        &self,
+        job_id: &str,
+        mut change: impl FnMut(&mut JobRecord) -> Result<Option<T>, RegistryError>,
+    ) -> Result<Update<T>, RegistryError> {
+        for _ in 0..8 {
+            let doc = self.jobs().find_one(doc! { "_id": job_id }).await?.ok_or_else(|| RegistryError::NotFound(format!("no job {job_id}")))?;
+            let mut job = doc.record.clone();
+            let Some(out) = change(&mut job)? else { return Ok(Update::Unchanged(doc.record)) };
+            job.updated_at = Utc::now();
+            job.queue_position = None;
+            job.waiting_reason = None;
+            let next = JobDoc { id: doc.id.clone(), created_ms: doc.created_ms, rev: doc.rev + 1, record: job.clone() };
+            let filter = if doc.rev == 0 {
+                // Written before revisions were kept: no `rev` field yet.
+                doc! { "_id": &doc.id, "rev": { "$exists": false } }
+            } else {
+                doc! { "_id": &doc.id, "rev": doc.rev }
+            };
+            if self.jobs().replace_one(filter, &next).await?.matched_count == 1 {
+                return Ok(Update::Changed(job, out));
+            }
+            tracing::debug!(job_id, "job changed concurrently; deciding again");
         }
-        Ok(job)
+        Err(RegistryError::Unavailable(format!("job {job_id} keeps changing concurrently; try again")))
     }
 
     /// `jobs.create`: record a queued job; an existing id answers the stored record.
@@ -133,7 +157,7 @@ impl Jobs {
         if let Some(existing) = self.load(&job.job_id).await? {
             return Ok(existing);
         }
-        let d = JobDoc { id: job.job_id.clone(), created_ms: job.created_at.timestamp_millis(), record: job.clone() };
+        let d = JobDoc { id: job.job_id.clone(), created_ms: job.created_at.timestamp_millis(), rev: 1, record: job.clone() };
         match self.jobs().insert_one(&d).await {
             Ok(_) => Ok(job),
             // Two replicas racing on a retried submission: the first one's record wins.
@@ -218,50 +242,78 @@ impl Jobs {
 
     /// `jobs.cancel`.
     pub async fn cancel(&self, r: JobRef) -> Result<JobRecord, RegistryError> {
-        redo_if_stale(|| self.cancel_once(r.clone())).await
-    }
-
-    async fn cancel_once(&self, r: JobRef) -> Result<JobRecord, RegistryError> {
-        let mut job = Self::owned(self.load(&r.job_id).await?, &r)?;
-        unavailable_if_final(&job)?;
-        let was_queued = job.status == JobStatus::Queued;
-        job.status = JobStatus::Cancelled;
-        job.error = Some("cancelled".into());
-        let job = self.save(job).await?;
+        let updated = self
+            .update(&r.job_id, |job| {
+                if r.user_id.is_some_and(|u| u != job.user_id) {
+                    return Err(RegistryError::NotFound(format!("no job {}", r.job_id)));
+                }
+                unavailable_if_final(job)?;
+                let was_queued = job.status == JobStatus::Queued;
+                job.status = JobStatus::Cancelled;
+                job.error = Some("cancelled".into());
+                Ok(Some(was_queued))
+            })
+            .await;
+        let (job, was_queued) = match updated {
+            Ok(Update::Changed(job, was_queued)) => (job, was_queued),
+            Ok(Update::Unchanged(job)) => return Ok(job),
+            Err(RegistryError::NotFound(_)) => return Err(RegistryError::NotFound(format!("no job {}", r.job_id))),
+            Err(e) => return Err(e),
+        };
         // Every trainer hears it; the one running it stops and publishes the final event.
         let _ = self.registry.client().publish(jobs::cancel_subject(&job.job_id), "".into()).await;
-        let job = if was_queued {
+        if was_queued {
             self.publish_event(&job.job_id, JobEventKind::Cancelled).await;
-            self.refund(job, "cancelled before training started").await?
-        } else {
-            job
-        };
-        self.announce_settled(&job).await;
-        Ok(job)
-    }
-
-    /// `jobs.fail`: the api could not queue the job.
-    pub async fn fail(&self, f: FailJob) -> Result<JobRecord, RegistryError> {
-        redo_if_stale(|| self.fail_once(f.clone())).await
-    }
-
-    async fn fail_once(&self, f: FailJob) -> Result<JobRecord, RegistryError> {
-        let job = self.load(&f.job_id).await?.ok_or_else(|| RegistryError::NotFound(format!("no job {}", f.job_id)))?;
-        if job.status.is_final() {
-            return Ok(job);
         }
-        self.publish_event(&job.job_id, JobEventKind::Failed { error: f.error.clone(), kind: f.kind }).await;
-        self.mark_failed(job, f.error, f.kind).await
+        Ok(self.settle(job).await)
     }
 
-    async fn mark_failed(&self, mut job: JobRecord, error: String, kind: FailureKind) -> Result<JobRecord, RegistryError> {
-        job.status = JobStatus::Failed;
-        job.error = Some(error);
-        job.failure_kind = Some(kind);
-        let job = self.save(job).await?;
-        let job = self.refund(job, "job failed").await?;
+    /// `jobs.fail`: the api could not queue the job, or no node could take it.
+    pub async fn fail(&self, f: FailJob) -> Result<JobRecord, RegistryError> {
+        self.fail_job(&f.job_id, f.error, f.kind).await
+    }
+
+    /// Mark a job failed unless it is over already, tell its followers, refund it.
+    async fn fail_job(&self, job_id: &str, error: String, kind: FailureKind) -> Result<JobRecord, RegistryError> {
+        let updated = self
+            .update(job_id, |job| {
+                if job.status.is_final() {
+                    return Ok(None);
+                }
+                job.status = JobStatus::Failed;
+                job.error = Some(error.clone());
+                job.failure_kind = Some(kind);
+                Ok(Some(()))
+            })
+            .await?;
+        match updated {
+            Update::Unchanged(job) => Ok(job),
+            Update::Changed(job, ()) => {
+                self.publish_event(job_id, JobEventKind::Failed { error, kind }).await;
+                Ok(self.settle(job).await)
+            }
+        }
+    }
+
+    /// What follows from a job being over, each step idempotent so it can be repeated whenever
+    /// the job is seen again (a redelivered event): a completed job's model version is listed and
+    /// its node credited; a failed job, or one cancelled before a node took it, is refunded. Then
+    /// the record is announced on [`jobs::settled_subject`]. Returns the record as it ends up.
+    /// Failures are logged and left for the next repeat.
+    async fn settle(&self, mut job: JobRecord) -> JobRecord {
+        match job.status {
+            JobStatus::Completed => {
+                if let Err(e) = self.record_model(&job).await {
+                    tracing::error!(job_id = job.job_id, error = %e, "recording the model version failed; retried with the next event");
+                }
+            }
+            JobStatus::Failed => job = self.refund(job, "job failed").await,
+            // A node never started it (a job that started is not refunded).
+            JobStatus::Cancelled if job.node.is_none() => job = self.refund(job, "cancelled before training started").await,
+            _ => {}
+        }
         self.announce_settled(&job).await;
-        Ok(job)
+        job
     }
 
     /// Tell whoever holds the submission that the job is over and recorded
@@ -275,10 +327,10 @@ impl Jobs {
         }
     }
 
-    /// Give the charge back (once: keyed by the job id) and record it.
-    async fn refund(&self, mut job: JobRecord, why: &str) -> Result<JobRecord, RegistryError> {
+    /// Give the charge back (once: auth keys it by the job id) and mark the job refunded.
+    async fn refund(&self, job: JobRecord, why: &str) -> JobRecord {
         if job.tokens_charged <= 0 || job.refunded {
-            return Ok(job);
+            return job;
         }
         let r: Result<CreditResult, _> = nats::request(
             self.registry.client(),
@@ -286,14 +338,24 @@ impl Jobs {
             &CreditChange { user_id: job.user_id, amount: job.tokens_charged, key: job.job_id.clone(), reason: format!("job {}: {why}", job.job_id) },
         )
         .await;
-        match r {
-            Ok(_) => {
-                job.refunded = true;
-                self.save(job).await
-            }
+        if let Err(e) = r {
+            tracing::error!(job_id = job.job_id, error = %e, "refund failed; it is retried with the job's next event");
+            return job;
+        }
+        let marked = self
+            .update(&job.job_id, |j| {
+                if j.refunded {
+                    return Ok(None);
+                }
+                j.refunded = true;
+                Ok(Some(()))
+            })
+            .await;
+        match marked {
+            Ok(Update::Changed(j, ())) | Ok(Update::Unchanged(j)) => j,
             Err(e) => {
-                tracing::error!(job_id = job.job_id, error = %e, "refund failed; it is retried with the next event");
-                Ok(job)
+                tracing::error!(job_id = job.job_id, error = %e, "refunded, but marking the job refunded failed");
+                job
             }
         }
     }
@@ -308,61 +370,69 @@ impl Jobs {
         }
     }
 
-    /// Apply one event from a trainer. Returns without change for events of an older delivery
-    /// (a node that lost its lease) and for events after the job ended.
+    /// Apply one event from a trainer. Events of an older delivery (a node that lost its lease)
+    /// change nothing; an event for a job that is over repeats what follows from its end
+    /// ([`Self::settle`]), which finishes any step that failed the first time.
     pub async fn apply(&self, event: JobEvent) -> Result<(), RegistryError> {
-        let Some(mut job) = self.load(&event.job_id).await? else { return Ok(()) };
-        if event.delivery != 0 && event.delivery < job.delivery {
-            tracing::info!(job_id = job.job_id, delivery = event.delivery, current = job.delivery, "ignoring a late event from an earlier delivery");
+        let Some(current) = self.load(&event.job_id).await? else { return Ok(()) };
+        let stale = |job: &JobRecord| event.delivery != 0 && event.delivery < job.delivery;
+        if stale(&current) {
+            tracing::info!(job_id = current.job_id, delivery = event.delivery, current = current.delivery, "ignoring a late event from an earlier delivery");
             return Ok(());
         }
-        if job.status.is_final() {
-            // Retry a refund that did not go through when the job ended.
-            if job.status == JobStatus::Failed && !job.refunded {
-                self.refund(job, "job failed").await?;
-            }
+        if current.status.is_final() {
+            self.settle(current).await;
             return Ok(());
         }
-        if event.delivery > job.delivery {
-            job.delivery = event.delivery;
-        }
-        match event.kind {
-            JobEventKind::Started { node, node_id, .. } => {
-                job.status = JobStatus::Running;
-                job.node = Some(node);
-                job.node_id = Some(node_id);
-                self.save(job).await?;
-            }
-            JobEventKind::Progress { .. } => {
-                job.status = JobStatus::Running;
-                job.progress = serde_json::to_value(&event).ok();
-                self.save(job).await?;
-            }
-            JobEventKind::Checkpoint { epoch, .. } => {
-                job.checkpoint_epoch = job.checkpoint_epoch.max(epoch);
-                self.save(job).await?;
-            }
-            JobEventKind::Completed { model } => {
-                let (stored, numbered_now) = self.store_model(&job, model).await?;
-                // Counted once, when the version is numbered, and before the job reads completed,
-                // so whoever sees the job completed sees the node's count include it. (A count that
-                // fails here is lost rather than doubled: the retry finds the version numbered.)
-                if let (Some(node_id), true) = (&job.node_id, numbered_now) {
-                    self.registry.store().count_completed(node_id).await?;
-                    self.refresh_completed(node_id).await;
+        // A completion takes its version number first: numbers are given once per job, so a
+        // retry reuses it (a completion that then loses to a cancel leaves a gap).
+        let version = match &event.kind {
+            JobEventKind::Completed { .. } => Some(self.reserve_version(&current).await?),
+            _ => None,
+        };
+        let updated = match self
+            .update(&event.job_id, |job| {
+                if stale(job) || job.status.is_final() {
+                    return Ok(None);
                 }
-                job.status = JobStatus::Completed;
-                job.model = Some(stored);
-                let job = self.save(job).await?;
-                self.announce_settled(&job).await;
-            }
-            JobEventKind::Failed { error, kind } => {
-                self.mark_failed(job, error, kind).await?;
-            }
-            JobEventKind::Cancelled => {
-                job.status = JobStatus::Cancelled;
-                let job = self.save(job).await?;
-                self.announce_settled(&job).await;
+                job.delivery = job.delivery.max(event.delivery);
+                match &event.kind {
+                    JobEventKind::Started { node, node_id, .. } => {
+                        job.status = JobStatus::Running;
+                        job.node = Some(node.clone());
+                        job.node_id = Some(node_id.clone());
+                    }
+                    JobEventKind::Progress { .. } => {
+                        job.status = JobStatus::Running;
+                        job.progress = serde_json::to_value(&event).ok();
+                    }
+                    JobEventKind::Checkpoint { epoch, .. } => job.checkpoint_epoch = job.checkpoint_epoch.max(*epoch),
+                    JobEventKind::Completed { model } => {
+                        let mut model = model.clone();
+                        model.version = version.unwrap_or_default();
+                        model.name = job.output_model.clone();
+                        model.user_id = job.user_id;
+                        model.job_id = job.job_id.clone();
+                        job.status = JobStatus::Completed;
+                        job.model = Some(model);
+                    }
+                    JobEventKind::Failed { error, kind } => {
+                        job.status = JobStatus::Failed;
+                        job.error = Some(error.clone());
+                        job.failure_kind = Some(*kind);
+                    }
+                    JobEventKind::Cancelled => job.status = JobStatus::Cancelled,
+                }
+                Ok(Some(()))
+            })
+            .await
+        {
+            Err(RegistryError::NotFound(_)) => return Ok(()),
+            other => other?,
+        };
+        if let Update::Changed(job, ()) = updated {
+            if job.status.is_final() {
+                self.settle(job).await;
             }
         }
         Ok(())
@@ -377,11 +447,12 @@ impl Jobs {
         }
     }
 
-    /// Number the new version of a model and store it (once per job). True when this call
-    /// numbered it, false when an earlier try already had.
-    async fn store_model(&self, job: &JobRecord, mut model: ModelVersion) -> Result<(ModelVersion, bool), RegistryError> {
-        if let Some(existing) = self.models().find_one(doc! { "job_id": &job.job_id }).await? {
-            return Ok((existing.version, false));
+    /// The version number of the model a job completes: taken from the model's counter the first
+    /// time, the same number on every retry.
+    async fn reserve_version(&self, job: &JobRecord) -> Result<u32, RegistryError> {
+        let reservations: Collection<Document> = self.registry.store().database().collection("version_reservations");
+        if let Some(r) = reservations.find_one(doc! { "_id": &job.job_id }).await? {
+            return bson_number(r.get("version")).map(|n| n as u32);
         }
         let counters: Collection<Document> = self.registry.store().database().collection("counters");
         let after = counters
@@ -390,19 +461,27 @@ impl Jobs {
             .return_document(ReturnDocument::After)
             .await?
             .ok_or_else(|| anyhow::anyhow!("the model counter vanished"))?;
-        let n = match after.get("n") {
-            Some(Bson::Int64(n)) => *n,
-            Some(Bson::Int32(n)) => i64::from(*n),
-            Some(Bson::Double(n)) => *n as i64,
-            other => return Err(anyhow::anyhow!("model counter holds {other:?}").into()),
-        };
-        model.version = n as u32;
-        model.name = job.output_model.clone();
-        model.user_id = job.user_id;
-        model.job_id = job.job_id.clone();
-        let d = ModelDoc { id: format!("{}:{}", model.name, model.version), created_ms: Utc::now().timestamp_millis(), version: model.clone() };
+        let n = bson_number(after.get("n"))?;
+        // Events are applied one at a time, so nobody reserves for this job meanwhile.
+        reservations.insert_one(doc! { "_id": &job.job_id, "version": n }).await?;
+        Ok(n as u32)
+    }
+
+    /// List a completed job's model version and credit its node, once per job (repeatable).
+    async fn record_model(&self, job: &JobRecord) -> Result<(), RegistryError> {
+        let Some(model) = &job.model else { return Ok(()) };
+        let id = format!("{}:{}", model.name, model.version);
+        if self.models().find_one(doc! { "_id": &id }).await?.is_some() {
+            return Ok(());
+        }
+        let d = ModelDoc { id, created_ms: Utc::now().timestamp_millis(), version: model.clone() };
         self.models().insert_one(&d).await?;
-        Ok((model, true))
+        // Credited when the version is listed: a count that fails here is lost, never doubled.
+        if let Some(node_id) = &job.node_id {
+            self.registry.store().count_completed(node_id).await?;
+            self.refresh_completed(node_id).await;
+        }
+        Ok(())
     }
 
     /// `models.list`.
@@ -446,17 +525,11 @@ impl Jobs {
         let stream = js.get_stream(jobs::JOBS_STREAM).await?;
         let msg = stream.get_raw_message(stream_seq).await?;
         let job: jobs::TrainJob = serde_json::from_slice(&msg.payload)?;
-        redo_if_stale(|| async {
-            if let Some(record) = self.load(&job.job_id).await? {
-                if !record.status.is_final() {
-                    let error = format!("the job failed on {} deliveries; no trainer could finish it", jobs::MAX_DELIVER);
-                    self.publish_event(&job.job_id, JobEventKind::Failed { error: error.clone(), kind: FailureKind::Crash }).await;
-                    self.mark_failed(record, error, FailureKind::Crash).await?;
-                }
-            }
-            Ok(())
-        })
-        .await?;
+        let error = format!("the job failed on {} deliveries; no trainer could finish it", jobs::MAX_DELIVER);
+        match self.fail_job(&job.job_id, error, FailureKind::Crash).await {
+            Ok(_) | Err(RegistryError::NotFound(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
         let _ = stream.delete_message(stream_seq).await;
         Ok(())
     }
@@ -538,6 +611,9 @@ impl Jobs {
                 ack_policy: consumer::AckPolicy::Explicit,
                 ack_wait: Duration::from_secs(30),
                 max_ack_pending: 1,
+                // An event that keeps failing is given up on (and logged by the server's
+                // advisory) rather than holding up every event behind it.
+                max_deliver: EVENT_MAX_DELIVER,
                 ..Default::default()
             })
             .await?;
@@ -561,7 +637,11 @@ impl Jobs {
             match serde_json::from_slice::<JobEvent>(&msg.payload) {
                 Ok(event) => {
                     let kind = event.kind.name();
-                    match redo_if_stale(|| self.apply(event.clone())).instrument(span).await {
+                    // Bounded well inside the ack wait, so an event is never redelivered to another
+                    // replica while this one still applies it.
+                    let applied = tokio::time::timeout(APPLY_LIMIT, self.apply(event)).instrument(span).await;
+                    let applied = applied.unwrap_or_else(|_| Err(RegistryError::Unavailable("applying the event took too long".into())));
+                    match applied {
                         Ok(()) => {
                             gantry_runtime::metrics::REGISTRY_JOB_EVENTS.with_label_values(&[kind]).inc();
                             let _ = msg.ack().await;

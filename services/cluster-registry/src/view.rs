@@ -645,10 +645,11 @@ impl View {
     }
 
     /// Take a node's completed-job count as stored (the store is where it is counted, so every
-    /// replica converges on the same number).
+    /// replica converges on the same number). Counts only grow: a read that raced a newer one
+    /// and lands after it changes nothing.
     pub fn set_completed(&mut self, node_id: &str, completed: u64) {
         if let Some(n) = self.nodes.get_mut(node_id) {
-            n.record.completed_jobs = completed;
+            n.record.completed_jobs = n.record.completed_jobs.max(completed);
         }
     }
 }

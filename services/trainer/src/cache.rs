@@ -2,7 +2,12 @@
 //! `<hash>.used` marker whose modification time is its last use. When the cache grows past its
 //! budget (`GANTRY_CACHE_MAX_GB`), the least recently used snapshots that no job of this node is
 //! using are removed until it fits again. A snapshot in use is never removed, even when that
-//! leaves the cache over budget.
+//! leaves the cache over budget. One cache directory belongs to one trainer: two trainers sharing
+//! it would not see each other's jobs.
+//!
+//! A job takes its [`Lease`] before it looks for its snapshot, and eviction decides and moves a
+//! snapshot aside (`.evicting-<hash>`) under the same lock, so a snapshot a job has found is never
+//! removed under it.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -30,6 +35,12 @@ impl InUse {
     /// The hashes held now.
     pub fn held(&self) -> HashSet<String> {
         self.lock().keys().cloned().collect()
+    }
+
+    /// Run `f` unless `hash` is held, with no lease taken meanwhile.
+    fn unless_held<T>(&self, hash: &str, f: impl FnOnce() -> T) -> Option<T> {
+        let held = self.lock();
+        (!held.contains_key(hash)).then(f)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
@@ -108,9 +119,10 @@ pub fn list(root: &Path) -> Vec<Cached> {
     cached
 }
 
-/// Remove least recently used snapshots not in `keep` until the cache holds at most `max_bytes`.
-/// Returns what was removed.
-pub fn evict(root: &Path, max_bytes: u64, keep: &HashSet<String>) -> Vec<Cached> {
+/// Remove least recently used snapshots that `in_use` does not hold until the cache holds at most
+/// `max_bytes` (and whatever an earlier eviction left half-removed). Returns what was removed.
+pub fn evict(root: &Path, max_bytes: u64, in_use: &InUse) -> Vec<Cached> {
+    remove_leftovers(root);
     let cached = list(root);
     let mut total: u64 = cached.iter().map(|c| c.bytes).sum();
     let mut removed = Vec::new();
@@ -118,19 +130,33 @@ pub fn evict(root: &Path, max_bytes: u64, keep: &HashSet<String>) -> Vec<Cached>
         if total <= max_bytes {
             break;
         }
-        if keep.contains(&c.hash) {
-            continue;
-        }
-        match std::fs::remove_dir_all(root.join(&c.hash)) {
-            Ok(()) => {
-                let _ = std::fs::remove_file(marker(root, &c.hash));
-                total -= c.bytes;
-                removed.push(c);
+        let aside = root.join(format!(".evicting-{}", c.hash));
+        // Decided and moved aside under the lock jobs take their leases under.
+        match in_use.unless_held(&c.hash, || std::fs::rename(root.join(&c.hash), &aside)) {
+            None => continue,
+            Some(Err(e)) => {
+                tracing::warn!(hash = c.hash, error = %e, "could not remove a cached dataset");
+                continue;
             }
-            Err(e) => tracing::warn!(hash = c.hash, error = %e, "could not remove a cached dataset"),
+            Some(Ok(())) => {}
         }
+        let _ = std::fs::remove_file(marker(root, &c.hash));
+        if let Err(e) = std::fs::remove_dir_all(&aside) {
+            tracing::warn!(hash = c.hash, error = %e, "could not remove a cached dataset");
+        }
+        total -= c.bytes;
+        removed.push(c);
     }
     removed
+}
+
+fn remove_leftovers(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else { return };
+    for e in entries.flatten() {
+        if e.file_name().to_str().is_some_and(|n| n.starts_with(".evicting-")) {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 #[cfg(test)]
@@ -158,12 +184,15 @@ mod tests {
         std::fs::create_dir_all(root.path().join(".incoming-x")).unwrap();
 
         assert_eq!(list(root.path()).iter().map(|c| c.hash.clone()).collect::<Vec<_>>(), vec![old.clone(), middle.clone(), recent.clone()]);
-        let removed = evict(root.path(), 2000, &HashSet::new());
+        let removed = evict(root.path(), 2000, &InUse::default());
         assert_eq!(removed.iter().map(|c| c.hash.clone()).collect::<Vec<_>>(), vec![old.clone()]);
         assert!(!root.path().join(&old).exists() && !marker(root.path(), &old).exists());
         assert!(root.path().join(&middle).exists() && root.path().join(&recent).exists());
         assert!(root.path().join(".incoming-x").exists(), "a fetch in progress is left alone");
-        assert!(evict(root.path(), 2000, &HashSet::new()).is_empty(), "it fits now");
+        assert!(evict(root.path(), 2000, &InUse::default()).is_empty(), "it fits now");
+        std::fs::create_dir_all(root.path().join(".evicting-y")).unwrap();
+        evict(root.path(), 2000, &InUse::default());
+        assert!(!root.path().join(".evicting-y").exists(), "a half-done eviction is finished");
     }
 
     #[test]
@@ -174,14 +203,14 @@ mod tests {
         let in_use = InUse::default();
         let lease = in_use.lease(&old);
         let second = in_use.lease(&old);
-        let removed = evict(root.path(), 0, &in_use.held());
+        let removed = evict(root.path(), 0, &in_use);
         assert_eq!(removed.iter().map(|c| c.hash.clone()).collect::<Vec<_>>(), vec![recent]);
         assert!(root.path().join(&old).exists());
         drop(lease);
         assert!(in_use.held().contains(&old), "still held by the second job");
         drop(second);
         assert!(in_use.held().is_empty());
-        assert_eq!(evict(root.path(), 0, &in_use.held()).len(), 1);
+        assert_eq!(evict(root.path(), 0, &in_use).len(), 1);
     }
 
     #[test]

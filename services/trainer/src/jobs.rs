@@ -795,9 +795,9 @@ impl Workers {
         match self.fetch_dataset(hash, &root, &dir).await {
             Ok(()) => {
                 let _ = cache::touch(&root, hash);
-                let (max, keep) = (self.inner.config.cache_max_bytes, self.inner.datasets_in_use.held());
+                let (max, in_use) = (self.inner.config.cache_max_bytes, self.inner.datasets_in_use.clone());
                 let (evicted, left) = tokio::task::spawn_blocking(move || {
-                    let evicted = cache::evict(&root, max, &keep);
+                    let evicted = cache::evict(&root, max, &in_use);
                     (evicted, cache::list(&root).iter().map(|c| c.bytes).sum::<u64>())
                 })
                 .await

@@ -13,9 +13,14 @@
 //! 3. The registry consumes [`EVENTS_STREAM`] durably ([`EVENTS_CONSUMER`]): it updates the job
 //!    record, the node counters and the models, refunds failed jobs, and ignores events whose
 //!    `delivery` is older than the job's current delivery (a zombie worker's late result). The
-//!    consumer has one event in flight across all registry replicas, so events apply in order.
-//!    Once a job is over and recorded, the registry announces its record on
-//!    [`settled_subject`]; a held submission answers from that.
+//!    consumer has one event in flight across all registry replicas, so a job's events apply in
+//!    the order they were published. Every write of a job record (events, cancels, failures) is
+//!    conditional on the revision it read, and decided again on a fresh read when another writer
+//!    got there first, so concurrent writers never lose each other's changes.
+//!    Once a job is over, the registry settles it (lists the model version and credits the node,
+//!    or refunds) and announces its record on [`settled_subject`]; a held submission answers from
+//!    that. Settling is repeated whenever an event of the finished job comes again, which
+//!    finishes any step that failed the first time.
 //! 4. Jobs that exhaust their deliveries are failed and refunded by the registry, which listens
 //!    to the JetStream max-deliveries advisory ([`MAX_DELIVERIES_ADVISORY`]).
 
@@ -105,9 +110,10 @@ pub fn event_subject(job_id: &str) -> String {
 }
 
 /// Core NATS subject on which the registry announces a job's [`JobRecord`] once the job is
-/// over and everything that follows from its end is recorded: the model version numbered, the
-/// refund given. A held submission answers from this, never from a trainer's raw event, so it
-/// cannot answer ahead of the registry.
+/// over and settled: the model version listed, or the refund given (`refunded` says whether it
+/// went through). A held submission answers from this, never from a trainer's raw event, so it
+/// cannot answer ahead of the registry; it also reads the job every few seconds, in case an
+/// announcement is lost.
 pub fn settled_subject(job_id: &str) -> String {
     format!("gantry.status.job.{job_id}")
 }

@@ -104,8 +104,9 @@ where
     T: PartialOrd + std::fmt::Display + Copy,
 {
     parse_with(name, default, false, |v| {
-        let n = v.parse::<T>().map_err(|_| "expected a whole number".to_string())?;
-        if n < min || n > max {
+        let n = v.parse::<T>().map_err(|_| "expected a number".to_string())?;
+        // Written so that NaN, which compares false to everything, is refused too.
+        if !(n >= min && n <= max) {
             return Err(format!("must be between {min} and {max}"));
         }
         Ok(n)
