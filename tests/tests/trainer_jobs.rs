@@ -551,32 +551,18 @@ async fn sigterm_hands_the_job_back_and_another_node_resumes_after_its_checkpoin
 
 /// A queued job recorded straight through the registry (no trainer will see it).
 fn queued_record(job_id: &str) -> jobs::JobRecord {
-    let now = chrono::Utc::now();
-    jobs::JobRecord {
+    let job = jobs::TrainJob {
         job_id: job_id.into(),
         user_id: 1,
         output_model: "contended".into(),
         description: String::new(),
-        train_path: "/none".into(),
-        dataset_hash: "0".repeat(64),
         driver: jobs::JobDriver::Cuda,
+        dataset_hash: "0".repeat(64),
+        classes: vec!["a".into(), "b".into()],
         params: jobs::TrainParams::default(),
-        status: jobs::JobStatus::Queued,
-        tokens_charged: 0,
-        refunded: false,
-        node: None,
-        node_id: None,
-        delivery: 0,
-        progress: None,
-        checkpoint_epoch: 0,
-        model: None,
-        error: None,
-        failure_kind: None,
-        created_at: now,
-        updated_at: now,
-        queue_position: None,
-        waiting_reason: None,
-    }
+        submitted_at: chrono::Utc::now(),
+    };
+    jobs::JobRecord::queued(&job, "/none", 0)
 }
 
 #[tokio::test]

@@ -309,39 +309,6 @@ impl TrainApi {
             return Err(self.abort(p.user.id, &job_id, false, "the dataset could not be stored".into()).await);
         }
 
-        let now = chrono::Utc::now();
-        let record = JobRecord {
-            job_id: job_id.clone(),
-            user_id: p.user.id,
-            output_model: body.output_model.clone(),
-            description: body.description.clone(),
-            train_path: gantry_api_display(&self.state.data_root, &body.train_path),
-            dataset_hash: snapshot.hash.clone(),
-            driver,
-            params: params.clone(),
-            status: JobStatus::Queued,
-            tokens_charged: charge.tokens_used,
-            refunded: false,
-            node: None,
-            node_id: None,
-            delivery: 0,
-            progress: None,
-            checkpoint_epoch: 0,
-            model: None,
-            error: None,
-            failure_kind: None,
-            created_at: now,
-            updated_at: now,
-            queue_position: None,
-            waiting_reason: None,
-        };
-        if let Err(e) = nats::request::<_, JobRecord>(&self.state.nats, subjects::registry(jobs::subjects::JOBS_CREATE), &record).await {
-            tracing::error!(error = %e, "recording the job failed");
-            return Err(self.abort(p.user.id, &job_id, false, "the job could not be recorded".into()).await);
-        }
-
-        // Listen before publishing, so a fast job's end is not missed.
-        let settled = if wait { Some(self.state.nats.subscribe(jobs::settled_subject(&job_id)).await.map_err(ApiError::internal)?) } else { None };
         let job = TrainJob {
             job_id: job_id.clone(),
             user_id: p.user.id,
@@ -351,8 +318,16 @@ impl TrainApi {
             dataset_hash: snapshot.hash,
             classes: snapshot.classes,
             params,
-            submitted_at: now,
+            submitted_at: chrono::Utc::now(),
         };
+        let record = JobRecord::queued(&job, gantry_api_display(&self.state.data_root, &body.train_path), charge.tokens_used);
+        if let Err(e) = nats::request::<_, JobRecord>(&self.state.nats, subjects::registry(jobs::subjects::JOBS_CREATE), &record).await {
+            tracing::error!(error = %e, "recording the job failed");
+            return Err(self.abort(p.user.id, &job_id, false, "the job could not be recorded".into()).await);
+        }
+
+        // Listen before publishing, so a fast job's end is not missed.
+        let settled = if wait { Some(self.state.nats.subscribe(jobs::settled_subject(&job_id)).await.map_err(ApiError::internal)?) } else { None };
         let mut headers = nats::traced_headers();
         headers.insert("Nats-Msg-Id", job_id.as_str());
         let payload = serde_json::to_vec(&job).map_err(ApiError::internal)?;
@@ -398,20 +373,21 @@ impl TrainApi {
             _ => {
                 let settled = self.state.nats.subscribe(jobs::settled_subject(&sub.job_id)).await.map_err(ApiError::internal)?;
                 // It may have ended between the lookup and the subscription.
-                let again: Result<JobRecord, _> = nats::request(
-                    &self.state.nats,
-                    subjects::registry(jobs::subjects::JOBS_GET),
-                    &JobRef { job_id: sub.job_id.clone(), user_id: None },
-                )
-                .await;
-                if let Ok(job) = again {
-                    if job.status.is_final() {
-                        return final_answer(sub, job);
-                    }
+                if let Some(job) = self.if_over(&sub.job_id).await {
+                    return final_answer(sub, job);
                 }
                 self.hold(sub, settled).await
             }
         }
+    }
+
+    /// The job's record if it is over (`None` when it is not, or the registry does not answer).
+    async fn if_over(&self, job_id: &str) -> Option<JobRecord> {
+        let job: JobRecord =
+            nats::request(&self.state.nats, subjects::registry(jobs::subjects::JOBS_GET), &JobRef { job_id: job_id.to_owned(), user_id: None })
+                .await
+                .ok()?;
+        job.status.is_final().then_some(job)
     }
 
     /// Wait until the registry announces the job settled (model numbered, refund given), at most
@@ -432,16 +408,8 @@ impl TrainApi {
                     }
                 }
                 _ = look.tick() => {
-                    let job: Result<JobRecord, _> = nats::request(
-                        &self.state.nats,
-                        subjects::registry(jobs::subjects::JOBS_GET),
-                        &JobRef { job_id: sub.job_id.clone(), user_id: None },
-                    )
-                    .await;
-                    if let Ok(job) = job {
-                        if job.status.is_final() {
-                            return final_answer(sub, job);
-                        }
+                    if let Some(job) = self.if_over(&sub.job_id).await {
+                        return final_answer(sub, job);
                     }
                 }
             }

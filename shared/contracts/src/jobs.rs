@@ -332,6 +332,38 @@ pub struct JobEvent {
     pub kind: JobEventKind,
 }
 
+impl JobRecord {
+    /// The record of `job` as submitted: queued, with the path as the user named it and the
+    /// tokens charged for it.
+    pub fn queued(job: &TrainJob, train_path: impl Into<String>, tokens_charged: i64) -> Self {
+        Self {
+            job_id: job.job_id.clone(),
+            user_id: job.user_id,
+            output_model: job.output_model.clone(),
+            description: job.description.clone(),
+            train_path: train_path.into(),
+            dataset_hash: job.dataset_hash.clone(),
+            driver: job.driver,
+            params: job.params.clone(),
+            status: JobStatus::Queued,
+            tokens_charged,
+            refunded: false,
+            node: None,
+            node_id: None,
+            delivery: 0,
+            progress: None,
+            checkpoint_epoch: 0,
+            model: None,
+            error: None,
+            failure_kind: None,
+            created_at: job.submitted_at,
+            updated_at: job.submitted_at,
+            queue_position: None,
+            waiting_reason: None,
+        }
+    }
+}
+
 impl JobEventKind {
     /// The `type` it travels under: `started`, `progress`, `checkpoint`, `completed`, `failed`
     /// or `cancelled`.

@@ -13,7 +13,7 @@ use chrono::Utc;
 use clap::Parser;
 use futures::StreamExt;
 use gantry_contracts::jobs::{
-    self, JobDriver, JobEvent, JobEventKind, JobList, JobQuery, JobRecord, JobStatus, ModelVersion, TrainParams,
+    self, JobDriver, JobEvent, JobEventKind, JobList, JobQuery, JobRecord, JobStatus, ModelVersion, TrainJob, TrainParams,
 };
 use gantry_contracts::subjects;
 use gantry_runtime::nats::request;
@@ -40,32 +40,18 @@ struct Args {
 }
 
 fn record(job_id: &str) -> JobRecord {
-    let now = Utc::now();
-    JobRecord {
+    let job = TrainJob {
         job_id: job_id.into(),
         user_id: 1,
         output_model: format!("load-{job_id}"),
         description: "events load".into(),
-        train_path: "/load".into(),
-        dataset_hash: "0".repeat(64),
         driver: JobDriver::Cpu,
+        dataset_hash: "0".repeat(64),
+        classes: vec!["a".into(), "b".into()],
         params: TrainParams::default(),
-        status: JobStatus::Queued,
-        tokens_charged: 0,
-        refunded: false,
-        node: None,
-        node_id: None,
-        delivery: 0,
-        progress: None,
-        checkpoint_epoch: 0,
-        model: None,
-        error: None,
-        failure_kind: None,
-        created_at: now,
-        updated_at: now,
-        queue_position: None,
-        waiting_reason: None,
-    }
+        submitted_at: Utc::now(),
+    };
+    JobRecord::queued(&job, "/load", 0)
 }
 
 /// The `step`th of `n` events of a job.
