@@ -237,6 +237,9 @@ async fn a_submitted_job_is_trained_and_its_model_version_downloads_as_safetenso
     let id = env
         .submit(json!({"output_model": "shapes", "train_path": "/shapes", "epochs": 2, "image_size": 32, "batch_size": 16}))
         .await;
+    // What a node that lost its lease on a second delivery would have left behind.
+    let models = jetstream::new(env.nats.clone()).get_object_store(MODELS_BUCKET).await.expect("models bucket");
+    models.put(jobs::weights_key(&id, 2).as_str(), &mut &b"stale weights"[..]).await.unwrap();
     let job = env
         .wait_job(&id, Duration::from_secs(60), "final", &[&trainer], |j| {
             matches!(j["status"].as_str(), Some("completed" | "failed" | "cancelled"))
@@ -253,6 +256,12 @@ async fn a_submitted_job_is_trained_and_its_model_version_downloads_as_safetenso
     assert_eq!(model["version"], 1);
     assert_eq!(model["job_id"], id.as_str());
     assert_eq!(model["weights_key"], jobs::weights_key(&id, 1));
+    let dropped = wait_until(Duration::from_secs(10), || async {
+        models.info(jobs::weights_key(&id, 2)).await.map_or(true, |i| i.deleted).then_some(())
+    })
+    .await;
+    assert!(dropped.is_some(), "the other delivery's weights were kept");
+    assert!(models.info(jobs::weights_key(&id, 1)).await.is_ok_and(|i| !i.deleted));
     let card = &model["card"];
     assert_eq!(card["classes"], json!(["circle", "square", "triangle"]));
     assert_eq!(card["image_size"], 32);

@@ -481,7 +481,24 @@ impl Jobs {
             self.registry.store().count_completed(node_id).await?;
             self.refresh_completed(node_id).await;
         }
+        self.drop_unused_weights(job, &model.weights_key).await;
         Ok(())
+    }
+
+    /// Remove the weights that other deliveries of the job uploaded (a node that lost its lease
+    /// but finished anyway): only the accepted ones belong to the model version.
+    async fn drop_unused_weights(&self, job: &JobRecord, accepted: &str) {
+        let js = jetstream::new(self.registry.client().clone());
+        let Ok(store) = gantry_runtime::jobs::bucket_store(&js, jobs::MODELS_BUCKET).await else { return };
+        for delivery in 1..=jobs::MAX_DELIVER as u64 {
+            let key = jobs::weights_key(&job.job_id, delivery);
+            if key != accepted && store.info(&key).await.is_ok() {
+                match store.delete(&key).await {
+                    Ok(()) => tracing::info!(job_id = job.job_id, delivery, "removed the weights of a delivery that lost its lease"),
+                    Err(e) => tracing::warn!(job_id = job.job_id, delivery, error = %e, "could not remove unused weights"),
+                }
+            }
+        }
     }
 
     /// `models.list`.
