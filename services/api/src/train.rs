@@ -422,19 +422,19 @@ impl TrainApi {
             &JobRef { job_id: sub.job_id.clone(), user_id: None },
         )
         .await?;
-        if job.status == JobStatus::Queued && job.waiting_reason.as_deref().is_some_and(|r| r.starts_with("no node")) {
+        let job = if job.status == JobStatus::Queued && job.waiting_reason.as_deref().is_some_and(|r| r.starts_with("no node")) {
             let reason = job.waiting_reason.clone().unwrap_or_default();
-            let _: Result<JobRecord, _> = nats::request(
+            // The registry fails it only if it is still queued; the answer follows what it did.
+            let withdrawn: Result<JobRecord, _> = nats::request(
                 &self.state.nats,
                 subjects::registry(jobs::subjects::JOBS_FAIL),
-                &FailJob { job_id: sub.job_id.clone(), error: reason.clone(), kind: FailureKind::NoNode },
+                &FailJob { job_id: sub.job_id.clone(), error: format!("no node could take it within the hold ({reason})"), kind: FailureKind::NoNode },
             )
             .await;
-            return Err(ApiError::new(
-                ErrorCode::Unavailable,
-                format!("no node could take job {} within the hold ({reason}); it was withdrawn and refunded", sub.job_id),
-            ));
-        }
+            withdrawn.unwrap_or(job)
+        } else {
+            job
+        };
         if job.status.is_final() {
             return final_answer(sub, job);
         }
@@ -462,12 +462,12 @@ fn queued(sub: Submitted) -> TrainResponse {
 
 /// The answer for a job that is over, from its record as the registry keeps it.
 fn final_answer(sub: Submitted, job: JobRecord) -> ApiResult<TrainResponse> {
-    let JobRecord { status, model, error, failure_kind: kind, refunded, tokens_charged, .. } = job;
-    let refunded = match (tokens_charged > 0, refunded) {
-        (false, _) => String::new(),
-        (true, true) => format!("; the {tokens_charged} tokens charged were refunded"),
-        (true, false) if status == JobStatus::Cancelled => format!("; the {tokens_charged} tokens charged are kept: training had started"),
-        (true, false) => format!("; the refund of the {tokens_charged} tokens charged is pending"),
+    let JobRecord { status, model, error, failure_kind: kind, refund_due, refunded, tokens_charged, .. } = job;
+    let refunded = match (tokens_charged > 0, refunded, refund_due) {
+        (false, _, _) => String::new(),
+        (true, true, _) => format!("; the {tokens_charged} tokens charged were refunded"),
+        (true, false, true) => format!("; the refund of the {tokens_charged} tokens charged is pending"),
+        (true, false, false) => format!("; the {tokens_charged} tokens charged are kept: training had started"),
     };
     match status {
         JobStatus::Completed => Ok(TrainResponse::Completed(Json(TrainCompleted {

@@ -53,20 +53,32 @@ enum Update<T> {
     Changed(JobRecord, T),
 }
 
-/// A model version as stored.
+/// A model version as stored: `_id` = `model:<name>:<version>`. `key` (`m:<name>`) is what
+/// lookups by name filter on: the store reads a value that starts like a date (`2026-01-02-x`)
+/// as one, so names are never compared bare.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct ModelDoc {
     #[serde(rename = "_id")]
     id: String,
+    key: String,
     created_ms: i64,
+    /// When its node was credited with the job (0: not yet).
+    #[serde(default)]
+    credited_ms: i64,
     #[serde(flatten)]
     version: ModelVersion,
 }
 
+fn model_key(name: &str) -> String {
+    format!("m:{name}")
+}
+
+fn model_id(name: &str, version: u32) -> String {
+    format!("model:{name}:{version}")
+}
+
 /// How long applying one event may take (the consumer's ack wait is 30 s).
 const APPLY_LIMIT: Duration = Duration::from_secs(20);
-/// Deliveries of one job event before it is given up on.
-const EVENT_MAX_DELIVER: i64 = 20;
 
 fn bson_number(v: Option<&Bson>) -> Result<i64, RegistryError> {
     match v {
@@ -81,6 +93,11 @@ fn bson_number(v: Option<&Bson>) -> Result<i64, RegistryError> {
 #[derive(Clone)]
 pub struct Jobs {
     registry: Registry,
+}
+
+/// Count a job's end (once: only the writer that made it final calls this).
+fn ended(job: &JobRecord) {
+    gantry_runtime::metrics::REGISTRY_JOBS_ENDED.with_label_values(&[job.status.as_str()]).inc();
 }
 
 fn unavailable_if_final(job: &JobRecord) -> Result<(), RegistryError> {
@@ -108,7 +125,7 @@ impl Jobs {
     pub async fn ensure_indexes(&self) -> anyhow::Result<()> {
         self.jobs().create_index(IndexModel::builder().keys(doc! { "created_ms": -1 }).build()).await?;
         self.jobs().create_index(IndexModel::builder().keys(doc! { "status": 1, "driver": 1 }).build()).await?;
-        self.models().create_index(IndexModel::builder().keys(doc! { "name": 1 }).build()).await?;
+        self.models().create_index(IndexModel::builder().keys(doc! { "key": 1 }).build()).await?;
         Ok(())
     }
 
@@ -251,6 +268,7 @@ impl Jobs {
                 let was_queued = job.status == JobStatus::Queued;
                 job.status = JobStatus::Cancelled;
                 job.error = Some("cancelled".into());
+                job.refund_due = was_queued;
                 Ok(Some(was_queued))
             })
             .await;
@@ -262,10 +280,12 @@ impl Jobs {
         };
         // Every trainer hears it; the one running it stops and publishes the final event.
         let _ = self.registry.client().publish(jobs::cancel_subject(&job.job_id), "".into()).await;
+        ended(&job);
         if was_queued {
             self.publish_event(&job.job_id, JobEventKind::Cancelled).await;
         }
-        Ok(self.settle(job).await)
+        // A step left undone is finished when the consumer applies the cancelled event.
+        Ok(self.settle(job).await.0)
     }
 
     /// `jobs.fail`: the api could not queue the job, or no node could take it.
@@ -273,13 +293,16 @@ impl Jobs {
         self.fail_job(&f.job_id, f.error, f.kind).await
     }
 
-    /// Mark a job failed unless it is over already, tell its followers, refund it.
+    /// Mark a job failed unless it is over already, tell its followers, refund it. A job failed
+    /// because no node could take it is failed only while it is still queued: one a node took
+    /// meanwhile goes on.
     async fn fail_job(&self, job_id: &str, error: String, kind: FailureKind) -> Result<JobRecord, RegistryError> {
         let updated = self
             .update(job_id, |job| {
-                if job.status.is_final() {
+                if job.status.is_final() || (kind == FailureKind::NoNode && job.status != JobStatus::Queued) {
                     return Ok(None);
                 }
+                job.refund_due = true;
                 job.status = JobStatus::Failed;
                 job.error = Some(error.clone());
                 job.failure_kind = Some(kind);
@@ -289,37 +312,37 @@ impl Jobs {
         match updated {
             Update::Unchanged(job) => Ok(job),
             Update::Changed(job, ()) => {
+                ended(&job);
                 self.publish_event(job_id, JobEventKind::Failed { error, kind }).await;
-                Ok(self.settle(job).await)
+                Ok(self.settle(job).await.0)
             }
         }
     }
 
     /// What follows from a job being over, each step idempotent so it can be repeated whenever
-    /// the job is seen again (a redelivered event): a completed job's model version is listed and
-    /// its node credited; a failed job, or one cancelled before a node took it, is refunded. Then
-    /// the record is announced on [`jobs::settled_subject`]. Returns the record as it ends up.
-    /// Failures are logged and left for the next repeat.
-    async fn settle(&self, mut job: JobRecord) -> JobRecord {
-        match job.status {
-            JobStatus::Completed => {
-                if let Err(e) = self.record_model(&job).await {
-                    tracing::error!(job_id = job.job_id, error = %e, "recording the model version failed; retried with the next event");
-                }
+    /// the job is seen again (a redelivered event): a completed job's model version is listed,
+    /// its node credited and other deliveries' weights removed; a job whose charge is due back is
+    /// refunded. Then the record is announced on [`jobs::settled_subject`]. Returns the record as
+    /// it ends up, and whether every step is done (the consumer redelivers the event otherwise).
+    async fn settle(&self, mut job: JobRecord) -> (JobRecord, bool) {
+        let mut done = true;
+        if job.status == JobStatus::Completed {
+            if let Err(e) = self.record_model(&job).await {
+                tracing::error!(job_id = job.job_id, error = %e, "recording the model version failed; retried");
+                done = false;
             }
-            JobStatus::Failed => job = self.refund(job, "job failed").await,
-            // A node never started it (a job that started is not refunded).
-            JobStatus::Cancelled if job.node.is_none() => job = self.refund(job, "cancelled before training started").await,
-            _ => {}
+        }
+        if job.refund_due && !job.refunded && job.tokens_charged > 0 {
+            job = self.refund(job).await;
+            done &= job.refunded;
         }
         self.announce_settled(&job).await;
-        job
+        (job, done)
     }
 
     /// Tell whoever holds the submission that the job is over and recorded
     /// ([`jobs::settled_subject`]). Lost when nobody listens, which is fine: the record is stored.
     async fn announce_settled(&self, job: &JobRecord) {
-        gantry_runtime::metrics::REGISTRY_JOBS_SETTLED.with_label_values(&[job.status.as_str()]).inc();
         let Ok(payload) = serde_json::to_vec(job) else { return };
         let client = self.registry.client();
         if let Err(e) = client.publish_with_headers(jobs::settled_subject(&job.job_id), nats::traced_headers(), payload.into()).await {
@@ -328,10 +351,8 @@ impl Jobs {
     }
 
     /// Give the charge back (once: auth keys it by the job id) and mark the job refunded.
-    async fn refund(&self, job: JobRecord, why: &str) -> JobRecord {
-        if job.tokens_charged <= 0 || job.refunded {
-            return job;
-        }
+    async fn refund(&self, job: JobRecord) -> JobRecord {
+        let why = if job.status == JobStatus::Cancelled { "cancelled before training started" } else { "job failed" };
         let r: Result<CreditResult, _> = nats::request(
             self.registry.client(),
             subjects::auth(subjects::auth::CREDITS_REFUND),
@@ -376,18 +397,23 @@ impl Jobs {
     pub async fn apply(&self, event: JobEvent) -> Result<(), RegistryError> {
         let Some(current) = self.load(&event.job_id).await? else { return Ok(()) };
         let stale = |job: &JobRecord| event.delivery != 0 && event.delivery < job.delivery;
+        let late_weights = match &event.kind {
+            JobEventKind::Completed { model } => Some(model.weights_key.clone()),
+            _ => None,
+        };
         if stale(&current) {
             tracing::info!(job_id = current.job_id, delivery = event.delivery, current = current.delivery, "ignoring a late event from an earlier delivery");
+            self.drop_weights(late_weights.as_deref(), current.model.as_ref()).await;
             return Ok(());
         }
         if current.status.is_final() {
-            self.settle(current).await;
-            return Ok(());
+            self.drop_weights(late_weights.as_deref(), current.model.as_ref()).await;
+            return self.settle_or_retry(current).await;
         }
-        // A completion takes its version number first: numbers are given once per job, so a
-        // retry reuses it (a completion that then loses to a cancel leaves a gap).
-        let version = match &event.kind {
-            JobEventKind::Completed { .. } => Some(self.reserve_version(&current).await?),
+        // A completion is listed under its version before the job reads completed, so whoever
+        // sees the job completed can list and download its model.
+        let listed = match &event.kind {
+            JobEventKind::Completed { model } => Some(self.list_version(&current, model).await?),
             _ => None,
         };
         let updated = match self
@@ -407,19 +433,15 @@ impl Jobs {
                         job.progress = serde_json::to_value(&event).ok();
                     }
                     JobEventKind::Checkpoint { epoch, .. } => job.checkpoint_epoch = job.checkpoint_epoch.max(*epoch),
-                    JobEventKind::Completed { model } => {
-                        let mut model = model.clone();
-                        model.version = version.unwrap_or_default();
-                        model.name = job.output_model.clone();
-                        model.user_id = job.user_id;
-                        model.job_id = job.job_id.clone();
+                    JobEventKind::Completed { .. } => {
                         job.status = JobStatus::Completed;
-                        job.model = Some(model);
+                        job.model = listed.clone();
                     }
                     JobEventKind::Failed { error, kind } => {
                         job.status = JobStatus::Failed;
                         job.error = Some(error.clone());
                         job.failure_kind = Some(*kind);
+                        job.refund_due = true;
                     }
                     JobEventKind::Cancelled => job.status = JobStatus::Cancelled,
                 }
@@ -430,12 +452,31 @@ impl Jobs {
             Err(RegistryError::NotFound(_)) => return Ok(()),
             other => other?,
         };
-        if let Update::Changed(job, ()) = updated {
-            if job.status.is_final() {
-                self.settle(job).await;
+        match updated {
+            Update::Changed(job, ()) if job.status.is_final() => {
+                ended(&job);
+                self.settle_or_retry(job).await
+            }
+            Update::Changed(..) => Ok(()),
+            // The job ended another way meanwhile (a cancel won): the version listed for this
+            // completion goes again, and so do its weights.
+            Update::Unchanged(job) => {
+                if let Some(model) = listed.filter(|_| job.status != JobStatus::Completed) {
+                    self.unlist_version(&model).await?;
+                    self.drop_weights(Some(&model.weights_key), None).await;
+                }
+                Ok(())
             }
         }
-        Ok(())
+    }
+
+    /// [`Self::settle`], asking for the event again when a step is left undone.
+    async fn settle_or_retry(&self, job: JobRecord) -> Result<(), RegistryError> {
+        let job_id = job.job_id.clone();
+        match self.settle(job).await {
+            (_, true) => Ok(()),
+            (_, false) => Err(RegistryError::Unavailable(format!("job {job_id} is not settled yet"))),
+        }
     }
 
     /// Take a node's completed-job count from the store into this replica's view.
@@ -467,36 +508,71 @@ impl Jobs {
         Ok(n as u32)
     }
 
-    /// List a completed job's model version and credit its node, once per job (repeatable).
-    async fn record_model(&self, job: &JobRecord) -> Result<(), RegistryError> {
-        let Some(model) = &job.model else { return Ok(()) };
-        let id = format!("{}:{}", model.name, model.version);
-        if self.models().find_one(doc! { "_id": &id }).await?.is_some() {
-            return Ok(());
+    /// List the model version a completion of `job` makes, under the version reserved for it
+    /// (repeatable: listed once).
+    async fn list_version(&self, job: &JobRecord, model: &ModelVersion) -> Result<ModelVersion, RegistryError> {
+        let mut model = model.clone();
+        model.version = self.reserve_version(job).await?;
+        model.name = job.output_model.clone();
+        model.user_id = job.user_id;
+        model.job_id = job.job_id.clone();
+        self.ensure_listed(&model).await?;
+        Ok(model)
+    }
+
+    async fn ensure_listed(&self, model: &ModelVersion) -> Result<(), RegistryError> {
+        let id = model_id(&model.name, model.version);
+        if self.models().find_one(doc! { "_id": &id }).await?.is_none() {
+            let d = ModelDoc { id, key: model_key(&model.name), created_ms: Utc::now().timestamp_millis(), credited_ms: 0, version: model.clone() };
+            self.models().insert_one(&d).await?;
         }
-        let d = ModelDoc { id, created_ms: Utc::now().timestamp_millis(), version: model.clone() };
-        self.models().insert_one(&d).await?;
-        // Credited when the version is listed: a count that fails here is lost, never doubled.
-        if let Some(node_id) = &job.node_id {
-            self.registry.store().count_completed(node_id).await?;
-            self.refresh_completed(node_id).await;
-        }
-        self.drop_unused_weights(job, &model.weights_key).await;
         Ok(())
     }
 
-    /// Remove the weights that other deliveries of the job uploaded (a node that lost its lease
-    /// but finished anyway): only the accepted ones belong to the model version.
-    async fn drop_unused_weights(&self, job: &JobRecord, accepted: &str) {
-        let js = jetstream::new(self.registry.client().clone());
-        let Ok(store) = gantry_runtime::jobs::bucket_store(&js, jobs::MODELS_BUCKET).await else { return };
+    async fn unlist_version(&self, model: &ModelVersion) -> Result<(), RegistryError> {
+        self.models().delete_one(doc! { "_id": model_id(&model.name, model.version) }).await?;
+        tracing::info!(job_id = model.job_id, version = model.version, "the job ended otherwise; its version is withdrawn");
+        Ok(())
+    }
+
+    /// A completed job's model version listed and its node credited once (repeatable), and the
+    /// weights of its other deliveries removed.
+    async fn record_model(&self, job: &JobRecord) -> Result<(), RegistryError> {
+        let Some(model) = &job.model else { return Ok(()) };
+        self.ensure_listed(model).await?;
+        if let Some(node_id) = &job.node_id {
+            // Marked first, then counted: a count that fails here is lost, never doubled.
+            let marked = self
+                .models()
+                .update_one(
+                    doc! { "_id": model_id(&model.name, model.version), "credited_ms": 0_i64 },
+                    doc! { "$set": { "credited_ms": Utc::now().timestamp_millis() } },
+                )
+                .await?;
+            if marked.modified_count == 1 {
+                self.registry.store().count_completed(node_id).await?;
+            }
+            self.refresh_completed(node_id).await;
+        }
         for delivery in 1..=jobs::MAX_DELIVER as u64 {
             let key = jobs::weights_key(&job.job_id, delivery);
-            if key != accepted && store.info(&key).await.is_ok() {
-                match store.delete(&key).await {
-                    Ok(()) => tracing::info!(job_id = job.job_id, delivery, "removed the weights of a delivery that lost its lease"),
-                    Err(e) => tracing::warn!(job_id = job.job_id, delivery, error = %e, "could not remove unused weights"),
-                }
+            if key != model.weights_key {
+                self.drop_weights(Some(&key), None).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Remove the weights at `key` (uploaded by a delivery whose result does not count) unless
+    /// they are the ones `keep` points at.
+    async fn drop_weights(&self, key: Option<&str>, keep: Option<&ModelVersion>) {
+        let Some(key) = key.filter(|k| keep.is_none_or(|m| m.weights_key != *k)) else { return };
+        let js = jetstream::new(self.registry.client().clone());
+        let Ok(store) = gantry_runtime::jobs::bucket_store(&js, jobs::MODELS_BUCKET).await else { return };
+        if store.info(key).await.is_ok_and(|i| !i.deleted) {
+            match store.delete(key).await {
+                Ok(()) => tracing::info!(key, "removed weights that belong to no model version"),
+                Err(e) => tracing::warn!(key, error = %e, "could not remove unused weights"),
             }
         }
     }
@@ -507,7 +583,7 @@ impl Jobs {
             Some(u) => doc! { "user_id": u },
             None => doc! {},
         };
-        let docs: Vec<ModelDoc> = self.models().find(filter).sort(doc! { "name": 1, "version": 1 }).await?.try_collect().await?;
+        let docs: Vec<ModelDoc> = self.models().find(filter).sort(doc! { "key": 1, "version": 1 }).await?.try_collect().await?;
         let mut models: Vec<ModelSummary> = Vec::new();
         for d in docs {
             match models.last_mut() {
@@ -525,7 +601,7 @@ impl Jobs {
 
     /// `models.get`.
     pub async fn get_model(&self, r: ModelRef) -> Result<ModelDetail, RegistryError> {
-        let mut filter = doc! { "name": &r.name };
+        let mut filter = doc! { "key": model_key(&r.name) };
         if let Some(u) = r.user_id {
             filter.insert("user_id", u);
         }
@@ -628,9 +704,6 @@ impl Jobs {
                 ack_policy: consumer::AckPolicy::Explicit,
                 ack_wait: Duration::from_secs(30),
                 max_ack_pending: 1,
-                // An event that keeps failing is given up on (and logged by the server's
-                // advisory) rather than holding up every event behind it.
-                max_deliver: EVENT_MAX_DELIVER,
                 ..Default::default()
             })
             .await?;
@@ -663,9 +736,17 @@ impl Jobs {
                             gantry_runtime::metrics::REGISTRY_JOB_EVENTS.with_label_values(&[kind]).inc();
                             let _ = msg.ack().await;
                         }
+                        // Never dropped (a lost completion would leave its job running for good):
+                        // it comes back, later each time, and holds up the events behind it.
                         Err(e) => {
-                            tracing::warn!(error = %e, "applying a job event failed; it comes back");
-                            let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                            let delivered = msg.info().map(|i| i.delivered).unwrap_or(1).max(1);
+                            let wait = Duration::from_secs(1u64 << (delivered - 1).min(5));
+                            if delivered >= 5 {
+                                tracing::error!(error = %e, delivered, "a job event keeps failing; job events wait behind it");
+                            } else {
+                                tracing::warn!(error = %e, delivered, "applying a job event failed; it comes back");
+                            }
+                            let _ = msg.ack_with(AckKind::Nak(Some(wait))).await;
                         }
                     }
                 }

@@ -120,9 +120,8 @@ pub fn list(root: &Path) -> Vec<Cached> {
 }
 
 /// Remove least recently used snapshots that `in_use` does not hold until the cache holds at most
-/// `max_bytes` (and whatever an earlier eviction left half-removed). Returns what was removed.
+/// `max_bytes`. Returns what was removed.
 pub fn evict(root: &Path, max_bytes: u64, in_use: &InUse) -> Vec<Cached> {
-    remove_leftovers(root);
     let cached = list(root);
     let mut total: u64 = cached.iter().map(|c| c.bytes).sum();
     let mut removed = Vec::new();
@@ -130,7 +129,8 @@ pub fn evict(root: &Path, max_bytes: u64, in_use: &InUse) -> Vec<Cached> {
         if total <= max_bytes {
             break;
         }
-        let aside = root.join(format!(".evicting-{}", c.hash));
+        let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default();
+        let aside = root.join(format!(".evicting-{}-{nanos}", c.hash));
         // Decided and moved aside under the lock jobs take their leases under.
         match in_use.unless_held(&c.hash, || std::fs::rename(root.join(&c.hash), &aside)) {
             None => continue,
@@ -150,7 +150,8 @@ pub fn evict(root: &Path, max_bytes: u64, in_use: &InUse) -> Vec<Cached> {
     removed
 }
 
-fn remove_leftovers(root: &Path) {
+/// Finish what an eviction interrupted by a crash left behind; run at start-up, before any job.
+pub fn remove_leftovers(root: &Path) {
     let Ok(entries) = std::fs::read_dir(root) else { return };
     for e in entries.flatten() {
         if e.file_name().to_str().is_some_and(|n| n.starts_with(".evicting-")) {
@@ -190,9 +191,10 @@ mod tests {
         assert!(root.path().join(&middle).exists() && root.path().join(&recent).exists());
         assert!(root.path().join(".incoming-x").exists(), "a fetch in progress is left alone");
         assert!(evict(root.path(), 2000, &InUse::default()).is_empty(), "it fits now");
-        std::fs::create_dir_all(root.path().join(".evicting-y")).unwrap();
-        evict(root.path(), 2000, &InUse::default());
-        assert!(!root.path().join(".evicting-y").exists(), "a half-done eviction is finished");
+        std::fs::create_dir_all(root.path().join(".evicting-y-1")).unwrap();
+        remove_leftovers(root.path());
+        assert!(!root.path().join(".evicting-y-1").exists(), "a half-done eviction is finished");
+        assert!(root.path().join(".incoming-x").exists());
     }
 
     #[test]

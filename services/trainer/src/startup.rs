@@ -73,12 +73,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let result = match Node::join(client.clone(), node_config, inv, nvml, &shutdown).await {
         Ok(node) => {
             joined.store(true, Ordering::Release);
+            let cache_root = cache_dir(&config, &hostname);
+            crate::cache::remove_leftovers(&cache_root.join("datasets"));
             let workers = Workers::new(
                 client.clone(),
                 WorkerConfig {
                     node_name: hostname.to_string(),
                     node_id: node.node_id().to_owned(),
-                    cache_dir: cache_dir(&config, &hostname),
+                    cache_dir: cache_root,
                     cache_max_bytes: (config.cache_max_gb * 1e9) as u64,
                     threads: jobs::threads_per_job(cpus, config.workers as usize),
                 },

@@ -347,6 +347,7 @@ impl JobRecord {
             params: job.params.clone(),
             status: JobStatus::Queued,
             tokens_charged,
+            refund_due: false,
             refunded: false,
             node: None,
             node_id: None,
@@ -409,6 +410,10 @@ pub struct JobRecord {
     pub status: JobStatus,
     /// Tokens charged (0 for admins).
     pub tokens_charged: i64,
+    /// Whether the charge is to be given back: the job failed, or was cancelled before a node
+    /// took it (a job that started training keeps its charge when cancelled).
+    #[serde(default, deserialize_with = "crate::registry::tolerant_bool")]
+    pub refund_due: bool,
     /// Whether the charge was given back.
     #[serde(default, deserialize_with = "crate::registry::tolerant_bool")]
     pub refunded: bool,

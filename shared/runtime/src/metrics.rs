@@ -71,14 +71,15 @@ pub static REGISTRY_JOB_EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
         .expect("gantry_registry_job_events_total registers once")
 });
 
-/// `gantry_registry_jobs_settled_total{status}`: jobs this replica recorded as over.
-pub static REGISTRY_JOBS_SETTLED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+/// `gantry_registry_jobs_ended_total{status}`: jobs this replica recorded as over (each job is
+/// counted once, by the replica whose write ended it).
+pub static REGISTRY_JOBS_ENDED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
-        "gantry_registry_jobs_settled_total",
-        "Jobs this replica recorded as over, by final status (completed, failed, cancelled).",
+        "gantry_registry_jobs_ended_total",
+        "Jobs whose end this replica recorded, by final status (completed, failed, cancelled).",
         &["status"]
     )
-    .expect("gantry_registry_jobs_settled_total registers once")
+    .expect("gantry_registry_jobs_ended_total registers once")
 });
 
 /// `gantry_trainer_jobs_running`.
@@ -118,7 +119,7 @@ pub fn init_api() {
 pub fn init_registry() {
     LazyLock::force(&REGISTRY_NODES);
     LazyLock::force(&REGISTRY_JOB_EVENTS);
-    LazyLock::force(&REGISTRY_JOBS_SETTLED);
+    LazyLock::force(&REGISTRY_JOBS_ENDED);
 }
 
 /// Register the trainer's metrics.
