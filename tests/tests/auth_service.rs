@@ -12,7 +12,7 @@ use gantry_contracts::auth::{
 };
 use gantry_contracts::error::{ErrorCode, ServiceFailure};
 use gantry_contracts::subjects::{self, auth as ep};
-use gantry_testing::{free_port, wait_until, ServiceProcess, Stack, ADMIN_PASSWORD, ADMIN_TOKEN};
+use gantry_testing::{free_port, requests_per_replica, wait_until, ServiceProcess, Stack, ADMIN_PASSWORD, ADMIN_TOKEN};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -469,26 +469,6 @@ async fn an_admin_is_charged_nothing_and_the_key_is_still_recorded() {
     assert_eq!((refund.tokens_used, refund.remaining_tokens), (0, 40));
 }
 
-/// Requests per replica of the `credits.charge` endpoint, from `$SRV.STATS`.
-async fn charge_requests_per_replica(client: &async_nats::Client) -> Vec<u64> {
-    let inbox = client.new_inbox();
-    let mut sub = client.subscribe(inbox.clone()).await.unwrap();
-    client.publish_with_reply("$SRV.STATS.gantry-auth", inbox, "".into()).await.unwrap();
-    let mut counts = Vec::new();
-    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(1), sub.next()).await {
-        let v: Value = serde_json::from_slice(&msg.payload).unwrap();
-        let n = v["endpoints"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|e| e["subject"] == subjects::auth(ep::CREDITS_CHARGE))
-            .map(|e| e["num_requests"].as_u64().unwrap())
-            .unwrap_or(0);
-        counts.push(n);
-    }
-    counts
-}
-
 #[tokio::test]
 async fn with_two_replicas_200_concurrent_charges_of_100_against_1000_succeed_exactly_10_times() {
     let stack = Stack::start().await;
@@ -519,7 +499,7 @@ async fn with_two_replicas_200_concurrent_charges_of_100_against_1000_succeed_ex
     sorted.sort();
     assert_eq!(sorted, (0..10).map(|i| i * 100).collect::<Vec<_>>(), "each success saw its own balance");
 
-    let per_replica = charge_requests_per_replica(&client).await;
+    let per_replica = requests_per_replica(&client, "gantry-auth", &subjects::auth(ep::CREDITS_CHARGE)).await;
     assert_eq!(per_replica.len(), 2, "both replicas answer $SRV.STATS");
     assert!(per_replica.iter().all(|n| *n > 0), "both replicas served charges: {per_replica:?}");
     assert_eq!(per_replica.iter().sum::<u64>(), 200);

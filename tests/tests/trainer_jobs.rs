@@ -12,7 +12,7 @@ use futures::StreamExt;
 use gantry_contracts::jobs::{self, JobEvent, JobEventKind, EVENTS_STREAM, JOBS_STREAM, MODELS_BUCKET};
 use gantry_contracts::registry::{ClusterNodes, ClusterToken, CreateClusterToken, Drain, Empty, SetDriverResult};
 use gantry_contracts::subjects;
-use gantry_testing::{metric, wait_until, Core, ServiceProcess, Stack, ADMIN_TOKEN};
+use gantry_testing::{metric, requests_per_replica, wait_until, Core, ServiceProcess, Stack, ADMIN_TOKEN};
 use gantry_training::synthetic::{self, SyntheticSpec};
 use serde_json::{json, Value};
 
@@ -190,19 +190,9 @@ impl Env {
         assert!(r.success);
     }
 
-    /// `nodes.list` requests each registry replica has answered, from `$SRV.STATS`, sorted.
+    /// `nodes.list` requests each registry replica has answered.
     async fn node_listings_per_replica(&self) -> Vec<u64> {
-        let inbox = self.nats.new_inbox();
-        let mut sub = self.nats.subscribe(inbox.clone()).await.unwrap();
-        self.nats.publish_with_reply(format!("$SRV.STATS.{}", gantry_contracts::services::REGISTRY), inbox, "".into()).await.unwrap();
-        let mut counts = Vec::new();
-        while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(1), sub.next()).await {
-            let v: Value = serde_json::from_slice(&msg.payload).unwrap();
-            let n = v["endpoints"].as_array().unwrap().iter().find(|e| e["subject"] == subjects::registry(subjects::registry::NODES));
-            counts.push(n.and_then(|e| e["num_requests"].as_u64()).unwrap_or(0));
-        }
-        counts.sort_unstable();
-        counts
+        requests_per_replica(&self.nats, gantry_contracts::services::REGISTRY, &subjects::registry(subjects::registry::NODES)).await
     }
 
     /// Wait until `hostname`'s workers are all idle again (no model, not busy).

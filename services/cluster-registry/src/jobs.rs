@@ -403,11 +403,11 @@ impl Jobs {
         };
         if stale(&current) {
             tracing::info!(job_id = current.job_id, delivery = event.delivery, current = current.delivery, "ignoring a late event from an earlier delivery");
-            self.drop_weights(late_weights.as_deref(), current.model.as_ref()).await;
+            self.drop_weights(late_weights, current.model.as_ref()).await;
             return Ok(());
         }
         if current.status.is_final() {
-            self.drop_weights(late_weights.as_deref(), current.model.as_ref()).await;
+            self.drop_weights(late_weights, current.model.as_ref()).await;
             return self.settle_or_retry(current).await;
         }
         // A completion is listed under its version before the job reads completed, so whoever
@@ -463,7 +463,7 @@ impl Jobs {
             Update::Unchanged(job) => {
                 if let Some(model) = listed.filter(|_| job.status != JobStatus::Completed) {
                     self.unlist_version(&model).await?;
-                    self.drop_weights(Some(&model.weights_key), None).await;
+                    self.drop_weights(Some(model.weights_key.clone()), None).await;
                 }
                 Ok(())
             }
@@ -554,25 +554,26 @@ impl Jobs {
             }
             self.refresh_completed(node_id).await;
         }
-        for delivery in 1..=jobs::MAX_DELIVER as u64 {
-            let key = jobs::weights_key(&job.job_id, delivery);
-            if key != model.weights_key {
-                self.drop_weights(Some(&key), None).await;
-            }
-        }
+        let others = (1..=jobs::MAX_DELIVER as u64).map(|delivery| jobs::weights_key(&job.job_id, delivery));
+        self.drop_weights(others, Some(model)).await;
         Ok(())
     }
 
-    /// Remove the weights at `key` (uploaded by a delivery whose result does not count) unless
-    /// they are the ones `keep` points at.
-    async fn drop_weights(&self, key: Option<&str>, keep: Option<&ModelVersion>) {
-        let Some(key) = key.filter(|k| keep.is_none_or(|m| m.weights_key != *k)) else { return };
+    /// Remove the weights at `keys` (uploaded by deliveries whose results do not count), except
+    /// the ones `keep` points at.
+    async fn drop_weights(&self, keys: impl IntoIterator<Item = String>, keep: Option<&ModelVersion>) {
+        let keys: Vec<String> = keys.into_iter().filter(|k| keep.is_none_or(|m| m.weights_key != *k)).collect();
+        if keys.is_empty() {
+            return;
+        }
         let js = jetstream::new(self.registry.client().clone());
         let Ok(store) = gantry_runtime::jobs::bucket_store(&js, jobs::MODELS_BUCKET).await else { return };
-        if store.info(key).await.is_ok_and(|i| !i.deleted) {
-            match store.delete(key).await {
-                Ok(()) => tracing::info!(key, "removed weights that belong to no model version"),
-                Err(e) => tracing::warn!(key, error = %e, "could not remove unused weights"),
+        for key in keys {
+            if store.info(&key).await.is_ok_and(|i| !i.deleted) {
+                match store.delete(&key).await {
+                    Ok(()) => tracing::info!(key, "removed weights that belong to no model version"),
+                    Err(e) => tracing::warn!(key, error = %e, "could not remove unused weights"),
+                }
             }
         }
     }

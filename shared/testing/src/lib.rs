@@ -21,4 +21,4 @@ pub mod util;
 
 pub use infra::{Nats, Store};
 pub use service::{Core, ServiceProcess, Stack, ADMIN_PASSWORD, ADMIN_TOKEN};
-pub use util::{free_port, metric, unique_prefix, wait_until};
+pub use util::{free_port, metric, requests_per_replica, unique_prefix, wait_until};

@@ -6,6 +6,23 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
+
+/// How many requests each replica of micro service `service` has answered on the endpoint whose
+/// subject is `subject`, from `$SRV.STATS` (one entry per replica that answers within a second).
+pub async fn requests_per_replica(client: &async_nats::Client, service: &str, subject: &str) -> Vec<u64> {
+    let inbox = client.new_inbox();
+    let mut sub = client.subscribe(inbox.clone()).await.unwrap();
+    client.publish_with_reply(format!("$SRV.STATS.{service}"), inbox, "".into()).await.unwrap();
+    let mut counts = Vec::new();
+    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(1), sub.next()).await {
+        let v: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
+        let endpoint = v["endpoints"].as_array().and_then(|e| e.iter().find(|e| e["subject"] == subject));
+        counts.push(endpoint.and_then(|e| e["num_requests"].as_u64()).unwrap_or(0));
+    }
+    counts
+}
+
 /// A series' value in Prometheus' text format (`name{labels} value`), or 0 when it is absent.
 pub fn metric(text: &str, series: &str) -> f64 {
     text.lines()
