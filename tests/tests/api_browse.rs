@@ -45,7 +45,12 @@ async fn the_pages_curl_example_lists_a_directory_in_the_pages_shape() {
 
     // curl -H "Authorization: Bearer YOUR_ADMIN_API_TOKEN" "{{ request.host_url }}admin/api/browse?path=/some/path"
     let out = std::process::Command::new("curl")
-        .args(["-s", "-H", &format!("Authorization: Bearer {ADMIN_TOKEN}"), &format!("{base}/admin/api/browse?path=/some/path")])
+        .args([
+            "-s",
+            "-H",
+            &format!("Authorization: Bearer {ADMIN_TOKEN}"),
+            &format!("{base}/admin/api/browse?path=/some/path"),
+        ])
         .output()
         .unwrap();
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -76,7 +81,11 @@ async fn a_traversal_battery_never_shows_anything_outside_the_root() {
     std::fs::create_dir_all(root.join("some/path")).unwrap();
     std::fs::write(root.join("some/path/file.txt"), "inside").unwrap();
     std::os::unix::fs::symlink(outside.path(), root.join("escape")).unwrap();
-    std::os::unix::fs::symlink(outside.path().join("secret-outside.txt"), root.join("escape-file")).unwrap();
+    std::os::unix::fs::symlink(
+        outside.path().join("secret-outside.txt"),
+        root.join("escape-file"),
+    )
+    .unwrap();
     std::os::unix::fs::symlink("../../..", root.join("some/path/up")).unwrap();
     std::os::unix::fs::symlink("/nonexistent/elsewhere", root.join("dangling")).unwrap();
     std::os::unix::fs::symlink(root.join("some"), root.join("inside-link")).unwrap();
@@ -114,7 +123,10 @@ async fn a_traversal_battery_never_shows_anything_outside_the_root() {
     ]
     .into_iter()
     .map(|(p, s)| (p.to_owned(), s))
-    .chain([("a/".repeat(600), StatusCode::BAD_REQUEST), ("x".repeat(300), StatusCode::BAD_REQUEST)])
+    .chain([
+        ("a/".repeat(600), StatusCode::BAD_REQUEST),
+        ("x".repeat(300), StatusCode::BAD_REQUEST),
+    ])
     .collect();
     assert!(attempts.len() >= 20);
 
@@ -122,7 +134,10 @@ async fn a_traversal_battery_never_shows_anything_outside_the_root() {
     for (path, want) in &attempts {
         let (status, v, text) = get(base, &format!("?path={}", enc(path))).await;
         assert_eq!(status, *want, "path {path:?}: {text}");
-        assert!(v["error"]["code"].is_string() && v["error"]["message"].is_string(), "{path:?}: {text}");
+        assert!(
+            v["error"]["code"].is_string() && v["error"]["message"].is_string(),
+            "{path:?}: {text}"
+        );
         for leak in ["secret-outside", "top secret", &outside_s, &root_s] {
             // Echoing the caller's own text back is not a leak.
             if path.contains(leak) {
@@ -133,9 +148,23 @@ async fn a_traversal_battery_never_shows_anything_outside_the_root() {
         checked += 1;
     }
     // Raw query strings, encoded by hand the way an attacker would send them.
-    for raw in ["?path=..%2F..%2F", "?path=%2e%2e%2f%2e%2e", "?path=%252e%252e%252f", "?path=/some%00/x", "?path=%2Fescape"] {
+    for raw in [
+        "?path=..%2F..%2F",
+        "?path=%2e%2e%2f%2e%2e",
+        "?path=%252e%252e%252f",
+        "?path=/some%00/x",
+        "?path=%2Fescape",
+    ] {
         let (status, _, text) = get(base, raw).await;
-        assert!([StatusCode::BAD_REQUEST, StatusCode::FORBIDDEN, StatusCode::NOT_FOUND].contains(&status), "{raw}: {status} {text}");
+        assert!(
+            [
+                StatusCode::BAD_REQUEST,
+                StatusCode::FORBIDDEN,
+                StatusCode::NOT_FOUND
+            ]
+            .contains(&status),
+            "{raw}: {status} {text}"
+        );
         assert!(!text.contains("secret-outside"), "{raw}: {text}");
         checked += 1;
     }
@@ -144,9 +173,22 @@ async fn a_traversal_battery_never_shows_anything_outside_the_root() {
     // Links that stay inside are followed; links out of the root are not listed at all.
     let (status, v, text) = get(base, "?path=/").await;
     assert_eq!(status, StatusCode::OK);
-    let names: Vec<&str> = v["items"].as_array().unwrap().iter().map(|i| i["name"].as_str().unwrap()).collect();
-    assert!(names.contains(&"inside-link") && names.contains(&"some"), "{names:?}");
-    assert!(!names.contains(&"escape") && !names.contains(&"escape-file") && !names.contains(&"dangling"), "{text}");
+    let names: Vec<&str> = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"inside-link") && names.contains(&"some"),
+        "{names:?}"
+    );
+    assert!(
+        !names.contains(&"escape")
+            && !names.contains(&"escape-file")
+            && !names.contains(&"dangling"),
+        "{text}"
+    );
     let (status, v, _) = get(base, "?path=/inside-link/path").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(v["items"][0]["name"], "file.txt");
@@ -175,7 +217,12 @@ async fn a_directory_of_100k_entries_pages_with_total_limit_and_offset() {
     assert_eq!(items[2]["name"], "f000000.bin");
 
     let (_, v, _) = get(base, "?path=/big&limit=10&offset=100000").await;
-    let names: Vec<&str> = v["items"].as_array().unwrap().iter().map(|i| i["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["f099998.bin", "f099999.bin"]);
     assert_eq!(v["offset"], 100_000);
 

@@ -16,7 +16,11 @@ async fn every_bad_set_driver_or_drain_input_gets_its_code() {
     let token = cluster.create_token("t").await;
     let trainer = cluster.trainer("node-s", &token.token, 1);
     trainer.wait_ready(READY).await;
-    cluster.wait_node("node-s", Duration::from_secs(30), "connected", |n| n.connected).await;
+    cluster
+        .wait_node("node-s", Duration::from_secs(30), "connected", |n| {
+            n.connected
+        })
+        .await;
     let listed = format!("{}...", &token.token[..8]);
     let full = |driver: &str| SetDriver {
         hostname: Some("node-s".into()),
@@ -26,40 +30,145 @@ async fn every_bad_set_driver_or_drain_input_gets_its_code() {
 
     let cases: Vec<(SetDriver, ErrorCode, &str)> = vec![
         (full("opencl"), ErrorCode::BadRequest, DRIVER_CHOICES),
-        (SetDriver { hostname: None, ..full("cuda") }, ErrorCode::BadRequest, "hostname is required"),
-        (SetDriver { token: None, ..full("cuda") }, ErrorCode::BadRequest, "token is required"),
-        (SetDriver { driver: None, ..full("cuda") }, ErrorCode::BadRequest, "driver is required"),
-        (SetDriver { hostname: Some("".into()), ..full("cuda") }, ErrorCode::BadRequest, "hostname is required"),
-        (SetDriver { hostname: Some("elsewhere".into()), ..full("cuda") }, ErrorCode::NotFound, "elsewhere"),
-        (SetDriver { token: Some("ffffffff...".into()), ..full("cuda") }, ErrorCode::NotFound, "node-s"),
-        (SetDriver { token: Some("f".repeat(64)), ..full("cuda") }, ErrorCode::NotFound, "node-s"),
-        (SetDriver { token: Some("not-a-token".into()), ..full("cuda") }, ErrorCode::NotFound, "node-s"),
+        (
+            SetDriver {
+                hostname: None,
+                ..full("cuda")
+            },
+            ErrorCode::BadRequest,
+            "hostname is required",
+        ),
+        (
+            SetDriver {
+                token: None,
+                ..full("cuda")
+            },
+            ErrorCode::BadRequest,
+            "token is required",
+        ),
+        (
+            SetDriver {
+                driver: None,
+                ..full("cuda")
+            },
+            ErrorCode::BadRequest,
+            "driver is required",
+        ),
+        (
+            SetDriver {
+                hostname: Some("".into()),
+                ..full("cuda")
+            },
+            ErrorCode::BadRequest,
+            "hostname is required",
+        ),
+        (
+            SetDriver {
+                hostname: Some("elsewhere".into()),
+                ..full("cuda")
+            },
+            ErrorCode::NotFound,
+            "elsewhere",
+        ),
+        (
+            SetDriver {
+                token: Some("ffffffff...".into()),
+                ..full("cuda")
+            },
+            ErrorCode::NotFound,
+            "node-s",
+        ),
+        (
+            SetDriver {
+                token: Some("f".repeat(64)),
+                ..full("cuda")
+            },
+            ErrorCode::NotFound,
+            "node-s",
+        ),
+        (
+            SetDriver {
+                token: Some("not-a-token".into()),
+                ..full("cuda")
+            },
+            ErrorCode::NotFound,
+            "node-s",
+        ),
     ];
     for (req, code, says) in cases {
-        let e = cluster.call::<_, SetDriverResult>(ep::SET_DRIVER, &req).await.unwrap_err();
+        let e = cluster
+            .call::<_, SetDriverResult>(ep::SET_DRIVER, &req)
+            .await
+            .unwrap_err();
         assert_eq!(e.code, code, "{req:?} → {e}");
-        assert!(e.message.contains(says), "{req:?} → {e} (should say {says:?})");
+        assert!(
+            e.message.contains(says),
+            "{req:?} → {e} (should say {says:?})"
+        );
     }
 
-    let drain = Drain { hostname: Some("node-s".into()), token: Some(listed.clone()), drain: Some(true) };
-    let e = cluster.call::<_, SetDriverResult>(ep::DRAIN, &Drain { drain: None, ..drain.clone() }).await.unwrap_err();
-    assert_eq!((e.code, e.message.as_str()), (ErrorCode::BadRequest, "drain is required"));
+    let drain = Drain {
+        hostname: Some("node-s".into()),
+        token: Some(listed.clone()),
+        drain: Some(true),
+    };
     let e = cluster
-        .call::<_, SetDriverResult>(ep::DRAIN, &Drain { hostname: None, ..drain.clone() })
+        .call::<_, SetDriverResult>(
+            ep::DRAIN,
+            &Drain {
+                drain: None,
+                ..drain.clone()
+            },
+        )
         .await
         .unwrap_err();
-    assert_eq!((e.code, e.message.as_str()), (ErrorCode::BadRequest, "hostname is required"));
+    assert_eq!(
+        (e.code, e.message.as_str()),
+        (ErrorCode::BadRequest, "drain is required")
+    );
     let e = cluster
-        .call::<_, SetDriverResult>(ep::DRAIN, &Drain { hostname: Some("nope".into()), ..drain })
+        .call::<_, SetDriverResult>(
+            ep::DRAIN,
+            &Drain {
+                hostname: None,
+                ..drain.clone()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.code, e.message.as_str()),
+        (ErrorCode::BadRequest, "hostname is required")
+    );
+    let e = cluster
+        .call::<_, SetDriverResult>(
+            ep::DRAIN,
+            &Drain {
+                hostname: Some("nope".into()),
+                ..drain
+            },
+        )
         .await
         .unwrap_err();
     assert_eq!(e.code, ErrorCode::NotFound);
 
     // Nothing was half-written: the node still has no preference and is not drained.
-    let node = cluster.nodes().await.nodes.into_iter().find(|n| n.hostname == "node-s").unwrap();
+    let node = cluster
+        .nodes()
+        .await
+        .nodes
+        .into_iter()
+        .find(|n| n.hostname == "node-s")
+        .unwrap();
     assert_eq!(node.driver_preference, None);
     assert!(!node.draining);
     // A driver value is read case-insensitively.
     let ok: SetDriverResult = cluster.call(ep::SET_DRIVER, &full("CPU")).await.unwrap();
-    assert_eq!(ok, SetDriverResult { success: true, warning: None });
+    assert_eq!(
+        ok,
+        SetDriverResult {
+            success: true,
+            warning: None
+        }
+    );
 }

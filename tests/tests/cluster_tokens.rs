@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use cluster_common::{Cluster, READY};
 use gantry_contracts::error::ErrorCode;
-use gantry_contracts::registry::{ClusterToken, ClusterTokenList, CreateClusterToken, Empty, RevokeClusterToken};
+use gantry_contracts::registry::{
+    ClusterToken, ClusterTokenList, CreateClusterToken, Empty, RevokeClusterToken,
+};
 use gantry_contracts::subjects::registry as ep;
 
 #[tokio::test]
@@ -29,10 +31,18 @@ async fn a_created_token_is_shown_whole_once_and_listed_by_its_prefix() {
     assert_eq!(list.tokens[0].token, format!("{}...", &first.token[..8]));
     assert_eq!(list.tokens[0].created_at, first.created_at);
     let raw: serde_json::Value = cluster.call(ep::TOKENS_LIST, &Empty {}).await.unwrap();
-    let mut keys: Vec<&str> = raw["tokens"][0].as_object().unwrap().keys().map(String::as_str).collect();
+    let mut keys: Vec<&str> = raw["tokens"][0]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
     keys.sort();
     assert_eq!(keys, ["active", "created_at", "id", "name", "token"]);
-    assert!(raw["tokens"][0]["created_at"].as_str().unwrap().ends_with('Z'));
+    assert!(raw["tokens"][0]["created_at"]
+        .as_str()
+        .unwrap()
+        .ends_with('Z'));
 }
 
 #[tokio::test]
@@ -44,9 +54,15 @@ async fn a_blank_token_name_is_a_bad_request_and_an_unknown_id_is_not_found() {
         .unwrap_err();
     assert_eq!(e.code, ErrorCode::BadRequest);
     assert!(e.message.contains("name"), "{e}");
-    let e = cluster.call::<_, ClusterToken>(ep::TOKENS_REVOKE, &RevokeClusterToken { id: 42 }).await.unwrap_err();
+    let e = cluster
+        .call::<_, ClusterToken>(ep::TOKENS_REVOKE, &RevokeClusterToken { id: 42 })
+        .await
+        .unwrap_err();
     assert_eq!(e.code, ErrorCode::NotFound);
-    let e = cluster.call::<_, ClusterToken>(ep::TOKENS_CREATE, &serde_json::json!({})).await.unwrap_err();
+    let e = cluster
+        .call::<_, ClusterToken>(ep::TOKENS_CREATE, &serde_json::json!({}))
+        .await
+        .unwrap_err();
     assert_eq!(e.code, ErrorCode::BadRequest);
 }
 
@@ -56,9 +72,15 @@ async fn a_bad_token_makes_the_trainer_exit_non_zero_quickly_with_a_clear_messag
     let bogus = "0".repeat(64);
     let mut trainer = cluster.trainer("node-x", &bogus, 1);
     let started = Instant::now();
-    let status = trainer.wait_exit(Duration::from_secs(20)).await.unwrap_or_else(|| {
-        panic!("the trainer kept running with a bad token:\n{}", trainer.output())
-    });
+    let status = trainer
+        .wait_exit(Duration::from_secs(20))
+        .await
+        .unwrap_or_else(|| {
+            panic!(
+                "the trainer kept running with a bad token:\n{}",
+                trainer.output()
+            )
+        });
     assert!(!status.success());
     assert!(started.elapsed() < Duration::from_secs(15));
     let out = trainer.output();
@@ -69,10 +91,19 @@ async fn a_bad_token_makes_the_trainer_exit_non_zero_quickly_with_a_clear_messag
 #[tokio::test]
 async fn a_trainer_without_a_token_exits_non_zero_naming_the_variable() {
     let cluster = Cluster::start().await;
-    let mut trainer = cluster.stack.spawn("gantry-trainer", &[("GANTRY_NODE_NAME", "node-y")]);
-    let status = trainer.wait_exit(Duration::from_secs(20)).await.expect("the trainer should exit");
+    let mut trainer = cluster
+        .stack
+        .spawn("gantry-trainer", &[("GANTRY_NODE_NAME", "node-y")]);
+    let status = trainer
+        .wait_exit(Duration::from_secs(20))
+        .await
+        .expect("the trainer should exit");
     assert!(!status.success());
-    assert!(trainer.output().contains("GANTRY_CLUSTER_TOKEN"), "{}", trainer.output());
+    assert!(
+        trainer.output().contains("GANTRY_CLUSTER_TOKEN"),
+        "{}",
+        trainer.output()
+    );
 }
 
 #[tokio::test]
@@ -84,31 +115,64 @@ async fn revoking_a_token_makes_its_trainer_exit_non_zero_and_shows_it_disconnec
     let other = cluster.trainer("node-k", &kept.token, 1);
     trainer.wait_ready(READY).await;
     other.wait_ready(READY).await;
-    cluster.wait_node("node-r", Duration::from_secs(30), "connected", |n| n.connected).await;
+    cluster
+        .wait_node("node-r", Duration::from_secs(30), "connected", |n| {
+            n.connected
+        })
+        .await;
 
-    let revoked: ClusterToken = cluster.call(ep::TOKENS_REVOKE, &RevokeClusterToken { id: doomed.id }).await.unwrap();
+    let revoked: ClusterToken = cluster
+        .call(ep::TOKENS_REVOKE, &RevokeClusterToken { id: doomed.id })
+        .await
+        .unwrap();
     assert!(!revoked.active);
     assert_eq!(revoked.token, format!("{}...", &doomed.token[..8]));
 
     let status = trainer
         .wait_exit(Duration::from_secs(10))
         .await
-        .unwrap_or_else(|| panic!("the trainer kept running after its token was revoked:\n{}", trainer.output()));
+        .unwrap_or_else(|| {
+            panic!(
+                "the trainer kept running after its token was revoked:\n{}",
+                trainer.output()
+            )
+        });
     assert!(!status.success());
     assert!(trainer.output().contains("revoked"), "{}", trainer.output());
-    let node = cluster.wait_node("node-r", Duration::from_secs(5), "disconnected", |n| !n.connected).await;
+    let node = cluster
+        .wait_node("node-r", Duration::from_secs(5), "disconnected", |n| {
+            !n.connected
+        })
+        .await;
     assert_eq!(node.token_name, "doomed");
-    cluster.wait_node("node-k", Duration::from_secs(5), "still connected", |n| n.connected).await;
+    cluster
+        .wait_node("node-k", Duration::from_secs(5), "still connected", |n| {
+            n.connected
+        })
+        .await;
 
     let list: ClusterTokenList = cluster.call(ep::TOKENS_LIST, &Empty {}).await.unwrap();
-    assert!(!list.tokens.iter().find(|t| t.id == doomed.id).unwrap().active);
+    assert!(
+        !list
+            .tokens
+            .iter()
+            .find(|t| t.id == doomed.id)
+            .unwrap()
+            .active
+    );
     // Revoking again is harmless.
-    let again: ClusterToken = cluster.call(ep::TOKENS_REVOKE, &RevokeClusterToken { id: doomed.id }).await.unwrap();
+    let again: ClusterToken = cluster
+        .call(ep::TOKENS_REVOKE, &RevokeClusterToken { id: doomed.id })
+        .await
+        .unwrap();
     assert!(!again.active);
 
     // Coming back with it is refused at once.
     let mut retry = cluster.trainer("node-r", &doomed.token, 1);
-    let status = retry.wait_exit(Duration::from_secs(20)).await.expect("refused trainer exits");
+    let status = retry
+        .wait_exit(Duration::from_secs(20))
+        .await
+        .expect("refused trainer exits");
     assert!(!status.success());
     assert!(retry.output().contains("revoked"), "{}", retry.output());
 }

@@ -14,7 +14,10 @@ const READY: Duration = Duration::from_secs(60);
 async fn ping_names(client: &async_nats::Client) -> BTreeSet<String> {
     let inbox = client.new_inbox();
     let mut sub = client.subscribe(inbox.clone()).await.unwrap();
-    client.publish_with_reply("$SRV.PING", inbox, "".into()).await.unwrap();
+    client
+        .publish_with_reply("$SRV.PING", inbox, "".into())
+        .await
+        .unwrap();
     let mut names = BTreeSet::new();
     let deadline = tokio::time::sleep(Duration::from_secs(1));
     tokio::pin!(deadline);
@@ -46,13 +49,27 @@ async fn all_services_start_report_ready_and_answer_srv_ping() {
         }
     })
     .await
-    .unwrap_or_else(|| panic!("not all four services answered: {:?}", futures::executor::block_on(ping_names(&client))));
-    let expected: BTreeSet<String> =
-        ["gantry-api", "gantry-auth", "gantry-registry", "gantry-trainer"].map(String::from).into();
+    .unwrap_or_else(|| {
+        panic!(
+            "not all four services answered: {:?}",
+            futures::executor::block_on(ping_names(&client))
+        )
+    });
+    let expected: BTreeSet<String> = [
+        "gantry-api",
+        "gantry-auth",
+        "gantry-registry",
+        "gantry-trainer",
+    ]
+    .map(String::from)
+    .into();
     assert_eq!(names, expected);
 
     // $SRV.INFO names the service and its version.
-    let info = client.request("$SRV.INFO.gantry-auth", "".into()).await.unwrap();
+    let info = client
+        .request("$SRV.INFO.gantry-auth", "".into())
+        .await
+        .unwrap();
     let info: serde_json::Value = serde_json::from_slice(&info.payload).unwrap();
     assert_eq!(info["name"], "gantry-auth");
     assert_eq!(info["version"], env!("CARGO_PKG_VERSION"));
@@ -69,7 +86,10 @@ async fn readyz_follows_nats_going_down_and_coming_back() {
 
     stack.nats.stop();
     for svc in [&api, &auth] {
-        let down = wait_until(Duration::from_secs(10), || async { (svc.readyz().await == Some(503)).then_some(()) }).await;
+        let down = wait_until(Duration::from_secs(10), || async {
+            (svc.readyz().await == Some(503)).then_some(())
+        })
+        .await;
         assert!(down.is_some(), "{} still ready with NATS stopped", svc.name);
     }
 
@@ -86,9 +106,20 @@ async fn a_service_started_while_nats_is_down_becomes_ready_when_it_comes_up() {
     let api = stack.spawn("gantry-api", &[]);
 
     // It waits: alive, not ready, not exited.
-    let alive = wait_until(Duration::from_secs(20), || async { (api.readyz().await == Some(503)).then_some(()) }).await;
-    assert!(alive.is_some(), "api should answer 503 while NATS is down:\n{}", api.output());
-    assert!(auth.try_exit().is_none(), "auth exited while NATS was down:\n{}", auth.output());
+    let alive = wait_until(Duration::from_secs(20), || async {
+        (api.readyz().await == Some(503)).then_some(())
+    })
+    .await;
+    assert!(
+        alive.is_some(),
+        "api should answer 503 while NATS is down:\n{}",
+        api.output()
+    );
+    assert!(
+        auth.try_exit().is_none(),
+        "auth exited while NATS was down:\n{}",
+        auth.output()
+    );
 
     stack.nats.restart().await;
     api.wait_ready(Duration::from_secs(30)).await;
@@ -108,10 +139,16 @@ async fn a_bad_configuration_value_exits_non_zero_naming_the_variable() {
         ("gantry-trainer", "GANTRY_CACHE_MAX_GB", "NaN"),
     ] {
         let mut svc = stack.spawn(bin, &[(var, value)]);
-        let status = svc.wait_exit(Duration::from_secs(20)).await.unwrap_or_else(|| panic!("{bin} kept running with {var}={value}"));
+        let status = svc
+            .wait_exit(Duration::from_secs(20))
+            .await
+            .unwrap_or_else(|| panic!("{bin} kept running with {var}={value}"));
         assert!(!status.success(), "{bin} exited 0 with {var}={value}");
         let out = svc.output();
-        assert!(out.contains(var), "{bin}'s message does not name {var}:\n{out}");
+        assert!(
+            out.contains(var),
+            "{bin}'s message does not name {var}:\n{out}"
+        );
         if var == "GANTRY_ADMIN_API_TOKEN" {
             assert!(!out.contains("too-short"), "a secret was echoed:\n{out}");
         }
@@ -124,13 +161,29 @@ async fn sigterm_stops_each_service_within_seconds_with_code_zero() {
     let core = stack.start_core().await;
     let trainer = stack.trainer();
     trainer.wait_ready(READY).await;
-    let gantry_testing::Core { auth, registry, api } = core;
+    let gantry_testing::Core {
+        auth,
+        registry,
+        api,
+    } = core;
     for mut svc in [api, auth, registry, trainer] {
         let status = svc
             .terminate(Duration::from_secs(8))
             .await
-            .unwrap_or_else(|| panic!("{} did not stop within 8 s of SIGTERM:\n{}", svc.name, svc.output()));
-        assert_eq!(status.code(), Some(0), "{} exit status:\n{}", svc.name, svc.output());
+            .unwrap_or_else(|| {
+                panic!(
+                    "{} did not stop within 8 s of SIGTERM:\n{}",
+                    svc.name,
+                    svc.output()
+                )
+            });
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "{} exit status:\n{}",
+            svc.name,
+            svc.output()
+        );
     }
 }
 
@@ -142,16 +195,35 @@ async fn sigterm_stops_each_service_with_code_zero_even_while_nats_is_down() {
     trainer.wait_ready(READY).await;
     stack.nats.stop();
     for svc in [&core.api, &core.auth] {
-        let down = wait_until(Duration::from_secs(10), || async { (svc.readyz().await == Some(503)).then_some(()) }).await;
+        let down = wait_until(Duration::from_secs(10), || async {
+            (svc.readyz().await == Some(503)).then_some(())
+        })
+        .await;
         assert!(down.is_some(), "{} still ready with NATS stopped", svc.name);
     }
-    let gantry_testing::Core { auth, registry, api } = core;
+    let gantry_testing::Core {
+        auth,
+        registry,
+        api,
+    } = core;
     for mut svc in [api, auth, registry, trainer] {
         let status = svc
             .terminate(Duration::from_secs(10))
             .await
-            .unwrap_or_else(|| panic!("{} did not stop within 10 s of SIGTERM with NATS down:\n{}", svc.name, svc.output()));
-        assert_eq!(status.code(), Some(0), "{} exit status:\n{}", svc.name, svc.output());
+            .unwrap_or_else(|| {
+                panic!(
+                    "{} did not stop within 10 s of SIGTERM with NATS down:\n{}",
+                    svc.name,
+                    svc.output()
+                )
+            });
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "{} exit status:\n{}",
+            svc.name,
+            svc.output()
+        );
     }
 }
 
@@ -180,24 +252,82 @@ async fn every_service_exports_prometheus_metrics_that_follow_its_work() {
         (metric(&text, r#"gantry_registry_nodes{state="connected"}"#) == 1.0).then_some(())
     })
     .await;
-    assert!(joined.is_some(), "the registry never counted the trainer connected:\n{}", core.registry.metrics().await);
+    assert!(
+        joined.is_some(),
+        "the registry never counted the trainer connected:\n{}",
+        core.registry.metrics().await
+    );
     assert_eq!(get("/admin/api/cluster_nodes", admin).await, 200);
 
     // The api counts requests by route (ids folded) and status.
     let api = core.api.metrics().await;
-    assert_eq!(metric(&api, r#"gantry_http_requests_total{method="GET",route="/admin/api/users",status="200"}"#), 1.0, "{api}");
-    assert_eq!(metric(&api, r#"gantry_http_requests_total{method="GET",route="/api/admin/users",status="200"}"#), 1.0, "{api}");
-    assert_eq!(metric(&api, r#"gantry_http_requests_total{method="GET",route="/admin/api/users",status="401"}"#), 1.0, "{api}");
-    assert_eq!(metric(&api, r#"gantry_http_requests_total{method="GET",route="/admin/api/jobs/{id}",status="404"}"#), 1.0, "{api}");
-    assert!(!api.contains("no-such-job"), "a client's path leaked into a label");
-    assert!(metric(&api, r#"gantry_http_request_duration_seconds_count{method="GET",route="/admin/api/users"}"#) >= 2.0);
+    assert_eq!(
+        metric(
+            &api,
+            r#"gantry_http_requests_total{method="GET",route="/admin/api/users",status="200"}"#
+        ),
+        1.0,
+        "{api}"
+    );
+    assert_eq!(
+        metric(
+            &api,
+            r#"gantry_http_requests_total{method="GET",route="/api/admin/users",status="200"}"#
+        ),
+        1.0,
+        "{api}"
+    );
+    assert_eq!(
+        metric(
+            &api,
+            r#"gantry_http_requests_total{method="GET",route="/admin/api/users",status="401"}"#
+        ),
+        1.0,
+        "{api}"
+    );
+    assert_eq!(
+        metric(
+            &api,
+            r#"gantry_http_requests_total{method="GET",route="/admin/api/jobs/{id}",status="404"}"#
+        ),
+        1.0,
+        "{api}"
+    );
+    assert!(
+        !api.contains("no-such-job"),
+        "a client's path leaked into a label"
+    );
+    assert!(
+        metric(
+            &api,
+            r#"gantry_http_request_duration_seconds_count{method="GET",route="/admin/api/users"}"#
+        ) >= 2.0
+    );
 
     // Auth answered the two listings; the registry the node listing and the trainer's joining.
     let auth = core.auth.metrics().await;
-    assert_eq!(metric(&auth, r#"gantry_nats_requests_total{endpoint="users.list",outcome="ok"}"#), 2.0, "{auth}");
+    assert_eq!(
+        metric(
+            &auth,
+            r#"gantry_nats_requests_total{endpoint="users.list",outcome="ok"}"#
+        ),
+        2.0,
+        "{auth}"
+    );
     let registry = core.registry.metrics().await;
-    assert!(metric(&registry, r#"gantry_nats_requests_total{endpoint="nodes.list",outcome="ok"}"#) >= 1.0, "{registry}");
-    assert!(metric(&registry, r#"gantry_nats_request_duration_seconds_count{endpoint="nodes.list"}"#) >= 1.0);
+    assert!(
+        metric(
+            &registry,
+            r#"gantry_nats_requests_total{endpoint="nodes.list",outcome="ok"}"#
+        ) >= 1.0,
+        "{registry}"
+    );
+    assert!(
+        metric(
+            &registry,
+            r#"gantry_nats_request_duration_seconds_count{endpoint="nodes.list"}"#
+        ) >= 1.0
+    );
 
     // The trainer is idle.
     let node = trainer.metrics().await;

@@ -8,13 +8,13 @@ use tracing::Instrument;
 
 use crate::browse::BrowseApi;
 use crate::cluster::ClusterApi;
-use crate::jobs::JobsApi;
-use crate::train::TrainApi;
 use crate::docs::{self, Aliased, Docs};
 use crate::error::envelope;
+use crate::jobs::JobsApi;
 use crate::session::SessionApi;
 use crate::state::AppState;
 use crate::tokens::TokensApi;
+use crate::train::TrainApi;
 use crate::users::UsersApi;
 
 /// Largest request body accepted (413 beyond).
@@ -24,14 +24,25 @@ pub const MAX_BODY_BYTES: usize = 1 << 20;
 const DRAIN_LIMIT_BYTES: usize = 8 << 20;
 
 /// Every API group, admin paths under both prefixes.
-pub type Apis = Aliased<(BrowseApi, TrainApi, UsersApi, ClusterApi, JobsApi, SessionApi, TokensApi)>;
+pub type Apis = Aliased<(
+    BrowseApi,
+    TrainApi,
+    UsersApi,
+    ClusterApi,
+    JobsApi,
+    SessionApi,
+    TokensApi,
+)>;
 
 /// The OpenAPI service of every group.
 pub fn api_service(state: AppState, hold: std::time::Duration) -> OpenApiService<Apis, ()> {
     OpenApiService::new(
         Aliased((
             BrowseApi(state.clone()),
-            TrainApi { state: state.clone(), hold },
+            TrainApi {
+                state: state.clone(),
+                hold,
+            },
             UsersApi(state.clone()),
             ClusterApi(state.clone()),
             JobsApi(state.clone()),
@@ -65,9 +76,16 @@ pub fn build(
         public_url,
     };
     // Route labels keep the static segments of every route and fold the rest (ids, names).
-    let templates: Vec<String> = docs.spec["paths"].as_object().map(|p| p.keys().cloned().collect()).unwrap_or_default();
+    let templates: Vec<String> = docs.spec["paths"]
+        .as_object()
+        .map(|p| p.keys().cloned().collect())
+        .unwrap_or_default();
     let known = std::sync::Arc::new(gantry_runtime::metrics::static_segments(
-        templates.iter().map(String::as_str).chain(docs::PATHS).chain(gantry_runtime::health::PATHS),
+        templates
+            .iter()
+            .map(String::as_str)
+            .chain(docs::PATHS)
+            .chain(gantry_runtime::health::PATHS),
     ));
     let route = docs::add_routes(Route::new(), docs);
     gantry_runtime::health::add_routes(route, readiness)
@@ -121,8 +139,15 @@ async fn limit_body(req: &mut Request) -> poem::Result<()> {
             Err(too_large())
         }
         Some(_) => Ok(()),
-        None if req.headers().contains_key(poem::http::header::TRANSFER_ENCODING) => {
-            let bytes = req.take_body().into_bytes_limit(MAX_BODY_BYTES).await.map_err(|_| too_large())?;
+        None if req
+            .headers()
+            .contains_key(poem::http::header::TRANSFER_ENCODING) =>
+        {
+            let bytes = req
+                .take_body()
+                .into_bytes_limit(MAX_BODY_BYTES)
+                .await
+                .map_err(|_| too_large())?;
             req.set_body(Body::from(bytes));
             Ok(())
         }

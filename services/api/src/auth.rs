@@ -44,8 +44,12 @@ pub enum Credentials {
 impl Credentials {
     fn credential(&self) -> Credential {
         match self {
-            Credentials::Bearer(TokenAuth(b)) => Credential::Bearer { token: b.token.clone() },
-            Credentials::Session(SessionAuth(k)) => Credential::Session { session_id: k.key.clone() },
+            Credentials::Bearer(TokenAuth(b)) => Credential::Bearer {
+                token: b.token.clone(),
+            },
+            Credentials::Session(SessionAuth(k)) => Credential::Session {
+                session_id: k.key.clone(),
+            },
         }
     }
 
@@ -77,13 +81,20 @@ pub struct Authenticator {
 impl Authenticator {
     /// Build it and start listening for revocations.
     pub async fn new(nats: async_nats::Client, public_url: Option<String>) -> anyhow::Result<Self> {
-        let this = Self { nats: nats.clone(), public_url, cache: Arc::default() };
+        let this = Self {
+            nats: nats.clone(),
+            public_url,
+            cache: Arc::default(),
+        };
         let mut revocations = nats.subscribe(REVOCATIONS).await?;
         let cache = this.cache.clone();
         tokio::spawn(async move {
             while let Some(msg) = revocations.next().await {
                 match serde_json::from_slice::<Revocation>(&msg.payload) {
-                    Ok(r) => cache.lock().unwrap().retain(|_, c| c.principal.user.id != r.user_id),
+                    Ok(r) => cache
+                        .lock()
+                        .unwrap()
+                        .retain(|_, c| c.principal.user.id != r.user_id),
                     // Unknown shape: be safe and forget everything.
                     Err(_) => cache.lock().unwrap().clear(),
                 }
@@ -120,7 +131,9 @@ impl Authenticator {
         let principal: Principal = nats::request(
             &self.nats,
             subjects::auth(subjects::auth::VERIFY),
-            &VerifyRequest { credential: creds.credential() },
+            &VerifyRequest {
+                credential: creds.credential(),
+            },
         )
         .await?;
         if principal.cache_seconds > 0 {
@@ -129,7 +142,13 @@ impl Authenticator {
             if cache.len() > 10_000 {
                 cache.clear();
             }
-            cache.insert(key, Cached { principal: principal.clone(), until });
+            cache.insert(
+                key,
+                Cached {
+                    principal: principal.clone(),
+                    until,
+                },
+            );
         }
         Ok(principal)
     }
@@ -149,10 +168,17 @@ impl Authenticator {
         if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
             return Ok(());
         }
-        let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let header = |name: &str| {
+            req.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
         let origin = header("origin").or_else(|| header("referer").map(|r| origin_of(&r)));
         let Some(origin) = origin else {
-            return Err(ApiError::forbidden("a write with the session cookie needs an Origin or Referer header"));
+            return Err(ApiError::forbidden(
+                "a write with the session cookie needs an Origin or Referer header",
+            ));
         };
         let mut allowed = Vec::new();
         if let Some(public) = &self.public_url {
@@ -165,7 +191,9 @@ impl Authenticator {
         if allowed.iter().any(|a| a.eq_ignore_ascii_case(&origin)) {
             Ok(())
         } else {
-            Err(ApiError::forbidden("cross-origin write refused: the Origin does not match this server"))
+            Err(ApiError::forbidden(
+                "cross-origin write refused: the Origin does not match this server",
+            ))
         }
     }
 }
@@ -188,7 +216,10 @@ mod tests {
 
     #[test]
     fn origin_drops_the_path() {
-        assert_eq!(origin_of("https://gantry.example.com/admin/api"), "https://gantry.example.com");
+        assert_eq!(
+            origin_of("https://gantry.example.com/admin/api"),
+            "https://gantry.example.com"
+        );
         assert_eq!(origin_of("http://127.0.0.1:8080"), "http://127.0.0.1:8080");
     }
 }

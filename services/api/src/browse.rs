@@ -76,10 +76,7 @@ impl BrowseApi {
         method = "get",
         tag = "ApiTags::AdminApi",
         operation_id = "browse",
-        code_sample(
-            lang = "curl",
-            source = "crate::docs::samples::BROWSE"
-        )
+        code_sample(lang = "curl", source = "crate::docs::samples::BROWSE")
     )]
     async fn browse(
         &self,
@@ -88,7 +85,10 @@ impl BrowseApi {
         /// Directory path to browse (default: root directory)
         path: Query<Option<String>>,
         /// Entries per page (default: 1000, at most 10000)
-        #[oai(default = "default_limit", validator(minimum(value = "1"), maximum(value = "10000")))]
+        #[oai(
+            default = "default_limit",
+            validator(minimum(value = "1"), maximum(value = "10000"))
+        )]
         limit: Query<u32>,
         /// Entries to skip (default: 0)
         #[oai(default)]
@@ -109,12 +109,18 @@ impl BrowseApi {
 /// 100,000 entries lists without touching the rest (and no file is ever opened).
 pub fn list(root: &DataRoot, raw: &str, limit: u32, offset: u64) -> ApiResult<BrowseResponse> {
     let dir: DataPath = root.resolve_dir(raw)?;
-    let read = std::fs::read_dir(dir.real())
-        .map_err(|_| ApiError::new(ErrorCode::Forbidden, format!("cannot read directory: {}", dir.as_str())))?;
+    let read = std::fs::read_dir(dir.real()).map_err(|_| {
+        ApiError::new(
+            ErrorCode::Forbidden,
+            format!("cannot read directory: {}", dir.as_str()),
+        )
+    })?;
     // (is_dir, name, is_symlink)
     let mut entries: Vec<(bool, String, bool)> = Vec::new();
     for entry in read.flatten() {
-        let Ok(name) = entry.file_name().into_string() else { continue };
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
         let Ok(ft) = entry.file_type() else { continue };
         if ft.is_symlink() {
             // Links are listed only when they stay inside the root.
@@ -137,10 +143,23 @@ pub fn list(root: &DataRoot, raw: &str, limit: u32, offset: u64) -> ApiResult<Br
             let size = if is_dir {
                 0
             } else {
-                std::fs::metadata(dir.real().join(&name)).map(|m| m.len()).unwrap_or(0)
+                std::fs::metadata(dir.real().join(&name))
+                    .map(|m| m.len())
+                    .unwrap_or(0)
             };
-            BrowseItem { path: dir.child_display(&name), name, is_dir, size }
+            BrowseItem {
+                path: dir.child_display(&name),
+                name,
+                is_dir,
+                size,
+            }
         })
         .collect();
-    Ok(BrowseResponse { current_path: dir.as_str().to_owned(), items, total, limit, offset })
+    Ok(BrowseResponse {
+        current_path: dir.as_str().to_owned(),
+        items,
+        total,
+        limit,
+        offset,
+    })
 }

@@ -34,13 +34,25 @@ pub struct ClusterTokenOut {
 
 impl Example for ClusterTokenOut {
     fn example() -> Self {
-        Self { id: 1, name: "Worker Token".into(), token: "abc123...".into(), active: true, created_at: "2024-01-01T00:00:00Z".into() }
+        Self {
+            id: 1,
+            name: "Worker Token".into(),
+            token: "abc123...".into(),
+            active: true,
+            created_at: "2024-01-01T00:00:00Z".into(),
+        }
     }
 }
 
 impl From<msg::ClusterToken> for ClusterTokenOut {
     fn from(t: msg::ClusterToken) -> Self {
-        Self { id: t.id, name: t.name, token: t.token, active: t.active, created_at: rfc3339(t.created_at) }
+        Self {
+            id: t.id,
+            name: t.name,
+            token: t.token,
+            active: t.active,
+            created_at: rfc3339(t.created_at),
+        }
     }
 }
 
@@ -54,7 +66,9 @@ pub struct ClusterTokenList {
 
 impl Example for ClusterTokenList {
     fn example() -> Self {
-        Self { tokens: vec![ClusterTokenOut::example()] }
+        Self {
+            tokens: vec![ClusterTokenOut::example()],
+        }
     }
 }
 
@@ -287,7 +301,12 @@ impl Example for ClusterNodesOut {
                     rocm_devices: 0,
                     available_backends: vec!["cuda".into(), "cpu".into()],
                 },
-                gpu_devices: vec![GpuDeviceOut { index: 0, backend: "cuda".into(), name: "NVIDIA GeForce RTX 3070".into(), memory_total_mib: 8192 }],
+                gpu_devices: vec![GpuDeviceOut {
+                    index: 0,
+                    backend: "cuda".into(),
+                    name: "NVIDIA GeForce RTX 3070".into(),
+                    memory_total_mib: 8192,
+                }],
                 driver_version: Some("580.65.06".into()),
                 processes: vec![],
             }],
@@ -358,7 +377,10 @@ pub struct SuccessOut {
 
 impl Example for SuccessOut {
     fn example() -> Self {
-        Self { success: true, warning: None }
+        Self {
+            success: true,
+            warning: None,
+        }
     }
 }
 
@@ -374,12 +396,30 @@ pub enum CreatedClusterToken {
 pub struct ClusterApi(pub AppState);
 
 impl ClusterApi {
-    async fn drain(&self, req: &Request, auth: Credentials, body: NodeBody, drain: bool) -> ApiResult<Json<SuccessOut>> {
+    async fn drain(
+        &self,
+        req: &Request,
+        auth: Credentials,
+        body: NodeBody,
+        drain: bool,
+    ) -> ApiResult<Json<SuccessOut>> {
         self.0.auth.admin(&auth, req).await?;
         let f = body.fields();
-        let r: msg::SetDriverResult =
-            self.0.registry(ep::DRAIN, &msg::Drain { hostname: f.hostname, token: f.token, drain: Some(drain) }).await?;
-        Ok(Json(SuccessOut { success: r.success, warning: r.warning }))
+        let r: msg::SetDriverResult = self
+            .0
+            .registry(
+                ep::DRAIN,
+                &msg::Drain {
+                    hostname: f.hostname,
+                    token: f.token,
+                    drain: Some(drain),
+                },
+            )
+            .await?;
+        Ok(Json(SuccessOut {
+            success: r.success,
+            warning: r.warning,
+        }))
     }
 }
 
@@ -395,10 +435,16 @@ impl ClusterApi {
         operation_id = "list_cluster_tokens",
         code_sample(lang = "curl", source = "crate::docs::samples::LIST_CLUSTER_TOKENS")
     )]
-    async fn list_tokens(&self, req: &Request, auth: Credentials) -> ApiResult<Json<ClusterTokenList>> {
+    async fn list_tokens(
+        &self,
+        req: &Request,
+        auth: Credentials,
+    ) -> ApiResult<Json<ClusterTokenList>> {
         self.0.auth.admin(&auth, req).await?;
         let list: msg::ClusterTokenList = self.0.registry(ep::TOKENS_LIST, &msg::Empty {}).await?;
-        Ok(Json(ClusterTokenList { tokens: list.tokens.into_iter().map(Into::into).collect() }))
+        Ok(Json(ClusterTokenList {
+            tokens: list.tokens.into_iter().map(Into::into).collect(),
+        }))
     }
 
     /// Create a cluster token
@@ -412,9 +458,20 @@ impl ClusterApi {
         operation_id = "create_cluster_token",
         code_sample(lang = "curl", source = "crate::docs::samples::CREATE_CLUSTER_TOKEN")
     )]
-    async fn create_token(&self, req: &Request, auth: Credentials, body: Json<CreateClusterTokenBody>) -> ApiResult<CreatedClusterToken> {
+    async fn create_token(
+        &self,
+        req: &Request,
+        auth: Credentials,
+        body: Json<CreateClusterTokenBody>,
+    ) -> ApiResult<CreatedClusterToken> {
         self.0.auth.admin(&auth, req).await?;
-        let t: msg::ClusterToken = self.0.registry(ep::TOKENS_CREATE, &msg::CreateClusterToken { name: body.0.name }).await?;
+        let t: msg::ClusterToken = self
+            .0
+            .registry(
+                ep::TOKENS_CREATE,
+                &msg::CreateClusterToken { name: body.0.name },
+            )
+            .await?;
         Ok(CreatedClusterToken::Created(Json(t.into())))
     }
 
@@ -422,7 +479,12 @@ impl ClusterApi {
     ///
     /// Nodes can no longer join with it; nodes that joined with it are told to leave and shown
     /// disconnected.
-    #[oai(path = "/admin/api/cluster_tokens/:id", method = "delete", tag = "ApiTags::Cluster", operation_id = "revoke_cluster_token")]
+    #[oai(
+        path = "/admin/api/cluster_tokens/:id",
+        method = "delete",
+        tag = "ApiTags::Cluster",
+        operation_id = "revoke_cluster_token"
+    )]
     async fn revoke_token(
         &self,
         req: &Request,
@@ -431,7 +493,10 @@ impl ClusterApi {
         id: Path<i64>,
     ) -> ApiResult<Json<ClusterTokenOut>> {
         self.0.auth.admin(&auth, req).await?;
-        let t: msg::ClusterToken = self.0.registry(ep::TOKENS_REVOKE, &msg::RevokeClusterToken { id: id.0 }).await?;
+        let t: msg::ClusterToken = self
+            .0
+            .registry(ep::TOKENS_REVOKE, &msg::RevokeClusterToken { id: id.0 })
+            .await?;
         Ok(Json(t.into()))
     }
 
@@ -445,19 +510,34 @@ impl ClusterApi {
         operation_id = "list_cluster_clients",
         code_sample(lang = "curl", source = "crate::docs::samples::LIST_CLUSTER_CLIENTS")
     )]
-    async fn clients(&self, req: &Request, auth: Credentials) -> ApiResult<Json<ClusterClientsOut>> {
+    async fn clients(
+        &self,
+        req: &Request,
+        auth: Credentials,
+    ) -> ApiResult<Json<ClusterClientsOut>> {
         self.0.auth.admin(&auth, req).await?;
         let mut clients = Vec::new();
         let mut offset = 0;
         loop {
-            let page: msg::ClusterClients = self.0.registry(ep::CLIENTS, &msg::ListQuery { offset, limit: None }).await?;
+            let page: msg::ClusterClients = self
+                .0
+                .registry(
+                    ep::CLIENTS,
+                    &msg::ListQuery {
+                        offset,
+                        limit: None,
+                    },
+                )
+                .await?;
             clients.extend(page.clients);
             match page.next_offset {
                 Some(next) if next > offset => offset = next,
                 _ => break,
             }
         }
-        Ok(Json(ClusterClientsOut { clients: carry(clients)? }))
+        Ok(Json(ClusterClientsOut {
+            clients: carry(clients)?,
+        }))
     }
 
     /// List cluster nodes
@@ -472,16 +552,31 @@ impl ClusterApi {
     )]
     async fn nodes(&self, req: &Request, auth: Credentials) -> ApiResult<Json<ClusterNodesOut>> {
         self.0.auth.admin(&auth, req).await?;
-        let first: msg::ClusterNodes = self.0.registry(ep::NODES, &msg::ListQuery::default()).await?;
+        let first: msg::ClusterNodes = self
+            .0
+            .registry(ep::NODES, &msg::ListQuery::default())
+            .await?;
         let stats = first.master_stats.clone();
         let mut nodes = first.nodes;
         let mut next = first.next_offset;
         while let Some(offset) = next {
-            let page: msg::ClusterNodes = self.0.registry(ep::NODES, &msg::ListQuery { offset, limit: None }).await?;
+            let page: msg::ClusterNodes = self
+                .0
+                .registry(
+                    ep::NODES,
+                    &msg::ListQuery {
+                        offset,
+                        limit: None,
+                    },
+                )
+                .await?;
             nodes.extend(page.nodes);
             next = page.next_offset.filter(|n| *n > offset);
         }
-        Ok(Json(ClusterNodesOut { master_stats: carry(stats)?, nodes: carry(nodes)? }))
+        Ok(Json(ClusterNodesOut {
+            master_stats: carry(stats)?,
+            nodes: carry(nodes)?,
+        }))
     }
 
     /// Set a node's driver
@@ -494,29 +589,68 @@ impl ClusterApi {
         operation_id = "set_driver",
         code_sample(lang = "curl", source = "crate::docs::samples::SET_DRIVER")
     )]
-    async fn set_driver(&self, req: &Request, auth: Credentials, body: SetDriverBody) -> ApiResult<Json<SuccessOut>> {
+    async fn set_driver(
+        &self,
+        req: &Request,
+        auth: Credentials,
+        body: SetDriverBody,
+    ) -> ApiResult<Json<SuccessOut>> {
         self.0.auth.admin(&auth, req).await?;
         let f = match body {
-            SetDriverBody::Multipart(f) | SetDriverBody::Form(Form(f)) | SetDriverBody::Json(Json(f)) => f,
+            SetDriverBody::Multipart(f)
+            | SetDriverBody::Form(Form(f))
+            | SetDriverBody::Json(Json(f)) => f,
         };
-        let r: msg::SetDriverResult =
-            self.0.registry(ep::SET_DRIVER, &msg::SetDriver { hostname: f.hostname, token: f.token, driver: f.driver }).await?;
-        Ok(Json(SuccessOut { success: r.success, warning: r.warning }))
+        let r: msg::SetDriverResult = self
+            .0
+            .registry(
+                ep::SET_DRIVER,
+                &msg::SetDriver {
+                    hostname: f.hostname,
+                    token: f.token,
+                    driver: f.driver,
+                },
+            )
+            .await?;
+        Ok(Json(SuccessOut {
+            success: r.success,
+            warning: r.warning,
+        }))
     }
 
     /// Drain a node
     ///
     /// The node finishes what it runs and takes no new work; its processes show `draining`.
-    #[oai(path = "/api/admin/cluster_nodes/drain", method = "post", tag = "ApiTags::Cluster", operation_id = "drain_node")]
-    async fn drain_node(&self, req: &Request, auth: Credentials, body: NodeBody) -> ApiResult<Json<SuccessOut>> {
+    #[oai(
+        path = "/api/admin/cluster_nodes/drain",
+        method = "post",
+        tag = "ApiTags::Cluster",
+        operation_id = "drain_node"
+    )]
+    async fn drain_node(
+        &self,
+        req: &Request,
+        auth: Credentials,
+        body: NodeBody,
+    ) -> ApiResult<Json<SuccessOut>> {
         self.drain(req, auth, body, true).await
     }
 
     /// Undrain a node
     ///
     /// The node takes work again.
-    #[oai(path = "/api/admin/cluster_nodes/undrain", method = "post", tag = "ApiTags::Cluster", operation_id = "undrain_node")]
-    async fn undrain_node(&self, req: &Request, auth: Credentials, body: NodeBody) -> ApiResult<Json<SuccessOut>> {
+    #[oai(
+        path = "/api/admin/cluster_nodes/undrain",
+        method = "post",
+        tag = "ApiTags::Cluster",
+        operation_id = "undrain_node"
+    )]
+    async fn undrain_node(
+        &self,
+        req: &Request,
+        auth: Credentials,
+        body: NodeBody,
+    ) -> ApiResult<Json<SuccessOut>> {
         self.drain(req, auth, body, false).await
     }
 }

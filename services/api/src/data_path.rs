@@ -120,7 +120,10 @@ pub fn segments(raw: &str) -> Result<Vec<&str>, PathError> {
         return Err(PathError::Backslash);
     }
     let bytes = raw.as_bytes();
-    if bytes.windows(3).any(|w| w[0] == b'%' && w[1].is_ascii_hexdigit() && w[2].is_ascii_hexdigit()) {
+    if bytes
+        .windows(3)
+        .any(|w| w[0] == b'%' && w[1].is_ascii_hexdigit() && w[2].is_ascii_hexdigit())
+    {
         return Err(PathError::PercentEncoded);
     }
     let mut out = Vec::new();
@@ -154,7 +157,11 @@ impl DataRoot {
         for s in &segs {
             candidate.push(s);
         }
-        let display = if segs.is_empty() { "/".to_owned() } else { format!("/{}", segs.join("/")) };
+        let display = if segs.is_empty() {
+            "/".to_owned()
+        } else {
+            format!("/{}", segs.join("/"))
+        };
         let real = match std::fs::canonicalize(&candidate) {
             Ok(p) => p,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -196,7 +203,11 @@ impl DataRoot {
 }
 
 fn lexically_inside(link: &Path, target: &Path, root: &Path) -> bool {
-    let base = if target.is_absolute() { PathBuf::new() } else { link.parent().map(Path::to_path_buf).unwrap_or_default() };
+    let base = if target.is_absolute() {
+        PathBuf::new()
+    } else {
+        link.parent().map(Path::to_path_buf).unwrap_or_default()
+    };
     let mut out = PathBuf::new();
     for c in base.join(target).components() {
         match c {
@@ -244,7 +255,10 @@ mod tests {
         assert_eq!(r.resolve("/out/secret.txt"), Err(PathError::Escapes));
         assert_eq!(r.resolve("/dangling"), Err(PathError::Escapes));
         assert_eq!(r.resolve("/alias").unwrap().as_str(), "/alias");
-        assert_eq!(r.resolve("/missing"), Err(PathError::NotFound("/missing".into())));
+        assert_eq!(
+            r.resolve("/missing"),
+            Err(PathError::NotFound("/missing".into()))
+        );
         assert_eq!(r.resolve("/").unwrap().as_str(), "/");
         // The real root's absolute path is just a (missing) path inside the root.
         let abs = root.path().display().to_string();

@@ -25,7 +25,8 @@ pub fn alias_of(path: &str) -> Option<String> {
     if let Some(rest) = path.strip_prefix(ADMIN_API) {
         Some(format!("{API_ADMIN}{rest}"))
     } else {
-        path.strip_prefix(API_ADMIN).map(|rest| format!("{ADMIN_API}{rest}"))
+        path.strip_prefix(API_ADMIN)
+            .map(|rest| format!("{ADMIN_API}{rest}"))
     }
 }
 
@@ -33,7 +34,8 @@ pub fn alias_of(path: &str) -> Option<String> {
 fn alias_id(id: &'static str) -> &'static str {
     static IDS: OnceLock<Mutex<HashMap<&'static str, &'static str>>> = OnceLock::new();
     let mut ids = IDS.get_or_init(Default::default).lock().unwrap();
-    ids.entry(id).or_insert_with(|| Box::leak(format!("{id}_alias").into_boxed_str()))
+    ids.entry(id)
+        .or_insert_with(|| Box::leak(format!("{id}_alias").into_boxed_str()))
 }
 
 /// Serves and documents every admin operation of `T` under both prefixes.
@@ -63,7 +65,10 @@ impl<T: OpenApi> OpenApi for Aliased<T> {
         T::register(registry);
     }
 
-    fn add_routes(self, table: &mut HashMap<String, HashMap<Method, poem::endpoint::BoxEndpoint<'static>>>) {
+    fn add_routes(
+        self,
+        table: &mut HashMap<String, HashMap<Method, poem::endpoint::BoxEndpoint<'static>>>,
+    ) {
         let mut inner = HashMap::new();
         self.0.add_routes(&mut inner);
         for (path, methods) in inner {
@@ -71,27 +76,45 @@ impl<T: OpenApi> OpenApi for Aliased<T> {
             for (method, ep) in methods {
                 let ep = std::sync::Arc::new(ep);
                 if let Some(alias) = &alias {
-                    table.entry(alias.clone()).or_default().insert(method.clone(), ep.clone().boxed());
+                    table
+                        .entry(alias.clone())
+                        .or_default()
+                        .insert(method.clone(), ep.clone().boxed());
                 }
-                table.entry(path.clone()).or_default().insert(method, ep.boxed());
+                table
+                    .entry(path.clone())
+                    .or_default()
+                    .insert(method, ep.boxed());
             }
         }
     }
 }
 
 /// The admin page's endpoints, in the page's order (by operation id).
-pub const PAGE_OPERATIONS: [&str; 7] =
-    ["browse", "train", "list_users", "list_cluster_tokens", "list_cluster_clients", "cluster_nodes", "set_driver"];
+pub const PAGE_OPERATIONS: [&str; 7] = [
+    "browse",
+    "train",
+    "list_users",
+    "list_cluster_tokens",
+    "list_cluster_clients",
+    "cluster_nodes",
+    "set_driver",
+];
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 fn resolve<'a>(spec: &'a Value, schema: &'a Value) -> &'a Value {
     match schema.get("$ref").and_then(Value::as_str) {
         Some(r) => r
             .strip_prefix("#/components/schemas/")
-            .and_then(|name| spec.pointer(&format!("/components/schemas/{}", name.replace('/', "~1"))))
+            .and_then(|name| {
+                spec.pointer(&format!("/components/schemas/{}", name.replace('/', "~1")))
+            })
             .unwrap_or(schema),
         None => schema,
     }
@@ -122,8 +145,17 @@ struct Param {
 
 fn params(spec: &Value, op: &Value) -> Vec<Param> {
     let mut out = Vec::new();
-    for p in op.get("parameters").and_then(Value::as_array).into_iter().flatten() {
-        let mut description = p.get("description").and_then(Value::as_str).unwrap_or_default().to_owned();
+    for p in op
+        .get("parameters")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let mut description = p
+            .get("description")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
         if let Some(d) = p.pointer("/schema/default") {
             if !description.contains("default") {
                 description.push_str(&format!(" (default: {d})"));
@@ -173,9 +205,15 @@ fn response_example(spec: &Value, op: &Value) -> Option<String> {
     let responses = op.get("responses")?.as_object()?;
     for status in ["200", "201", "202"] {
         if let Some(r) = responses.get(status) {
-            let schema = r.pointer("/content/application~1json; charset=utf-8/schema").or_else(|| {
-                r.get("content")?.as_object()?.values().next()?.get("schema")
-            })?;
+            let schema = r
+                .pointer("/content/application~1json; charset=utf-8/schema")
+                .or_else(|| {
+                    r.get("content")?
+                        .as_object()?
+                        .values()
+                        .next()?
+                        .get("schema")
+                })?;
             let schema = resolve(spec, schema);
             if let Some(example) = schema.get("example") {
                 return Some(serde_json::to_string_pretty(example).unwrap_or_default());
@@ -195,9 +233,16 @@ pub fn render_page(spec: &Value, host_url: &str) -> String {
             }
         }
     }
-    let id = |op: &Value| op.get("operationId").and_then(Value::as_str).unwrap_or_default().to_owned();
-    let mut page_ops: Vec<&(String, String, &Value)> =
-        ops.iter().filter(|(_, _, op)| PAGE_OPERATIONS.contains(&id(op).as_str())).collect();
+    let id = |op: &Value| {
+        op.get("operationId")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let mut page_ops: Vec<&(String, String, &Value)> = ops
+        .iter()
+        .filter(|(_, _, op)| PAGE_OPERATIONS.contains(&id(op).as_str()))
+        .collect();
     page_ops.sort_by_key(|(_, _, op)| PAGE_OPERATIONS.iter().position(|p| *p == id(op)));
     let mut other_ops: Vec<&(String, String, &Value)> = ops
         .iter()
@@ -217,14 +262,20 @@ pub fn render_page(spec: &Value, host_url: &str) -> String {
     html.push_str("<p class=\"links\"><a href=\"docs\">Swagger UI</a> · <a href=\"openapi.json\">openapi.json</a> · <a href=\"openapi.yaml\">openapi.yaml</a></p>\n");
     for (method, path, op) in page_ops.iter().copied().chain(other_ops.iter().copied()) {
         let i = id(op);
-        html.push_str(&format!("<section class=\"endpoint\" id=\"{}\">\n", esc(&i)));
+        html.push_str(&format!(
+            "<section class=\"endpoint\" id=\"{}\">\n",
+            esc(&i)
+        ));
         html.push_str(&format!(
             "<div class=\"head\"><span class=\"method {m}\">{m}</span> <code class=\"path\">{p}</code></div>\n",
             m = esc(method),
             p = esc(&path.replace('{', "{").replace('}', "}"))
         ));
         if let Some(alias) = alias_of(path) {
-            html.push_str(&format!("<p class=\"alias\">Also answers at <code>{}</code>.</p>\n", esc(&alias)));
+            html.push_str(&format!(
+                "<p class=\"alias\">Also answers at <code>{}</code>.</p>\n",
+                esc(&alias)
+            ));
         }
         let text = op
             .get("description")
@@ -246,13 +297,22 @@ pub fn render_page(spec: &Value, host_url: &str) -> String {
             }
             html.push_str("</dl>\n");
         }
-        if let Some(sample) = op.pointer("/x-code-samples/0/source").and_then(Value::as_str) {
+        if let Some(sample) = op
+            .pointer("/x-code-samples/0/source")
+            .and_then(Value::as_str)
+        {
             html.push_str("<h4>Curl Example</h4>\n");
-            html.push_str(&format!("<pre class=\"curl\">{}</pre>\n", esc(&sample.replace("{{ request.host_url }}", host_url))));
+            html.push_str(&format!(
+                "<pre class=\"curl\">{}</pre>\n",
+                esc(&sample.replace("{{ request.host_url }}", host_url))
+            ));
         }
         if let Some(example) = response_example(spec, op) {
             html.push_str("<h4>Response</h4>\n");
-            html.push_str(&format!("<pre class=\"response\">{}</pre>\n", esc(&example)));
+            html.push_str(&format!(
+                "<pre class=\"response\">{}</pre>\n",
+                esc(&example)
+            ));
         }
         html.push_str("</section>\n");
     }
@@ -295,7 +355,11 @@ fn page(req: &Request, docs: poem::web::Data<&Docs>) -> Html<String> {
     let host_url = match &docs.public_url {
         Some(u) => format!("{u}/"),
         None => {
-            let host = req.headers().get("host").and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+            let host = req
+                .headers()
+                .get("host")
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("localhost");
             format!("http://{host}/")
         }
     };
@@ -304,12 +368,16 @@ fn page(req: &Request, docs: poem::web::Data<&Docs>) -> Html<String> {
 
 #[handler]
 fn openapi_json(docs: poem::web::Data<&Docs>) -> poem::Response {
-    poem::Response::builder().content_type("application/json").body(docs.json.clone())
+    poem::Response::builder()
+        .content_type("application/json")
+        .body(docs.json.clone())
 }
 
 #[handler]
 fn openapi_yaml(docs: poem::web::Data<&Docs>) -> poem::Response {
-    poem::Response::builder().content_type("application/yaml").body(docs.yaml.clone())
+    poem::Response::builder()
+        .content_type("application/yaml")
+        .body(docs.yaml.clone())
 }
 
 #[handler]
@@ -318,15 +386,26 @@ fn swagger(docs: poem::web::Data<&Docs>) -> Html<String> {
 }
 
 /// The paths [`add_routes`] serves.
-pub const PATHS: [&str; 4] = ["/admin/api", "/admin/api/openapi.json", "/admin/api/openapi.yaml", "/admin/api/docs"];
+pub const PATHS: [&str; 4] = [
+    "/admin/api",
+    "/admin/api/openapi.json",
+    "/admin/api/openapi.yaml",
+    "/admin/api/docs",
+];
 
 /// Add the documentation routes, readable without logging in (they hold no data).
 pub fn add_routes(route: poem::Route, docs: Docs) -> poem::Route {
     route
         .at("/admin/api", poem::get(page).data(docs.clone()))
         .at("/admin/api/", poem::get(page).data(docs.clone()))
-        .at("/admin/api/openapi.json", poem::get(openapi_json).data(docs.clone()))
-        .at("/admin/api/openapi.yaml", poem::get(openapi_yaml).data(docs.clone()))
+        .at(
+            "/admin/api/openapi.json",
+            poem::get(openapi_json).data(docs.clone()),
+        )
+        .at(
+            "/admin/api/openapi.yaml",
+            poem::get(openapi_yaml).data(docs.clone()),
+        )
         .at("/admin/api/docs", poem::get(swagger).data(docs.clone()))
         .at("/admin/api/docs/", poem::get(swagger).data(docs))
 }

@@ -71,7 +71,12 @@ pub enum ApiError {
 }
 
 fn body(code: ErrorCode, message: String) -> Json<ErrorBody> {
-    Json(ErrorBody { error: ErrorDetail { code: code.as_str().into(), message } })
+    Json(ErrorBody {
+        error: ErrorDetail {
+            code: code.as_str().into(),
+            message,
+        },
+    })
 }
 
 impl ApiError {
@@ -170,14 +175,18 @@ pub fn envelope(err: poem::Error) -> Response {
         _ => err.to_string(),
     };
     let code = code_for(status);
-    let mut resp = poem::web::Json(serde_json::json!({ "error": { "code": code.as_str(), "message": message } }))
-        .with_status(status)
-        .into_response();
+    let mut resp = poem::web::Json(
+        serde_json::json!({ "error": { "code": code.as_str(), "message": message } }),
+    )
+    .with_status(status)
+    .into_response();
     if status == StatusCode::UNAUTHORIZED {
-        resp.headers_mut().insert("WWW-Authenticate", "Bearer".parse().unwrap());
+        resp.headers_mut()
+            .insert("WWW-Authenticate", "Bearer".parse().unwrap());
     }
     if status == StatusCode::SERVICE_UNAVAILABLE {
-        resp.headers_mut().insert("Retry-After", "5".parse().unwrap());
+        resp.headers_mut()
+            .insert("Retry-After", "5".parse().unwrap());
     }
     resp
 }

@@ -6,7 +6,10 @@ use async_nats::jetstream::consumer::{self, DeliverPolicy};
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use gantry_contracts::auth::Principal;
-use gantry_contracts::jobs::{self, JobEvent, JobList, JobQuery, JobRecord, JobRef, JobStatus, ModelDetail, ModelList, ModelQuery, ModelRef};
+use gantry_contracts::jobs::{
+    self, JobEvent, JobList, JobQuery, JobRecord, JobRef, JobStatus, ModelDetail, ModelList,
+    ModelQuery, ModelRef,
+};
 use poem::Request;
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::{Attachment, AttachmentType, EventStream, Json};
@@ -203,7 +206,12 @@ fn owner(p: &Principal, admin_path: bool) -> Option<i64> {
 }
 
 impl JobsApi {
-    async fn who(&self, req: &Request, auth: &Credentials, admin_path: bool) -> ApiResult<Option<i64>> {
+    async fn who(
+        &self,
+        req: &Request,
+        auth: &Credentials,
+        admin_path: bool,
+    ) -> ApiResult<Option<i64>> {
         if admin_path {
             self.0.auth.admin(auth, req).await?;
             Ok(None)
@@ -213,23 +221,53 @@ impl JobsApi {
         }
     }
 
-    async fn list(&self, user_id: Option<i64>, status: Option<StatusFilter>, limit: u64, offset: u64) -> ApiResult<Json<JobListOut>> {
+    async fn list(
+        &self,
+        user_id: Option<i64>,
+        status: Option<StatusFilter>,
+        limit: u64,
+        offset: u64,
+    ) -> ApiResult<Json<JobListOut>> {
         let list: JobList = self
             .0
-            .registry(jobs::subjects::JOBS_LIST, &JobQuery { user_id, status: status.map(Into::into), limit: Some(limit), offset })
+            .registry(
+                jobs::subjects::JOBS_LIST,
+                &JobQuery {
+                    user_id,
+                    status: status.map(Into::into),
+                    limit: Some(limit),
+                    offset,
+                },
+            )
             .await?;
-        Ok(Json(JobListOut { jobs: carry(list.jobs)?, total: list.total, limit, offset }))
+        Ok(Json(JobListOut {
+            jobs: carry(list.jobs)?,
+            total: list.total,
+            limit,
+            offset,
+        }))
     }
 
     async fn get(&self, user_id: Option<i64>, job_id: String) -> ApiResult<JobRecord> {
-        self.0.registry(jobs::subjects::JOBS_GET, &JobRef { job_id, user_id }).await
+        self.0
+            .registry(jobs::subjects::JOBS_GET, &JobRef { job_id, user_id })
+            .await
     }
 
     /// The job's events as SSE: everything stored so far, then live, ending after the final one.
-    async fn events(&self, user_id: Option<i64>, job_id: String) -> ApiResult<EventStream<BoxStream<'static, serde_json::Value>>> {
+    async fn events(
+        &self,
+        user_id: Option<i64>,
+        job_id: String,
+    ) -> ApiResult<EventStream<BoxStream<'static, serde_json::Value>>> {
         let job = self.get(user_id, job_id.clone()).await?;
         let js = async_nats::jetstream::new(self.0.nats.clone());
-        let stream = js.get_stream(jobs::EVENTS_STREAM).await.map_err(|e| ApiError::new(gantry_contracts::error::ErrorCode::Unavailable, format!("event stream unavailable: {e}")))?;
+        let stream = js.get_stream(jobs::EVENTS_STREAM).await.map_err(|e| {
+            ApiError::new(
+                gantry_contracts::error::ErrorCode::Unavailable,
+                format!("event stream unavailable: {e}"),
+            )
+        })?;
         let consumer = stream
             .create_consumer(consumer::push::OrderedConfig {
                 filter_subject: jobs::event_subject(&job.job_id),
@@ -242,7 +280,10 @@ impl JobsApi {
         let messages = consumer.messages().await.map_err(ApiError::internal)?;
         let already_final = job.status.is_final();
         let events = messages
-            .filter_map(|m| async move { m.ok().and_then(|m| serde_json::from_slice::<JobEvent>(&m.payload).ok()) })
+            .filter_map(|m| async move {
+                m.ok()
+                    .and_then(|m| serde_json::from_slice::<JobEvent>(&m.payload).ok())
+            })
             .scan(false, |done, e| {
                 if *done {
                     return futures::future::ready(None);
@@ -253,7 +294,9 @@ impl JobsApi {
         // A job that ended before any event was stored (e.g. cancelled while queued) still ends
         // the stream: stop when the stream goes quiet after the history.
         let events: BoxStream<'static, serde_json::Value> = if already_final {
-            events.take_until(tokio::time::sleep(std::time::Duration::from_secs(2))).boxed()
+            events
+                .take_until(tokio::time::sleep(std::time::Duration::from_secs(2)))
+                .boxed()
         } else {
             events.boxed()
         };
@@ -261,34 +304,67 @@ impl JobsApi {
     }
 
     async fn cancel(&self, user_id: Option<i64>, job_id: String) -> ApiResult<Json<JobOut>> {
-        let job: JobRecord = self.0.registry(jobs::subjects::JOBS_CANCEL, &JobRef { job_id, user_id }).await?;
+        let job: JobRecord = self
+            .0
+            .registry(jobs::subjects::JOBS_CANCEL, &JobRef { job_id, user_id })
+            .await?;
         Ok(Json(carry(job)?))
     }
 
     async fn models(&self, user_id: Option<i64>) -> ApiResult<Json<ModelListOut>> {
-        let list: ModelList = self.0.registry(jobs::subjects::MODELS_LIST, &ModelQuery { user_id }).await?;
-        Ok(Json(ModelListOut { models: carry(list.models)? }))
+        let list: ModelList = self
+            .0
+            .registry(jobs::subjects::MODELS_LIST, &ModelQuery { user_id })
+            .await?;
+        Ok(Json(ModelListOut {
+            models: carry(list.models)?,
+        }))
     }
 
     async fn model(&self, user_id: Option<i64>, name: String) -> ApiResult<Json<ModelDetailOut>> {
-        let m: ModelDetail = self.0.registry(jobs::subjects::MODELS_GET, &ModelRef { name, user_id }).await?;
+        let m: ModelDetail = self
+            .0
+            .registry(jobs::subjects::MODELS_GET, &ModelRef { name, user_id })
+            .await?;
         Ok(Json(carry(m)?))
     }
 
-    async fn download(&self, user_id: Option<i64>, name: String, version: u32) -> ApiResult<Download> {
-        let m: ModelDetail = self.0.registry(jobs::subjects::MODELS_GET, &ModelRef { name: name.clone(), user_id }).await?;
+    async fn download(
+        &self,
+        user_id: Option<i64>,
+        name: String,
+        version: u32,
+    ) -> ApiResult<Download> {
+        let m: ModelDetail = self
+            .0
+            .registry(
+                jobs::subjects::MODELS_GET,
+                &ModelRef {
+                    name: name.clone(),
+                    user_id,
+                },
+            )
+            .await?;
         let v = m
             .versions
             .iter()
             .find(|v| v.version == version)
             .ok_or_else(|| ApiError::not_found(format!("model {name} has no version {version}")))?;
         let js = async_nats::jetstream::new(self.0.nats.clone());
-        let store = gantry_runtime::jobs::bucket_store(&js, jobs::MODELS_BUCKET).await.map_err(ApiError::internal)?;
-        let mut object = store.get(&v.weights_key).await.map_err(|e| ApiError::not_found(format!("weights of {name} v{version} are missing: {e}")))?;
+        let store = gantry_runtime::jobs::bucket_store(&js, jobs::MODELS_BUCKET)
+            .await
+            .map_err(ApiError::internal)?;
+        let mut object = store.get(&v.weights_key).await.map_err(|e| {
+            ApiError::not_found(format!("weights of {name} v{version} are missing: {e}"))
+        })?;
         let mut bytes = Vec::new();
-        tokio::io::AsyncReadExt::read_to_end(&mut object, &mut bytes).await.map_err(ApiError::internal)?;
+        tokio::io::AsyncReadExt::read_to_end(&mut object, &mut bytes)
+            .await
+            .map_err(ApiError::internal)?;
         Ok(Download::File(
-            Attachment::new(bytes).attachment_type(AttachmentType::Attachment).filename(format!("{name}-v{version}.safetensors")),
+            Attachment::new(bytes)
+                .attachment_type(AttachmentType::Attachment)
+                .filename(format!("{name}-v{version}.safetensors")),
         ))
     }
 }
@@ -298,7 +374,12 @@ impl JobsApi {
     /// List jobs
     ///
     /// Every job, newest first, with the queue position of queued jobs and the reason they wait.
-    #[oai(path = "/admin/api/jobs", method = "get", tag = "ApiTags::Training", operation_id = "list_jobs")]
+    #[oai(
+        path = "/admin/api/jobs",
+        method = "get",
+        tag = "ApiTags::Training",
+        operation_id = "list_jobs"
+    )]
     async fn admin_list(
         &self,
         req: &Request,
@@ -306,7 +387,10 @@ impl JobsApi {
         /// Only jobs in this state
         status: Query<Option<StatusFilter>>,
         /// Page size (default: 50, at most 500)
-        #[oai(default = "default_limit", validator(minimum(value = "1"), maximum(value = "500")))]
+        #[oai(
+            default = "default_limit",
+            validator(minimum(value = "1"), maximum(value = "500"))
+        )]
         limit: Query<u64>,
         /// Jobs to skip (default: 0)
         #[oai(default)]
@@ -317,7 +401,12 @@ impl JobsApi {
     }
 
     /// List your jobs
-    #[oai(path = "/api/jobs", method = "get", tag = "ApiTags::Training", operation_id = "list_my_jobs")]
+    #[oai(
+        path = "/api/jobs",
+        method = "get",
+        tag = "ApiTags::Training",
+        operation_id = "list_my_jobs"
+    )]
     async fn user_list(
         &self,
         req: &Request,
@@ -325,7 +414,10 @@ impl JobsApi {
         /// Only jobs in this state
         status: Query<Option<StatusFilter>>,
         /// Page size (default: 50, at most 500)
-        #[oai(default = "default_limit", validator(minimum(value = "1"), maximum(value = "500")))]
+        #[oai(
+            default = "default_limit",
+            validator(minimum(value = "1"), maximum(value = "500"))
+        )]
         limit: Query<u64>,
         /// Jobs to skip (default: 0)
         #[oai(default)]
@@ -336,17 +428,37 @@ impl JobsApi {
     }
 
     /// Get a job
-    #[oai(path = "/admin/api/jobs/:id", method = "get", tag = "ApiTags::Training", operation_id = "get_job")]
-    async fn admin_get(&self, req: &Request, auth: Credentials, /// Job id
-        id: Path<String>) -> ApiResult<Json<JobOut>> {
+    #[oai(
+        path = "/admin/api/jobs/:id",
+        method = "get",
+        tag = "ApiTags::Training",
+        operation_id = "get_job"
+    )]
+    async fn admin_get(
+        &self,
+        req: &Request,
+        auth: Credentials,
+        /// Job id
+        id: Path<String>,
+    ) -> ApiResult<Json<JobOut>> {
         let who = self.who(req, &auth, true).await?;
         Ok(Json(carry(self.get(who, id.0).await?)?))
     }
 
     /// Get one of your jobs
-    #[oai(path = "/api/jobs/:id", method = "get", tag = "ApiTags::Training", operation_id = "get_my_job")]
-    async fn user_get(&self, req: &Request, auth: Credentials, /// Job id
-        id: Path<String>) -> ApiResult<Json<JobOut>> {
+    #[oai(
+        path = "/api/jobs/:id",
+        method = "get",
+        tag = "ApiTags::Training",
+        operation_id = "get_my_job"
+    )]
+    async fn user_get(
+        &self,
+        req: &Request,
+        auth: Credentials,
+        /// Job id
+        id: Path<String>,
+    ) -> ApiResult<Json<JobOut>> {
         let who = self.who(req, &auth, false).await?;
         Ok(Json(carry(self.get(who, id.0).await?)?))
     }
@@ -355,17 +467,37 @@ impl JobsApi {
     ///
     /// Server-sent events: the job's history first, then live progress (epoch, step, loss,
     /// accuracies, samples/s, ETA), ending after it completes, fails or is cancelled.
-    #[oai(path = "/admin/api/jobs/:id/events", method = "get", tag = "ApiTags::Training", operation_id = "job_events")]
-    async fn admin_events(&self, req: &Request, auth: Credentials, /// Job id
-        id: Path<String>) -> ApiResult<EventStream<BoxStream<'static, serde_json::Value>>> {
+    #[oai(
+        path = "/admin/api/jobs/:id/events",
+        method = "get",
+        tag = "ApiTags::Training",
+        operation_id = "job_events"
+    )]
+    async fn admin_events(
+        &self,
+        req: &Request,
+        auth: Credentials,
+        /// Job id
+        id: Path<String>,
+    ) -> ApiResult<EventStream<BoxStream<'static, serde_json::Value>>> {
         let who = self.who(req, &auth, true).await?;
         self.events(who, id.0).await
     }
 
     /// Follow one of your jobs
-    #[oai(path = "/api/jobs/:id/events", method = "get", tag = "ApiTags::Training", operation_id = "my_job_events")]
-    async fn user_events(&self, req: &Request, auth: Credentials, /// Job id
-        id: Path<String>) -> ApiResult<EventStream<BoxStream<'static, serde_json::Value>>> {
+    #[oai(
+        path = "/api/jobs/:id/events",
+        method = "get",
+        tag = "ApiTags::Training",
+        operation_id = "my_job_events"
+    )]
+    async fn user_events(
+        &self,
+        req: &Request,
+        auth: Credentials,
+        /// Job id
+        id: Path<String>,
+    ) -> ApiResult<EventStream<BoxStream<'static, serde_json::Value>>> {
         let who = self.who(req, &auth, false).await?;
         self.events(who, id.0).await
     }
@@ -373,30 +505,64 @@ impl JobsApi {
     /// Cancel a job
     ///
     /// Stops it within seconds on its node; a job that had not started training is refunded.
-    #[oai(path = "/admin/api/jobs/:id/cancel", method = "post", tag = "ApiTags::Training", operation_id = "cancel_job")]
-    async fn admin_cancel(&self, req: &Request, auth: Credentials, /// Job id
-        id: Path<String>) -> ApiResult<Json<JobOut>> {
+    #[oai(
+        path = "/admin/api/jobs/:id/cancel",
+        method = "post",
+        tag = "ApiTags::Training",
+        operation_id = "cancel_job"
+    )]
+    async fn admin_cancel(
+        &self,
+        req: &Request,
+        auth: Credentials,
+        /// Job id
+        id: Path<String>,
+    ) -> ApiResult<Json<JobOut>> {
         let who = self.who(req, &auth, true).await?;
         self.cancel(who, id.0).await
     }
 
     /// Cancel one of your jobs
-    #[oai(path = "/api/jobs/:id/cancel", method = "post", tag = "ApiTags::Training", operation_id = "cancel_my_job")]
-    async fn user_cancel(&self, req: &Request, auth: Credentials, /// Job id
-        id: Path<String>) -> ApiResult<Json<JobOut>> {
+    #[oai(
+        path = "/api/jobs/:id/cancel",
+        method = "post",
+        tag = "ApiTags::Training",
+        operation_id = "cancel_my_job"
+    )]
+    async fn user_cancel(
+        &self,
+        req: &Request,
+        auth: Credentials,
+        /// Job id
+        id: Path<String>,
+    ) -> ApiResult<Json<JobOut>> {
         let who = self.who(req, &auth, false).await?;
         self.cancel(who, id.0).await
     }
 
     /// List models
-    #[oai(path = "/admin/api/models", method = "get", tag = "ApiTags::Training", operation_id = "list_models")]
-    async fn admin_models(&self, req: &Request, auth: Credentials) -> ApiResult<Json<ModelListOut>> {
+    #[oai(
+        path = "/admin/api/models",
+        method = "get",
+        tag = "ApiTags::Training",
+        operation_id = "list_models"
+    )]
+    async fn admin_models(
+        &self,
+        req: &Request,
+        auth: Credentials,
+    ) -> ApiResult<Json<ModelListOut>> {
         let who = self.who(req, &auth, true).await?;
         self.models(who).await
     }
 
     /// List your models
-    #[oai(path = "/api/models", method = "get", tag = "ApiTags::Training", operation_id = "list_my_models")]
+    #[oai(
+        path = "/api/models",
+        method = "get",
+        tag = "ApiTags::Training",
+        operation_id = "list_my_models"
+    )]
     async fn user_models(&self, req: &Request, auth: Credentials) -> ApiResult<Json<ModelListOut>> {
         let who = self.who(req, &auth, false).await?;
         self.models(who).await
@@ -405,17 +571,37 @@ impl JobsApi {
     /// Get a model
     ///
     /// Every version with its card and metrics.
-    #[oai(path = "/admin/api/models/:name", method = "get", tag = "ApiTags::Training", operation_id = "get_model")]
-    async fn admin_model(&self, req: &Request, auth: Credentials, /// Model name
-        name: Path<String>) -> ApiResult<Json<ModelDetailOut>> {
+    #[oai(
+        path = "/admin/api/models/:name",
+        method = "get",
+        tag = "ApiTags::Training",
+        operation_id = "get_model"
+    )]
+    async fn admin_model(
+        &self,
+        req: &Request,
+        auth: Credentials,
+        /// Model name
+        name: Path<String>,
+    ) -> ApiResult<Json<ModelDetailOut>> {
         let who = self.who(req, &auth, true).await?;
         self.model(who, name.0).await
     }
 
     /// Get one of your models
-    #[oai(path = "/api/models/:name", method = "get", tag = "ApiTags::Training", operation_id = "get_my_model")]
-    async fn user_model(&self, req: &Request, auth: Credentials, /// Model name
-        name: Path<String>) -> ApiResult<Json<ModelDetailOut>> {
+    #[oai(
+        path = "/api/models/:name",
+        method = "get",
+        tag = "ApiTags::Training",
+        operation_id = "get_my_model"
+    )]
+    async fn user_model(
+        &self,
+        req: &Request,
+        auth: Credentials,
+        /// Model name
+        name: Path<String>,
+    ) -> ApiResult<Json<ModelDetailOut>> {
         let who = self.who(req, &auth, false).await?;
         self.model(who, name.0).await
     }
@@ -423,19 +609,41 @@ impl JobsApi {
     /// Download a model version
     ///
     /// Its weights as safetensors.
-    #[oai(path = "/admin/api/models/:name/versions/:version/download", method = "get", tag = "ApiTags::Training", operation_id = "download_model")]
-    async fn admin_download(&self, req: &Request, auth: Credentials, /// Model name
-        name: Path<String>, /// Version
-        version: Path<u32>) -> ApiResult<Download> {
+    #[oai(
+        path = "/admin/api/models/:name/versions/:version/download",
+        method = "get",
+        tag = "ApiTags::Training",
+        operation_id = "download_model"
+    )]
+    async fn admin_download(
+        &self,
+        req: &Request,
+        auth: Credentials,
+        /// Model name
+        name: Path<String>,
+        /// Version
+        version: Path<u32>,
+    ) -> ApiResult<Download> {
         let who = self.who(req, &auth, true).await?;
         self.download(who, name.0, version.0).await
     }
 
     /// Download one of your model versions
-    #[oai(path = "/api/models/:name/versions/:version/download", method = "get", tag = "ApiTags::Training", operation_id = "download_my_model")]
-    async fn user_download(&self, req: &Request, auth: Credentials, /// Model name
-        name: Path<String>, /// Version
-        version: Path<u32>) -> ApiResult<Download> {
+    #[oai(
+        path = "/api/models/:name/versions/:version/download",
+        method = "get",
+        tag = "ApiTags::Training",
+        operation_id = "download_my_model"
+    )]
+    async fn user_download(
+        &self,
+        req: &Request,
+        auth: Credentials,
+        /// Model name
+        name: Path<String>,
+        /// Version
+        version: Path<u32>,
+    ) -> ApiResult<Download> {
         let who = self.who(req, &auth, false).await?;
         self.download(who, name.0, version.0).await
     }

@@ -63,7 +63,11 @@ pub struct SessionApi(pub AppState);
 
 impl SessionApi {
     fn cookie(&self, value: &str, max_age: u64) -> String {
-        let secure = if self.0.secure_cookies { "; Secure" } else { "" };
+        let secure = if self.0.secure_cookies {
+            "; Secure"
+        } else {
+            ""
+        };
         format!("{SESSION_COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}")
     }
 }
@@ -74,37 +78,65 @@ impl SessionApi {
     ///
     /// Checks a username and password and sets the session cookie (HttpOnly, SameSite=Strict).
     /// Repeated failures are refused for a while (429).
-    #[oai(path = "/api/auth/login", method = "post", tag = "ApiTags::Session", operation_id = "login")]
+    #[oai(
+        path = "/api/auth/login",
+        method = "post",
+        tag = "ApiTags::Session",
+        operation_id = "login"
+    )]
     async fn login(&self, req: &Request, body: LoginBody) -> ApiResult<LoginResponse> {
         let form = match body {
             LoginBody::Json(Json(f)) | LoginBody::Form(Form(f)) => f,
         };
-        let client = req.remote_addr().as_socket_addr().map(|a| a.ip().to_string()).unwrap_or_default();
+        let client = req
+            .remote_addr()
+            .as_socket_addr()
+            .map(|a| a.ip().to_string())
+            .unwrap_or_default();
         let resp: msg::LoginResponse = nats::request(
             &self.0.nats,
             subjects::auth(ep::LOGIN),
-            &msg::LoginRequest { username: form.username, password: form.password, client },
+            &msg::LoginRequest {
+                username: form.username,
+                password: form.password,
+                client,
+            },
         )
         .await?;
         let cookie = self.cookie(&resp.session_id, resp.expires_in);
-        Ok(LoginResponse::Ok(Json(LoginOk { user: resp.user.into(), expires_in: resp.expires_in }), cookie))
+        Ok(LoginResponse::Ok(
+            Json(LoginOk {
+                user: resp.user.into(),
+                expires_in: resp.expires_in,
+            }),
+            cookie,
+        ))
     }
 
     /// Log out
     ///
     /// Ends the session of the cookie sent and clears it.
-    #[oai(path = "/api/auth/logout", method = "post", tag = "ApiTags::Session", operation_id = "logout")]
+    #[oai(
+        path = "/api/auth/logout",
+        method = "post",
+        tag = "ApiTags::Session",
+        operation_id = "logout"
+    )]
     async fn logout(&self, req: &Request, auth: Credentials) -> ApiResult<LogoutResponse> {
         self.0.auth.principal(&auth, req).await?;
         if let Credentials::Session(s) = &auth {
             let _: serde_json::Value = nats::request(
                 &self.0.nats,
                 subjects::auth(ep::LOGOUT),
-                &msg::LogoutRequest { session_id: s.0.key.clone() },
+                &msg::LogoutRequest {
+                    session_id: s.0.key.clone(),
+                },
             )
             .await?;
         } else {
-            return Err(ApiError::bad_request("logout ends a session: send the session cookie, not a bearer token"));
+            return Err(ApiError::bad_request(
+                "logout ends a session: send the session cookie, not a bearer token",
+            ));
         }
         Ok(LogoutResponse::Done(self.cookie("", 0)))
     }
@@ -112,7 +144,12 @@ impl SessionApi {
     /// Who am I
     ///
     /// The user the credential belongs to.
-    #[oai(path = "/api/auth/me", method = "get", tag = "ApiTags::Session", operation_id = "me")]
+    #[oai(
+        path = "/api/auth/me",
+        method = "get",
+        tag = "ApiTags::Session",
+        operation_id = "me"
+    )]
     async fn me(&self, req: &Request, auth: Credentials) -> ApiResult<Json<UserOut>> {
         let p = self.0.auth.principal(&auth, req).await?;
         Ok(Json(p.user.into()))

@@ -17,7 +17,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     gantry_runtime::metrics::init_api();
     let client = nats::connect(&config, services::API).await?;
     let readiness = Readiness::nats(client.clone());
-    let service = nats::start_service(&client, services::API, "HTTP edge of the admin and user API").await?;
+    let service = nats::start_service(
+        &client,
+        services::API,
+        "HTTP edge of the admin and user API",
+    )
+    .await?;
 
     let state = AppState::new(&config, client.clone()).await?;
     let js = async_nats::jetstream::new(client.clone());
@@ -25,10 +30,19 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         let (js, shutdown) = (js.clone(), shutdown.clone());
         tokio::spawn(async move { gantry_runtime::jobs::ensure_with_retry(&js, &shutdown).await });
     }
-    let app = app::build(state, readiness, config.public_url.clone(), config.train_hold);
+    let app = app::build(
+        state,
+        readiness,
+        config.public_url.clone(),
+        config.train_hold,
+    );
     tracing::info!(addr = %config.http_addr, "api listening");
     Server::new(TcpListener::bind(config.http_addr))
-        .run_with_graceful_shutdown(app, shutdown.cancelled_owned(), Some(Duration::from_secs(10)))
+        .run_with_graceful_shutdown(
+            app,
+            shutdown.cancelled_owned(),
+            Some(Duration::from_secs(10)),
+        )
         .await?;
     nats::leave(service, &client).await;
     Ok(())

@@ -25,7 +25,10 @@ impl AppState {
             auth: Authenticator::new(nats.clone(), config.public_url.clone()).await?,
             nats,
             data_root: DataRoot::new(&config.data_root),
-            secure_cookies: config.public_url.as_deref().is_some_and(|u| u.starts_with("https://")),
+            secure_cookies: config
+                .public_url
+                .as_deref()
+                .is_some_and(|u| u.starts_with("https://")),
         })
     }
 }
@@ -37,6 +40,11 @@ impl AppState {
         endpoint: &str,
         req: &Req,
     ) -> crate::error::ApiResult<Resp> {
-        Ok(gantry_runtime::nats::request(&self.nats, gantry_contracts::subjects::registry(endpoint), req).await?)
+        Ok(gantry_runtime::nats::request(
+            &self.nats,
+            gantry_contracts::subjects::registry(endpoint),
+            req,
+        )
+        .await?)
     }
 }

@@ -88,31 +88,63 @@ pub struct TokensApi(pub AppState);
 #[OpenApi]
 impl TokensApi {
     /// List your API tokens
-    #[oai(path = "/api/tokens", method = "get", tag = "ApiTags::Tokens", operation_id = "list_tokens")]
+    #[oai(
+        path = "/api/tokens",
+        method = "get",
+        tag = "ApiTags::Tokens",
+        operation_id = "list_tokens"
+    )]
     async fn list(&self, req: &Request, auth: Credentials) -> ApiResult<Json<ApiTokenList>> {
         let p = self.0.auth.principal(&auth, req).await?;
-        let list: msg::ApiTokenList =
-            nats::request(&self.0.nats, subjects::auth(ep::TOKENS_LIST), &msg::UserRef { user_id: p.user.id }).await?;
-        Ok(Json(ApiTokenList { tokens: list.tokens.into_iter().map(Into::into).collect() }))
+        let list: msg::ApiTokenList = nats::request(
+            &self.0.nats,
+            subjects::auth(ep::TOKENS_LIST),
+            &msg::UserRef { user_id: p.user.id },
+        )
+        .await?;
+        Ok(Json(ApiTokenList {
+            tokens: list.tokens.into_iter().map(Into::into).collect(),
+        }))
     }
 
     /// Create an API token
     ///
     /// The answer holds the whole token, once. Use it as `Authorization: Bearer <token>`.
-    #[oai(path = "/api/tokens", method = "post", tag = "ApiTags::Tokens", operation_id = "create_token")]
-    async fn create(&self, req: &Request, auth: Credentials, body: Json<CreateTokenBody>) -> ApiResult<CreatedToken> {
+    #[oai(
+        path = "/api/tokens",
+        method = "post",
+        tag = "ApiTags::Tokens",
+        operation_id = "create_token"
+    )]
+    async fn create(
+        &self,
+        req: &Request,
+        auth: Credentials,
+        body: Json<CreateTokenBody>,
+    ) -> ApiResult<CreatedToken> {
         let p = self.0.auth.principal(&auth, req).await?;
         let t: msg::CreatedApiToken = nats::request(
             &self.0.nats,
             subjects::auth(ep::TOKENS_CREATE),
-            &msg::CreateApiToken { user_id: p.user.id, name: body.0.name },
+            &msg::CreateApiToken {
+                user_id: p.user.id,
+                name: body.0.name,
+            },
         )
         .await?;
-        Ok(CreatedToken::Created(Json(CreatedTokenOut { listed: t.token.into(), token: t.secret })))
+        Ok(CreatedToken::Created(Json(CreatedTokenOut {
+            listed: t.token.into(),
+            token: t.secret,
+        })))
     }
 
     /// Revoke an API token
-    #[oai(path = "/api/tokens/:id", method = "delete", tag = "ApiTags::Tokens", operation_id = "revoke_token")]
+    #[oai(
+        path = "/api/tokens/:id",
+        method = "delete",
+        tag = "ApiTags::Tokens",
+        operation_id = "revoke_token"
+    )]
     async fn revoke(
         &self,
         req: &Request,
@@ -124,7 +156,10 @@ impl TokensApi {
         let _: serde_json::Value = nats::request(
             &self.0.nats,
             subjects::auth(ep::TOKENS_REVOKE),
-            &msg::RevokeApiToken { user_id: p.user.id, token_id: id.0 },
+            &msg::RevokeApiToken {
+                user_id: p.user.id,
+                token_id: id.0,
+            },
         )
         .await?;
         Ok(Revoked::Done)

@@ -39,7 +39,14 @@ fn default_model() -> String {
 #[derive(Debug, Clone, Object)]
 pub struct TrainBody {
     /// Name for the trained model (default: "MyCustomModel")
-    #[oai(default = "default_model", validator(min_length = 1, max_length = 100, pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"))]
+    #[oai(
+        default = "default_model",
+        validator(
+            min_length = 1,
+            max_length = 100,
+            pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+        )
+    )]
     pub output_model: String,
     /// Description of the model
     #[oai(default, validator(max_length = 2000))]
@@ -131,7 +138,9 @@ struct Snapshot {
 
 fn dataset_error(e: gantry_training::dataset::DatasetError) -> ApiError {
     if e.is_data_error() {
-        ApiError::bad_request(format!("train_path is not a usable ImageFolder dataset: {e}"))
+        ApiError::bad_request(format!(
+            "train_path is not a usable ImageFolder dataset: {e}"
+        ))
     } else {
         ApiError::internal(e)
     }
@@ -148,7 +157,10 @@ fn prepare(root: &DataRoot, train_path: &str) -> ApiResult<Snapshot> {
     for f in &listing.files {
         let path = dir.real().join(&f.relative_path);
         if !root.contains(&path) {
-            return Err(ApiError::forbidden(format!("`{}` resolves outside the data root", f.relative_path)));
+            return Err(ApiError::forbidden(format!(
+                "`{}` resolves outside the data root",
+                f.relative_path
+            )));
         }
         let dims = image::ImageReader::open(&path)
             .and_then(|r| r.with_guessed_format())
@@ -156,7 +168,10 @@ fn prepare(root: &DataRoot, train_path: &str) -> ApiResult<Snapshot> {
             .and_then(|r| r.into_dimensions().map_err(|e| e.to_string()));
         match dims {
             Ok((w, h)) => {
-                if w > limits.max_image_side || h > limits.max_image_side || (w as u64 * h as u64) > limits.max_image_pixels {
+                if w > limits.max_image_side
+                    || h > limits.max_image_side
+                    || (w as u64 * h as u64) > limits.max_image_pixels
+                {
                     return Err(ApiError::bad_request(format!(
                         "`{}` is {w}x{h} pixels, more than the limit of {} per side or {} pixels",
                         f.relative_path, limits.max_image_side, limits.max_image_pixels
@@ -165,22 +180,42 @@ fn prepare(root: &DataRoot, train_path: &str) -> ApiResult<Snapshot> {
                 readable[f.class] += 1;
             }
             Err(reason) => {
-                return Err(ApiError::bad_request(format!("`{}` is not a readable PNG or JPEG image: {reason}", f.relative_path)))
+                return Err(ApiError::bad_request(format!(
+                    "`{}` is not a readable PNG or JPEG image: {reason}",
+                    f.relative_path
+                )))
             }
         }
-        files.push(DatasetFile { relative: format!("{}/{}", listing.classes[f.class], strip_class(&f.relative_path)), source: path });
+        files.push(DatasetFile {
+            relative: format!(
+                "{}/{}",
+                listing.classes[f.class],
+                strip_class(&f.relative_path)
+            ),
+            source: path,
+        });
     }
     if let Some(i) = readable.iter().position(|n| *n == 0) {
-        return Err(ApiError::bad_request(format!("class folder `{}` has no readable PNG or JPEG image", listing.classes[i])));
+        return Err(ApiError::bad_request(format!(
+            "class folder `{}` has no readable PNG or JPEG image",
+            listing.classes[i]
+        )));
     }
     let archive = tempfile::NamedTempFile::new().map_err(ApiError::internal)?;
     let hash = dataset::pack(&mut files, archive.path()).map_err(ApiError::internal)?;
-    Ok(Snapshot { hash, classes: listing.classes.clone(), archive })
+    Ok(Snapshot {
+        hash,
+        classes: listing.classes.clone(),
+        archive,
+    })
 }
 
 /// `cats/sub/a.png` → `sub/a.png`.
 fn strip_class(relative: &str) -> &str {
-    relative.split_once('/').map(|(_, rest)| rest).unwrap_or(relative)
+    relative
+        .split_once('/')
+        .map(|(_, rest)| rest)
+        .unwrap_or(relative)
 }
 
 /// The job id: from the caller's `Idempotency-Key` (so a retry finds the same job), else random.
@@ -216,7 +251,12 @@ impl TrainApi {
         let r: Result<CreditResult, _> = nats::request(
             &self.state.nats,
             subjects::auth(subjects::auth::CREDITS_REFUND),
-            &CreditChange { user_id, amount: TRAINING_COST, key: job_id.to_owned(), reason: format!("training job {job_id} could not be queued") },
+            &CreditChange {
+                user_id,
+                amount: TRAINING_COST,
+                key: job_id.to_owned(),
+                reason: format!("training job {job_id} could not be queued"),
+            },
         )
         .await;
         if let Err(e) = r {
@@ -230,18 +270,33 @@ impl TrainApi {
             let _: Result<JobRecord, _> = nats::request(
                 &self.state.nats,
                 subjects::registry(jobs::subjects::JOBS_FAIL),
-                &FailJob { job_id: job_id.to_owned(), error: what.clone(), kind: FailureKind::System },
+                &FailJob {
+                    job_id: job_id.to_owned(),
+                    error: what.clone(),
+                    kind: FailureKind::System,
+                },
             )
             .await;
         }
         self.refund(user_id, job_id).await;
-        ApiError::new(ErrorCode::Unavailable, format!("{what}; the job was not queued and any charge was refunded"))
+        ApiError::new(
+            ErrorCode::Unavailable,
+            format!("{what}; the job was not queued and any charge was refunded"),
+        )
     }
 
-    async fn submit(&self, p: Principal, body: TrainBody, idem: Option<String>, wait: bool) -> ApiResult<TrainResponse> {
+    async fn submit(
+        &self,
+        p: Principal,
+        body: TrainBody,
+        idem: Option<String>,
+        wait: bool,
+    ) -> ApiResult<TrainResponse> {
         let driver = match body.driver.as_deref() {
             None => JobDriver::Any,
-            Some(d) => JobDriver::parse(d).ok_or_else(|| ApiError::bad_request("driver must be one of cuda, rocm, cpu, any"))?,
+            Some(d) => JobDriver::parse(d).ok_or_else(|| {
+                ApiError::bad_request("driver must be one of cuda, rocm, cpu, any")
+            })?,
         };
         let d = TrainParams::default();
         let params = TrainParams {
@@ -252,10 +307,16 @@ impl TrainApi {
             validation_split: body.validation_split.unwrap_or(d.validation_split),
         };
         let admin = p.user.role == Role::Admin;
-        let status_base = if admin { "/admin/api/jobs" } else { "/api/jobs" };
+        let status_base = if admin {
+            "/admin/api/jobs"
+        } else {
+            "/api/jobs"
+        };
         if let Some(k) = &idem {
             if k.is_empty() || k.len() > 200 {
-                return Err(ApiError::bad_request("Idempotency-Key must be 1 to 200 characters"));
+                return Err(ApiError::bad_request(
+                    "Idempotency-Key must be 1 to 200 characters",
+                ));
             }
         }
         let job_id = job_id(p.user.id, idem.as_deref());
@@ -265,7 +326,10 @@ impl TrainApi {
             let existing: Result<JobRecord, _> = nats::request(
                 &self.state.nats,
                 subjects::registry(jobs::subjects::JOBS_GET),
-                &JobRef { job_id: job_id.clone(), user_id: Some(p.user.id) },
+                &JobRef {
+                    job_id: job_id.clone(),
+                    user_id: Some(p.user.id),
+                },
             )
             .await;
             if let Ok(job) = existing {
@@ -283,12 +347,19 @@ impl TrainApi {
         // Validate and pack before charging: bad data costs nothing.
         let root = self.state.data_root.clone();
         let train_path = body.train_path.clone();
-        let snapshot = tokio::task::spawn_blocking(move || prepare(&root, &train_path)).await.map_err(ApiError::internal)??;
+        let snapshot = tokio::task::spawn_blocking(move || prepare(&root, &train_path))
+            .await
+            .map_err(ApiError::internal)??;
 
         let charge: CreditResult = nats::request(
             &self.state.nats,
             subjects::auth(subjects::auth::CREDITS_CHARGE),
-            &CreditChange { user_id: p.user.id, amount: TRAINING_COST, key: job_id.clone(), reason: format!("training job {job_id}") },
+            &CreditChange {
+                user_id: p.user.id,
+                amount: TRAINING_COST,
+                key: job_id.clone(),
+                reason: format!("training job {job_id}"),
+            },
         )
         .await?;
 
@@ -299,14 +370,27 @@ impl TrainApi {
             let store = gantry_runtime::jobs::bucket_store(&js, jobs::DATASETS_BUCKET).await?;
             if store.info(&key).await.is_err() {
                 let mut file = tokio::fs::File::open(snapshot.archive.path()).await?;
-                store.put(key.as_str(), &mut file).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                store
+                    .put(key.as_str(), &mut file)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
             }
             anyhow::Ok(())
         }
         .await;
         if let Err(e) = stored {
-            tracing::error!(error = format!("{e:#}"), "storing the dataset snapshot failed");
-            return Err(self.abort(p.user.id, &job_id, false, "the dataset could not be stored".into()).await);
+            tracing::error!(
+                error = format!("{e:#}"),
+                "storing the dataset snapshot failed"
+            );
+            return Err(self
+                .abort(
+                    p.user.id,
+                    &job_id,
+                    false,
+                    "the dataset could not be stored".into(),
+                )
+                .await);
         }
 
         let job = TrainJob {
@@ -320,25 +404,61 @@ impl TrainApi {
             params,
             submitted_at: chrono::Utc::now(),
         };
-        let record = JobRecord::queued(&job, gantry_api_display(&self.state.data_root, &body.train_path), charge.tokens_used);
-        if let Err(e) = nats::request::<_, JobRecord>(&self.state.nats, subjects::registry(jobs::subjects::JOBS_CREATE), &record).await {
+        let record = JobRecord::queued(
+            &job,
+            gantry_api_display(&self.state.data_root, &body.train_path),
+            charge.tokens_used,
+        );
+        if let Err(e) = nats::request::<_, JobRecord>(
+            &self.state.nats,
+            subjects::registry(jobs::subjects::JOBS_CREATE),
+            &record,
+        )
+        .await
+        {
             tracing::error!(error = %e, "recording the job failed");
-            return Err(self.abort(p.user.id, &job_id, false, "the job could not be recorded".into()).await);
+            return Err(self
+                .abort(
+                    p.user.id,
+                    &job_id,
+                    false,
+                    "the job could not be recorded".into(),
+                )
+                .await);
         }
 
         // Listen before publishing, so a fast job's end is not missed.
-        let settled = if wait { Some(self.state.nats.subscribe(jobs::settled_subject(&job_id)).await.map_err(ApiError::internal)?) } else { None };
+        let settled = if wait {
+            Some(
+                self.state
+                    .nats
+                    .subscribe(jobs::settled_subject(&job_id))
+                    .await
+                    .map_err(ApiError::internal)?,
+            )
+        } else {
+            None
+        };
         let mut headers = nats::traced_headers();
         headers.insert("Nats-Msg-Id", job_id.as_str());
         let payload = serde_json::to_vec(&job).map_err(ApiError::internal)?;
         let published = async {
-            js.publish_with_headers(jobs::train_subject(driver), headers, payload.into()).await?.await?;
+            js.publish_with_headers(jobs::train_subject(driver), headers, payload.into())
+                .await?
+                .await?;
             anyhow::Ok(())
         }
         .await;
         if let Err(e) = published {
             tracing::error!(error = format!("{e:#}"), "publishing the job failed");
-            return Err(self.abort(p.user.id, &job_id, true, "the job queue refused the job".into()).await);
+            return Err(self
+                .abort(
+                    p.user.id,
+                    &job_id,
+                    true,
+                    "the job queue refused the job".into(),
+                )
+                .await);
         }
         tracing::info!(job_id, driver = driver.as_str(), "training job queued");
 
@@ -366,12 +486,22 @@ impl TrainApi {
     }
 
     /// Answer for a job that already exists (a retried submission).
-    async fn answer(&self, sub: Submitted, job: Option<JobRecord>, wait: bool) -> ApiResult<TrainResponse> {
+    async fn answer(
+        &self,
+        sub: Submitted,
+        job: Option<JobRecord>,
+        wait: bool,
+    ) -> ApiResult<TrainResponse> {
         match job {
             Some(job) if job.status.is_final() => final_answer(sub, job),
             _ if !wait => Ok(queued(sub)),
             _ => {
-                let settled = self.state.nats.subscribe(jobs::settled_subject(&sub.job_id)).await.map_err(ApiError::internal)?;
+                let settled = self
+                    .state
+                    .nats
+                    .subscribe(jobs::settled_subject(&sub.job_id))
+                    .await
+                    .map_err(ApiError::internal)?;
                 // It may have ended between the lookup and the subscription.
                 if let Some(job) = self.if_over(&sub.job_id).await {
                     return final_answer(sub, job);
@@ -383,20 +513,33 @@ impl TrainApi {
 
     /// The job's record if it is over (`None` when it is not, or the registry does not answer).
     async fn if_over(&self, job_id: &str) -> Option<JobRecord> {
-        let job: JobRecord =
-            nats::request(&self.state.nats, subjects::registry(jobs::subjects::JOBS_GET), &JobRef { job_id: job_id.to_owned(), user_id: None })
-                .await
-                .ok()?;
+        let job: JobRecord = nats::request(
+            &self.state.nats,
+            subjects::registry(jobs::subjects::JOBS_GET),
+            &JobRef {
+                job_id: job_id.to_owned(),
+                user_id: None,
+            },
+        )
+        .await
+        .ok()?;
         job.status.is_final().then_some(job)
     }
 
     /// Wait until the registry announces the job settled (model numbered, refund given), at most
     /// the hold.
-    async fn hold(&self, sub: Submitted, mut settled: async_nats::Subscriber) -> ApiResult<TrainResponse> {
+    async fn hold(
+        &self,
+        sub: Submitted,
+        mut settled: async_nats::Subscriber,
+    ) -> ApiResult<TrainResponse> {
         let deadline = tokio::time::sleep(self.hold);
         tokio::pin!(deadline);
         // A backstop for an announcement that never came (lost in a reconnect): look now and then.
-        let mut look = tokio::time::interval_at(tokio::time::Instant::now() + HOLD_LOOK_EVERY, HOLD_LOOK_EVERY);
+        let mut look = tokio::time::interval_at(
+            tokio::time::Instant::now() + HOLD_LOOK_EVERY,
+            HOLD_LOOK_EVERY,
+        );
         loop {
             tokio::select! {
                 _ = &mut deadline => break,
@@ -419,16 +562,28 @@ impl TrainApi {
         let job: JobRecord = nats::request(
             &self.state.nats,
             subjects::registry(jobs::subjects::JOBS_GET),
-            &JobRef { job_id: sub.job_id.clone(), user_id: None },
+            &JobRef {
+                job_id: sub.job_id.clone(),
+                user_id: None,
+            },
         )
         .await?;
-        let job = if job.status == JobStatus::Queued && job.waiting_reason.as_deref().is_some_and(|r| r.starts_with("no node")) {
+        let job = if job.status == JobStatus::Queued
+            && job
+                .waiting_reason
+                .as_deref()
+                .is_some_and(|r| r.starts_with("no node"))
+        {
             let reason = job.waiting_reason.clone().unwrap_or_default();
             // The registry fails it only if it is still queued; the answer follows what it did.
             let withdrawn: Result<JobRecord, _> = nats::request(
                 &self.state.nats,
                 subjects::registry(jobs::subjects::JOBS_FAIL),
-                &FailJob { job_id: sub.job_id.clone(), error: format!("no node could take it within the hold ({reason})"), kind: FailureKind::NoNode },
+                &FailJob {
+                    job_id: sub.job_id.clone(),
+                    error: format!("no node could take it within the hold ({reason})"),
+                    kind: FailureKind::NoNode,
+                },
             )
             .await;
             withdrawn.unwrap_or(job)
@@ -447,7 +602,9 @@ const HOLD_LOOK_EVERY: Duration = Duration::from_secs(10);
 
 /// The user-facing form of a path (`/datasets/x`), or the raw text when it does not resolve.
 fn gantry_api_display(root: &DataRoot, raw: &str) -> String {
-    root.resolve(raw).map(|p| p.as_str().to_owned()).unwrap_or_else(|_| raw.to_owned())
+    root.resolve(raw)
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|_| raw.to_owned())
 }
 
 fn queued(sub: Submitted) -> TrainResponse {
@@ -462,12 +619,25 @@ fn queued(sub: Submitted) -> TrainResponse {
 
 /// The answer for a job that is over, from its record as the registry keeps it.
 fn final_answer(sub: Submitted, job: JobRecord) -> ApiResult<TrainResponse> {
-    let JobRecord { status, model, error, failure_kind: kind, refund_due, refunded, tokens_charged, .. } = job;
+    let JobRecord {
+        status,
+        model,
+        error,
+        failure_kind: kind,
+        refund_due,
+        refunded,
+        tokens_charged,
+        ..
+    } = job;
     let refunded = match (tokens_charged > 0, refunded, refund_due) {
         (false, _, _) => String::new(),
         (true, true, _) => format!("; the {tokens_charged} tokens charged were refunded"),
-        (true, false, true) => format!("; the refund of the {tokens_charged} tokens charged is pending"),
-        (true, false, false) => format!("; the {tokens_charged} tokens charged are kept: training had started"),
+        (true, false, true) => {
+            format!("; the refund of the {tokens_charged} tokens charged is pending")
+        }
+        (true, false, false) => {
+            format!("; the {tokens_charged} tokens charged are kept: training had started")
+        }
     };
     match status {
         JobStatus::Completed => Ok(TrainResponse::Completed(Json(TrainCompleted {
@@ -477,18 +647,28 @@ fn final_answer(sub: Submitted, job: JobRecord) -> ApiResult<TrainResponse> {
             job_id: sub.job_id,
             model: model.map(carry).transpose()?,
         }))),
-        JobStatus::Cancelled => Err(ApiError::new(ErrorCode::Conflict, format!("job {} was cancelled{refunded}", sub.job_id))),
+        JobStatus::Cancelled => Err(ApiError::new(
+            ErrorCode::Conflict,
+            format!("job {} was cancelled{refunded}", sub.job_id),
+        )),
         _ => {
             let code = match kind {
                 Some(FailureKind::Data) => ErrorCode::Unprocessable,
                 Some(FailureKind::NoNode) | Some(FailureKind::System) => ErrorCode::Unavailable,
                 _ => ErrorCode::Internal,
             };
-            let message = format!("job {} failed: {}{refunded}", sub.job_id, error.unwrap_or_else(|| "unknown error".into()));
+            let message = format!(
+                "job {} failed: {}{refunded}",
+                sub.job_id,
+                error.unwrap_or_else(|| "unknown error".into())
+            );
             if code == ErrorCode::Internal {
                 // A trainer crash is reported as it is, not hidden behind a generic message.
                 return Err(ApiError::Internal(Json(crate::error::ErrorBody {
-                    error: crate::error::ErrorDetail { code: code.as_str().into(), message },
+                    error: crate::error::ErrorDetail {
+                        code: code.as_str().into(),
+                        message,
+                    },
                 })));
             }
             Err(ApiError::new(code, message))
@@ -497,7 +677,10 @@ fn final_answer(sub: Submitted, job: JobRecord) -> ApiResult<TrainResponse> {
 }
 
 fn wants_async(prefer: &Option<String>) -> bool {
-    prefer.as_deref().is_some_and(|p| p.split(',').any(|v| v.trim().eq_ignore_ascii_case("respond-async")))
+    prefer.as_deref().is_some_and(|p| {
+        p.split(',')
+            .any(|v| v.trim().eq_ignore_ascii_case("respond-async"))
+    })
 }
 
 #[OpenApi]
@@ -536,7 +719,12 @@ impl TrainApi {
     ///
     /// The same as the admin endpoint for any user, who pays 100 credit tokens (402 when the
     /// balance is short). Failed jobs are refunded.
-    #[oai(path = "/api/train", method = "post", tag = "ApiTags::Training", operation_id = "train_user")]
+    #[oai(
+        path = "/api/train",
+        method = "post",
+        tag = "ApiTags::Training",
+        operation_id = "train_user"
+    )]
     #[allow(clippy::too_many_arguments)]
     async fn train_user(
         &self,

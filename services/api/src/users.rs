@@ -106,7 +106,9 @@ pub struct UserListResponse {
 
 impl Example for UserListResponse {
     fn example() -> Self {
-        Self { users: vec![UserOut::example()] }
+        Self {
+            users: vec![UserOut::example()],
+        }
     }
 }
 
@@ -171,16 +173,19 @@ impl UsersApi {
         method = "get",
         tag = "ApiTags::AdminApi",
         operation_id = "list_users",
-        code_sample(
-            lang = "curl",
-            source = "crate::docs::samples::LIST_USERS"
-        )
+        code_sample(lang = "curl", source = "crate::docs::samples::LIST_USERS")
     )]
     async fn list(&self, req: &Request, auth: Credentials) -> ApiResult<Json<UserListResponse>> {
         self.0.auth.admin(&auth, req).await?;
-        let list: msg::UserList =
-            nats::request(&self.0.nats, subjects::auth(ep::USERS_LIST), &serde_json::json!({})).await?;
-        Ok(Json(UserListResponse { users: list.users.into_iter().map(Into::into).collect() }))
+        let list: msg::UserList = nats::request(
+            &self.0.nats,
+            subjects::auth(ep::USERS_LIST),
+            &serde_json::json!({}),
+        )
+        .await?;
+        Ok(Json(UserListResponse {
+            users: list.users.into_iter().map(Into::into).collect(),
+        }))
     }
 
     /// Create a user
@@ -192,12 +197,14 @@ impl UsersApi {
         method = "post",
         tag = "ApiTags::Users",
         operation_id = "create_user",
-        code_sample(
-            lang = "curl",
-            source = "crate::docs::samples::CREATE_USER"
-        )
+        code_sample(lang = "curl", source = "crate::docs::samples::CREATE_USER")
     )]
-    async fn create(&self, req: &Request, auth: Credentials, body: Json<CreateUserBody>) -> ApiResult<CreatedUser> {
+    async fn create(
+        &self,
+        req: &Request,
+        auth: Credentials,
+        body: Json<CreateUserBody>,
+    ) -> ApiResult<CreatedUser> {
         self.0.auth.admin(&auth, req).await?;
         let b = body.0;
         let user: msg::User = nats::request(
@@ -224,10 +231,7 @@ impl UsersApi {
         method = "patch",
         tag = "ApiTags::Users",
         operation_id = "update_user",
-        code_sample(
-            lang = "curl",
-            source = "crate::docs::samples::UPDATE_USER"
-        )
+        code_sample(lang = "curl", source = "crate::docs::samples::UPDATE_USER")
     )]
     async fn update(
         &self,

@@ -9,6 +9,10 @@ use crate::error::{ApiError, ApiResult};
 /// Convert `value` into `T` through JSON. A mismatch is a bug between services: 500.
 pub fn carry<T: ParseFromJSON>(value: impl Serialize) -> ApiResult<T> {
     let json = serde_json::to_value(value).map_err(ApiError::internal)?;
-    T::parse_from_json(Some(json))
-        .map_err(|e| ApiError::internal(format!("a service reply does not match the contract: {}", e.into_message())))
+    T::parse_from_json(Some(json)).map_err(|e| {
+        ApiError::internal(format!(
+            "a service reply does not match the contract: {}",
+            e.into_message()
+        ))
+    })
 }

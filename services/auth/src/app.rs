@@ -41,7 +41,10 @@ impl Default for Settings {
 impl Settings {
     /// Defaults, with the session lifetime from the configuration (`GANTRY_SESSION_TTL`).
     pub fn from_config(config: &gantry_runtime::config::Config) -> Self {
-        Self { session_ttl: config.session_ttl, ..Self::default() }
+        Self {
+            session_ttl: config.session_ttl,
+            ..Self::default()
+        }
     }
 }
 
@@ -60,7 +63,13 @@ pub struct App(Arc<Inner>);
 impl App {
     /// Wrap the handles. Requests are refused as unavailable until [`App::mark_started`].
     pub fn new(store: Store, nats: async_nats::Client, settings: Settings) -> Self {
-        Self(Arc::new(Inner { store, nats, settings, started: AtomicBool::new(false), problem: Mutex::new(None) }))
+        Self(Arc::new(Inner {
+            store,
+            nats,
+            settings,
+            started: AtomicBool::new(false),
+            problem: Mutex::new(None),
+        }))
     }
 
     /// The collections.
@@ -88,8 +97,16 @@ impl App {
         if self.started() {
             return None;
         }
-        let problem = self.0.problem.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        Some(format!("start-up: {}", problem.unwrap_or_else(|| "waiting for the store".into())))
+        let problem = self
+            .0
+            .problem
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        Some(format!(
+            "start-up: {}",
+            problem.unwrap_or_else(|| "waiting for the store".into())
+        ))
     }
 
     /// Whether [`App::mark_started`] was called.
@@ -102,14 +119,22 @@ impl App {
         if self.started() {
             Ok(())
         } else {
-            Err(AuthError::Unavailable("the auth service is starting: its store is not ready yet".into()))
+            Err(AuthError::Unavailable(
+                "the auth service is starting: its store is not ready yet".into(),
+            ))
         }
     }
 
     /// Tell every api replica to drop what it cached about `user_id`. Best effort: a lost
     /// announcement only means the cache entry lives out its (short) time.
     pub async fn announce_revocation(&self, user_id: i64) {
-        if let Err(e) = nats::publish(&self.0.nats, REVOCATIONS.to_owned(), &Revocation { user_id }).await {
+        if let Err(e) = nats::publish(
+            &self.0.nats,
+            REVOCATIONS.to_owned(),
+            &Revocation { user_id },
+        )
+        .await
+        {
             tracing::warn!(error = %e, user_id, "could not announce a revocation");
         }
     }

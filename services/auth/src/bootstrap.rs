@@ -25,17 +25,24 @@ impl FirstAdmin {
     /// Check `GANTRY_ADMIN_USER`, `GANTRY_ADMIN_EMAIL` and `GANTRY_ADMIN_PASSWORD` (the token's
     /// length is checked by the configuration itself). Secrets are never echoed.
     pub fn from_config(config: &Config) -> anyhow::Result<Self> {
-        let username = Username::parse(&config.admin_user)
-            .map_err(|e| anyhow::anyhow!("invalid GANTRY_ADMIN_USER={:?}: {e}", config.admin_user))?;
-        let email = Email::parse(&config.admin_email)
-            .map_err(|e| anyhow::anyhow!("invalid GANTRY_ADMIN_EMAIL={:?}: {e}", config.admin_email))?;
+        let username = Username::parse(&config.admin_user).map_err(|e| {
+            anyhow::anyhow!("invalid GANTRY_ADMIN_USER={:?}: {e}", config.admin_user)
+        })?;
+        let email = Email::parse(&config.admin_email).map_err(|e| {
+            anyhow::anyhow!("invalid GANTRY_ADMIN_EMAIL={:?}: {e}", config.admin_email)
+        })?;
         let password = config
             .admin_password
             .as_ref()
             .map(|p| Password::parse(p.expose_secret()))
             .transpose()
             .map_err(|e| anyhow::anyhow!("invalid GANTRY_ADMIN_PASSWORD=<redacted>: {e}"))?;
-        Ok(Self { username, email, password, api_token: config.admin_api_token.clone() })
+        Ok(Self {
+            username,
+            email,
+            password,
+            api_token: config.admin_api_token.clone(),
+        })
     }
 }
 
@@ -55,9 +62,14 @@ async fn ensure_admin(app: &App, first: &FirstAdmin) -> anyhow::Result<()> {
     // Hash before looking: the checks below and the insert then follow each other closely.
     let (password, generated) = match &first.password {
         Some(p) => (p.clone(), false),
-        None => (Password::parse(&secrets::generate_password()).map_err(anyhow::Error::from)?, true),
+        None => (
+            Password::parse(&secrets::generate_password()).map_err(anyhow::Error::from)?,
+            true,
+        ),
     };
-    let password_hash = users::hash_password(&password).await.map_err(anyhow::Error::from)?;
+    let password_hash = users::hash_password(&password)
+        .await
+        .map_err(anyhow::Error::from)?;
     for _ in 0..5 {
         if !store.admins().await?.is_empty() {
             return Ok(());
@@ -73,7 +85,11 @@ async fn ensure_admin(app: &App, first: &FirstAdmin) -> anyhow::Result<()> {
             created_at_ms: now_ms(),
         };
         // On an empty store the first admin is user 1, whichever replica wins.
-        let empty = store.users.find_one(mongodb::bson::doc! {}).await?.is_none();
+        let empty = store
+            .users
+            .find_one(mongodb::bson::doc! {})
+            .await?
+            .is_none();
         let created = if empty {
             let inserted = store.insert_user(&user).await?;
             if inserted {
@@ -122,7 +138,11 @@ async fn ensure_admin_token(app: &App, first: &FirstAdmin) -> anyhow::Result<()>
     let store = app.store();
     let secret = token.expose_secret();
     // Stored already (maybe revoked since: then it stays revoked).
-    if store.token_by_hash(&secrets::digest(secret)).await?.is_some() {
+    if store
+        .token_by_hash(&secrets::digest(secret))
+        .await?
+        .is_some()
+    {
         return Ok(());
     }
     let admins = store.admins().await?;
@@ -132,7 +152,10 @@ async fn ensure_admin_token(app: &App, first: &FirstAdmin) -> anyhow::Result<()>
         .or_else(|| admins.iter().find(|a| a.active))
         .ok_or_else(|| anyhow::anyhow!("no active admin to own GANTRY_ADMIN_API_TOKEN"))?;
     let name = TokenName::parse("GANTRY_ADMIN_API_TOKEN").map_err(anyhow::Error::from)?;
-    if store.insert_token(&tokens::new_doc(owner.id, &name, secret)).await? {
+    if store
+        .insert_token(&tokens::new_doc(owner.id, &name, secret))
+        .await?
+    {
         tracing::info!(user_id = owner.id, "GANTRY_ADMIN_API_TOKEN stored");
     }
     Ok(())

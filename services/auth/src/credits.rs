@@ -62,13 +62,27 @@ fn ms(d: Duration) -> i64 {
 fn validate_reason(reason: &str, default: &str) -> AuthResult<String> {
     let reason = reason.trim();
     if reason.len() > 500 {
-        return Err(AuthError::BadRequest("reason must be at most 500 bytes".into()));
+        return Err(AuthError::BadRequest(
+            "reason must be at most 500 bytes".into(),
+        ));
     }
-    Ok(if reason.is_empty() { default.to_owned() } else { reason.to_owned() })
+    Ok(if reason.is_empty() {
+        default.to_owned()
+    } else {
+        reason.to_owned()
+    })
 }
 
 /// A new pending entry.
-fn entry(key: &LedgerKey, user_id: i64, kind: LedgerKind, amount: i64, delta: i64, reason: String, actor_id: Option<i64>) -> LedgerDoc {
+fn entry(
+    key: &LedgerKey,
+    user_id: i64,
+    kind: LedgerKind,
+    amount: i64,
+    delta: i64,
+    reason: String,
+    actor_id: Option<i64>,
+) -> LedgerDoc {
     LedgerDoc {
         key: key.as_ref().to_owned(),
         user_id,
@@ -110,13 +124,20 @@ async fn apply(store: &Store, new: LedgerDoc) -> AuthResult<Outcome> {
         match store.ledger.insert_one(&mine).await {
             Ok(_) => return finish(store, mine).await,
             Err(e) if is_duplicate_key(&e) => {}
-            Err(e) => return Err(anyhow::Error::new(e).context("writing a ledger entry").into()),
+            Err(e) => {
+                return Err(anyhow::Error::new(e)
+                    .context("writing a ledger entry")
+                    .into())
+            }
         }
 
         let Some(mut existing) = store.find_entry(&new.key).await? else {
             continue; // refused and removed meanwhile: try again as the first
         };
-        if existing.user_id != new.user_id || existing.kind != new.kind || existing.amount != new.amount {
+        if existing.user_id != new.user_id
+            || existing.kind != new.kind
+            || existing.amount != new.amount
+        {
             return Err(AuthError::Conflict(format!(
                 "key '{}' was already used for a different change",
                 new.key
@@ -125,7 +146,10 @@ async fn apply(store: &Store, new: LedgerDoc) -> AuthResult<Outcome> {
         match existing.state {
             LedgerState::Applied => {
                 let balance = balance_of(store, existing.user_id).await?;
-                return Ok(Outcome::Replayed { entry: existing, balance });
+                return Ok(Outcome::Replayed {
+                    entry: existing,
+                    balance,
+                });
             }
             LedgerState::Pending if existing.lease_until_ms > now => {
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -154,7 +178,10 @@ async fn finish(store: &Store, entry: LedgerDoc) -> AuthResult<Outcome> {
             Some(u) => u.tokens,
             None => {
                 store.drop_pending(&entry).await?;
-                return Err(AuthError::NotFound(format!("no user with id {}", entry.user_id)));
+                return Err(AuthError::NotFound(format!(
+                    "no user with id {}",
+                    entry.user_id
+                )));
             }
         }
     } else {
@@ -174,7 +201,10 @@ async fn finish(store: &Store, entry: LedgerDoc) -> AuthResult<Outcome> {
             None => match store.user(entry.user_id).await? {
                 None => {
                     store.drop_pending(&entry).await?;
-                    return Err(AuthError::NotFound(format!("no user with id {}", entry.user_id)));
+                    return Err(AuthError::NotFound(format!(
+                        "no user with id {}",
+                        entry.user_id
+                    )));
                 }
                 Some(u) if store.has_mark(u.id, &mark).await? => u.tokens,
                 Some(u) => {
@@ -191,11 +221,18 @@ async fn finish(store: &Store, entry: LedgerDoc) -> AuthResult<Outcome> {
 impl Store {
     async fn find_entry(&self, key: &str) -> anyhow::Result<Option<LedgerDoc>> {
         use anyhow::Context as _;
-        self.ledger.find_one(doc! { "key": key }).await.context("reading a ledger entry")
+        self.ledger
+            .find_one(doc! { "key": key })
+            .await
+            .context("reading a ledger entry")
     }
 
     /// Take over an abandoned pending entry: succeeds for one caller only.
-    async fn take_over(&self, entry: &LedgerDoc, lease_until_ms: i64) -> anyhow::Result<Option<i64>> {
+    async fn take_over(
+        &self,
+        entry: &LedgerDoc,
+        lease_until_ms: i64,
+    ) -> anyhow::Result<Option<i64>> {
         use anyhow::Context as _;
         let r = self
             .ledger
@@ -251,23 +288,43 @@ pub async fn charge(app: App, req: CreditChange) -> AuthResult<CreditResult> {
 pub async fn charge_in(store: &Store, req: CreditChange) -> AuthResult<CreditResult> {
     let key = IdempotencyKey::parse(&req.key)?;
     if req.amount <= 0 {
-        return Err(AuthError::BadRequest("amount must be a positive number of tokens".into()));
+        return Err(AuthError::BadRequest(
+            "amount must be a positive number of tokens".into(),
+        ));
     }
     let reason = validate_reason(&req.reason, "charge")?;
     let user = store
         .user(req.user_id)
         .await?
         .ok_or_else(|| AuthError::NotFound(format!("no user with id {}", req.user_id)))?;
-    let delta = if user.role == Role::Admin { 0 } else { -req.amount };
-    let new = entry(&key.ledger(), user.id, LedgerKind::Charge, req.amount, delta, reason, None);
+    let delta = if user.role == Role::Admin {
+        0
+    } else {
+        -req.amount
+    };
+    let new = entry(
+        &key.ledger(),
+        user.id,
+        LedgerKind::Charge,
+        req.amount,
+        delta,
+        reason,
+        None,
+    );
     match apply(store, new).await? {
         Outcome::Applied { balance } => {
             tracing::info!(user_id = user.id, tokens = -delta, "charged");
-            Ok(CreditResult { tokens_used: -delta, remaining_tokens: balance, replayed: false })
+            Ok(CreditResult {
+                tokens_used: -delta,
+                remaining_tokens: balance,
+                replayed: false,
+            })
         }
-        Outcome::Replayed { entry, balance } => {
-            Ok(CreditResult { tokens_used: -entry.delta, remaining_tokens: balance, replayed: true })
-        }
+        Outcome::Replayed { entry, balance } => Ok(CreditResult {
+            tokens_used: -entry.delta,
+            remaining_tokens: balance,
+            replayed: true,
+        }),
         Outcome::Refused { balance } => Err(AuthError::InsufficientTokens(format!(
             "balance is {balance} tokens; this costs {}",
             req.amount
@@ -285,11 +342,21 @@ pub async fn refund(app: App, req: CreditChange) -> AuthResult<CreditResult> {
 pub async fn refund_in(store: &Store, req: CreditChange) -> AuthResult<CreditResult> {
     let key = IdempotencyKey::parse(&req.key)?;
     if req.amount <= 0 {
-        return Err(AuthError::BadRequest("amount must be a positive number of tokens".into()));
+        return Err(AuthError::BadRequest(
+            "amount must be a positive number of tokens".into(),
+        ));
     }
     let reason = validate_reason(&req.reason, "refund")?;
-    let not_found = || AuthError::NotFound(format!("no charge with key '{}' for user {}", req.key, req.user_id));
-    let charge = store.find_entry(key.ledger().as_ref()).await?.ok_or_else(not_found)?;
+    let not_found = || {
+        AuthError::NotFound(format!(
+            "no charge with key '{}' for user {}",
+            req.key, req.user_id
+        ))
+    };
+    let charge = store
+        .find_entry(key.ledger().as_ref())
+        .await?
+        .ok_or_else(not_found)?;
     if charge.kind != LedgerKind::Charge || charge.user_id != req.user_id {
         return Err(not_found());
     }
@@ -300,23 +367,53 @@ pub async fn refund_in(store: &Store, req: CreditChange) -> AuthResult<CreditRes
         )));
     }
     let back = (-charge.delta).min(req.amount).max(0);
-    let new = entry(&key.refund(), req.user_id, LedgerKind::Refund, req.amount, back, reason, None);
+    let new = entry(
+        &key.refund(),
+        req.user_id,
+        LedgerKind::Refund,
+        req.amount,
+        back,
+        reason,
+        None,
+    );
     match apply(store, new).await? {
         Outcome::Applied { balance } => {
             tracing::info!(user_id = req.user_id, tokens = back, "refunded");
-            Ok(CreditResult { tokens_used: back, remaining_tokens: balance, replayed: false })
+            Ok(CreditResult {
+                tokens_used: back,
+                remaining_tokens: balance,
+                replayed: false,
+            })
         }
-        Outcome::Replayed { entry, balance } => {
-            Ok(CreditResult { tokens_used: entry.delta, remaining_tokens: balance, replayed: true })
+        Outcome::Replayed { entry, balance } => Ok(CreditResult {
+            tokens_used: entry.delta,
+            remaining_tokens: balance,
+            replayed: true,
+        }),
+        Outcome::Refused { .. } => {
+            Err(anyhow::anyhow!("a refund was refused for lack of tokens").into())
         }
-        Outcome::Refused { .. } => Err(anyhow::anyhow!("a refund was refused for lack of tokens").into()),
     }
 }
 
 /// An admin's balance adjustment (`users.update` with `tokens_delta`), under a fresh key.
-pub async fn adjust(store: &Store, user_id: i64, delta: i64, reason: &str, actor_id: Option<i64>) -> AuthResult<i64> {
+pub async fn adjust(
+    store: &Store,
+    user_id: i64,
+    delta: i64,
+    reason: &str,
+    actor_id: Option<i64>,
+) -> AuthResult<i64> {
     let reason = validate_reason(reason, "adjusted by an admin")?;
-    let new = entry(&LedgerKey::adjustment(), user_id, LedgerKind::Adjust, delta.abs(), delta, reason, actor_id);
+    let new = entry(
+        &LedgerKey::adjustment(),
+        user_id,
+        LedgerKind::Adjust,
+        delta.abs(),
+        delta,
+        reason,
+        actor_id,
+    );
     match apply(store, new).await? {
         Outcome::Applied { balance } | Outcome::Replayed { balance, .. } => Ok(balance),
         Outcome::Refused { balance } => Err(AuthError::Conflict(format!(
@@ -330,12 +427,24 @@ pub async fn adjust(store: &Store, user_id: i64, delta: i64, reason: &str, actor
 /// user, so there is nothing to apply).
 pub async fn record_opening_balance(store: &Store, user_id: i64, tokens: i64) -> AuthResult<()> {
     let now = now_ms();
-    let mut e = entry(&LedgerKey::adjustment(), user_id, LedgerKind::Adjust, tokens, tokens, "opening balance".into(), None);
+    let mut e = entry(
+        &LedgerKey::adjustment(),
+        user_id,
+        LedgerKind::Adjust,
+        tokens,
+        tokens,
+        "opening balance".into(),
+        None,
+    );
     e.state = LedgerState::Applied;
     e.created_at_ms = now;
     e.applied_at_ms = now;
     e.settled_at_ms = now;
-    store.ledger.insert_one(&e).await.map_err(|e| anyhow::Error::new(e).context("recording an opening balance"))?;
+    store
+        .ledger
+        .insert_one(&e)
+        .await
+        .map_err(|e| anyhow::Error::new(e).context("recording an opening balance"))?;
     Ok(())
 }
 
@@ -357,7 +466,14 @@ pub async fn settle(store: &Store, now: i64) -> anyhow::Result<()> {
     for e in abandoned {
         if let Some(lease) = store.take_over(&e, now.max(now_ms()) + ms(LEASE)).await? {
             let key = e.key.clone();
-            let outcome = finish(store, LedgerDoc { lease_until_ms: lease, ..e }).await;
+            let outcome = finish(
+                store,
+                LedgerDoc {
+                    lease_until_ms: lease,
+                    ..e
+                },
+            )
+            .await;
             tracing::info!(key_digest = %secrets::digest(&key), outcome = ?outcome.map(|_| ()), "finished an abandoned ledger entry");
         }
     }
@@ -381,7 +497,10 @@ pub async fn settle(store: &Store, now: i64) -> anyhow::Result<()> {
             .context("removing a ledger mark")?;
         store
             .ledger
-            .update_one(doc! { "key": &e.key }, doc! { "$set": { "settled_at_ms": now_ms() } })
+            .update_one(
+                doc! { "key": &e.key },
+                doc! { "$set": { "settled_at_ms": now_ms() } },
+            )
             .await
             .context("settling a ledger entry")?;
     }

@@ -12,9 +12,14 @@ impl Username {
     pub fn parse(s: &str) -> Result<Self, AuthError> {
         let len = s.chars().count();
         if !(3..=64).contains(&len) {
-            return Err(AuthError::BadRequest("username must be 3 to 64 characters long".into()));
+            return Err(AuthError::BadRequest(
+                "username must be 3 to 64 characters long".into(),
+            ));
         }
-        if !s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
+        if !s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        {
             return Err(AuthError::BadRequest(
                 "username may contain only letters, digits, '.', '_' and '-'".into(),
             ));
@@ -44,7 +49,9 @@ impl Email {
         }
         let mut parts = s.split('@');
         match (parts.next(), parts.next(), parts.next()) {
-            (Some(local), Some(domain), None) if !local.is_empty() && !domain.is_empty() => Ok(Self(s.to_owned())),
+            (Some(local), Some(domain), None) if !local.is_empty() && !domain.is_empty() => {
+                Ok(Self(s.to_owned()))
+            }
             _ => Err(bad()),
         }
     }
@@ -65,10 +72,14 @@ impl Password {
     /// Check the rules.
     pub fn parse(s: &str) -> Result<Self, AuthError> {
         if s.chars().count() < 8 {
-            return Err(AuthError::BadRequest("password must be at least 8 characters long".into()));
+            return Err(AuthError::BadRequest(
+                "password must be at least 8 characters long".into(),
+            ));
         }
         if s.len() > 1024 {
-            return Err(AuthError::BadRequest("password must be at most 1024 bytes long".into()));
+            return Err(AuthError::BadRequest(
+                "password must be at most 1024 bytes long".into(),
+            ));
         }
         Ok(Self(s.to_owned()))
     }
@@ -95,10 +106,14 @@ impl TokenName {
         let s = s.trim();
         let len = s.chars().count();
         if !(1..=100).contains(&len) {
-            return Err(AuthError::BadRequest("token name must be 1 to 100 characters long".into()));
+            return Err(AuthError::BadRequest(
+                "token name must be 1 to 100 characters long".into(),
+            ));
         }
         if s.chars().any(char::is_control) {
-            return Err(AuthError::BadRequest("token name must not contain control characters".into()));
+            return Err(AuthError::BadRequest(
+                "token name must not contain control characters".into(),
+            ));
         }
         Ok(Self(s.to_owned()))
     }
@@ -177,8 +192,20 @@ mod tests {
 
     #[test]
     fn usernames_too_short_too_long_or_with_other_characters_are_refused() {
-        for bad in ["", "ab", &"x".repeat(65), "a b", "ab/c", "émile", "a@b", "abc\n"] {
-            assert!(matches!(Username::parse(bad), Err(AuthError::BadRequest(_))), "{bad:?}");
+        for bad in [
+            "",
+            "ab",
+            &"x".repeat(65),
+            "a b",
+            "ab/c",
+            "émile",
+            "a@b",
+            "abc\n",
+        ] {
+            assert!(
+                matches!(Username::parse(bad), Err(AuthError::BadRequest(_))),
+                "{bad:?}"
+            );
         }
     }
 
@@ -214,6 +241,9 @@ mod tests {
         assert!(IdempotencyKey::parse("adjust:x").is_err());
         assert!(IdempotencyKey::parse("").is_err());
         assert!(IdempotencyKey::parse("a b").is_err());
-        assert_eq!(IdempotencyKey::parse("k").unwrap().refund().as_ref(), "refund:k");
+        assert_eq!(
+            IdempotencyKey::parse("k").unwrap().refund().as_ref(),
+            "refund:k"
+        );
     }
 }

@@ -42,7 +42,9 @@ fn is_store_outage(e: &mongodb::error::Error) -> bool {
     use mongodb::error::ErrorKind;
     matches!(
         *e.kind,
-        ErrorKind::Io(_) | ErrorKind::ServerSelection { .. } | ErrorKind::ConnectionPoolCleared { .. }
+        ErrorKind::Io(_)
+            | ErrorKind::ServerSelection { .. }
+            | ErrorKind::ConnectionPoolCleared { .. }
     )
 }
 
@@ -63,15 +65,22 @@ impl From<AuthError> for ServiceFailure {
             AuthError::BadRequest(m) => ServiceFailure::new(ErrorCode::BadRequest, m),
             AuthError::Unauthorized(m) => ServiceFailure::new(ErrorCode::Unauthorized, m),
             AuthError::Forbidden(m) => ServiceFailure::new(ErrorCode::Forbidden, m),
-            AuthError::InsufficientTokens(m) => ServiceFailure::new(ErrorCode::InsufficientTokens, m),
+            AuthError::InsufficientTokens(m) => {
+                ServiceFailure::new(ErrorCode::InsufficientTokens, m)
+            }
             AuthError::NotFound(m) => ServiceFailure::new(ErrorCode::NotFound, m),
             AuthError::Conflict(m) => ServiceFailure::new(ErrorCode::Conflict, m),
             AuthError::TooManyRequests(m) => ServiceFailure::new(ErrorCode::TooManyRequests, m),
             AuthError::Unavailable(m) => ServiceFailure::new(ErrorCode::Unavailable, m),
             AuthError::Unexpected(e) => {
-                if e.downcast_ref::<mongodb::error::Error>().is_some_and(is_store_outage) {
+                if e.downcast_ref::<mongodb::error::Error>()
+                    .is_some_and(is_store_outage)
+                {
                     tracing::warn!(error = format!("{e:#}"), "store unreachable");
-                    ServiceFailure::new(ErrorCode::Unavailable, "the auth store is unreachable; try again shortly")
+                    ServiceFailure::new(
+                        ErrorCode::Unavailable,
+                        "the auth store is unreachable; try again shortly",
+                    )
                 } else {
                     // The whole chain goes to the log; the caller gets no internals.
                     tracing::error!(error = format!("{e:#}"), "unexpected failure");
@@ -92,10 +101,16 @@ mod tests {
             (AuthError::BadRequest("x".into()), ErrorCode::BadRequest),
             (AuthError::Unauthorized("x".into()), ErrorCode::Unauthorized),
             (AuthError::Forbidden("x".into()), ErrorCode::Forbidden),
-            (AuthError::InsufficientTokens("x".into()), ErrorCode::InsufficientTokens),
+            (
+                AuthError::InsufficientTokens("x".into()),
+                ErrorCode::InsufficientTokens,
+            ),
             (AuthError::NotFound("x".into()), ErrorCode::NotFound),
             (AuthError::Conflict("x".into()), ErrorCode::Conflict),
-            (AuthError::TooManyRequests("x".into()), ErrorCode::TooManyRequests),
+            (
+                AuthError::TooManyRequests("x".into()),
+                ErrorCode::TooManyRequests,
+            ),
             (AuthError::Unavailable("x".into()), ErrorCode::Unavailable),
         ];
         for (e, code) in cases {

@@ -62,7 +62,12 @@ pub async fn login(app: App, req: LoginRequest) -> AuthResult<LoginResponse> {
 
     let attempt_id = ObjectId::new();
     let now = now_ms();
-    let attempt = FailureDoc { id: attempt_id, username: username.clone(), client: client.clone(), at_ms: now };
+    let attempt = FailureDoc {
+        id: attempt_id,
+        username: username.clone(),
+        client: client.clone(),
+        at_ms: now,
+    };
     store
         .failures
         .insert_one(&attempt)
@@ -77,10 +82,18 @@ pub async fn login(app: App, req: LoginRequest) -> AuthResult<LoginResponse> {
     };
     let since = now - settings.failure_window.as_millis() as i64;
     let by_user = store.count_attempts("username", &username, since).await?;
-    let by_client = if client.is_empty() { 0 } else { store.count_attempts("client", &client, since).await? };
+    let by_client = if client.is_empty() {
+        0
+    } else {
+        store.count_attempts("client", &client, since).await?
+    };
     if by_user > settings.max_failures_per_user || by_client > settings.max_failures_per_client {
         withdraw().await?;
-        tracing::warn!(by_user, by_client, "login refused: too many failed attempts");
+        tracing::warn!(
+            by_user,
+            by_client,
+            "login refused: too many failed attempts"
+        );
         return Err(AuthError::TooManyRequests(
             "too many failed logins; wait a few minutes and try again".into(),
         ));
@@ -109,7 +122,9 @@ pub async fn login(app: App, req: LoginRequest) -> AuthResult<LoginResponse> {
         .await
         .map_err(|e| anyhow::Error::new(e).context("clearing failed logins"))?;
     if !user.active {
-        return Err(AuthError::Unauthorized("this account is deactivated".into()));
+        return Err(AuthError::Unauthorized(
+            "this account is deactivated".into(),
+        ));
     }
 
     let session_id = secrets::new_session_id();
@@ -128,7 +143,11 @@ pub async fn login(app: App, req: LoginRequest) -> AuthResult<LoginResponse> {
         .await
         .map_err(|e| anyhow::Error::new(e).context("storing a session"))?;
     tracing::info!(user_id = user.id, "logged in");
-    Ok(LoginResponse { user: user.to_user(), session_id, expires_in: settings.session_ttl.as_secs() })
+    Ok(LoginResponse {
+        user: user.to_user(),
+        session_id,
+        expires_in: settings.session_ttl.as_secs(),
+    })
 }
 
 /// `logout`: end the session (unknown ones included: the result is the same).
@@ -174,17 +193,24 @@ pub async fn verify(app: &App, session_id: &str) -> AuthResult<Principal> {
             .delete_one(doc! { "_id": &hash })
             .await
             .map_err(|e| anyhow::Error::new(e).context("deleting an expired session"))?;
-        return Err(AuthError::Unauthorized("the session has expired; log in again".into()));
+        return Err(AuthError::Unauthorized(
+            "the session has expired; log in again".into(),
+        ));
     }
     let user = store.user(session.user_id).await?.ok_or_else(unknown)?;
     if !user.active {
-        return Err(AuthError::Unauthorized("this account is deactivated".into()));
+        return Err(AuthError::Unauthorized(
+            "this account is deactivated".into(),
+        ));
     }
     let mut expires_at_ms = session.expires_at_ms;
     if let Some((seen, expires)) = slide(&session, now, settings.session_ttl) {
         store
             .sessions
-            .update_one(doc! { "_id": &hash }, doc! { "$set": { "last_seen_ms": seen, "expires_at_ms": expires } })
+            .update_one(
+                doc! { "_id": &hash },
+                doc! { "$set": { "last_seen_ms": seen, "expires_at_ms": expires } },
+            )
             .await
             .map_err(|e| anyhow::Error::new(e).context("extending a session"))?;
         expires_at_ms = expires;
@@ -201,7 +227,13 @@ mod tests {
     use super::*;
 
     fn session(last_seen_ms: i64, expires_at_ms: i64) -> SessionDoc {
-        SessionDoc { hash: "h".into(), user_id: 1, created_at_ms: 0, last_seen_ms, expires_at_ms }
+        SessionDoc {
+            hash: "h".into(),
+            user_id: 1,
+            created_at_ms: 0,
+            last_seen_ms,
+            expires_at_ms,
+        }
     }
 
     #[test]
@@ -209,7 +241,10 @@ mod tests {
         let ttl = Duration::from_secs(12 * 3600);
         let s = session(1_000_000, 1_000_000 + 43_200_000);
         assert_eq!(slide(&s, 1_000_000 + 59_999, ttl), None);
-        assert_eq!(slide(&s, 1_000_000 + 60_000, ttl), Some((1_060_000, 1_060_000 + 43_200_000)));
+        assert_eq!(
+            slide(&s, 1_000_000 + 60_000, ttl),
+            Some((1_060_000, 1_060_000 + 43_200_000))
+        );
     }
 
     #[test]

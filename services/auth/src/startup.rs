@@ -48,14 +48,20 @@ where
         .await
         .map_err(|e| anyhow::anyhow!("registering endpoint {}: {e}", subjects::auth(name)))?;
     let app = app.clone();
-    tokio::spawn(nats::serve(endpoint, name, shutdown.clone(), tracker.clone(), move |req: Req| {
-        let app = app.clone();
-        let handler = handler.clone();
-        async move {
-            app.ensure_started().map_err(ServiceFailure::from)?;
-            handler(app, req).await.map_err(ServiceFailure::from)
-        }
-    }));
+    tokio::spawn(nats::serve(
+        endpoint,
+        name,
+        shutdown.clone(),
+        tracker.clone(),
+        move |req: Req| {
+            let app = app.clone();
+            let handler = handler.clone();
+            async move {
+                app.ensure_started().map_err(ServiceFailure::from)?;
+                handler(app, req).await.map_err(ServiceFailure::from)
+            }
+        },
+    ));
     Ok(())
 }
 
@@ -101,7 +107,11 @@ async fn sweep(app: App, shutdown: CancellationToken) {
         if !app.started() {
             continue;
         }
-        if let Err(e) = app.store().sweep_expired(app.settings().failure_window).await {
+        if let Err(e) = app
+            .store()
+            .sweep_expired(app.settings().failure_window)
+            .await
+        {
             tracing::warn!(error = format!("{e:#}"), "sweeping expired sessions failed");
         }
         if let Err(e) = credits::settle(app.store(), crate::store::now_ms()).await {
@@ -124,7 +134,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .with_check(move || ready_app.not_ready_reason());
     let (_addr, health) = health::serve(config.health_addr, readiness, shutdown.clone()).await?;
 
-    let service = nats::start_service(&client, services::AUTH, "Users, sessions, API tokens and credits").await?;
+    let service = nats::start_service(
+        &client,
+        services::AUTH,
+        "Users, sessions, API tokens and credits",
+    )
+    .await?;
     let tracker = TaskTracker::new();
     let v1 = service.group(subjects::AUTH_V1);
     let (s, t) = (&shutdown, &tracker);
@@ -142,7 +157,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     endpoint(&v1, ep::CREDITS_REFUND, &app, s, t, credits::refund).await?;
 
     let background = TaskTracker::new();
-    background.spawn(start_when_store_answers(app.clone(), first, shutdown.clone()));
+    background.spawn(start_when_store_answers(
+        app.clone(),
+        first,
+        shutdown.clone(),
+    ));
     background.spawn(sweep(app.clone(), shutdown.clone()));
 
     shutdown.cancelled().await;

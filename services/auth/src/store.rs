@@ -218,7 +218,12 @@ pub struct Store {
 fn index(keys: Document, name: &str, unique: bool) -> IndexModel {
     IndexModel::builder()
         .keys(keys)
-        .options(IndexOptions::builder().name(name.to_owned()).unique(unique.then_some(true)).build())
+        .options(
+            IndexOptions::builder()
+                .name(name.to_owned())
+                .unique(unique.then_some(true))
+                .build(),
+        )
         .build()
 }
 
@@ -304,17 +309,26 @@ impl Store {
 
     /// One user by id.
     pub async fn user(&self, id: i64) -> anyhow::Result<Option<UserDoc>> {
-        self.users.find_one(doc! { "_id": id }).await.context("reading a user")
+        self.users
+            .find_one(doc! { "_id": id })
+            .await
+            .context("reading a user")
     }
 
     /// One user by name.
     pub async fn user_by_name(&self, username: &str) -> anyhow::Result<Option<UserDoc>> {
-        self.users.find_one(doc! { "username": username }).await.context("reading a user by name")
+        self.users
+            .find_one(doc! { "username": username })
+            .await
+            .context("reading a user by name")
     }
 
     /// One user by e-mail.
     pub async fn user_by_email(&self, email: &str) -> anyhow::Result<Option<UserDoc>> {
-        self.users.find_one(doc! { "email": email }).await.context("reading a user by email")
+        self.users
+            .find_one(doc! { "email": email })
+            .await
+            .context("reading a user by email")
     }
 
     /// Every user, by id.
@@ -358,7 +372,10 @@ impl Store {
 
     /// The token with this digest, revoked or not.
     pub async fn token_by_hash(&self, hash: &str) -> anyhow::Result<Option<TokenDoc>> {
-        self.tokens.find_one(doc! { "hash": hash }).await.context("reading an API token")
+        self.tokens
+            .find_one(doc! { "hash": hash })
+            .await
+            .context("reading an API token")
     }
 
     /// Insert a token. `Ok(false)` when its digest is stored already.

@@ -5,7 +5,9 @@
 //! document, so `GANTRY_ADMIN_API_TOKEN` is not stored again on the next start.
 
 use futures::TryStreamExt;
-use gantry_contracts::auth::{ApiToken, ApiTokenList, CreateApiToken, CreatedApiToken, Principal, RevokeApiToken, UserRef};
+use gantry_contracts::auth::{
+    ApiToken, ApiTokenList, CreateApiToken, CreatedApiToken, Principal, RevokeApiToken, UserRef,
+};
 use mongodb::bson::doc;
 use serde_json::{Map, Value};
 
@@ -48,9 +50,18 @@ async fn live_tokens(store: &Store, user_id: i64) -> AuthResult<Vec<TokenDoc>> {
 pub async fn list(app: App, req: UserRef) -> AuthResult<ApiTokenList> {
     let store = app.store();
     if store.user(req.user_id).await?.is_none() {
-        return Err(AuthError::NotFound(format!("no user with id {}", req.user_id)));
+        return Err(AuthError::NotFound(format!(
+            "no user with id {}",
+            req.user_id
+        )));
     }
-    Ok(ApiTokenList { tokens: live_tokens(store, req.user_id).await?.iter().map(listed).collect() })
+    Ok(ApiTokenList {
+        tokens: live_tokens(store, req.user_id)
+            .await?
+            .iter()
+            .map(listed)
+            .collect(),
+    })
 }
 
 /// A token document for `secret`, owned by `user_id`.
@@ -76,7 +87,9 @@ pub async fn create(app: App, req: CreateApiToken) -> AuthResult<CreatedApiToken
         .await?
         .ok_or_else(|| AuthError::NotFound(format!("no user with id {}", req.user_id)))?;
     if !user.active {
-        return Err(AuthError::Forbidden("a deactivated user cannot create API tokens".into()));
+        return Err(AuthError::Forbidden(
+            "a deactivated user cannot create API tokens".into(),
+        ));
     }
     if live_tokens(store, user.id).await?.len() >= MAX_TOKENS_PER_USER {
         return Err(AuthError::Conflict(format!(
@@ -86,10 +99,15 @@ pub async fn create(app: App, req: CreateApiToken) -> AuthResult<CreatedApiToken
     let secret = secrets::new_api_token();
     let token = new_doc(user.id, &name, &secret);
     if !store.insert_token(&token).await? {
-        return Err(anyhow::anyhow!("a freshly generated API token collided with a stored one").into());
+        return Err(
+            anyhow::anyhow!("a freshly generated API token collided with a stored one").into(),
+        );
     }
     tracing::info!(user_id = user.id, token_id = %token.id, "API token created");
-    Ok(CreatedApiToken { token: listed(&token), secret })
+    Ok(CreatedApiToken {
+        token: listed(&token),
+        secret,
+    })
 }
 
 /// `tokens.revoke`: only the owner's own tokens; anything else is not found.
@@ -107,7 +125,10 @@ pub async fn revoke(app: App, req: RevokeApiToken) -> AuthResult<Value> {
     }
     store
         .tokens
-        .update_one(doc! { "_id": &token.id }, doc! { "$set": { "revoked_at_ms": now_ms() } })
+        .update_one(
+            doc! { "_id": &token.id },
+            doc! { "$set": { "revoked_at_ms": now_ms() } },
+        )
         .await
         .map_err(|e| anyhow::Error::new(e).context("revoking an API token"))?;
     app.announce_revocation(token.user_id).await;
@@ -126,18 +147,30 @@ pub async fn verify(app: &App, secret: &str) -> AuthResult<Principal> {
     }
     let user = store.user(token.user_id).await?.ok_or_else(unknown)?;
     if !user.active {
-        return Err(AuthError::Unauthorized("this account is deactivated".into()));
+        return Err(AuthError::Unauthorized(
+            "this account is deactivated".into(),
+        ));
     }
     let now = now_ms();
-    if token.last_used_ms.is_none_or(|t| now - t >= LAST_USED_EVERY_MS) {
+    if token
+        .last_used_ms
+        .is_none_or(|t| now - t >= LAST_USED_EVERY_MS)
+    {
         // Bookkeeping only: a failure here must not refuse a valid token.
         if let Err(e) = store
             .tokens
-            .update_one(doc! { "_id": &token.id }, doc! { "$set": { "last_used_ms": now } })
+            .update_one(
+                doc! { "_id": &token.id },
+                doc! { "$set": { "last_used_ms": now } },
+            )
             .await
         {
             tracing::warn!(error = %e, token_id = %token.id, "could not record when a token was used");
         }
     }
-    Ok(Principal { user: user.to_user(), via: "bearer".into(), cache_seconds: app.settings().verify_cache.as_secs() })
+    Ok(Principal {
+        user: user.to_user(),
+        via: "bearer".into(),
+        cache_seconds: app.settings().verify_cache.as_secs(),
+    })
 }

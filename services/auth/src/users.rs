@@ -23,7 +23,9 @@ pub async fn hash_password(password: &Password) -> AuthResult<String> {
 /// `users.list`: every user, by id.
 pub async fn list(app: App, _: IgnoredAny) -> AuthResult<UserList> {
     let users = app.store().all_users().await?;
-    Ok(UserList { users: users.iter().map(UserDoc::to_user).collect() })
+    Ok(UserList {
+        users: users.iter().map(UserDoc::to_user).collect(),
+    })
 }
 
 /// `users.get`.
@@ -32,16 +34,25 @@ pub async fn get(app: App, req: UserRef) -> AuthResult<User> {
 }
 
 async fn load(store: &Store, id: i64) -> AuthResult<UserDoc> {
-    store.user(id).await?.ok_or_else(|| AuthError::NotFound(format!("no user with id {id}")))
+    store
+        .user(id)
+        .await?
+        .ok_or_else(|| AuthError::NotFound(format!("no user with id {id}")))
 }
 
 /// Why an insert was refused: the username or the e-mail is taken.
 async fn taken(store: &Store, username: &Username, email: &Email) -> AuthResult<Option<AuthError>> {
     if store.user_by_name(username.as_ref()).await?.is_some() {
-        return Ok(Some(AuthError::Conflict(format!("username '{}' is already taken", username.as_ref()))));
+        return Ok(Some(AuthError::Conflict(format!(
+            "username '{}' is already taken",
+            username.as_ref()
+        ))));
     }
     if store.user_by_email(email.as_ref()).await?.is_some() {
-        return Ok(Some(AuthError::Conflict(format!("email '{}' is already in use", email.as_ref()))));
+        return Ok(Some(AuthError::Conflict(format!(
+            "email '{}' is already in use",
+            email.as_ref()
+        ))));
     }
     Ok(None)
 }
@@ -49,7 +60,12 @@ async fn taken(store: &Store, username: &Username, email: &Email) -> AuthResult<
 /// Insert a new user under the next free id, retrying when an id is taken (a crashed
 /// start-up may have used one without moving the counter). `Err(Conflict)` when the username or
 /// e-mail is taken.
-pub async fn insert_new(store: &Store, mut user: UserDoc, email: &Email, username: &Username) -> AuthResult<UserDoc> {
+pub async fn insert_new(
+    store: &Store,
+    mut user: UserDoc,
+    email: &Email,
+    username: &Username,
+) -> AuthResult<UserDoc> {
     for _ in 0..5 {
         user.id = store.next_user_id().await?;
         if store.insert_user(&user).await? {
@@ -95,7 +111,12 @@ pub async fn create(app: App, req: CreateUser) -> AuthResult<User> {
 
 /// The active admins other than `except`.
 async fn other_active_admins(store: &Store, except: i64) -> AuthResult<usize> {
-    Ok(store.admins().await?.iter().filter(|a| a.active && a.id != except).count())
+    Ok(store
+        .admins()
+        .await?
+        .iter()
+        .filter(|a| a.active && a.id != except)
+        .count())
 }
 
 /// `users.update`. Everything is checked before anything is written; the balance adjustment
@@ -105,21 +126,33 @@ pub async fn update(app: App, req: UpdateUser) -> AuthResult<User> {
     let user = load(store, req.id).await?;
     let email = req.email.as_deref().map(Email::parse).transpose()?;
     let password = req.password.as_deref().map(Password::parse).transpose()?;
-    let reason = req.reason.as_deref().map(str::trim).filter(|r| !r.is_empty()).unwrap_or("adjusted by an admin");
+    let reason = req
+        .reason
+        .as_deref()
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+        .unwrap_or("adjusted by an admin");
     if reason.len() > 500 {
-        return Err(AuthError::BadRequest("reason must be at most 500 bytes".into()));
+        return Err(AuthError::BadRequest(
+            "reason must be at most 500 bytes".into(),
+        ));
     }
 
     let demoted = user.role == Role::Admin && req.role == Some(Role::User);
     let deactivated = user.active && req.active == Some(false);
     let loses_admin = user.role == Role::Admin && user.active && (demoted || deactivated);
     if loses_admin && other_active_admins(store, user.id).await? == 0 {
-        return Err(AuthError::Conflict("this is the last active admin: make another admin first".into()));
+        return Err(AuthError::Conflict(
+            "this is the last active admin: make another admin first".into(),
+        ));
     }
     if let Some(email) = &email {
         if let Some(other) = store.user_by_email(email.as_ref()).await? {
             if other.id != user.id {
-                return Err(AuthError::Conflict(format!("email '{}' is already in use", email.as_ref())));
+                return Err(AuthError::Conflict(format!(
+                    "email '{}' is already in use",
+                    email.as_ref()
+                )));
             }
         }
     }
@@ -143,7 +176,11 @@ pub async fn update(app: App, req: UpdateUser) -> AuthResult<User> {
         set.insert("password_hash", hash_password(password).await?);
     }
     if !set.is_empty() {
-        match store.users.update_one(doc! { "_id": user.id }, doc! { "$set": set }).await {
+        match store
+            .users
+            .update_one(doc! { "_id": user.id }, doc! { "$set": set })
+            .await
+        {
             Ok(_) => {}
             Err(e) if is_duplicate_key(&e) => {
                 return Err(AuthError::Conflict("email is already in use".into()));
@@ -156,8 +193,14 @@ pub async fn update(app: App, req: UpdateUser) -> AuthResult<User> {
     // again and undo ours if nobody is left.
     if loses_admin && other_active_admins(store, user.id).await? == 0 {
         let undo = doc! { "$set": { "role": user.role.as_str(), "active": user.active } };
-        store.users.update_one(doc! { "_id": user.id }, undo).await.map_err(anyhow::Error::new)?;
-        return Err(AuthError::Conflict("this is the last active admin: make another admin first".into()));
+        store
+            .users
+            .update_one(doc! { "_id": user.id }, undo)
+            .await
+            .map_err(anyhow::Error::new)?;
+        return Err(AuthError::Conflict(
+            "this is the last active admin: make another admin first".into(),
+        ));
     }
 
     if password_changed || deactivated {

@@ -31,7 +31,13 @@ async fn user(store: &Store, id: i64, tokens: i64) {
 }
 
 async fn raw_user(store: &Store, id: i64) -> Document {
-    store.db.collection::<Document>("users").find_one(doc! { "_id": id }).await.unwrap().unwrap()
+    store
+        .db
+        .collection::<Document>("users")
+        .find_one(doc! { "_id": id })
+        .await
+        .unwrap()
+        .unwrap()
 }
 
 fn marks(d: &Document) -> usize {
@@ -39,14 +45,21 @@ fn marks(d: &Document) -> usize {
 }
 
 fn charge(user_id: i64, amount: i64, key: &str) -> CreditChange {
-    CreditChange { user_id, amount, key: key.into(), reason: "test".into() }
+    CreditChange {
+        user_id,
+        amount,
+        key: key.into(),
+        reason: "test".into(),
+    }
 }
 
 #[tokio::test]
 async fn marks_are_removed_long_after_the_charge_and_a_repeat_stays_a_replay() {
     let (_server, store) = store().await;
     user(&store, 1, 1000).await;
-    let r = credits::charge_in(&store, charge(1, 100, "job-1")).await.unwrap();
+    let r = credits::charge_in(&store, charge(1, 100, "job-1"))
+        .await
+        .unwrap();
     assert_eq!(r.remaining_tokens, 900);
     assert_eq!(marks(&raw_user(&store, 1).await), 1);
 
@@ -57,10 +70,17 @@ async fn marks_are_removed_long_after_the_charge_and_a_repeat_stays_a_replay() {
     let later = now_ms() + SETTLE_AFTER.as_millis() as i64 + 1000;
     credits::settle(&store, later).await.unwrap();
     assert_eq!(marks(&raw_user(&store, 1).await), 0);
-    let entry = store.ledger.find_one(doc! { "key": "job-1" }).await.unwrap().unwrap();
+    let entry = store
+        .ledger
+        .find_one(doc! { "key": "job-1" })
+        .await
+        .unwrap()
+        .unwrap();
     assert!(entry.settled_at_ms > 0);
 
-    let again = credits::charge_in(&store, charge(1, 100, "job-1")).await.unwrap();
+    let again = credits::charge_in(&store, charge(1, 100, "job-1"))
+        .await
+        .unwrap();
     assert!(again.replayed);
     assert_eq!(again.remaining_tokens, 900);
 }
@@ -84,21 +104,51 @@ async fn entries_abandoned_mid_change_are_finished_or_dropped_by_the_upkeep() {
         applied_at_ms: 0,
         settled_at_ms: 0,
     };
-    store.ledger.insert_one(pending("affordable", 100)).await.unwrap();
-    store.ledger.insert_one(pending("too-dear", 500)).await.unwrap();
+    store
+        .ledger
+        .insert_one(pending("affordable", 100))
+        .await
+        .unwrap();
+    store
+        .ledger
+        .insert_one(pending("too-dear", 500))
+        .await
+        .unwrap();
 
     // Lease just expired: a retry could still come, so the upkeep leaves them.
     credits::settle(&store, now).await.unwrap();
-    assert_eq!(store.ledger.count_documents(doc! { "state": "pending" }).await.unwrap(), 2);
+    assert_eq!(
+        store
+            .ledger
+            .count_documents(doc! { "state": "pending" })
+            .await
+            .unwrap(),
+        2
+    );
 
     credits::settle(&store, now + 120_000).await.unwrap();
-    let affordable = store.ledger.find_one(doc! { "key": "affordable" }).await.unwrap().unwrap();
+    let affordable = store
+        .ledger
+        .find_one(doc! { "key": "affordable" })
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(affordable.state, LedgerState::Applied);
-    assert!(store.ledger.find_one(doc! { "key": "too-dear" }).await.unwrap().is_none(), "a change that cannot happen is dropped");
+    assert!(
+        store
+            .ledger
+            .find_one(doc! { "key": "too-dear" })
+            .await
+            .unwrap()
+            .is_none(),
+        "a change that cannot happen is dropped"
+    );
     assert_eq!(store.user(1).await.unwrap().unwrap().tokens, 50);
 
     // A late retry of the finished one is a replay.
-    let r = credits::charge_in(&store, charge(1, 100, "affordable")).await.unwrap();
+    let r = credits::charge_in(&store, charge(1, 100, "affordable"))
+        .await
+        .unwrap();
     assert!(r.replayed);
     assert_eq!(r.remaining_tokens, 50);
 }

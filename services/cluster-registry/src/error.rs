@@ -35,7 +35,9 @@ impl From<mongodb::error::Error> for RegistryError {
             | ErrorKind::ConnectionPoolCleared { .. }
             | ErrorKind::DnsResolve { .. } => {
                 tracing::warn!(error = %e, "store unavailable");
-                RegistryError::Unavailable("the registry's store is unavailable; try again shortly".into())
+                RegistryError::Unavailable(
+                    "the registry's store is unavailable; try again shortly".into(),
+                )
             }
             _ => RegistryError::Unexpected(anyhow::anyhow!("store: {e}")),
         }

@@ -14,8 +14,9 @@ use chrono::Utc;
 use futures::{StreamExt, TryStreamExt};
 use gantry_contracts::auth::{CreditChange, CreditResult};
 use gantry_contracts::jobs::{
-    self, FailJob, FailureKind, JobDriver, JobEvent, JobEventKind, JobList, JobQuery, JobRecord, JobRef, JobStatus,
-    ModelDetail, ModelList, ModelQuery, ModelRef, ModelSummary, ModelVersion, EVENTS_CONSUMER, EVENTS_STREAM,
+    self, FailJob, FailureKind, JobDriver, JobEvent, JobEventKind, JobList, JobQuery, JobRecord,
+    JobRef, JobStatus, ModelDetail, ModelList, ModelQuery, ModelRef, ModelSummary, ModelVersion,
+    EVENTS_CONSUMER, EVENTS_STREAM,
 };
 use gantry_contracts::registry::process_status;
 use gantry_contracts::subjects;
@@ -97,12 +98,18 @@ pub struct Jobs {
 
 /// Count a job's end (once: only the writer that made it final calls this).
 fn ended(job: &JobRecord) {
-    gantry_runtime::metrics::REGISTRY_JOBS_ENDED.with_label_values(&[job.status.as_str()]).inc();
+    gantry_runtime::metrics::REGISTRY_JOBS_ENDED
+        .with_label_values(&[job.status.as_str()])
+        .inc();
 }
 
 fn unavailable_if_final(job: &JobRecord) -> Result<(), RegistryError> {
     if job.status.is_final() {
-        return Err(RegistryError::Conflict(format!("job {} is already {}", job.job_id, job.status.as_str())));
+        return Err(RegistryError::Conflict(format!(
+            "job {} is already {}",
+            job.job_id,
+            job.status.as_str()
+        )));
     }
     Ok(())
 }
@@ -123,14 +130,32 @@ impl Jobs {
 
     /// Indexes for listings (idempotent).
     pub async fn ensure_indexes(&self) -> anyhow::Result<()> {
-        self.jobs().create_index(IndexModel::builder().keys(doc! { "created_ms": -1 }).build()).await?;
-        self.jobs().create_index(IndexModel::builder().keys(doc! { "status": 1, "driver": 1 }).build()).await?;
-        self.models().create_index(IndexModel::builder().keys(doc! { "key": 1 }).build()).await?;
+        self.jobs()
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! { "created_ms": -1 })
+                    .build(),
+            )
+            .await?;
+        self.jobs()
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! { "status": 1, "driver": 1 })
+                    .build(),
+            )
+            .await?;
+        self.models()
+            .create_index(IndexModel::builder().keys(doc! { "key": 1 }).build())
+            .await?;
         Ok(())
     }
 
     async fn load(&self, job_id: &str) -> Result<Option<JobRecord>, RegistryError> {
-        Ok(self.jobs().find_one(doc! { "_id": job_id }).await?.map(|d| d.record))
+        Ok(self
+            .jobs()
+            .find_one(doc! { "_id": job_id })
+            .await?
+            .map(|d| d.record))
     }
 
     /// Change a job in the store: read it, let `change` edit it (or return `None` to leave it as
@@ -145,13 +170,24 @@ impl Jobs {
         mut change: impl FnMut(&mut JobRecord) -> Result<Option<T>, RegistryError>,
     ) -> Result<Update<T>, RegistryError> {
         for _ in 0..8 {
-            let doc = self.jobs().find_one(doc! { "_id": job_id }).await?.ok_or_else(|| RegistryError::NotFound(format!("no job {job_id}")))?;
+            let doc = self
+                .jobs()
+                .find_one(doc! { "_id": job_id })
+                .await?
+                .ok_or_else(|| RegistryError::NotFound(format!("no job {job_id}")))?;
             let mut job = doc.record.clone();
-            let Some(out) = change(&mut job)? else { return Ok(Update::Unchanged(doc.record)) };
+            let Some(out) = change(&mut job)? else {
+                return Ok(Update::Unchanged(doc.record));
+            };
             job.updated_at = Utc::now();
             job.queue_position = None;
             job.waiting_reason = None;
-            let next = JobDoc { id: doc.id.clone(), created_ms: doc.created_ms, rev: doc.rev + 1, record: job.clone() };
+            let next = JobDoc {
+                id: doc.id.clone(),
+                created_ms: doc.created_ms,
+                rev: doc.rev + 1,
+                record: job.clone(),
+            };
             let filter = if doc.rev == 0 {
                 // Written before revisions were kept: no `rev` field yet.
                 doc! { "_id": &doc.id, "rev": { "$exists": false } }
@@ -163,22 +199,40 @@ impl Jobs {
             }
             tracing::debug!(job_id, "job changed concurrently; deciding again");
         }
-        Err(RegistryError::Unavailable(format!("job {job_id} keeps changing concurrently; try again")))
+        Err(RegistryError::Unavailable(format!(
+            "job {job_id} keeps changing concurrently; try again"
+        )))
     }
 
     /// `jobs.create`: record a queued job; an existing id answers the stored record.
     pub async fn create(&self, job: JobRecord) -> Result<JobRecord, RegistryError> {
-        if job.job_id.is_empty() || job.job_id.len() > 64 || !job.job_id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
-            return Err(RegistryError::BadRequest("job_id must be 1-64 letters, digits or '-'".into()));
+        if job.job_id.is_empty()
+            || job.job_id.len() > 64
+            || !job
+                .job_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-')
+        {
+            return Err(RegistryError::BadRequest(
+                "job_id must be 1-64 letters, digits or '-'".into(),
+            ));
         }
         if let Some(existing) = self.load(&job.job_id).await? {
             return Ok(existing);
         }
-        let d = JobDoc { id: job.job_id.clone(), created_ms: job.created_at.timestamp_millis(), rev: 1, record: job.clone() };
+        let d = JobDoc {
+            id: job.job_id.clone(),
+            created_ms: job.created_at.timestamp_millis(),
+            rev: 1,
+            record: job.clone(),
+        };
         match self.jobs().insert_one(&d).await {
             Ok(_) => Ok(job),
             // Two replicas racing on a retried submission: the first one's record wins.
-            Err(_) => self.load(&job.job_id).await?.ok_or_else(|| RegistryError::Unavailable("could not record the job".into())),
+            Err(_) => self
+                .load(&job.job_id)
+                .await?
+                .ok_or_else(|| RegistryError::Unavailable("could not record the job".into())),
         }
     }
 
@@ -226,11 +280,20 @@ impl Jobs {
         if !jobs.iter().any(|j| j.status == JobStatus::Queued) {
             return Ok(());
         }
-        let queued: Vec<JobDoc> = self.jobs().find(doc! { "status": "queued" }).sort(doc! { "created_ms": 1 }).await?.try_collect().await?;
+        let queued: Vec<JobDoc> = self
+            .jobs()
+            .find(doc! { "status": "queued" })
+            .sort(doc! { "created_ms": 1 })
+            .await?
+            .try_collect()
+            .await?;
         for job in jobs.iter_mut().filter(|j| j.status == JobStatus::Queued) {
             let ahead = queued
                 .iter()
-                .filter(|d| d.record.driver == job.driver && d.created_ms <= job.created_at.timestamp_millis())
+                .filter(|d| {
+                    d.record.driver == job.driver
+                        && d.created_ms <= job.created_at.timestamp_millis()
+                })
                 .take_while(|d| d.id != job.job_id)
                 .count();
             job.queue_position = Some(ahead as u64 + 1);
@@ -246,10 +309,17 @@ impl Jobs {
             .nodes()
             .filter(|n| n.connected && !n.revoked && !n.record.settings.draining)
             .filter(|n| driver == JobDriver::Any || n.driver.as_str() == driver.as_str())
-            .filter(|n| !n.processes.iter().all(|p| p.status == process_status::UNAVAILABLE))
+            .filter(|n| {
+                !n.processes
+                    .iter()
+                    .all(|p| p.status == process_status::UNAVAILABLE)
+            })
             .collect();
         if serving.is_empty() {
-            return Some(format!("no node for driver {}: none connected trains on it", driver.as_str()));
+            return Some(format!(
+                "no node for driver {}: none connected trains on it",
+                driver.as_str()
+            ));
         }
         if serving.iter().all(|n| n.workers_available() == 0) {
             return Some("all worker slots busy".into());
@@ -275,14 +345,21 @@ impl Jobs {
         let (job, was_queued) = match updated {
             Ok(Update::Changed(job, was_queued)) => (job, was_queued),
             Ok(Update::Unchanged(job)) => return Ok(job),
-            Err(RegistryError::NotFound(_)) => return Err(RegistryError::NotFound(format!("no job {}", r.job_id))),
+            Err(RegistryError::NotFound(_)) => {
+                return Err(RegistryError::NotFound(format!("no job {}", r.job_id)))
+            }
             Err(e) => return Err(e),
         };
         // Every trainer hears it; the one running it stops and publishes the final event.
-        let _ = self.registry.client().publish(jobs::cancel_subject(&job.job_id), "".into()).await;
+        let _ = self
+            .registry
+            .client()
+            .publish(jobs::cancel_subject(&job.job_id), "".into())
+            .await;
         ended(&job);
         if was_queued {
-            self.publish_event(&job.job_id, JobEventKind::Cancelled).await;
+            self.publish_event(&job.job_id, JobEventKind::Cancelled)
+                .await;
         }
         // A step left undone is finished when the consumer applies the cancelled event.
         Ok(self.settle(job).await.0)
@@ -296,10 +373,17 @@ impl Jobs {
     /// Mark a job failed unless it is over already, tell its followers, refund it. A job failed
     /// because no node could take it is failed only while it is still queued: one a node took
     /// meanwhile goes on.
-    async fn fail_job(&self, job_id: &str, error: String, kind: FailureKind) -> Result<JobRecord, RegistryError> {
+    async fn fail_job(
+        &self,
+        job_id: &str,
+        error: String,
+        kind: FailureKind,
+    ) -> Result<JobRecord, RegistryError> {
         let updated = self
             .update(job_id, |job| {
-                if job.status.is_final() || (kind == FailureKind::NoNode && job.status != JobStatus::Queued) {
+                if job.status.is_final()
+                    || (kind == FailureKind::NoNode && job.status != JobStatus::Queued)
+                {
                     return Ok(None);
                 }
                 job.refund_due = true;
@@ -313,7 +397,8 @@ impl Jobs {
             Update::Unchanged(job) => Ok(job),
             Update::Changed(job, ()) => {
                 ended(&job);
-                self.publish_event(job_id, JobEventKind::Failed { error, kind }).await;
+                self.publish_event(job_id, JobEventKind::Failed { error, kind })
+                    .await;
                 Ok(self.settle(job).await.0)
             }
         }
@@ -343,20 +428,38 @@ impl Jobs {
     /// Tell whoever holds the submission that the job is over and recorded
     /// ([`jobs::settled_subject`]). Lost when nobody listens, which is fine: the record is stored.
     async fn announce_settled(&self, job: &JobRecord) {
-        let Ok(payload) = serde_json::to_vec(job) else { return };
+        let Ok(payload) = serde_json::to_vec(job) else {
+            return;
+        };
         let client = self.registry.client();
-        if let Err(e) = client.publish_with_headers(jobs::settled_subject(&job.job_id), nats::traced_headers(), payload.into()).await {
+        if let Err(e) = client
+            .publish_with_headers(
+                jobs::settled_subject(&job.job_id),
+                nats::traced_headers(),
+                payload.into(),
+            )
+            .await
+        {
             tracing::warn!(job_id = job.job_id, error = %e, "could not announce the job's end");
         }
     }
 
     /// Give the charge back (once: auth keys it by the job id) and mark the job refunded.
     async fn refund(&self, job: JobRecord) -> JobRecord {
-        let why = if job.status == JobStatus::Cancelled { "cancelled before training started" } else { "job failed" };
+        let why = if job.status == JobStatus::Cancelled {
+            "cancelled before training started"
+        } else {
+            "job failed"
+        };
         let r: Result<CreditResult, _> = nats::request(
             self.registry.client(),
             subjects::auth(subjects::auth::CREDITS_REFUND),
-            &CreditChange { user_id: job.user_id, amount: job.tokens_charged, key: job.job_id.clone(), reason: format!("job {}: {why}", job.job_id) },
+            &CreditChange {
+                user_id: job.user_id,
+                amount: job.tokens_charged,
+                key: job.job_id.clone(),
+                reason: format!("job {}: {why}", job.job_id),
+            },
         )
         .await;
         if let Err(e) = r {
@@ -382,10 +485,23 @@ impl Jobs {
     }
 
     async fn publish_event(&self, job_id: &str, kind: JobEventKind) {
-        let event = JobEvent { job_id: job_id.to_owned(), delivery: 0, at: Utc::now(), kind };
+        let event = JobEvent {
+            job_id: job_id.to_owned(),
+            delivery: 0,
+            at: Utc::now(),
+            kind,
+        };
         let js = jetstream::new(self.registry.client().clone());
         let payload = serde_json::to_vec(&event).unwrap_or_default();
-        let published = async { js.publish_with_headers(jobs::event_subject(job_id), nats::traced_headers(), payload.into()).await?.await };
+        let published = async {
+            js.publish_with_headers(
+                jobs::event_subject(job_id),
+                nats::traced_headers(),
+                payload.into(),
+            )
+            .await?
+            .await
+        };
         if let Err(e) = published.await {
             tracing::warn!(job_id, error = %e, "could not publish a job event");
         }
@@ -395,19 +511,28 @@ impl Jobs {
     /// change nothing; an event for a job that is over repeats what follows from its end
     /// ([`Self::settle`]), which finishes any step that failed the first time.
     pub async fn apply(&self, event: JobEvent) -> Result<(), RegistryError> {
-        let Some(current) = self.load(&event.job_id).await? else { return Ok(()) };
+        let Some(current) = self.load(&event.job_id).await? else {
+            return Ok(());
+        };
         let stale = |job: &JobRecord| event.delivery != 0 && event.delivery < job.delivery;
         let late_weights = match &event.kind {
             JobEventKind::Completed { model } => Some(model.weights_key.clone()),
             _ => None,
         };
         if stale(&current) {
-            tracing::info!(job_id = current.job_id, delivery = event.delivery, current = current.delivery, "ignoring a late event from an earlier delivery");
-            self.drop_weights(late_weights, current.model.as_ref()).await;
+            tracing::info!(
+                job_id = current.job_id,
+                delivery = event.delivery,
+                current = current.delivery,
+                "ignoring a late event from an earlier delivery"
+            );
+            self.drop_weights(late_weights, current.model.as_ref())
+                .await;
             return Ok(());
         }
         if current.status.is_final() {
-            self.drop_weights(late_weights, current.model.as_ref()).await;
+            self.drop_weights(late_weights, current.model.as_ref())
+                .await;
             return self.settle_or_retry(current).await;
         }
         // A completion is listed under its version before the job reads completed, so whoever
@@ -432,7 +557,9 @@ impl Jobs {
                         job.status = JobStatus::Running;
                         job.progress = serde_json::to_value(&event).ok();
                     }
-                    JobEventKind::Checkpoint { epoch, .. } => job.checkpoint_epoch = job.checkpoint_epoch.max(*epoch),
+                    JobEventKind::Checkpoint { epoch, .. } => {
+                        job.checkpoint_epoch = job.checkpoint_epoch.max(*epoch)
+                    }
                     JobEventKind::Completed { .. } => {
                         job.status = JobStatus::Completed;
                         job.model = listed.clone();
@@ -463,7 +590,8 @@ impl Jobs {
             Update::Unchanged(job) => {
                 if let Some(model) = listed.filter(|_| job.status != JobStatus::Completed) {
                     self.unlist_version(&model).await?;
-                    self.drop_weights(Some(model.weights_key.clone()), None).await;
+                    self.drop_weights(Some(model.weights_key.clone()), None)
+                        .await;
                 }
                 Ok(())
             }
@@ -475,7 +603,9 @@ impl Jobs {
         let job_id = job.job_id.clone();
         match self.settle(job).await {
             (_, true) => Ok(()),
-            (_, false) => Err(RegistryError::Unavailable(format!("job {job_id} is not settled yet"))),
+            (_, false) => Err(RegistryError::Unavailable(format!(
+                "job {job_id} is not settled yet"
+            ))),
         }
     }
 
@@ -491,26 +621,40 @@ impl Jobs {
     /// The version number of the model a job completes: taken from the model's counter the first
     /// time, the same number on every retry.
     async fn reserve_version(&self, job: &JobRecord) -> Result<u32, RegistryError> {
-        let reservations: Collection<Document> = self.registry.store().database().collection("version_reservations");
+        let reservations: Collection<Document> = self
+            .registry
+            .store()
+            .database()
+            .collection("version_reservations");
         if let Some(r) = reservations.find_one(doc! { "_id": &job.job_id }).await? {
             return bson_number(r.get("version")).map(|n| n as u32);
         }
-        let counters: Collection<Document> = self.registry.store().database().collection("counters");
+        let counters: Collection<Document> =
+            self.registry.store().database().collection("counters");
         let after = counters
-            .find_one_and_update(doc! { "_id": format!("model:{}", job.output_model) }, doc! { "$inc": { "n": 1_i64 } })
+            .find_one_and_update(
+                doc! { "_id": format!("model:{}", job.output_model) },
+                doc! { "$inc": { "n": 1_i64 } },
+            )
             .upsert(true)
             .return_document(ReturnDocument::After)
             .await?
             .ok_or_else(|| anyhow::anyhow!("the model counter vanished"))?;
         let n = bson_number(after.get("n"))?;
         // Events are applied one at a time, so nobody reserves for this job meanwhile.
-        reservations.insert_one(doc! { "_id": &job.job_id, "version": n }).await?;
+        reservations
+            .insert_one(doc! { "_id": &job.job_id, "version": n })
+            .await?;
         Ok(n as u32)
     }
 
     /// List the model version a completion of `job` makes, under the version reserved for it
     /// (repeatable: listed once).
-    async fn list_version(&self, job: &JobRecord, model: &ModelVersion) -> Result<ModelVersion, RegistryError> {
+    async fn list_version(
+        &self,
+        job: &JobRecord,
+        model: &ModelVersion,
+    ) -> Result<ModelVersion, RegistryError> {
         let mut model = model.clone();
         model.version = self.reserve_version(job).await?;
         model.name = job.output_model.clone();
@@ -523,22 +667,36 @@ impl Jobs {
     async fn ensure_listed(&self, model: &ModelVersion) -> Result<(), RegistryError> {
         let id = model_id(&model.name, model.version);
         if self.models().find_one(doc! { "_id": &id }).await?.is_none() {
-            let d = ModelDoc { id, key: model_key(&model.name), created_ms: Utc::now().timestamp_millis(), credited_ms: 0, version: model.clone() };
+            let d = ModelDoc {
+                id,
+                key: model_key(&model.name),
+                created_ms: Utc::now().timestamp_millis(),
+                credited_ms: 0,
+                version: model.clone(),
+            };
             self.models().insert_one(&d).await?;
         }
         Ok(())
     }
 
     async fn unlist_version(&self, model: &ModelVersion) -> Result<(), RegistryError> {
-        self.models().delete_one(doc! { "_id": model_id(&model.name, model.version) }).await?;
-        tracing::info!(job_id = model.job_id, version = model.version, "the job ended otherwise; its version is withdrawn");
+        self.models()
+            .delete_one(doc! { "_id": model_id(&model.name, model.version) })
+            .await?;
+        tracing::info!(
+            job_id = model.job_id,
+            version = model.version,
+            "the job ended otherwise; its version is withdrawn"
+        );
         Ok(())
     }
 
     /// A completed job's model version listed and its node credited once (repeatable), and the
     /// weights of its other deliveries removed.
     async fn record_model(&self, job: &JobRecord) -> Result<(), RegistryError> {
-        let Some(model) = &job.model else { return Ok(()) };
+        let Some(model) = &job.model else {
+            return Ok(());
+        };
         self.ensure_listed(model).await?;
         if let Some(node_id) = &job.node_id {
             // Marked first, then counted: a count that fails here is lost, never doubled.
@@ -554,24 +712,36 @@ impl Jobs {
             }
             self.refresh_completed(node_id).await;
         }
-        let others = (1..=jobs::MAX_DELIVER as u64).map(|delivery| jobs::weights_key(&job.job_id, delivery));
+        let others =
+            (1..=jobs::MAX_DELIVER as u64).map(|delivery| jobs::weights_key(&job.job_id, delivery));
         self.drop_weights(others, Some(model)).await;
         Ok(())
     }
 
     /// Remove the weights at `keys` (uploaded by deliveries whose results do not count), except
     /// the ones `keep` points at.
-    async fn drop_weights(&self, keys: impl IntoIterator<Item = String>, keep: Option<&ModelVersion>) {
-        let keys: Vec<String> = keys.into_iter().filter(|k| keep.is_none_or(|m| m.weights_key != *k)).collect();
+    async fn drop_weights(
+        &self,
+        keys: impl IntoIterator<Item = String>,
+        keep: Option<&ModelVersion>,
+    ) {
+        let keys: Vec<String> = keys
+            .into_iter()
+            .filter(|k| keep.is_none_or(|m| m.weights_key != *k))
+            .collect();
         if keys.is_empty() {
             return;
         }
         let js = jetstream::new(self.registry.client().clone());
-        let Ok(store) = gantry_runtime::jobs::bucket_store(&js, jobs::MODELS_BUCKET).await else { return };
+        let Ok(store) = gantry_runtime::jobs::bucket_store(&js, jobs::MODELS_BUCKET).await else {
+            return;
+        };
         for key in keys {
             if store.info(&key).await.is_ok_and(|i| !i.deleted) {
                 match store.delete(&key).await {
-                    Ok(()) => tracing::info!(key, "removed weights that belong to no model version"),
+                    Ok(()) => {
+                        tracing::info!(key, "removed weights that belong to no model version")
+                    }
                     Err(e) => tracing::warn!(key, error = %e, "could not remove unused weights"),
                 }
             }
@@ -584,7 +754,13 @@ impl Jobs {
             Some(u) => doc! { "user_id": u },
             None => doc! {},
         };
-        let docs: Vec<ModelDoc> = self.models().find(filter).sort(doc! { "key": 1, "version": 1 }).await?.try_collect().await?;
+        let docs: Vec<ModelDoc> = self
+            .models()
+            .find(filter)
+            .sort(doc! { "key": 1, "version": 1 })
+            .await?
+            .try_collect()
+            .await?;
         let mut models: Vec<ModelSummary> = Vec::new();
         for d in docs {
             match models.last_mut() {
@@ -594,7 +770,11 @@ impl Jobs {
                         m.latest = d.version;
                     }
                 }
-                _ => models.push(ModelSummary { name: d.version.name.clone(), versions: 1, latest: d.version }),
+                _ => models.push(ModelSummary {
+                    name: d.version.name.clone(),
+                    versions: 1,
+                    latest: d.version,
+                }),
             }
         }
         Ok(ModelList { models })
@@ -606,12 +786,23 @@ impl Jobs {
         if let Some(u) = r.user_id {
             filter.insert("user_id", u);
         }
-        let mut versions: Vec<ModelVersion> = self.models().find(filter).await?.try_collect::<Vec<ModelDoc>>().await?.into_iter().map(|d| d.version).collect();
+        let mut versions: Vec<ModelVersion> = self
+            .models()
+            .find(filter)
+            .await?
+            .try_collect::<Vec<ModelDoc>>()
+            .await?
+            .into_iter()
+            .map(|d| d.version)
+            .collect();
         if versions.is_empty() {
             return Err(RegistryError::NotFound(format!("no model {}", r.name)));
         }
         versions.sort_by_key(|v| v.version);
-        Ok(ModelDetail { name: r.name, versions })
+        Ok(ModelDetail {
+            name: r.name,
+            versions,
+        })
     }
 
     /// Fail and refund a job whose message exhausted its deliveries, and take it off the queue.
@@ -619,7 +810,10 @@ impl Jobs {
         let stream = js.get_stream(jobs::JOBS_STREAM).await?;
         let msg = stream.get_raw_message(stream_seq).await?;
         let job: jobs::TrainJob = serde_json::from_slice(&msg.payload)?;
-        let error = format!("the job failed on {} deliveries; no trainer could finish it", jobs::MAX_DELIVER);
+        let error = format!(
+            "the job failed on {} deliveries; no trainer could finish it",
+            jobs::MAX_DELIVER
+        );
         match self.fail_job(&job.job_id, error, FailureKind::Crash).await {
             Ok(_) | Err(RegistryError::NotFound(_)) => {}
             Err(e) => return Err(e.into()),
@@ -693,7 +887,11 @@ impl Jobs {
         });
     }
 
-    async fn consume(&self, js: &jetstream::Context, stop: &CancellationToken) -> anyhow::Result<()> {
+    async fn consume(
+        &self,
+        js: &jetstream::Context,
+        stop: &CancellationToken,
+    ) -> anyhow::Result<()> {
         let stream = js.get_stream(EVENTS_STREAM).await?;
         // Created or updated to this config. One event in flight across all replicas: events are
         // applied in the order they were published, so a job's progress can never be applied
@@ -730,11 +928,19 @@ impl Jobs {
                     let kind = event.kind.name();
                     // Bounded well inside the ack wait, so an event is never redelivered to another
                     // replica while this one still applies it.
-                    let applied = tokio::time::timeout(APPLY_LIMIT, self.apply(event)).instrument(span).await;
-                    let applied = applied.unwrap_or_else(|_| Err(RegistryError::Unavailable("applying the event took too long".into())));
+                    let applied = tokio::time::timeout(APPLY_LIMIT, self.apply(event))
+                        .instrument(span)
+                        .await;
+                    let applied = applied.unwrap_or_else(|_| {
+                        Err(RegistryError::Unavailable(
+                            "applying the event took too long".into(),
+                        ))
+                    });
                     match applied {
                         Ok(()) => {
-                            gantry_runtime::metrics::REGISTRY_JOB_EVENTS.with_label_values(&[kind]).inc();
+                            gantry_runtime::metrics::REGISTRY_JOB_EVENTS
+                                .with_label_values(&[kind])
+                                .inc();
                             let _ = msg.ack().await;
                         }
                         // Never dropped (a lost completion would leave its job running for good):
@@ -771,12 +977,68 @@ pub async fn serve(
     use jobs::subjects as ep;
     let jobs = Jobs::new(registry.clone());
     jobs.start(shutdown.clone(), tracker).await;
-    endpoint(group, ep::JOBS_CREATE, &jobs, shutdown, tracker, |j: Jobs, q| async move { j.create(q).await }).await?;
-    endpoint(group, ep::JOBS_GET, &jobs, shutdown, tracker, |j: Jobs, q| async move { j.get(q).await }).await?;
-    endpoint(group, ep::JOBS_LIST, &jobs, shutdown, tracker, |j: Jobs, q| async move { j.list(q).await }).await?;
-    endpoint(group, ep::JOBS_CANCEL, &jobs, shutdown, tracker, |j: Jobs, q| async move { j.cancel(q).await }).await?;
-    endpoint(group, ep::JOBS_FAIL, &jobs, shutdown, tracker, |j: Jobs, q| async move { j.fail(q).await }).await?;
-    endpoint(group, ep::MODELS_LIST, &jobs, shutdown, tracker, |j: Jobs, q| async move { j.list_models(q).await }).await?;
-    endpoint(group, ep::MODELS_GET, &jobs, shutdown, tracker, |j: Jobs, q| async move { j.get_model(q).await }).await?;
+    endpoint(
+        group,
+        ep::JOBS_CREATE,
+        &jobs,
+        shutdown,
+        tracker,
+        |j: Jobs, q| async move { j.create(q).await },
+    )
+    .await?;
+    endpoint(
+        group,
+        ep::JOBS_GET,
+        &jobs,
+        shutdown,
+        tracker,
+        |j: Jobs, q| async move { j.get(q).await },
+    )
+    .await?;
+    endpoint(
+        group,
+        ep::JOBS_LIST,
+        &jobs,
+        shutdown,
+        tracker,
+        |j: Jobs, q| async move { j.list(q).await },
+    )
+    .await?;
+    endpoint(
+        group,
+        ep::JOBS_CANCEL,
+        &jobs,
+        shutdown,
+        tracker,
+        |j: Jobs, q| async move { j.cancel(q).await },
+    )
+    .await?;
+    endpoint(
+        group,
+        ep::JOBS_FAIL,
+        &jobs,
+        shutdown,
+        tracker,
+        |j: Jobs, q| async move { j.fail(q).await },
+    )
+    .await?;
+    endpoint(
+        group,
+        ep::MODELS_LIST,
+        &jobs,
+        shutdown,
+        tracker,
+        |j: Jobs, q| async move { j.list_models(q).await },
+    )
+    .await?;
+    endpoint(
+        group,
+        ep::MODELS_GET,
+        &jobs,
+        shutdown,
+        tracker,
+        |j: Jobs, q| async move { j.get_model(q).await },
+    )
+    .await?;
     Ok(())
 }

@@ -23,12 +23,26 @@ const LOOKUP_BACKOFF_SECS: f64 = 5.0;
 
 /// Start every background task on `tracker`; they stop when `shutdown` fires (the flusher
 /// writes once more on the way out).
-pub async fn start(registry: Registry, shutdown: CancellationToken, tracker: &TaskTracker) -> anyhow::Result<()> {
+pub async fn start(
+    registry: Registry,
+    shutdown: CancellationToken,
+    tracker: &TaskTracker,
+) -> anyhow::Result<()> {
     // Subscribe before restoring, so nothing said during the restore is lost.
-    let heartbeats = registry.client().subscribe(subjects::NODE_HEARTBEATS).await?;
-    let events = registry.client().subscribe(subjects::REGISTRY_EVENTS).await?;
+    let heartbeats = registry
+        .client()
+        .subscribe(subjects::NODE_HEARTBEATS)
+        .await?;
+    let events = registry
+        .client()
+        .subscribe(subjects::REGISTRY_EVENTS)
+        .await?;
     tracker.spawn(restore(registry.clone(), shutdown.clone()));
-    tracker.spawn(follow_heartbeats(registry.clone(), heartbeats, shutdown.clone()));
+    tracker.spawn(follow_heartbeats(
+        registry.clone(),
+        heartbeats,
+        shutdown.clone(),
+    ));
     tracker.spawn(follow_events(registry.clone(), events, shutdown.clone()));
     tracker.spawn(sweep(registry.clone(), shutdown.clone()));
     tracker.spawn(flush(registry, shutdown));
@@ -57,11 +71,18 @@ async fn restore(registry: Registry, shutdown: CancellationToken) {
         }
     }
     if let Err(e) = registry.store().ensure_indexes().await {
-        tracing::warn!(error = format!("{e:#}"), "could not create the store's indexes");
+        tracing::warn!(
+            error = format!("{e:#}"),
+            "could not create the store's indexes"
+        );
     }
 }
 
-async fn follow_heartbeats(registry: Registry, mut sub: async_nats::Subscriber, shutdown: CancellationToken) {
+async fn follow_heartbeats(
+    registry: Registry,
+    mut sub: async_nats::Subscriber,
+    shutdown: CancellationToken,
+) {
     let mut lookups: HashMap<String, f64> = HashMap::new();
     loop {
         let msg = tokio::select! {
@@ -69,7 +90,9 @@ async fn follow_heartbeats(registry: Registry, mut sub: async_nats::Subscriber, 
             m = sub.next() => match m { Some(m) => m, None => break },
         };
         // gantry.node.<id>.heartbeat: the subject names the node, whatever the payload claims.
-        let Some(subject_id) = msg.subject.split('.').nth(2) else { continue };
+        let Some(subject_id) = msg.subject.split('.').nth(2) else {
+            continue;
+        };
         let mut hb: Heartbeat = match serde_json::from_slice(&msg.payload) {
             Ok(hb) => hb,
             Err(e) => {
@@ -89,7 +112,9 @@ async fn follow_heartbeats(registry: Registry, mut sub: async_nats::Subscriber, 
                 registry.control(&hb.node_id, &push).await;
             }
             HeartbeatOutcome::Unknown => {
-                let due = lookups.get(&hb.node_id).is_none_or(|last| t - last >= LOOKUP_BACKOFF_SECS);
+                let due = lookups
+                    .get(&hb.node_id)
+                    .is_none_or(|last| t - last >= LOOKUP_BACKOFF_SECS);
                 if due {
                     lookups.insert(hb.node_id.clone(), t);
                     tokio::spawn(load_unknown(registry.clone(), hb));
@@ -108,9 +133,15 @@ async fn follow_heartbeats(registry: Registry, mut sub: async_nats::Subscriber, 
 async fn load_unknown(registry: Registry, hb: Heartbeat) {
     let store = registry.store();
     let loaded = async {
-        let Some(record) = store.node(&hb.node_id).await? else { return Ok(None) };
+        let Some(record) = store.node(&hb.node_id).await? else {
+            return Ok(None);
+        };
         let state = store.state(&hb.node_id).await?;
-        let active = store.token(record.token_id).await?.map(|t| t.active).unwrap_or(false);
+        let active = store
+            .token(record.token_id)
+            .await?
+            .map(|t| t.active)
+            .unwrap_or(false);
         Ok::<_, crate::error::RegistryError>(Some((record, state, active)))
     }
     .await;
@@ -121,19 +152,29 @@ async fn load_unknown(registry: Registry, hb: Heartbeat) {
                 view.insert_loaded(record, state, active, now());
                 view.heartbeat(&hb, now())
             };
-            if let HeartbeatOutcome::Applied(Some(push)) | HeartbeatOutcome::Revoked(Some(push)) = outcome {
+            if let HeartbeatOutcome::Applied(Some(push)) | HeartbeatOutcome::Revoked(Some(push)) =
+                outcome
+            {
                 registry.control(&hb.node_id, &push).await;
             }
         }
         Ok(None) => {
             tracing::info!(node_id = %hb.node_id, "heartbeat from an unregistered node; asking it to register");
-            registry.control(&hb.node_id, &NodeControl::Reregister).await;
+            registry
+                .control(&hb.node_id, &NodeControl::Reregister)
+                .await;
         }
-        Err(e) => tracing::warn!(node_id = %hb.node_id, error = %e, "cannot look up a node heard from"),
+        Err(e) => {
+            tracing::warn!(node_id = %hb.node_id, error = %e, "cannot look up a node heard from")
+        }
     }
 }
 
-async fn follow_events(registry: Registry, mut sub: async_nats::Subscriber, shutdown: CancellationToken) {
+async fn follow_events(
+    registry: Registry,
+    mut sub: async_nats::Subscriber,
+    shutdown: CancellationToken,
+) {
     loop {
         let msg = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -147,16 +188,20 @@ async fn follow_events(registry: Registry, mut sub: async_nats::Subscriber, shut
             }
         };
         match event {
-            RegistryEvent::NodeRegistered { record } => match serde_json::from_value::<NodeRecord>(record) {
-                Ok(record) => {
-                    let mut view = registry.view();
-                    let same = view.node(&record.node_id).is_some_and(|n| n.record == record && n.connected);
-                    if !same {
-                        view.register(record, now());
+            RegistryEvent::NodeRegistered { record } => {
+                match serde_json::from_value::<NodeRecord>(record) {
+                    Ok(record) => {
+                        let mut view = registry.view();
+                        let same = view
+                            .node(&record.node_id)
+                            .is_some_and(|n| n.record == record && n.connected);
+                        if !same {
+                            view.register(record, now());
+                        }
                     }
+                    Err(e) => tracing::warn!(error = %e, "ignoring an undecodable node record"),
                 }
-                Err(e) => tracing::warn!(error = %e, "ignoring an undecodable node record"),
-            },
+            }
             RegistryEvent::NodeSettings { node_id, settings } => {
                 registry.view().apply_settings(&node_id, &settings);
             }
@@ -184,12 +229,23 @@ async fn sweep(registry: Registry, shutdown: CancellationToken) {
         let (expired, connected, listed) = {
             let mut view = registry.view();
             let expired = view.sweep(now());
-            (expired, view.nodes().filter(|n| n.connected).count(), view.nodes().count())
+            (
+                expired,
+                view.nodes().filter(|n| n.connected).count(),
+                view.nodes().count(),
+            )
         };
-        gantry_runtime::metrics::REGISTRY_NODES.with_label_values(&["connected"]).set(connected as i64);
-        gantry_runtime::metrics::REGISTRY_NODES.with_label_values(&["disconnected"]).set((listed - connected) as i64);
+        gantry_runtime::metrics::REGISTRY_NODES
+            .with_label_values(&["connected"])
+            .set(connected as i64);
+        gantry_runtime::metrics::REGISTRY_NODES
+            .with_label_values(&["disconnected"])
+            .set((listed - connected) as i64);
         if expired > 0 {
-            tracing::info!(nodes = expired, "nodes missed their heartbeats: disconnected");
+            tracing::info!(
+                nodes = expired,
+                "nodes missed their heartbeats: disconnected"
+            );
         }
     }
 }

@@ -43,24 +43,30 @@ enum Command {
 #[tokio::main]
 async fn main() -> ExitCode {
     match Cli::parse().command.unwrap_or(Command::Serve) {
-        Command::Serve => gantry_runtime::run_service("gantry-registry", gantry_registry::startup::run).await,
-        Command::CreateToken { name, wait } => match create_token(&name, Duration::from_secs(wait)).await {
-            Ok(token) => {
-                println!("{token}");
-                ExitCode::SUCCESS
+        Command::Serve => {
+            gantry_runtime::run_service("gantry-registry", gantry_registry::startup::run).await
+        }
+        Command::CreateToken { name, wait } => {
+            match create_token(&name, Duration::from_secs(wait)).await {
+                Ok(token) => {
+                    println!("{token}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("gantry-registry: {e}");
+                    ExitCode::FAILURE
+                }
             }
-            Err(e) => {
-                eprintln!("gantry-registry: {e}");
-                ExitCode::FAILURE
+        }
+        Command::EnsureToken { name, file, wait } => {
+            match ensure_token(&name, &file, Duration::from_secs(wait)).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("gantry-registry: {e}");
+                    ExitCode::FAILURE
+                }
             }
-        },
-        Command::EnsureToken { name, file, wait } => match ensure_token(&name, &file, Duration::from_secs(wait)).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("gantry-registry: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        }
     }
 }
 
@@ -69,7 +75,9 @@ async fn connect(deadline: Instant) -> Result<async_nats::Client, String> {
     loop {
         match async_nats::connect(url.as_str()).await {
             Ok(c) => return Ok(c),
-            Err(e) if Instant::now() > deadline => return Err(format!("cannot reach NATS at {url}: {e}")),
+            Err(e) if Instant::now() > deadline => {
+                return Err(format!("cannot reach NATS at {url}: {e}"))
+            }
             Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
         }
     }
@@ -83,7 +91,9 @@ async fn call<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
     deadline: Instant,
 ) -> Result<Resp, String> {
     loop {
-        match gantry_runtime::nats::request::<_, Resp>(client, subjects::registry(endpoint), req).await {
+        match gantry_runtime::nats::request::<_, Resp>(client, subjects::registry(endpoint), req)
+            .await
+        {
             Ok(r) => return Ok(r),
             Err(f) if f.code == ErrorCode::Unavailable && Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -96,8 +106,11 @@ async fn call<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
 async fn create_token(name: &str, wait: Duration) -> Result<String, String> {
     let deadline = Instant::now() + wait;
     let client = connect(deadline).await?;
-    let req = CreateClusterToken { name: name.to_owned() };
-    let token: ClusterToken = call(&client, subjects::registry::TOKENS_CREATE, &req, deadline).await?;
+    let req = CreateClusterToken {
+        name: name.to_owned(),
+    };
+    let token: ClusterToken =
+        call(&client, subjects::registry::TOKENS_CREATE, &req, deadline).await?;
     Ok(token.token)
 }
 
@@ -106,15 +119,27 @@ async fn ensure_token(name: &str, file: &std::path::Path, wait: Duration) -> Res
     let client = connect(deadline).await?;
     if let Ok(saved) = std::fs::read_to_string(file) {
         let saved = saved.trim();
-        let list: ClusterTokenList = call(&client, subjects::registry::TOKENS_LIST, &Empty {}, deadline).await?;
+        let list: ClusterTokenList = call(
+            &client,
+            subjects::registry::TOKENS_LIST,
+            &Empty {},
+            deadline,
+        )
+        .await?;
         let listed = format!("{}...", saved.get(..8).unwrap_or(saved));
         if saved.len() == 64 && list.tokens.iter().any(|t| t.active && t.token == listed) {
             return Ok(());
         }
-        eprintln!("gantry-registry: the token in {} is no longer active; creating a new one", file.display());
+        eprintln!(
+            "gantry-registry: the token in {} is no longer active; creating a new one",
+            file.display()
+        );
     }
-    let req = CreateClusterToken { name: name.to_owned() };
-    let token: ClusterToken = call(&client, subjects::registry::TOKENS_CREATE, &req, deadline).await?;
+    let req = CreateClusterToken {
+        name: name.to_owned(),
+    };
+    let token: ClusterToken =
+        call(&client, subjects::registry::TOKENS_CREATE, &req, deadline).await?;
     write_secret(file, &token.token).map_err(|e| format!("writing {}: {e}", file.display()))
 }
 
@@ -122,7 +147,12 @@ fn write_secret(file: &std::path::Path, secret: &str) -> std::io::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let tmp = file.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
     writeln!(f, "{secret}")?;
     f.sync_all()?;
     std::fs::rename(&tmp, file)

@@ -7,9 +7,9 @@ use std::time::Instant;
 
 use async_nats::Client;
 use gantry_contracts::registry::{
-    ClusterClients, ClusterNodes, ClusterToken, ClusterTokenList, CreateClusterToken, Drain, Driver, Empty,
-    ListQuery, NodeControl, NodeName, NodeSettings, RegisterNode, Registered, RegistryEvent, RevokeClusterToken,
-    SetDriver, SetDriverResult, DRIVER_CHOICES,
+    ClusterClients, ClusterNodes, ClusterToken, ClusterTokenList, CreateClusterToken, Drain,
+    Driver, Empty, ListQuery, NodeControl, NodeName, NodeSettings, RegisterNode, Registered,
+    RegistryEvent, RevokeClusterToken, SetDriver, SetDriverResult, DRIVER_CHOICES,
 };
 use gantry_contracts::subjects;
 use gantry_runtime::nats;
@@ -23,7 +23,10 @@ use crate::view::{Timing, View};
 
 /// Seconds since the epoch.
 pub fn now() -> f64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 /// Everything a handler needs; cheap to clone.
@@ -104,7 +107,9 @@ impl Registry {
         if self.is_restored() {
             Ok(())
         } else {
-            Err(RegistryError::Unavailable("the registry is still loading its state from the store".into()))
+            Err(RegistryError::Unavailable(
+                "the registry is still loading its state from the store".into(),
+            ))
         }
     }
 
@@ -121,7 +126,9 @@ impl Registry {
     }
 
     async fn announce(&self, event: &RegistryEvent) {
-        if let Err(e) = nats::publish(self.client(), subjects::REGISTRY_EVENTS.to_owned(), event).await {
+        if let Err(e) =
+            nats::publish(self.client(), subjects::REGISTRY_EVENTS.to_owned(), event).await
+        {
             tracing::warn!(error = %e, "could not announce a change to the other replicas");
         }
     }
@@ -133,35 +140,51 @@ impl Registry {
     /// `cluster_tokens.list`.
     pub async fn list_tokens(&self, _: Empty) -> Result<ClusterTokenList, RegistryError> {
         let tokens = self.store().list_tokens().await?;
-        Ok(ClusterTokenList { tokens: tokens.iter().map(listed_token).collect() })
+        Ok(ClusterTokenList {
+            tokens: tokens.iter().map(listed_token).collect(),
+        })
     }
 
     /// `cluster_tokens.create`: the only reply that holds the whole token.
-    pub async fn create_token(&self, req: CreateClusterToken) -> Result<ClusterToken, RegistryError> {
+    pub async fn create_token(
+        &self,
+        req: CreateClusterToken,
+    ) -> Result<ClusterToken, RegistryError> {
         let name = req.name.trim();
         if name.is_empty() {
             return Err(RegistryError::BadRequest("name is required".into()));
         }
         if name.chars().count() > 100 {
-            return Err(RegistryError::BadRequest("name must be at most 100 characters".into()));
+            return Err(RegistryError::BadRequest(
+                "name must be at most 100 characters".into(),
+            ));
         }
         if name.chars().any(char::is_control) {
-            return Err(RegistryError::BadRequest("name must not hold control characters".into()));
+            return Err(RegistryError::BadRequest(
+                "name must not hold control characters".into(),
+            ));
         }
         let secret = tokens::generate();
-        let doc = self.store().insert_token(name, &tokens::hash(&secret), &tokens::prefix(&secret)).await?;
+        let doc = self
+            .store()
+            .insert_token(name, &tokens::hash(&secret), &tokens::prefix(&secret))
+            .await?;
         tracing::info!(token_id = doc.id, name, "cluster token created");
-        Ok(ClusterToken { token: secret, ..listed_token(&doc) })
+        Ok(ClusterToken {
+            token: secret,
+            ..listed_token(&doc)
+        })
     }
 
     /// `cluster_tokens.revoke`: nodes that joined with it are told to leave and shown
     /// disconnected. Revoking twice is harmless.
-    pub async fn revoke_token(&self, req: RevokeClusterToken) -> Result<ClusterToken, RegistryError> {
-        let mut token = self
-            .store()
-            .token(req.id)
-            .await?
-            .ok_or_else(|| RegistryError::NotFound(format!("no cluster token with id {}", req.id)))?;
+    pub async fn revoke_token(
+        &self,
+        req: RevokeClusterToken,
+    ) -> Result<ClusterToken, RegistryError> {
+        let mut token = self.store().token(req.id).await?.ok_or_else(|| {
+            RegistryError::NotFound(format!("no cluster token with id {}", req.id))
+        })?;
         if token.active {
             token.active = false;
             token.revoked_at = Some(chrono::Utc::now());
@@ -169,11 +192,14 @@ impl Registry {
             tracing::info!(token_id = token.id, name = %token.name, "cluster token revoked");
         }
         let node_ids = self.view().revoke_token(token.id);
-        let leave = NodeControl::Leave { reason: format!("cluster token {:?} was revoked", token.name) };
+        let leave = NodeControl::Leave {
+            reason: format!("cluster token {:?} was revoked", token.name),
+        };
         for id in &node_ids {
             self.control(id, &leave).await;
         }
-        self.announce(&RegistryEvent::TokenRevoked { token_id: token.id }).await;
+        self.announce(&RegistryEvent::TokenRevoked { token_id: token.id })
+            .await;
         Ok(listed_token(&token))
     }
 
@@ -185,11 +211,15 @@ impl Registry {
     pub async fn register(&self, req: RegisterNode) -> Result<Registered, RegistryError> {
         let hostname = NodeName::parse(&req.hostname).map_err(RegistryError::BadRequest)?;
         if req.workers == 0 || req.workers > 256 {
-            return Err(RegistryError::BadRequest("workers must be between 1 and 256".into()));
+            return Err(RegistryError::BadRequest(
+                "workers must be between 1 and 256".into(),
+            ));
         }
         let secret = req.token.trim();
         if secret.is_empty() {
-            return Err(RegistryError::Unauthorized("a cluster token is required (GANTRY_CLUSTER_TOKEN)".into()));
+            return Err(RegistryError::Unauthorized(
+                "a cluster token is required (GANTRY_CLUSTER_TOKEN)".into(),
+            ));
         }
         let hash = tokens::hash(secret);
         let token = self.store().token_by_hash(&hash).await?;
@@ -228,9 +258,15 @@ impl Registry {
         let settings = stored.settings.clone();
         let announced = serde_json::to_value(&stored).map_err(anyhow::Error::from)?;
         self.view().register(stored, now());
-        self.announce(&RegistryEvent::NodeRegistered { record: announced }).await;
+        self.announce(&RegistryEvent::NodeRegistered { record: announced })
+            .await;
         tracing::info!(node_id = %node_id, hostname = %hostname, token_id = token.id, "node registered");
-        Ok(Registered { client_id: node_id.clone(), node_id, settings, token_name: token.name })
+        Ok(Registered {
+            client_id: node_id.clone(),
+            node_id,
+            settings,
+            token_name: token.name,
+        })
     }
 
     /// `nodes.list`. Only the page asked for is built (under the view's lock, briefly).
@@ -241,8 +277,17 @@ impl Registry {
         let listed = view.listed(t);
         let master_stats = View::stats(&listed, uptime);
         let rest = listed.get(q.offset..).unwrap_or_default();
-        let (nodes, next_offset) = page(rest.iter().map(|n| n.cluster_node(t)), listed.len(), &q, budget)?;
-        Ok(ClusterNodes { master_stats, nodes, next_offset })
+        let (nodes, next_offset) = page(
+            rest.iter().map(|n| n.cluster_node(t)),
+            listed.len(),
+            &q,
+            budget,
+        )?;
+        Ok(ClusterNodes {
+            master_stats,
+            nodes,
+            next_offset,
+        })
     }
 
     /// `clients.list`: connected nodes only.
@@ -252,8 +297,16 @@ impl Registry {
         let view = self.view();
         let connected: Vec<_> = view.listed(t).into_iter().filter(|n| n.connected).collect();
         let rest = connected.get(q.offset..).unwrap_or_default();
-        let (clients, next_offset) = page(rest.iter().map(|n| n.cluster_client()), connected.len(), &q, budget)?;
-        Ok(ClusterClients { clients, next_offset })
+        let (clients, next_offset) = page(
+            rest.iter().map(|n| n.cluster_client()),
+            connected.len(),
+            &q,
+            budget,
+        )?;
+        Ok(ClusterClients {
+            clients,
+            next_offset,
+        })
     }
 
     fn payload_budget(&self) -> usize {
@@ -264,11 +317,22 @@ impl Registry {
 
     /// Find the node an admin names by hostname + token (whole or listed).
     async fn resolve(&self, hostname: &str, token: &str) -> Result<NodeRecord, RegistryError> {
-        let not_found = || RegistryError::NotFound(format!("no node named {hostname:?} has joined with that token"));
+        let not_found = || {
+            RegistryError::NotFound(format!(
+                "no node named {hostname:?} has joined with that token"
+            ))
+        };
         match TokenRef::parse(token).ok_or_else(not_found)? {
             TokenRef::Whole(secret) => {
-                let token = self.store().token_by_hash(&tokens::hash(&secret)).await?.ok_or_else(not_found)?;
-                self.store().node(&tokens::node_id(hostname, token.id)).await?.ok_or_else(not_found)
+                let token = self
+                    .store()
+                    .token_by_hash(&tokens::hash(&secret))
+                    .await?
+                    .ok_or_else(not_found)?;
+                self.store()
+                    .node(&tokens::node_id(hostname, token.id))
+                    .await?
+                    .ok_or_else(not_found)
             }
             TokenRef::Prefix(prefix) => {
                 let mut found: Vec<NodeRecord> = self
@@ -300,12 +364,26 @@ impl Registry {
             .store()
             .update_settings(&record.node_id, driver, draining)
             .await?
-            .ok_or_else(|| RegistryError::NotFound(format!("node {:?} is no longer registered", record.hostname)))?;
-        let connected = self.view().apply_settings(&stored.node_id, &stored.settings);
-        self.announce(&RegistryEvent::NodeSettings { node_id: stored.node_id.clone(), settings: stored.settings.clone() })
-            .await;
+            .ok_or_else(|| {
+                RegistryError::NotFound(format!(
+                    "node {:?} is no longer registered",
+                    record.hostname
+                ))
+            })?;
+        let connected = self
+            .view()
+            .apply_settings(&stored.node_id, &stored.settings);
+        self.announce(&RegistryEvent::NodeSettings {
+            node_id: stored.node_id.clone(),
+            settings: stored.settings.clone(),
+        })
+        .await;
         if connected.unwrap_or(true) {
-            self.control(&stored.node_id, &NodeControl::Settings(stored.settings.clone())).await;
+            self.control(
+                &stored.node_id,
+                &NodeControl::Settings(stored.settings.clone()),
+            )
+            .await;
         }
         Ok(stored)
     }
@@ -315,7 +393,8 @@ impl Registry {
         let hostname = required(&req.hostname, "hostname")?;
         let token = required(&req.token, "token")?;
         let driver = required(&req.driver, "driver")?;
-        let driver = Driver::parse_choice(driver).map_err(|_| RegistryError::BadRequest(DRIVER_CHOICES.into()))?;
+        let driver = Driver::parse_choice(driver)
+            .map_err(|_| RegistryError::BadRequest(DRIVER_CHOICES.into()))?;
         let record = self.resolve(hostname, token).await?;
         let stored = self.change_settings(&record, Some(driver), None).await?;
         let gpu_info = &stored.inventory.gpu_info;
@@ -327,18 +406,26 @@ impl Registry {
             _ => None,
         };
         tracing::info!(node_id = %stored.node_id, driver = ?driver, "driver preference set");
-        Ok(SetDriverResult { success: true, warning })
+        Ok(SetDriverResult {
+            success: true,
+            warning,
+        })
     }
 
     /// `nodes.drain`: drain or undrain a node.
     pub async fn drain(&self, req: Drain) -> Result<SetDriverResult, RegistryError> {
         let hostname = required(&req.hostname, "hostname")?;
         let token = required(&req.token, "token")?;
-        let drain = req.drain.ok_or_else(|| RegistryError::BadRequest("drain is required".into()))?;
+        let drain = req
+            .drain
+            .ok_or_else(|| RegistryError::BadRequest("drain is required".into()))?;
         let record = self.resolve(hostname, token).await?;
         let stored = self.change_settings(&record, None, Some(drain)).await?;
         tracing::info!(node_id = %stored.node_id, drain, "drain state set");
-        Ok(SetDriverResult { success: true, warning: None })
+        Ok(SetDriverResult {
+            success: true,
+            warning: None,
+        })
     }
 }
 
@@ -355,7 +442,10 @@ fn page<T: Serialize>(
     let mut out = Vec::new();
     let mut size = 512; // master_stats and the envelope
     for item in items.take(limit) {
-        let len = serde_json::to_vec(&item).map_err(anyhow::Error::from)?.len() + 1;
+        let len = serde_json::to_vec(&item)
+            .map_err(anyhow::Error::from)?
+            .len()
+            + 1;
         if !out.is_empty() && size + len > budget {
             break;
         }
@@ -376,17 +466,43 @@ mod tests {
         let (p, next) = page(items.iter(), 100, &ListQuery::default(), 512 + 1000).unwrap();
         assert_eq!(p.len(), 9);
         assert_eq!(next, Some(9));
-        let (p, next) = page(items[95..].iter(), 100, &ListQuery { offset: 95, limit: None }, 1 << 20).unwrap();
+        let (p, next) = page(
+            items[95..].iter(),
+            100,
+            &ListQuery {
+                offset: 95,
+                limit: None,
+            },
+            1 << 20,
+        )
+        .unwrap();
         assert_eq!(p.len(), 5);
         assert_eq!(next, None);
-        let (p, next) = page(items.iter(), 100, &ListQuery { offset: 0, limit: Some(10) }, 1 << 20).unwrap();
+        let (p, next) = page(
+            items.iter(),
+            100,
+            &ListQuery {
+                offset: 0,
+                limit: Some(10),
+            },
+            1 << 20,
+        )
+        .unwrap();
         assert_eq!(p.len(), 10);
         assert_eq!(next, Some(10));
     }
 
     #[test]
     fn a_missing_or_blank_field_is_named() {
-        assert_eq!(required(&None, "hostname").unwrap_err().to_string(), "hostname is required");
-        assert_eq!(required(&Some("  ".into()), "token").unwrap_err().to_string(), "token is required");
+        assert_eq!(
+            required(&None, "hostname").unwrap_err().to_string(),
+            "hostname is required"
+        );
+        assert_eq!(
+            required(&Some("  ".into()), "token")
+                .unwrap_err()
+                .to_string(),
+            "token is required"
+        );
     }
 }

@@ -36,13 +36,22 @@ where
     F: Fn(S, Req) -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<Resp, RegistryError>> + Send + 'static,
 {
-    let ep = group.endpoint(name).await.map_err(|e| anyhow::anyhow!("adding endpoint {name}: {e}"))?;
+    let ep = group
+        .endpoint(name)
+        .await
+        .map_err(|e| anyhow::anyhow!("adding endpoint {name}: {e}"))?;
     let registry = registry.clone();
-    tracker.spawn(nats::serve(ep, name, shutdown.clone(), tracker.clone(), move |req: Req| {
-        let registry = registry.clone();
-        let handler = handler.clone();
-        async move { handler(registry, req).await.map_err(ServiceFailure::from) }
-    }));
+    tracker.spawn(nats::serve(
+        ep,
+        name,
+        shutdown.clone(),
+        tracker.clone(),
+        move |req: Req| {
+            let registry = registry.clone();
+            let handler = handler.clone();
+            async move { handler(registry, req).await.map_err(ServiceFailure::from) }
+        },
+    ));
     Ok(())
 }
 
@@ -60,23 +69,94 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let restored = registry.clone();
     let readiness = Readiness::nats(client.clone())
         .with_mongo(db)
-        .with_check(move || (!restored.is_restored()).then(|| "restoring the cluster view from the store".to_owned()));
+        .with_check(move || {
+            (!restored.is_restored())
+                .then(|| "restoring the cluster view from the store".to_owned())
+        });
     let (_addr, health) = health::serve(config.health_addr, readiness, shutdown.clone()).await?;
 
     let tracker = TaskTracker::new();
     crate::liveness::start(registry.clone(), shutdown.clone(), &tracker).await?;
 
-    let service =
-        nats::start_service(&client, services::REGISTRY, "Cluster tokens, nodes and driver preferences").await?;
+    let service = nats::start_service(
+        &client,
+        services::REGISTRY,
+        "Cluster tokens, nodes and driver preferences",
+    )
+    .await?;
     let group = service.group(subjects::REGISTRY_V1);
-    endpoint(&group, ep::TOKENS_LIST, &registry, &shutdown, &tracker, |r: Registry, q| async move { r.list_tokens(q).await }).await?;
-    endpoint(&group, ep::TOKENS_CREATE, &registry, &shutdown, &tracker, |r: Registry, q| async move { r.create_token(q).await }).await?;
-    endpoint(&group, ep::TOKENS_REVOKE, &registry, &shutdown, &tracker, |r: Registry, q| async move { r.revoke_token(q).await }).await?;
-    endpoint(&group, ep::REGISTER, &registry, &shutdown, &tracker, |r: Registry, q| async move { r.register(q).await }).await?;
-    endpoint(&group, ep::NODES, &registry, &shutdown, &tracker, |r: Registry, q| async move { r.cluster_nodes(q).await }).await?;
-    endpoint(&group, ep::CLIENTS, &registry, &shutdown, &tracker, |r: Registry, q| async move { r.cluster_clients(q).await }).await?;
-    endpoint(&group, ep::SET_DRIVER, &registry, &shutdown, &tracker, |r: Registry, q| async move { r.set_driver(q).await }).await?;
-    endpoint(&group, ep::DRAIN, &registry, &shutdown, &tracker, |r: Registry, q| async move { r.drain(q).await }).await?;
+    endpoint(
+        &group,
+        ep::TOKENS_LIST,
+        &registry,
+        &shutdown,
+        &tracker,
+        |r: Registry, q| async move { r.list_tokens(q).await },
+    )
+    .await?;
+    endpoint(
+        &group,
+        ep::TOKENS_CREATE,
+        &registry,
+        &shutdown,
+        &tracker,
+        |r: Registry, q| async move { r.create_token(q).await },
+    )
+    .await?;
+    endpoint(
+        &group,
+        ep::TOKENS_REVOKE,
+        &registry,
+        &shutdown,
+        &tracker,
+        |r: Registry, q| async move { r.revoke_token(q).await },
+    )
+    .await?;
+    endpoint(
+        &group,
+        ep::REGISTER,
+        &registry,
+        &shutdown,
+        &tracker,
+        |r: Registry, q| async move { r.register(q).await },
+    )
+    .await?;
+    endpoint(
+        &group,
+        ep::NODES,
+        &registry,
+        &shutdown,
+        &tracker,
+        |r: Registry, q| async move { r.cluster_nodes(q).await },
+    )
+    .await?;
+    endpoint(
+        &group,
+        ep::CLIENTS,
+        &registry,
+        &shutdown,
+        &tracker,
+        |r: Registry, q| async move { r.cluster_clients(q).await },
+    )
+    .await?;
+    endpoint(
+        &group,
+        ep::SET_DRIVER,
+        &registry,
+        &shutdown,
+        &tracker,
+        |r: Registry, q| async move { r.set_driver(q).await },
+    )
+    .await?;
+    endpoint(
+        &group,
+        ep::DRAIN,
+        &registry,
+        &shutdown,
+        &tracker,
+        |r: Registry, q| async move { r.drain(q).await },
+    )
+    .await?;
     crate::jobs::serve(&group, &registry, &shutdown, &tracker).await?;
     tracing::info!("registry endpoints up");
 

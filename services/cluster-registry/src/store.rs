@@ -181,7 +181,12 @@ impl Store {
     }
 
     /// Store a new token (whole document).
-    pub async fn insert_token(&self, name: &str, hash: &str, prefix: &str) -> Result<TokenDoc, RegistryError> {
+    pub async fn insert_token(
+        &self,
+        name: &str,
+        hash: &str,
+        prefix: &str,
+    ) -> Result<TokenDoc, RegistryError> {
         let token = TokenDoc {
             id: self.next_token_id().await?,
             name: name.to_owned(),
@@ -214,7 +219,9 @@ impl Store {
 
     /// Rewrite a token whole (how revocation is written, so `active` stays a boolean).
     pub async fn replace_token(&self, token: &TokenDoc) -> Result<(), RegistryError> {
-        self.tokens().replace_one(doc! { "_id": token.id }, token).await?;
+        self.tokens()
+            .replace_one(doc! { "_id": token.id }, token)
+            .await?;
         Ok(())
     }
 
@@ -270,8 +277,16 @@ impl Store {
     }
 
     /// The registrations of a hostname.
-    pub async fn nodes_by_hostname(&self, hostname: &str) -> Result<Vec<NodeRecord>, RegistryError> {
-        Ok(self.nodes().find(doc! { "hostname": hostname }).await?.try_collect().await?)
+    pub async fn nodes_by_hostname(
+        &self,
+        hostname: &str,
+    ) -> Result<Vec<NodeRecord>, RegistryError> {
+        Ok(self
+            .nodes()
+            .find(doc! { "hostname": hostname })
+            .await?
+            .try_collect()
+            .await?)
     }
 
     /// One registration.
@@ -285,7 +300,9 @@ impl Store {
     }
 
     /// Everything, to rebuild the view after a restart.
-    pub async fn load_all(&self) -> Result<(Vec<TokenDoc>, Vec<NodeRecord>, Vec<StateDoc>), RegistryError> {
+    pub async fn load_all(
+        &self,
+    ) -> Result<(Vec<TokenDoc>, Vec<NodeRecord>, Vec<StateDoc>), RegistryError> {
         let tokens = self.list_tokens().await?;
         let nodes: Vec<NodeRecord> = self.nodes().find(doc! {}).await?.try_collect().await?;
         let states: Vec<StateDoc> = self.states().find(doc! {}).await?.try_collect().await?;
@@ -318,7 +335,12 @@ impl Store {
 impl Store {
     /// Count a completed job for a node.
     pub async fn count_completed(&self, node_id: &str) -> Result<(), RegistryError> {
-        self.nodes().update_one(doc! { "_id": node_id }, doc! { "$inc": { "completed_jobs": 1_i64 } }).await?;
+        self.nodes()
+            .update_one(
+                doc! { "_id": node_id },
+                doc! { "$inc": { "completed_jobs": 1_i64 } },
+            )
+            .await?;
         Ok(())
     }
 

@@ -77,8 +77,14 @@ mod tests {
     fn token_references_accept_whole_listed_and_bare_prefix_forms() {
         let s = "ab".repeat(32);
         assert_eq!(TokenRef::parse(&s), Some(TokenRef::Whole(s.clone())));
-        assert_eq!(TokenRef::parse("ABCD1234..."), Some(TokenRef::Prefix("abcd1234".into())));
-        assert_eq!(TokenRef::parse("abcd1234"), Some(TokenRef::Prefix("abcd1234".into())));
+        assert_eq!(
+            TokenRef::parse("ABCD1234..."),
+            Some(TokenRef::Prefix("abcd1234".into()))
+        );
+        assert_eq!(
+            TokenRef::parse("abcd1234"),
+            Some(TokenRef::Prefix("abcd1234".into()))
+        );
         assert_eq!(TokenRef::parse("abc..."), None);
         assert_eq!(TokenRef::parse("zzzz1234..."), None);
     }

@@ -7,8 +7,8 @@
 use std::collections::{HashMap, HashSet};
 
 use gantry_contracts::registry::{
-    plan_processes, process_status, ClusterClient, ClusterNode, Driver, Heartbeat, MasterStats, NodeControl,
-    NodeSettings, Process,
+    plan_processes, process_status, ClusterClient, ClusterNode, Driver, Heartbeat, MasterStats,
+    NodeControl, NodeSettings, Process,
 };
 
 use crate::store::{NodeRecord, StateDoc, TokenDoc};
@@ -71,8 +71,11 @@ pub struct Node {
 
 impl Node {
     fn new(record: NodeRecord, now: f64) -> Self {
-        let (driver, processes) =
-            plan_processes(&record.inventory.gpu_info, &record.settings, &vec![None; record.workers as usize]);
+        let (driver, processes) = plan_processes(
+            &record.inventory.gpu_info,
+            &record.settings,
+            &vec![None; record.workers as usize],
+        );
         Self {
             record,
             revoked: false,
@@ -147,7 +150,10 @@ impl Node {
         if !self.connected {
             return 0;
         }
-        self.processes.iter().filter(|p| p.status == process_status::ACTIVE).count() as u32
+        self.processes
+            .iter()
+            .filter(|p| p.status == process_status::ACTIVE)
+            .count() as u32
     }
 
     /// This node as `cluster_nodes` lists it.
@@ -165,8 +171,16 @@ impl Node {
             ip_address: self.record.ip_address.clone(),
             connected: self.connected,
             last_seen: self.last_seen,
-            uptime_seconds: if self.connected { round1(self.uptime_seconds + (now - self.last_seen).max(0.0)) } else { 0.0 },
-            active_jobs: if self.connected { u64::from(self.busy_slots) } else { 0 },
+            uptime_seconds: if self.connected {
+                round1(self.uptime_seconds + (now - self.last_seen).max(0.0))
+            } else {
+                0.0
+            },
+            active_jobs: if self.connected {
+                u64::from(self.busy_slots)
+            } else {
+                0
+            },
             completed_jobs: self.record.completed_jobs,
             client_id: self.record.node_id.clone(),
             workers: self.record.workers,
@@ -222,7 +236,11 @@ pub struct View {
 impl View {
     /// An empty view.
     pub fn new(timing: Timing) -> Self {
-        Self { timing, nodes: HashMap::new(), revoked_tokens: HashSet::new() }
+        Self {
+            timing,
+            nodes: HashMap::new(),
+            revoked_tokens: HashSet::new(),
+        }
     }
 
     /// Liveness settings.
@@ -247,9 +265,17 @@ impl View {
 
     /// Rebuild from the store after a restart. Nodes already in the view (heard since start-up)
     /// are kept as they are.
-    pub fn restore(&mut self, tokens: &[TokenDoc], records: Vec<NodeRecord>, states: Vec<StateDoc>, now: f64) {
-        self.revoked_tokens.extend(tokens.iter().filter(|t| !t.active).map(|t| t.id));
-        let mut states: HashMap<String, StateDoc> = states.into_iter().map(|s| (s.node_id.clone(), s)).collect();
+    pub fn restore(
+        &mut self,
+        tokens: &[TokenDoc],
+        records: Vec<NodeRecord>,
+        states: Vec<StateDoc>,
+        now: f64,
+    ) {
+        self.revoked_tokens
+            .extend(tokens.iter().filter(|t| !t.active).map(|t| t.id));
+        let mut states: HashMap<String, StateDoc> =
+            states.into_iter().map(|s| (s.node_id.clone(), s)).collect();
         for record in records {
             if self.nodes.contains_key(&record.node_id) {
                 continue;
@@ -264,7 +290,13 @@ impl View {
     }
 
     /// Insert one node read from the store (met through a heartbeat this replica did not know).
-    pub fn insert_loaded(&mut self, record: NodeRecord, state: Option<StateDoc>, token_active: bool, now: f64) {
+    pub fn insert_loaded(
+        &mut self,
+        record: NodeRecord,
+        state: Option<StateDoc>,
+        token_active: bool,
+        now: f64,
+    ) {
         if self.nodes.contains_key(&record.node_id) {
             return;
         }
@@ -340,7 +372,10 @@ impl View {
             node.connected_at = now;
             node.dirty = true;
         }
-        if node.busy_slots != hb.busy_slots || node.processes != hb.processes || node.driver != hb.driver {
+        if node.busy_slots != hb.busy_slots
+            || node.processes != hb.processes
+            || node.driver != hb.driver
+        {
             node.busy_slots = hb.busy_slots;
             node.processes = hb.processes.clone();
             node.driver = hb.driver;
@@ -356,7 +391,9 @@ impl View {
             // Another replica changed it and this one missed the announcement.
             node.record.settings = hb.settings.clone();
             HeartbeatOutcome::Applied(None)
-        } else if hb.settings.settings_version < stored.settings_version && now - node.last_push >= interval {
+        } else if hb.settings.settings_version < stored.settings_version
+            && now - node.last_push >= interval
+        {
             node.last_push = now;
             HeartbeatOutcome::Applied(Some(NodeControl::Settings(stored.clone())))
         } else {
@@ -379,7 +416,11 @@ impl View {
     pub fn revoke_token(&mut self, token_id: i64) -> Vec<String> {
         self.revoked_tokens.insert(token_id);
         let mut ids = Vec::new();
-        for node in self.nodes.values_mut().filter(|n| n.record.token_id == token_id) {
+        for node in self
+            .nodes
+            .values_mut()
+            .filter(|n| n.record.token_id == token_id)
+        {
             node.revoked = true;
             node.disconnect();
             ids.push(node.record.node_id.clone());
@@ -399,7 +440,8 @@ impl View {
                 expired += 1;
             }
         }
-        self.nodes.retain(|_, n| n.connected || now - n.last_seen <= retention || n.dirty);
+        self.nodes
+            .retain(|_, n| n.connected || now - n.last_seen <= retention || n.dirty);
         expired
     }
 
@@ -427,10 +469,16 @@ impl View {
     /// hostname then id.
     pub fn listed(&self, now: f64) -> Vec<&Node> {
         let retention = self.timing.retention;
-        let mut nodes: Vec<&Node> =
-            self.nodes.values().filter(|n| n.connected || now - n.last_seen <= retention).collect();
+        let mut nodes: Vec<&Node> = self
+            .nodes
+            .values()
+            .filter(|n| n.connected || now - n.last_seen <= retention)
+            .collect();
         nodes.sort_by(|a, b| {
-            a.record.hostname.cmp(&b.record.hostname).then_with(|| a.record.node_id.cmp(&b.record.node_id))
+            a.record
+                .hostname
+                .cmp(&b.record.hostname)
+                .then_with(|| a.record.node_id.cmp(&b.record.node_id))
         });
         nodes
     }
@@ -451,12 +499,19 @@ impl View {
     /// `cluster_nodes`: totals and every listed node, by hostname.
     pub fn cluster_nodes(&self, now: f64, uptime_seconds: f64) -> (MasterStats, Vec<ClusterNode>) {
         let listed = self.listed(now);
-        (Self::stats(&listed, uptime_seconds), listed.iter().map(|n| n.cluster_node(now)).collect())
+        (
+            Self::stats(&listed, uptime_seconds),
+            listed.iter().map(|n| n.cluster_node(now)).collect(),
+        )
     }
 
     /// `cluster_clients`: the connected nodes, by hostname.
     pub fn cluster_clients(&self, now: f64) -> Vec<ClusterClient> {
-        self.listed(now).into_iter().filter(|n| n.connected).map(|n| n.cluster_client()).collect()
+        self.listed(now)
+            .into_iter()
+            .filter(|n| n.connected)
+            .map(|n| n.cluster_client())
+            .collect()
     }
 }
 
@@ -465,7 +520,11 @@ mod tests {
     use super::*;
     use gantry_contracts::registry::{GpuInfo, Inventory};
 
-    const T: Timing = Timing { interval: 5.0, misses: 3, retention: 3600.0 };
+    const T: Timing = Timing {
+        interval: 5.0,
+        misses: 3,
+        retention: 3600.0,
+    };
 
     fn record(id: &str, host: &str, token_id: i64) -> NodeRecord {
         NodeRecord {
@@ -478,7 +537,10 @@ mod tests {
             weight: 100,
             workers: 2,
             inventory: Inventory {
-                gpu_info: GpuInfo { available_backends: vec!["cpu".into()], ..Default::default() },
+                gpu_info: GpuInfo {
+                    available_backends: vec!["cpu".into()],
+                    ..Default::default()
+                },
                 host_memory_gb: 16.0,
                 cpus: 8,
                 ..Default::default()
@@ -554,13 +616,23 @@ mod tests {
     fn a_node_behind_on_its_settings_is_sent_the_stored_ones_at_most_once_per_interval() {
         let mut v = View::new(T);
         v.register(record("n1", "a", 1), 100.0);
-        let newer = NodeSettings { driver_preference: Some(Driver::Cuda), draining: false, settings_version: 2 };
+        let newer = NodeSettings {
+            driver_preference: Some(Driver::Cuda),
+            draining: false,
+            settings_version: 2,
+        };
         v.apply_settings("n1", &newer);
         let mut hb = beat(&v, "n1");
         hb.settings = NodeSettings::default();
-        assert_eq!(v.heartbeat(&hb, 101.0), HeartbeatOutcome::Applied(Some(NodeControl::Settings(newer.clone()))));
+        assert_eq!(
+            v.heartbeat(&hb, 101.0),
+            HeartbeatOutcome::Applied(Some(NodeControl::Settings(newer.clone())))
+        );
         assert_eq!(v.heartbeat(&hb, 102.0), HeartbeatOutcome::Applied(None));
-        assert!(matches!(v.heartbeat(&hb, 106.5), HeartbeatOutcome::Applied(Some(_))));
+        assert!(matches!(
+            v.heartbeat(&hb, 106.5),
+            HeartbeatOutcome::Applied(Some(_))
+        ));
     }
 
     #[test]
@@ -568,11 +640,21 @@ mod tests {
         let mut v = View::new(T);
         v.register(record("n1", "a", 1), 100.0);
         let mut hb = beat(&v, "n1");
-        hb.settings = NodeSettings { driver_preference: None, draining: true, settings_version: 4 };
+        hb.settings = NodeSettings {
+            driver_preference: None,
+            draining: true,
+            settings_version: 4,
+        };
         assert_eq!(v.heartbeat(&hb, 101.0), HeartbeatOutcome::Applied(None));
         assert!(v.node("n1").unwrap().record.settings.draining);
         // An older announcement arriving late changes nothing.
-        v.apply_settings("n1", &NodeSettings { settings_version: 3, ..Default::default() });
+        v.apply_settings(
+            "n1",
+            &NodeSettings {
+                settings_version: 3,
+                ..Default::default()
+            },
+        );
         assert!(v.node("n1").unwrap().record.settings.draining);
     }
 
@@ -585,7 +667,10 @@ mod tests {
         assert!(!v.node("n1").unwrap().connected);
         assert!(v.node("n2").unwrap().connected);
         let hb = beat(&v, "n1");
-        assert!(matches!(v.heartbeat(&hb, 101.0), HeartbeatOutcome::Revoked(Some(NodeControl::Leave { .. }))));
+        assert!(matches!(
+            v.heartbeat(&hb, 101.0),
+            HeartbeatOutcome::Revoked(Some(NodeControl::Leave { .. }))
+        ));
         assert_eq!(v.heartbeat(&hb, 101.5), HeartbeatOutcome::Revoked(None));
         assert!(!v.node("n1").unwrap().connected);
     }
@@ -607,7 +692,10 @@ mod tests {
         v.register(record("n2", "b", 1), 100.0);
         v.sweep(100.0);
         let mut docs = v.take_dirty();
-        docs.iter_mut().find(|d| d.node_id == "n2").unwrap().connected = false;
+        docs.iter_mut()
+            .find(|d| d.node_id == "n2")
+            .unwrap()
+            .connected = false;
         let mut rec = record("n1", "a", 1);
         rec.settings.driver_preference = Some(Driver::Rocm);
         rec.completed_jobs = 7;
@@ -619,7 +707,10 @@ mod tests {
         assert_eq!(n1.last_seen, 100.0);
         assert_eq!(n1.record.completed_jobs, 7);
         assert_eq!(n1.record.settings.driver_preference, Some(Driver::Rocm));
-        assert!(!w.node("n2").unwrap().connected, "recently disconnected stays listed, disconnected");
+        assert!(
+            !w.node("n2").unwrap().connected,
+            "recently disconnected stays listed, disconnected"
+        );
         assert_eq!(w.sweep(214.0), 0);
         assert_eq!(w.sweep(215.5), 1);
     }

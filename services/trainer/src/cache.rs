@@ -29,7 +29,10 @@ impl InUse {
     /// Hold `hash` until the lease is dropped.
     pub fn lease(&self, hash: &str) -> Lease {
         *self.lock().entry(hash.to_owned()).or_default() += 1;
-        Lease { in_use: self.clone(), hash: hash.to_owned() }
+        Lease {
+            in_use: self.clone(),
+            hash: hash.to_owned(),
+        }
     }
 
     /// The hashes held now.
@@ -66,7 +69,11 @@ fn marker(root: &Path, hash: &str) -> PathBuf {
 
 /// Record a use of `<root>/<hash>` now.
 pub fn touch(root: &Path, hash: &str) -> std::io::Result<()> {
-    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(marker(root, hash))?;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(marker(root, hash))?;
     f.set_modified(SystemTime::now())
 }
 
@@ -75,9 +82,13 @@ fn size_of(dir: &Path) -> u64 {
     let mut total = 0;
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
         for e in entries.flatten() {
-            let Ok(meta) = e.path().symlink_metadata() else { continue };
+            let Ok(meta) = e.path().symlink_metadata() else {
+                continue;
+            };
             if meta.is_dir() {
                 stack.push(e.path());
             } else {
@@ -101,7 +112,9 @@ pub struct Cached {
 
 /// Every snapshot under `root`, least recently used first.
 pub fn list(root: &Path) -> Vec<Cached> {
-    let Ok(entries) = std::fs::read_dir(root) else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return Vec::new();
+    };
     let mut cached: Vec<Cached> = entries
         .flatten()
         .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
@@ -111,8 +124,14 @@ pub fn list(root: &Path) -> Vec<Cached> {
             crate::jobs::valid_dataset_hash(&hash).then_some(hash)
         })
         .map(|hash| {
-            let used = std::fs::metadata(marker(root, &hash)).and_then(|m| m.modified()).unwrap_or(SystemTime::UNIX_EPOCH);
-            Cached { bytes: size_of(&root.join(&hash)), hash, used }
+            let used = std::fs::metadata(marker(root, &hash))
+                .and_then(|m| m.modified())
+                .unwrap_or(SystemTime::UNIX_EPOCH);
+            Cached {
+                bytes: size_of(&root.join(&hash)),
+                hash,
+                used,
+            }
         })
         .collect();
     cached.sort_by(|a, b| a.used.cmp(&b.used).then_with(|| a.hash.cmp(&b.hash)));
@@ -129,7 +148,10 @@ pub fn evict(root: &Path, max_bytes: u64, in_use: &InUse) -> Vec<Cached> {
         if total <= max_bytes {
             break;
         }
-        let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default();
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
         let aside = root.join(format!(".evicting-{}-{nanos}", c.hash));
         // Decided and moved aside under the lock jobs take their leases under.
         match in_use.unless_held(&c.hash, || std::fs::rename(root.join(&c.hash), &aside)) {
@@ -152,9 +174,14 @@ pub fn evict(root: &Path, max_bytes: u64, in_use: &InUse) -> Vec<Cached> {
 
 /// Finish what an eviction interrupted by a crash left behind; run at start-up, before any job.
 pub fn remove_leftovers(root: &Path) {
-    let Ok(entries) = std::fs::read_dir(root) else { return };
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
     for e in entries.flatten() {
-        if e.file_name().to_str().is_some_and(|n| n.starts_with(".evicting-")) {
+        if e.file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(".evicting-"))
+        {
             let _ = std::fs::remove_dir_all(e.path());
         }
     }
@@ -171,8 +198,12 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("a.png"), vec![0u8; bytes]).unwrap();
         touch(root, &hash).unwrap();
-        let f = std::fs::File::options().write(true).open(marker(root, &hash)).unwrap();
-        f.set_modified(SystemTime::now() - Duration::from_secs(used_secs_ago)).unwrap();
+        let f = std::fs::File::options()
+            .write(true)
+            .open(marker(root, &hash))
+            .unwrap();
+        f.set_modified(SystemTime::now() - Duration::from_secs(used_secs_ago))
+            .unwrap();
         hash
     }
 
@@ -184,16 +215,34 @@ mod tests {
         let recent = snapshot(root.path(), 3, 1000, 100);
         std::fs::create_dir_all(root.path().join(".incoming-x")).unwrap();
 
-        assert_eq!(list(root.path()).iter().map(|c| c.hash.clone()).collect::<Vec<_>>(), vec![old.clone(), middle.clone(), recent.clone()]);
+        assert_eq!(
+            list(root.path())
+                .iter()
+                .map(|c| c.hash.clone())
+                .collect::<Vec<_>>(),
+            vec![old.clone(), middle.clone(), recent.clone()]
+        );
         let removed = evict(root.path(), 2000, &InUse::default());
-        assert_eq!(removed.iter().map(|c| c.hash.clone()).collect::<Vec<_>>(), vec![old.clone()]);
+        assert_eq!(
+            removed.iter().map(|c| c.hash.clone()).collect::<Vec<_>>(),
+            vec![old.clone()]
+        );
         assert!(!root.path().join(&old).exists() && !marker(root.path(), &old).exists());
         assert!(root.path().join(&middle).exists() && root.path().join(&recent).exists());
-        assert!(root.path().join(".incoming-x").exists(), "a fetch in progress is left alone");
-        assert!(evict(root.path(), 2000, &InUse::default()).is_empty(), "it fits now");
+        assert!(
+            root.path().join(".incoming-x").exists(),
+            "a fetch in progress is left alone"
+        );
+        assert!(
+            evict(root.path(), 2000, &InUse::default()).is_empty(),
+            "it fits now"
+        );
         std::fs::create_dir_all(root.path().join(".evicting-y-1")).unwrap();
         remove_leftovers(root.path());
-        assert!(!root.path().join(".evicting-y-1").exists(), "a half-done eviction is finished");
+        assert!(
+            !root.path().join(".evicting-y-1").exists(),
+            "a half-done eviction is finished"
+        );
         assert!(root.path().join(".incoming-x").exists());
     }
 
@@ -206,7 +255,10 @@ mod tests {
         let lease = in_use.lease(&old);
         let second = in_use.lease(&old);
         let removed = evict(root.path(), 0, &in_use);
-        assert_eq!(removed.iter().map(|c| c.hash.clone()).collect::<Vec<_>>(), vec![recent]);
+        assert_eq!(
+            removed.iter().map(|c| c.hash.clone()).collect::<Vec<_>>(),
+            vec![recent]
+        );
         assert!(root.path().join(&old).exists());
         drop(lease);
         assert!(in_use.held().contains(&old), "still held by the second job");
@@ -221,6 +273,12 @@ mod tests {
         let a = snapshot(root.path(), 1, 10, 300);
         let b = snapshot(root.path(), 2, 10, 100);
         touch(root.path(), &a).unwrap();
-        assert_eq!(list(root.path()).iter().map(|c| c.hash.clone()).collect::<Vec<_>>(), vec![b, a]);
+        assert_eq!(
+            list(root.path())
+                .iter()
+                .map(|c| c.hash.clone())
+                .collect::<Vec<_>>(),
+            vec![b, a]
+        );
     }
 }

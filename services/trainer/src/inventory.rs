@@ -38,7 +38,9 @@ fn run_tool(program: &str, args: &[&str], timeout: Duration) -> Option<String> {
         match child.try_wait() {
             Ok(Some(status)) => {
                 let out = child.wait_with_output().ok()?;
-                return status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned());
+                return status
+                    .success()
+                    .then(|| String::from_utf8_lossy(&out.stdout).into_owned());
             }
             Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
             _ => {
@@ -69,14 +71,21 @@ pub fn parse_rocm_smi(json: &str) -> Vec<RocmCard> {
         .iter()
         .filter_map(|(key, v)| {
             let index: u32 = key.strip_prefix("card")?.parse().ok()?;
-            let text = |k: &str| v.get(k).and_then(|s| s.as_str()).map(str::trim).filter(|s| !s.is_empty());
+            let text = |k: &str| {
+                v.get(k)
+                    .and_then(|s| s.as_str())
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+            };
             let name = text("Card Series")
                 .or_else(|| text("Card series"))
                 .or_else(|| text("Card model"))
                 .or_else(|| text("Card Model"))
                 .unwrap_or("AMD GPU")
                 .to_owned();
-            let vram_bytes = text("VRAM Total Memory (B)").and_then(|s| s.parse().ok()).unwrap_or(0);
+            let vram_bytes = text("VRAM Total Memory (B)")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
             Some((index, RocmCard { name, vram_bytes }))
         })
         .collect();
@@ -86,13 +95,23 @@ pub fn parse_rocm_smi(json: &str) -> Vec<RocmCard> {
 
 fn rocm_cards(notes: &mut Vec<String>) -> Vec<RocmCard> {
     let timeout = Duration::from_secs(15);
-    if let Some(out) = run_tool("rocm-smi", &["--showproductname", "--showmeminfo", "vram", "--json"], timeout) {
+    if let Some(out) = run_tool(
+        "rocm-smi",
+        &["--showproductname", "--showmeminfo", "vram", "--json"],
+        timeout,
+    ) {
         return parse_rocm_smi(&out);
     }
     // amd-smi (ROCm 6+): a JSON array, one entry per GPU; names and memory are not parsed.
     if let Some(out) = run_tool("amd-smi", &["list", "--json"], timeout) {
         if let Ok(serde_json::Value::Array(gpus)) = serde_json::from_str(&out) {
-            return gpus.iter().map(|_| RocmCard { name: "AMD GPU".into(), vram_bytes: 0 }).collect();
+            return gpus
+                .iter()
+                .map(|_| RocmCard {
+                    name: "AMD GPU".into(),
+                    vram_bytes: 0,
+                })
+                .collect();
         }
     }
     notes.push("/dev/kfd exists but neither rocm-smi nor amd-smi answered".into());
@@ -100,13 +119,23 @@ fn rocm_cards(notes: &mut Vec<String>) -> Vec<RocmCard> {
 }
 
 fn rocm_driver_version() -> Option<String> {
-    let out = run_tool("rocm-smi", &["--showdriverversion", "--json"], Duration::from_secs(10))?;
+    let out = run_tool(
+        "rocm-smi",
+        &["--showdriverversion", "--json"],
+        Duration::from_secs(10),
+    )?;
     let v: serde_json::Value = serde_json::from_str(&out).ok()?;
-    v.get("system")?.get("Driver version")?.as_str().map(str::to_owned)
+    v.get("system")?
+        .get("Driver version")?
+        .as_str()
+        .map(str::to_owned)
 }
 
 fn rocm_version() -> Option<String> {
-    std::fs::read_to_string("/opt/rocm/.info/version").ok().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty())
+    std::fs::read_to_string("/opt/rocm/.info/version")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
 }
 
 fn host(notes: &mut Vec<String>) -> (f64, u32) {
@@ -119,7 +148,9 @@ fn host(notes: &mut Vec<String>) -> (f64, u32) {
     let gb = sys.total_memory() as f64 / (1024.0 * 1024.0 * 1024.0);
     let mut cpus = sys.cpus().len() as u32;
     if cpus == 0 {
-        cpus = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+        cpus = std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1);
         notes.push("sysinfo could not count CPUs; used the scheduler's count".into());
     }
     ((gb * 10.0).round() / 10.0, cpus)
@@ -128,7 +159,11 @@ fn host(notes: &mut Vec<String>) -> (f64, u32) {
 /// Probe everything. Blocking (loads CUDA, may run `rocm-smi`): call it off the async workers.
 pub fn detect(nvml: Option<&Nvml>) -> Inventory {
     let mut notes = Vec::new();
-    let torch_count = if tch::Cuda::is_available() { tch::Cuda::device_count().max(0) as u32 } else { 0 };
+    let torch_count = if tch::Cuda::is_available() {
+        tch::Cuda::device_count().max(0) as u32
+    } else {
+        0
+    };
     let hip = libtorch_is_hip();
     let mut gpu_info = GpuInfo::default();
     let mut gpus = Vec::new();
@@ -148,7 +183,11 @@ pub fn detect(nvml: Option<&Nvml>) -> Inventory {
     if let Some(nvml) = nvml {
         driver_version = nvml.sys_driver_version().ok();
         cuda_version = nvml.sys_cuda_driver_version().ok().map(|v| {
-            format!("{}.{}", nvml_wrapper::cuda_driver_version_major(v), nvml_wrapper::cuda_driver_version_minor(v))
+            format!(
+                "{}.{}",
+                nvml_wrapper::cuda_driver_version_major(v),
+                nvml_wrapper::cuda_driver_version_minor(v)
+            )
         });
         let nvml_count = nvml.device_count().unwrap_or(0);
         if !gpu_info.cuda_available && nvml_count > 0 && !hip {
@@ -162,11 +201,19 @@ pub fn detect(nvml: Option<&Nvml>) -> Inventory {
             .and_then(|n| n.device_by_index(index).ok())
             .map(|d| {
                 let name = d.name().unwrap_or_else(|_| format!("CUDA device {index}"));
-                let mib = d.memory_info().map(|m| m.total / (1024 * 1024)).unwrap_or(0);
+                let mib = d
+                    .memory_info()
+                    .map(|m| m.total / (1024 * 1024))
+                    .unwrap_or(0);
                 (name, mib)
             })
             .unwrap_or_else(|| (format!("CUDA device {index}"), 0));
-        gpus.push(GpuDevice { index, backend: Driver::Cuda, name, memory_total_mib });
+        gpus.push(GpuDevice {
+            index,
+            backend: Driver::Cuda,
+            name,
+            memory_total_mib,
+        });
     }
     if gpu_info.cuda_available && nvml.is_none() {
         notes.push("NVML unavailable: GPU names and memory are unknown".into());
@@ -188,7 +235,9 @@ pub fn detect(nvml: Option<&Nvml>) -> Inventory {
                 gpus.push(GpuDevice {
                     index,
                     backend: Driver::Rocm,
-                    name: card.map(|c| c.name.clone()).unwrap_or_else(|| format!("ROCm device {index}")),
+                    name: card
+                        .map(|c| c.name.clone())
+                        .unwrap_or_else(|| format!("ROCm device {index}")),
                     memory_total_mib: card.map(|c| c.vram_bytes / (1024 * 1024)).unwrap_or(0),
                 });
             }
@@ -197,7 +246,12 @@ pub fn detect(nvml: Option<&Nvml>) -> Inventory {
         rocm_version_found = rocm_version();
     } else if hip && torch_count > 0 {
         for index in 0..torch_count {
-            gpus.push(GpuDevice { index, backend: Driver::Rocm, name: format!("ROCm device {index}"), memory_total_mib: 0 });
+            gpus.push(GpuDevice {
+                index,
+                backend: Driver::Rocm,
+                name: format!("ROCm device {index}"),
+                memory_total_mib: 0,
+            });
         }
     }
 
@@ -258,7 +312,10 @@ mod tests {
     #[test]
     fn a_machine_without_gpus_offers_the_cpu_and_no_error() {
         let inv = detect(None);
-        assert!(inv.gpu_info.available_backends.ends_with(&["cpu".to_owned()]));
+        assert!(inv
+            .gpu_info
+            .available_backends
+            .ends_with(&["cpu".to_owned()]));
         assert!(inv.cpus >= 1);
         assert!(inv.host_memory_gb > 0.0);
         if !inv.gpu_info.cuda_available && !inv.gpu_info.rocm_available {

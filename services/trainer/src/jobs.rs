@@ -42,13 +42,17 @@ use chrono::Utc;
 use futures::StreamExt;
 use gantry_contracts::error::ErrorCode;
 use gantry_contracts::jobs::{
-    self as contract, FailureKind, JobDriver, JobEvent, JobEventKind, JobRecord, JobRef, JobStatus, ModelVersion,
-    TrainJob, CANCEL_SUBJECTS, DATASETS_BUCKET, JOBS_STREAM, MAX_DELIVER, MODELS_BUCKET,
+    self as contract, FailureKind, JobDriver, JobEvent, JobEventKind, JobRecord, JobRef, JobStatus,
+    ModelVersion, TrainJob, CANCEL_SUBJECTS, DATASETS_BUCKET, JOBS_STREAM, MAX_DELIVER,
+    MODELS_BUCKET,
 };
 use gantry_contracts::registry::Driver;
 use gantry_contracts::subjects;
 use gantry_runtime::{metrics, nats, telemetry};
-use gantry_training::{Checkpoint, Dataset, DatasetError, LoadOptions, ModelCard, Progress, ProgressKind, TrainConfig, TrainError};
+use gantry_training::{
+    Checkpoint, Dataset, DatasetError, LoadOptions, ModelCard, Progress, ProgressKind, TrainConfig,
+    TrainError,
+};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch, Notify};
@@ -105,7 +109,9 @@ pub fn job_driver(driver: Driver) -> JobDriver {
 
 /// The job id of a cancel announced on [`contract::cancel_subject`].
 pub fn cancelled_job_id(subject: &str) -> Option<&str> {
-    let id = subject.strip_prefix("gantry.control.job.")?.strip_suffix(".cancel")?;
+    let id = subject
+        .strip_prefix("gantry.control.job.")?
+        .strip_suffix(".cancel")?;
     (!id.is_empty() && !id.contains('.')).then_some(id)
 }
 
@@ -177,10 +183,19 @@ pub fn classify(error: &RunError, cancelled: bool, stopping: bool) -> Outcome {
     match error {
         RunError::Train(TrainError::Cancelled { .. }) if cancelled => Outcome::Cancelled,
         RunError::Train(TrainError::Cancelled { .. }) if stopping => Outcome::HandedBack,
-        RunError::Dataset(e) if e.is_data_error() => Outcome::Failed { error: e.to_string(), kind: FailureKind::Data },
+        RunError::Dataset(e) if e.is_data_error() => Outcome::Failed {
+            error: e.to_string(),
+            kind: FailureKind::Data,
+        },
         // The job's parameters are out of the library's bounds: no node would do better.
-        RunError::Train(e @ TrainError::InvalidConfig(_)) => Outcome::Failed { error: e.to_string(), kind: FailureKind::Data },
-        RunError::Train(e) if e.is_data_error() => Outcome::Failed { error: e.to_string(), kind: FailureKind::Data },
+        RunError::Train(e @ TrainError::InvalidConfig(_)) => Outcome::Failed {
+            error: e.to_string(),
+            kind: FailureKind::Data,
+        },
+        RunError::Train(e) if e.is_data_error() => Outcome::Failed {
+            error: e.to_string(),
+            kind: FailureKind::Data,
+        },
         other => Outcome::Retry(other.to_string()),
     }
 }
@@ -375,7 +390,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Workers {
     /// Workers over `busy` (one entry per slot, shared with the heartbeats).
-    pub fn new(client: Client, config: WorkerConfig, busy: Arc<Mutex<Vec<Option<String>>>>, busy_changed: Arc<Notify>) -> Self {
+    pub fn new(
+        client: Client,
+        config: WorkerConfig,
+        busy: Arc<Mutex<Vec<Option<String>>>>,
+        busy_changed: Arc<Notify>,
+    ) -> Self {
         let js = jetstream::new(client.clone());
         Self {
             inner: Arc::new(Inner {
@@ -393,7 +413,10 @@ impl Workers {
     }
 
     fn free_slots(&self) -> usize {
-        lock(&self.inner.busy).iter().filter(|s| s.is_none()).count()
+        lock(&self.inner.busy)
+            .iter()
+            .filter(|s| s.is_none())
+            .count()
     }
 
     fn take_slot(&self, model: &str) -> Option<Slot> {
@@ -404,14 +427,23 @@ impl Workers {
             index
         };
         self.inner.busy_changed.notify_one();
-        Some(Slot { workers: self.clone(), index })
+        Some(Slot {
+            workers: self.clone(),
+            index,
+        })
     }
 
     fn register(&self, job_id: &str) -> (Registration, Arc<JobControl>) {
         let serial = self.inner.serial.fetch_add(1, Ordering::Relaxed);
         let control = Arc::new(JobControl::default());
         lock(&self.inner.running).insert(serial, (job_id.to_owned(), control.clone()));
-        (Registration { workers: self.clone(), serial }, control)
+        (
+            Registration {
+                workers: self.clone(),
+                serial,
+            },
+            control,
+        )
     }
 
     /// Set the cancel flag of every run of `job_id` here; true when one was found.
@@ -462,7 +494,11 @@ impl Workers {
             };
             if let Err(e) = pulled {
                 consumers.remove(&driver);
-                tracing::warn!(consumer = contract::train_consumer(driver), error = format!("{e:#}"), "pulling jobs failed; retrying");
+                tracing::warn!(
+                    consumer = contract::train_consumer(driver),
+                    error = format!("{e:#}"),
+                    "pulling jobs failed; retrying"
+                );
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -471,28 +507,50 @@ impl Workers {
             }
         }
 
-        let in_flight: Vec<Arc<JobControl>> = lock(&self.inner.running).values().map(|(_, c)| c.clone()).collect();
+        let in_flight: Vec<Arc<JobControl>> = lock(&self.inner.running)
+            .values()
+            .map(|(_, c)| c.clone())
+            .collect();
         if !in_flight.is_empty() {
-            tracing::info!(jobs = in_flight.len(), "stopping: handing the jobs in flight back");
+            tracing::info!(
+                jobs = in_flight.len(),
+                "stopping: handing the jobs in flight back"
+            );
         }
         for control in in_flight {
             control.stop();
         }
         tracker.close();
-        if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
-            tracing::warn!("jobs in flight did not hand back in time; they return to the queue after AckWait");
+        if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "jobs in flight did not hand back in time; they return to the queue after AckWait"
+            );
         }
         drop(cancels);
     }
 
-    async fn consumer(&self, consumers: &mut HashMap<JobDriver, PullConsumer>, driver: JobDriver) -> anyhow::Result<PullConsumer> {
+    async fn consumer(
+        &self,
+        consumers: &mut HashMap<JobDriver, PullConsumer>,
+        driver: JobDriver,
+    ) -> anyhow::Result<PullConsumer> {
         if let Some(c) = consumers.get(&driver) {
             return Ok(c.clone());
         }
         let name = contract::train_consumer(driver);
-        let stream = self.inner.js.get_stream(JOBS_STREAM).await.context("looking up the job stream")?;
-        let consumer: PullConsumer =
-            stream.get_consumer(&name).await.map_err(|e| anyhow::anyhow!("looking up consumer {name}: {e}"))?;
+        let stream = self
+            .inner
+            .js
+            .get_stream(JOBS_STREAM)
+            .await
+            .context("looking up the job stream")?;
+        let consumer: PullConsumer = stream
+            .get_consumer(&name)
+            .await
+            .map_err(|e| anyhow::anyhow!("looking up consumer {name}: {e}"))?;
         consumers.insert(driver, consumer.clone());
         Ok(consumer)
     }
@@ -535,7 +593,10 @@ impl Workers {
         let current = plan.borrow().clone();
         if shutdown.is_cancelled() || !wanted(&current, consumer) {
             // Asked for while wanted; the plan changed on the way. Another node takes it now.
-            tracing::info!(consumer = contract::train_consumer(consumer), "handing back a job that arrived after the plan changed");
+            tracing::info!(
+                consumer = contract::train_consumer(consumer),
+                "handing back a job that arrived after the plan changed"
+            );
             let _ = msg.ack_with(AckKind::Nak(None)).await;
             return;
         }
@@ -597,7 +658,10 @@ impl Workers {
                 let msg = msg.clone();
                 AbortOnDrop(tokio::spawn(
                     async move {
-                        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + LEASE_EVERY, LEASE_EVERY);
+                        let mut tick = tokio::time::interval_at(
+                            tokio::time::Instant::now() + LEASE_EVERY,
+                            LEASE_EVERY,
+                        );
                         loop {
                             tick.tick().await;
                             if let Err(e) = msg.ack_with(AckKind::Progress).await {
@@ -613,7 +677,9 @@ impl Workers {
             let outcome = self.execute(&job, delivery, backend, &control).await;
             metrics::TRAINER_JOBS_RUNNING.dec();
             drop(lease);
-            metrics::TRAINER_JOBS.with_label_values(&[outcome.name()]).inc();
+            metrics::TRAINER_JOBS
+                .with_label_values(&[outcome.name()])
+                .inc();
             self.finish(&msg, &job, delivery, outcome).await;
             drop(slot);
         }
@@ -625,11 +691,20 @@ impl Workers {
         gantry_runtime::jobs::bucket_store(&self.inner.js, bucket).await
     }
 
-    async fn execute(&self, job: &TrainJob, delivery: u64, backend: Driver, control: &Arc<JobControl>) -> Outcome {
+    async fn execute(
+        &self,
+        job: &TrainJob,
+        delivery: u64,
+        backend: Driver,
+        control: &Arc<JobControl>,
+    ) -> Outcome {
         let get = nats::request::<_, JobRecord>(
             &self.inner.client,
             subjects::registry(contract::subjects::JOBS_GET),
-            &JobRef { job_id: job.job_id.clone(), user_id: None },
+            &JobRef {
+                job_id: job.job_id.clone(),
+                user_id: None,
+            },
         )
         .await;
         match get {
@@ -637,7 +712,9 @@ impl Workers {
             Ok(_) => {}
             Err(f) if f.code == ErrorCode::NotFound => return Outcome::Unknown,
             // The registry catches up from the durable event stream.
-            Err(f) => tracing::warn!(error = %f, "could not ask the registry about the job; training it anyway"),
+            Err(f) => {
+                tracing::warn!(error = %f, "could not ask the registry about the job; training it anyway")
+            }
         }
         if let Some(o) = control.interrupted_outcome() {
             return o;
@@ -676,14 +753,22 @@ impl Workers {
         .await;
 
         let (tx, rx) = mpsc::channel::<Update>(64);
-        let publisher = tokio::spawn(self.clone().publish_updates(rx, job.job_id.clone(), delivery, control.clone()).in_current_span());
+        let publisher = tokio::spawn(
+            self.clone()
+                .publish_updates(rx, job.job_id.clone(), delivery, control.clone())
+                .in_current_span(),
+        );
         let result = {
             let span = tracing::Span::current();
             let control = control.clone();
             let config = train_config(job, self.inner.config.threads);
             let options = load_options(job);
-            tokio::task::spawn_blocking(move || span.in_scope(|| train_blocking(&dataset, &options, &config, backend, resume, &control, tx)))
-                .await
+            tokio::task::spawn_blocking(move || {
+                span.in_scope(|| {
+                    train_blocking(&dataset, &options, &config, backend, resume, &control, tx)
+                })
+            })
+            .await
         };
         // The training thread dropped its sender: the publisher ends after the last update.
         let _ = publisher.await;
@@ -700,7 +785,10 @@ impl Workers {
         let weights_key = contract::weights_key(&job.job_id, delivery);
         let uploaded = async {
             let store = self.store(MODELS_BUCKET).await?;
-            store.put(weights_key.as_str(), &mut model.weights.as_slice()).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            store
+                .put(weights_key.as_str(), &mut model.weights.as_slice())
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
             anyhow::Ok(())
         }
         .await;
@@ -720,10 +808,19 @@ impl Workers {
         }))
     }
 
-    async fn finish(&self, msg: &jetstream::Message, job: &TrainJob, delivery: u64, outcome: Outcome) {
+    async fn finish(
+        &self,
+        msg: &jetstream::Message,
+        job: &TrainJob,
+        delivery: u64,
+        outcome: Outcome,
+    ) {
         match outcome {
             Outcome::AlreadyFinal(status) => {
-                tracing::info!(status = status.as_str(), "the job is already over; dropping it");
+                tracing::info!(
+                    status = status.as_str(),
+                    "the job is already over; dropping it"
+                );
                 let _ = msg.ack_with(AckKind::Term).await;
             }
             Outcome::Unknown => {
@@ -732,7 +829,14 @@ impl Workers {
             }
             Outcome::Completed(model) => {
                 let val_accuracy = model.val_accuracy;
-                if self.publish_final(&job.job_id, delivery, JobEventKind::Completed { model: *model }).await {
+                if self
+                    .publish_final(
+                        &job.job_id,
+                        delivery,
+                        JobEventKind::Completed { model: *model },
+                    )
+                    .await
+                {
                     match msg.double_ack().await {
                         Ok(()) => self.delete_checkpoint(&job.job_id).await,
                         // Perhaps the lease was lost and another delivery runs it: leave it its
@@ -746,7 +850,8 @@ impl Workers {
                 }
             }
             Outcome::Cancelled => {
-                self.publish_final(&job.job_id, delivery, JobEventKind::Cancelled).await;
+                self.publish_final(&job.job_id, delivery, JobEventKind::Cancelled)
+                    .await;
                 self.delete_checkpoint(&job.job_id).await;
                 let _ = msg.ack_with(AckKind::Term).await;
                 tracing::info!("job cancelled");
@@ -757,7 +862,10 @@ impl Workers {
             }
             Outcome::Failed { error, kind } => {
                 tracing::warn!(%error, ?kind, "job failed");
-                if self.publish_final(&job.job_id, delivery, JobEventKind::Failed { error, kind }).await {
+                if self
+                    .publish_final(&job.job_id, delivery, JobEventKind::Failed { error, kind })
+                    .await
+                {
                     if msg.double_ack().await.is_ok() {
                         self.delete_checkpoint(&job.job_id).await;
                     }
@@ -780,7 +888,10 @@ impl Workers {
     /// The unpacked dataset, from the cache or fetched into it. Errors are the job's outcome.
     async fn dataset_dir(&self, hash: &str) -> Result<(PathBuf, cache::Lease), Outcome> {
         if !valid_dataset_hash(hash) {
-            return Err(Outcome::Failed { error: format!("the job names an invalid dataset snapshot {hash:?}"), kind: FailureKind::Data });
+            return Err(Outcome::Failed {
+                error: format!("the job names an invalid dataset snapshot {hash:?}"),
+                kind: FailureKind::Data,
+            });
         }
         let lease = self.inner.datasets_in_use.lease(hash);
         let root = self.inner.config.cache_dir.join("datasets");
@@ -795,55 +906,85 @@ impl Workers {
         match self.fetch_dataset(hash, &root, &dir).await {
             Ok(()) => {
                 let _ = cache::touch(&root, hash);
-                let (max, in_use) = (self.inner.config.cache_max_bytes, self.inner.datasets_in_use.clone());
+                let (max, in_use) = (
+                    self.inner.config.cache_max_bytes,
+                    self.inner.datasets_in_use.clone(),
+                );
                 let (evicted, left) = tokio::task::spawn_blocking(move || {
                     let evicted = cache::evict(&root, max, &in_use);
-                    (evicted, cache::list(&root).iter().map(|c| c.bytes).sum::<u64>())
+                    (
+                        evicted,
+                        cache::list(&root).iter().map(|c| c.bytes).sum::<u64>(),
+                    )
                 })
                 .await
                 .unwrap_or_default();
                 metrics::TRAINER_CACHE_BYTES.set(left as i64);
                 for c in evicted {
-                    tracing::info!(hash = c.hash, bytes = c.bytes, "evicted a dataset from the cache");
+                    tracing::info!(
+                        hash = c.hash,
+                        bytes = c.bytes,
+                        "evicted a dataset from the cache"
+                    );
                 }
                 Ok((dir, lease))
             }
             Err(FetchError::Missing) => Err(Outcome::Failed {
-                error: format!("the dataset snapshot {hash} is missing from the {DATASETS_BUCKET} store"),
+                error: format!(
+                    "the dataset snapshot {hash} is missing from the {DATASETS_BUCKET} store"
+                ),
                 kind: FailureKind::System,
             }),
-            Err(FetchError::Other(e)) => Err(Outcome::Retry(format!("fetching the dataset: {e:#}"))),
+            Err(FetchError::Other(e)) => {
+                Err(Outcome::Retry(format!("fetching the dataset: {e:#}")))
+            }
         }
     }
 
     async fn fetch_dataset(&self, hash: &str, root: &Path, dir: &Path) -> Result<(), FetchError> {
-        tokio::fs::create_dir_all(root).await.context("creating the dataset cache")?;
-        let staging = tempfile::Builder::new().prefix(".incoming-").tempdir_in(root).context("creating a staging folder")?;
+        tokio::fs::create_dir_all(root)
+            .await
+            .context("creating the dataset cache")?;
+        let staging = tempfile::Builder::new()
+            .prefix(".incoming-")
+            .tempdir_in(root)
+            .context("creating a staging folder")?;
         let store = self.store(DATASETS_BUCKET).await?;
         let mut object = match store.get(contract::dataset_key(hash)).await {
             Ok(o) => o,
-            Err(e) if e.kind() == async_nats::jetstream::object_store::GetErrorKind::NotFound => return Err(FetchError::Missing),
+            Err(e) if e.kind() == async_nats::jetstream::object_store::GetErrorKind::NotFound => {
+                return Err(FetchError::Missing)
+            }
             Err(e) => return Err(anyhow::anyhow!("opening the snapshot: {e}").into()),
         };
         let archive = staging.path().join("snapshot.tar");
-        let mut file = tokio::fs::File::create(&archive).await.context("creating the snapshot file")?;
+        let mut file = tokio::fs::File::create(&archive)
+            .await
+            .context("creating the snapshot file")?;
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; 256 * 1024];
         let mut bytes = 0u64;
         loop {
-            let n = object.read(&mut buf).await.context("downloading the snapshot")?;
+            let n = object
+                .read(&mut buf)
+                .await
+                .context("downloading the snapshot")?;
             if n == 0 {
                 break;
             }
             hasher.update(&buf[..n]);
-            file.write_all(&buf[..n]).await.context("writing the snapshot")?;
+            file.write_all(&buf[..n])
+                .await
+                .context("writing the snapshot")?;
             bytes += n as u64;
         }
         file.flush().await.context("writing the snapshot")?;
         drop(file);
         let got = hex::encode(hasher.finalize());
         if !got.eq_ignore_ascii_case(hash) {
-            return Err(anyhow::anyhow!("the downloaded snapshot hashes to {got}, not {hash}").into());
+            return Err(
+                anyhow::anyhow!("the downloaded snapshot hashes to {got}, not {hash}").into(),
+            );
         }
         let unpacked = staging.path().join("data");
         {
@@ -869,11 +1010,16 @@ impl Workers {
         let store = self.store(MODELS_BUCKET).await?;
         let mut object = match store.get(contract::checkpoint_key(job_id)).await {
             Ok(o) => o,
-            Err(e) if e.kind() == async_nats::jetstream::object_store::GetErrorKind::NotFound => return Ok(None),
+            Err(e) if e.kind() == async_nats::jetstream::object_store::GetErrorKind::NotFound => {
+                return Ok(None)
+            }
             Err(e) => anyhow::bail!("opening the checkpoint: {e}"),
         };
         let mut bytes = Vec::new();
-        object.read_to_end(&mut bytes).await.context("downloading the checkpoint")?;
+        object
+            .read_to_end(&mut bytes)
+            .await
+            .context("downloading the checkpoint")?;
         match Checkpoint::from_bytes(&bytes) {
             Ok(c) => Ok(Some(c)),
             Err(e) => {
@@ -892,14 +1038,23 @@ impl Workers {
     /// Progress and checkpoints from the training thread, in order. Nothing is published after a
     /// cancel; during shutdown checkpoints are still stored (the next node resumes from them) but
     /// progress is not.
-    async fn publish_updates(self, mut rx: mpsc::Receiver<Update>, job_id: String, delivery: u64, control: Arc<JobControl>) {
+    async fn publish_updates(
+        self,
+        mut rx: mpsc::Receiver<Update>,
+        job_id: String,
+        delivery: u64,
+        control: Arc<JobControl>,
+    ) {
         while let Some(update) = rx.recv().await {
             if control.is_cancelled() {
                 continue;
             }
             match update {
                 Update::Progress(kind) => {
-                    if let JobEventKind::Progress { samples_per_sec, .. } = &kind {
+                    if let JobEventKind::Progress {
+                        samples_per_sec, ..
+                    } = &kind
+                    {
                         metrics::TRAINER_SAMPLES_PER_SECOND.set(*samples_per_sec);
                     }
                     if !control.is_interrupted() {
@@ -907,11 +1062,16 @@ impl Workers {
                     }
                 }
                 Update::Checkpoint { epoch, bytes } => {
-                    let metrics = Checkpoint::from_bytes(&bytes).ok().and_then(|c| c.metrics.last().map(epoch_metrics));
+                    let metrics = Checkpoint::from_bytes(&bytes)
+                        .ok()
+                        .and_then(|c| c.metrics.last().map(epoch_metrics));
                     let stored = async {
                         let store = self.store(MODELS_BUCKET).await?;
                         store
-                            .put(contract::checkpoint_key(&job_id).as_str(), &mut bytes.as_slice())
+                            .put(
+                                contract::checkpoint_key(&job_id).as_str(),
+                                &mut bytes.as_slice(),
+                            )
                             .await
                             .map_err(|e| anyhow::anyhow!("{e}"))?;
                         anyhow::Ok(())
@@ -919,11 +1079,25 @@ impl Workers {
                     .await;
                     match (stored, metrics) {
                         (Ok(()), Some(metrics)) if !control.is_cancelled() => {
-                            tracing::info!(epoch, loss = metrics.loss, val_accuracy = metrics.val_accuracy, "epoch checkpointed");
-                            self.publish_logged(&job_id, delivery, JobEventKind::Checkpoint { epoch, metrics }).await;
+                            tracing::info!(
+                                epoch,
+                                loss = metrics.loss,
+                                val_accuracy = metrics.val_accuracy,
+                                "epoch checkpointed"
+                            );
+                            self.publish_logged(
+                                &job_id,
+                                delivery,
+                                JobEventKind::Checkpoint { epoch, metrics },
+                            )
+                            .await;
                         }
                         (Ok(()), _) => {}
-                        (Err(e), _) => tracing::warn!(epoch, error = format!("{e:#}"), "storing the checkpoint failed"),
+                        (Err(e), _) => tracing::warn!(
+                            epoch,
+                            error = format!("{e:#}"),
+                            "storing the checkpoint failed"
+                        ),
                     }
                 }
             }
@@ -931,11 +1105,20 @@ impl Workers {
     }
 
     async fn publish(&self, job_id: &str, delivery: u64, kind: JobEventKind) -> anyhow::Result<()> {
-        let event = JobEvent { job_id: job_id.to_owned(), delivery, at: Utc::now(), kind };
+        let event = JobEvent {
+            job_id: job_id.to_owned(),
+            delivery,
+            at: Utc::now(),
+            kind,
+        };
         let payload = serde_json::to_vec(&event)?;
         self.inner
             .js
-            .publish_with_headers(contract::event_subject(job_id), nats::traced_headers(), payload.into())
+            .publish_with_headers(
+                contract::event_subject(job_id),
+                nats::traced_headers(),
+                payload.into(),
+            )
             .await?
             .await?;
         Ok(())
@@ -953,7 +1136,11 @@ impl Workers {
         for attempt in 1..=5 {
             match self.publish(job_id, delivery, kind.clone()).await {
                 Ok(()) => return true,
-                Err(e) => tracing::warn!(attempt, error = format!("{e:#}"), "publishing the job's final event failed"),
+                Err(e) => tracing::warn!(
+                    attempt,
+                    error = format!("{e:#}"),
+                    "publishing the job's final event failed"
+                ),
             }
             tokio::time::sleep(wait).await;
             wait *= 2;
@@ -992,9 +1179,15 @@ fn train_blocking(
         device = ?device, threads = config.threads, "dataset loaded; training"
     );
     if control.is_interrupted() {
-        return Err(TrainError::Cancelled { completed_epochs: resume.as_ref().map_or(0, |c| c.epoch) }.into());
+        return Err(TrainError::Cancelled {
+            completed_epochs: resume.as_ref().map_or(0, |c| c.epoch),
+        }
+        .into());
     }
-    let mut last_val = resume.as_ref().and_then(|c| c.metrics.last()).and_then(|m| m.val_accuracy);
+    let mut last_val = resume
+        .as_ref()
+        .and_then(|c| c.metrics.last())
+        .and_then(|m| m.val_accuracy);
     let mut progress = |p: Progress| {
         if control.is_interrupted() {
             return ControlFlow::Break(());
@@ -1016,10 +1209,26 @@ fn train_blocking(
         let _ = tx_ck.blocking_send(Update::Checkpoint { epoch, bytes });
         ControlFlow::Continue(())
     };
-    match gantry_training::train(config, &data, device, &mut progress, &mut on_checkpoint, resume.clone()) {
-        Err(e @ (TrainError::IncompatibleCheckpoint(_) | TrainError::BadCheckpoint(_))) if resume.is_some() => {
+    match gantry_training::train(
+        config,
+        &data,
+        device,
+        &mut progress,
+        &mut on_checkpoint,
+        resume.clone(),
+    ) {
+        Err(e @ (TrainError::IncompatibleCheckpoint(_) | TrainError::BadCheckpoint(_)))
+            if resume.is_some() =>
+        {
             tracing::warn!(error = %e, "the checkpoint does not fit this job; training from the start");
-            Ok(gantry_training::train(config, &data, device, &mut progress, &mut on_checkpoint, None)?)
+            Ok(gantry_training::train(
+                config,
+                &data,
+                device,
+                &mut progress,
+                &mut on_checkpoint,
+                None,
+            )?)
         }
         other => Ok(other?),
     }
@@ -1049,16 +1258,31 @@ mod tests {
     #[test]
     fn only_reports_and_epoch_ends_become_events() {
         assert!(progress_event(&progress(ProgressKind::Step, None), None).is_none());
-        let Some(JobEventKind::Progress { epoch, epochs, step, total_steps, loss, train_accuracy, val_accuracy, eta_seconds, .. }) =
-            progress_event(&progress(ProgressKind::Report, None), Some(0.6))
+        let Some(JobEventKind::Progress {
+            epoch,
+            epochs,
+            step,
+            total_steps,
+            loss,
+            train_accuracy,
+            val_accuracy,
+            eta_seconds,
+            ..
+        }) = progress_event(&progress(ProgressKind::Report, None), Some(0.6))
         else {
             panic!("a report is an event")
         };
         assert_eq!((epoch, epochs, step, total_steps), (2, 3, 7, 9));
         assert_eq!((loss, train_accuracy), (0.5, 0.75));
-        assert_eq!(val_accuracy, Some(0.6), "a report carries the last epoch's validation accuracy");
+        assert_eq!(
+            val_accuracy,
+            Some(0.6),
+            "a report carries the last epoch's validation accuracy"
+        );
         assert_eq!(eta_seconds, 0.0, "no NaN reaches JSON");
-        let Some(JobEventKind::Progress { val_accuracy, .. }) = progress_event(&progress(ProgressKind::EpochEnd, Some(0.9)), Some(0.6)) else {
+        let Some(JobEventKind::Progress { val_accuracy, .. }) =
+            progress_event(&progress(ProgressKind::EpochEnd, Some(0.9)), Some(0.6))
+        else {
             panic!("an epoch end is an event")
         };
         assert_eq!(val_accuracy, Some(0.9));
@@ -1066,7 +1290,10 @@ mod tests {
 
     #[test]
     fn cancel_subjects_name_the_job() {
-        assert_eq!(cancelled_job_id(&contract::cancel_subject("abc-123")), Some("abc-123"));
+        assert_eq!(
+            cancelled_job_id(&contract::cancel_subject("abc-123")),
+            Some("abc-123")
+        );
         assert_eq!(cancelled_job_id("gantry.control.job..cancel"), None);
         assert_eq!(cancelled_job_id("gantry.control.job.a.b.cancel"), None);
         assert_eq!(cancelled_job_id("gantry.jobs.train.cpu"), None);
@@ -1082,36 +1309,80 @@ mod tests {
 
     #[test]
     fn a_node_pulls_its_backend_and_any_unless_drained_or_unavailable() {
-        let plan = WorkerPlan { driver: Driver::Cpu, accepting: true };
+        let plan = WorkerPlan {
+            driver: Driver::Cpu,
+            accepting: true,
+        };
         assert!(wanted(&plan, JobDriver::Cpu));
         assert!(wanted(&plan, JobDriver::Any));
         assert!(!wanted(&plan, JobDriver::Cuda));
-        let moved = WorkerPlan { driver: Driver::Cuda, accepting: true };
+        let moved = WorkerPlan {
+            driver: Driver::Cuda,
+            accepting: true,
+        };
         assert!(wanted(&moved, JobDriver::Cuda) && !wanted(&moved, JobDriver::Cpu));
-        let drained = WorkerPlan { driver: Driver::Cpu, accepting: false };
+        let drained = WorkerPlan {
+            driver: Driver::Cpu,
+            accepting: false,
+        };
         assert!(!wanted(&drained, JobDriver::Cpu) && !wanted(&drained, JobDriver::Any));
     }
 
     #[test]
     fn data_errors_fail_the_job_and_the_rest_is_retried() {
         let data = RunError::Dataset(DatasetError::TooFewClasses { found: 1 });
-        assert!(matches!(classify(&data, false, false), Outcome::Failed { kind: FailureKind::Data, .. }));
-        let io = RunError::Dataset(DatasetError::Io { path: "a".into(), source: std::io::Error::other("disk") });
+        assert!(matches!(
+            classify(&data, false, false),
+            Outcome::Failed {
+                kind: FailureKind::Data,
+                ..
+            }
+        ));
+        let io = RunError::Dataset(DatasetError::Io {
+            path: "a".into(),
+            source: std::io::Error::other("disk"),
+        });
         assert!(matches!(classify(&io, false, false), Outcome::Retry(_)));
         let diverged = RunError::Train(TrainError::Diverged { epoch: 1 });
-        assert!(matches!(classify(&diverged, false, false), Outcome::Failed { kind: FailureKind::Data, .. }));
+        assert!(matches!(
+            classify(&diverged, false, false),
+            Outcome::Failed {
+                kind: FailureKind::Data,
+                ..
+            }
+        ));
         let config = RunError::Train(TrainError::InvalidConfig("epochs".into()));
-        assert!(matches!(classify(&config, false, false), Outcome::Failed { kind: FailureKind::Data, .. }));
+        assert!(matches!(
+            classify(&config, false, false),
+            Outcome::Failed {
+                kind: FailureKind::Data,
+                ..
+            }
+        ));
         let panicked = RunError::Train(TrainError::Panicked("oom".into()));
-        assert!(matches!(classify(&panicked, false, false), Outcome::Retry(_)));
+        assert!(matches!(
+            classify(&panicked, false, false),
+            Outcome::Retry(_)
+        ));
     }
 
     #[test]
     fn an_interrupted_run_is_cancelled_or_handed_back() {
-        let stopped = RunError::Train(TrainError::Cancelled { completed_epochs: 1 });
-        assert!(matches!(classify(&stopped, true, false), Outcome::Cancelled));
-        assert!(matches!(classify(&stopped, true, true), Outcome::Cancelled), "a cancel wins over a shutdown");
-        assert!(matches!(classify(&stopped, false, true), Outcome::HandedBack));
+        let stopped = RunError::Train(TrainError::Cancelled {
+            completed_epochs: 1,
+        });
+        assert!(matches!(
+            classify(&stopped, true, false),
+            Outcome::Cancelled
+        ));
+        assert!(
+            matches!(classify(&stopped, true, true), Outcome::Cancelled),
+            "a cancel wins over a shutdown"
+        );
+        assert!(matches!(
+            classify(&stopped, false, true),
+            Outcome::HandedBack
+        ));
     }
 
     #[test]
@@ -1177,7 +1448,10 @@ mod tests {
         assert_eq!(v["node"], "node-a");
         assert_eq!(v["classes"], serde_json::json!(["a", "b"]));
         let config = train_config(&job, 3);
-        assert_eq!((config.epochs, config.batch_size, config.threads), (10, 32, Some(3)));
+        assert_eq!(
+            (config.epochs, config.batch_size, config.threads),
+            (10, 32, Some(3))
+        );
         assert!(config.validate().is_ok());
         assert_eq!(load_options(&job).image_size, 64);
     }

@@ -19,7 +19,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("gantry-trainer: starting the async runtime: {e}");
@@ -35,7 +38,9 @@ fn main() -> ExitCode {
 
 async fn cli_main() -> ExitCode {
     match Cli::parse().command.unwrap_or(Command::Run) {
-        Command::Run => gantry_runtime::run_service("gantry-trainer", gantry_trainer::startup::run).await,
+        Command::Run => {
+            gantry_runtime::run_service("gantry-trainer", gantry_trainer::startup::run).await
+        }
         Command::Inventory => {
             let nvml = gantry_trainer::inventory::open_nvml();
             let mut inv = gantry_trainer::inventory::detect(nvml.as_ref().ok());

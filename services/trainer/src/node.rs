@@ -13,7 +13,8 @@ use async_nats::Client;
 use futures::StreamExt;
 use gantry_contracts::error::{ErrorCode, ServiceFailure};
 use gantry_contracts::registry::{
-    plan_processes, Driver, Heartbeat, Inventory, NodeControl, NodeName, NodeSettings, RegisterNode, Registered,
+    plan_processes, Driver, Heartbeat, Inventory, NodeControl, NodeName, NodeSettings,
+    RegisterNode, Registered,
 };
 use gantry_contracts::subjects;
 use gantry_runtime::nats;
@@ -80,7 +81,11 @@ pub fn local_ip(nats_url: &str) -> String {
     let rest = first.split_once("://").map(|(_, r)| r).unwrap_or(first);
     let rest = rest.rsplit_once('@').map(|(_, r)| r).unwrap_or(rest);
     let hostport = rest.split('/').next().unwrap_or(rest);
-    let target = if hostport.contains(':') { hostport.to_owned() } else { format!("{hostport}:4222") };
+    let target = if hostport.contains(':') {
+        hostport.to_owned()
+    } else {
+        format!("{hostport}:4222")
+    };
     std::net::UdpSocket::bind("0.0.0.0:0")
         .and_then(|s| {
             s.connect(target.as_str())?;
@@ -106,9 +111,13 @@ impl Node {
     /// One registration attempt. `Ok(None)`: try again later (no registry, store down).
     async fn register_once(&self) -> Result<Option<Registered>, JoinError> {
         let subject = subjects::registry(subjects::registry::REGISTER);
-        match nats::request::<_, Registered>(&self.client, subject, &self.register_request()).await {
+        match nats::request::<_, Registered>(&self.client, subject, &self.register_request()).await
+        {
             Ok(r) => Ok(Some(r)),
-            Err(ServiceFailure { code: ErrorCode::Unavailable | ErrorCode::Internal, message }) => {
+            Err(ServiceFailure {
+                code: ErrorCode::Unavailable | ErrorCode::Internal,
+                message,
+            }) => {
                 tracing::warn!(reason = %message, "cannot register yet; retrying");
                 Ok(None)
             }
@@ -126,7 +135,10 @@ impl Node {
         shutdown: &CancellationToken,
     ) -> Result<Self, JoinError> {
         let workers = config.workers as usize;
-        let (plan, _) = watch::channel(WorkerPlan { driver: inventory.gpu_info.best(), accepting: true });
+        let (plan, _) = watch::channel(WorkerPlan {
+            driver: inventory.gpu_info.best(),
+            accepting: true,
+        });
         let mut node = Node {
             client,
             config,
@@ -189,7 +201,10 @@ impl Node {
         if let Some(reason) = processes.first().and_then(|p| p.reason.clone()) {
             tracing::warn!(%reason, "the chosen driver is not available here; workers are unavailable");
         }
-        let plan = WorkerPlan { driver, accepting: !settings.draining && !unavailable };
+        let plan = WorkerPlan {
+            driver,
+            accepting: !settings.draining && !unavailable,
+        };
         if *self.plan.borrow() != plan || self.settings != settings {
             tracing::info!(
                 driver = %plan.driver, draining = settings.draining,
@@ -217,7 +232,9 @@ impl Node {
 
     async fn send_heartbeat(&self, stopping: bool) {
         let hb = self.heartbeat(stopping);
-        if let Err(e) = nats::publish(&self.client, subjects::node_heartbeat(&self.node_id), &hb).await {
+        if let Err(e) =
+            nats::publish(&self.client, subjects::node_heartbeat(&self.node_id), &hb).await
+        {
             tracing::debug!(error = %e, "heartbeat not sent");
         }
     }
@@ -236,7 +253,9 @@ impl Node {
                 Ok(())
             }
             Ok(None) => Ok(()), // the next reconnect or heartbeat tries again
-            Err(JoinError::Refused(m)) => anyhow::bail!("the registry refused this node on re-registering: {m}"),
+            Err(JoinError::Refused(m)) => {
+                anyhow::bail!("the registry refused this node on re-registering: {m}")
+            }
             Err(JoinError::Stopped) => Ok(()),
         }
     }
@@ -303,7 +322,10 @@ mod tests {
     #[test]
     fn the_local_address_is_the_one_routing_to_nats() {
         assert_eq!(local_ip("nats://127.0.0.1:4222"), "127.0.0.1");
-        assert_eq!(local_ip("nats://user:pw@127.0.0.1:4222,nats://10.0.0.1:4222"), "127.0.0.1");
+        assert_eq!(
+            local_ip("nats://user:pw@127.0.0.1:4222,nats://10.0.0.1:4222"),
+            "127.0.0.1"
+        );
         assert_eq!(local_ip("nats://localhost"), "127.0.0.1");
     }
 }

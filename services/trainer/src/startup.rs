@@ -27,7 +27,10 @@ pub fn node_name(config: &Config) -> anyhow::Result<NodeName> {
 
 /// Where dataset snapshots are cached: `GANTRY_CACHE_DIR`, else `<tmp>/gantry-trainer-<node>`.
 pub fn cache_dir(config: &Config, node: &NodeName) -> PathBuf {
-    config.cache_dir.clone().unwrap_or_else(|| jobs::default_cache_dir(node.as_ref()))
+    config
+        .cache_dir
+        .clone()
+        .unwrap_or_else(|| jobs::default_cache_dir(node.as_ref()))
 }
 
 /// Run until `shutdown` fires (exit 0), or until the cluster refuses this node (an error: exit
@@ -55,10 +58,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let client = nats::connect(&config, services::TRAINER).await?;
     let joined = Arc::new(AtomicBool::new(false));
     let ready = joined.clone();
-    let readiness = Readiness::nats(client.clone())
-        .with_check(move || (!ready.load(Ordering::Acquire)).then(|| "not joined to the cluster yet".to_owned()));
+    let readiness = Readiness::nats(client.clone()).with_check(move || {
+        (!ready.load(Ordering::Acquire)).then(|| "not joined to the cluster yet".to_owned())
+    });
     let (_addr, health) = health::serve(config.health_addr, readiness, shutdown.clone()).await?;
-    let service = nats::start_service(&client, services::TRAINER, "Trains jobs on this machine's devices").await?;
+    let service = nats::start_service(
+        &client,
+        services::TRAINER,
+        "Trains jobs on this machine's devices",
+    )
+    .await?;
 
     let node_config = NodeConfig {
         hostname: node_config_name,
@@ -69,7 +78,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         heartbeat_interval: config.heartbeat_interval,
     };
     // What this process may use (cgroup quotas included), not what the host has.
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(inv.cpus.max(1) as usize);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(inv.cpus.max(1) as usize);
     let result = match Node::join(client.clone(), node_config, inv, nvml, &shutdown).await {
         Ok(node) => {
             joined.store(true, Ordering::Release);
@@ -91,7 +102,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             let result = node.run(shutdown.clone()).await;
             // Leaving on our own (token revoked) stops the jobs too: they are handed back.
             shutdown.cancel();
-            if tokio::time::timeout(jobs::SHUTDOWN_GRACE + jobs::PULL_WAIT * 2, jobs).await.is_err() {
+            if tokio::time::timeout(jobs::SHUTDOWN_GRACE + jobs::PULL_WAIT * 2, jobs)
+                .await
+                .is_err()
+            {
                 tracing::warn!("the job workers did not stop in time");
             }
             result
@@ -101,7 +115,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     };
 
     shutdown.cancel(); // stops the health server when leaving on our own
-    // Bounded: with NATS gone these would wait for a reconnect, and SIGTERM must still stop us.
+                       // Bounded: with NATS gone these would wait for a reconnect, and SIGTERM must still stop us.
     nats::leave(service, &client).await;
     let _ = health.await;
     result

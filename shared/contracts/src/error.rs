@@ -95,7 +95,10 @@ pub struct ServiceFailure {
 impl ServiceFailure {
     /// A failure with a code and message.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self {
+            code,
+            message: message.into(),
+        }
     }
 
     /// Decode the `Nats-Service-Error` header text (`<code>: <message>`). An unknown code becomes
@@ -140,8 +143,17 @@ mod tests {
     fn every_code_has_a_distinct_status() {
         use ErrorCode::*;
         let all = [
-            BadRequest, Unauthorized, InsufficientTokens, Forbidden, NotFound, Conflict,
-            PayloadTooLarge, UnsupportedMediaType, Unprocessable, TooManyRequests, Internal,
+            BadRequest,
+            Unauthorized,
+            InsufficientTokens,
+            Forbidden,
+            NotFound,
+            Conflict,
+            PayloadTooLarge,
+            UnsupportedMediaType,
+            Unprocessable,
+            TooManyRequests,
+            Internal,
             Unavailable,
         ];
         let mut statuses: Vec<u16> = all.iter().map(|c| c.status()).collect();

@@ -52,7 +52,8 @@ pub fn max_deliveries_advisory(consumer: &str) -> String {
     format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{JOBS_STREAM}.{consumer}")
 }
 /// Wildcard of [`max_deliveries_advisory`] over every jobs consumer.
-pub const MAX_DELIVERIES_ADVISORY: &str = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.GANTRY_JOBS.*";
+pub const MAX_DELIVERIES_ADVISORY: &str =
+    "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.GANTRY_JOBS.*";
 
 /// Which backend a job asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -91,7 +92,12 @@ impl JobDriver {
     }
 
     /// All four.
-    pub const ALL: [JobDriver; 4] = [JobDriver::Cuda, JobDriver::Rocm, JobDriver::Cpu, JobDriver::Any];
+    pub const ALL: [JobDriver; 4] = [
+        JobDriver::Cuda,
+        JobDriver::Rocm,
+        JobDriver::Cpu,
+        JobDriver::Any,
+    ];
 }
 
 /// Subject a training job for `driver` is published on.
@@ -147,7 +153,13 @@ pub struct TrainParams {
 
 impl Default for TrainParams {
     fn default() -> Self {
-        Self { epochs: 10, batch_size: 32, learning_rate: 0.001, image_size: 64, validation_split: 0.2 }
+        Self {
+            epochs: 10,
+            batch_size: 32,
+            learning_rate: 0.001,
+            image_size: 64,
+            validation_split: 0.2,
+        }
     }
 }
 
@@ -193,7 +205,10 @@ pub enum JobStatus {
 impl JobStatus {
     /// Whether the job is over.
     pub fn is_final(self) -> bool {
-        matches!(self, JobStatus::Completed | JobStatus::Failed | JobStatus::Cancelled)
+        matches!(
+            self,
+            JobStatus::Completed | JobStatus::Failed | JobStatus::Cancelled
+        )
     }
 
     /// The lowercase name.
@@ -383,7 +398,10 @@ impl JobEventKind {
 impl JobEvent {
     /// Whether this event ends the job.
     pub fn is_final(&self) -> bool {
-        matches!(self.kind, JobEventKind::Completed { .. } | JobEventKind::Failed { .. } | JobEventKind::Cancelled)
+        matches!(
+            self.kind,
+            JobEventKind::Completed { .. } | JobEventKind::Failed { .. } | JobEventKind::Cancelled
+        )
     }
 }
 
@@ -583,7 +601,12 @@ mod tests {
 
     #[test]
     fn events_are_tagged_and_flat() {
-        let e = JobEvent { job_id: "j".into(), delivery: 2, at: Utc::now(), kind: JobEventKind::Cancelled };
+        let e = JobEvent {
+            job_id: "j".into(),
+            delivery: 2,
+            at: Utc::now(),
+            kind: JobEventKind::Cancelled,
+        };
         let v = serde_json::to_value(&e).unwrap();
         assert_eq!(v["type"], "cancelled");
         assert_eq!(v["delivery"], 2);
@@ -595,8 +618,16 @@ mod tests {
     #[test]
     fn an_event_kinds_name_is_its_type_on_the_wire() {
         let kinds = [
-            JobEventKind::Started { node: "n".into(), node_id: "i".into(), driver: "cpu".into(), resumed_from_epoch: 0 },
-            JobEventKind::Failed { error: "e".into(), kind: FailureKind::Data },
+            JobEventKind::Started {
+                node: "n".into(),
+                node_id: "i".into(),
+                driver: "cpu".into(),
+                resumed_from_epoch: 0,
+            },
+            JobEventKind::Failed {
+                error: "e".into(),
+                kind: FailureKind::Data,
+            },
             JobEventKind::Cancelled,
         ];
         for kind in kinds {
@@ -610,7 +641,10 @@ mod tests {
         assert!(event_subject("x").starts_with("gantry.events.job."));
         // Core NATS announcements stay out of both streams.
         for core in [cancel_subject("x"), settled_subject("x")] {
-            assert!(!core.starts_with("gantry.jobs.") && !core.starts_with("gantry.events."), "{core}");
+            assert!(
+                !core.starts_with("gantry.jobs.") && !core.starts_with("gantry.events."),
+                "{core}"
+            );
         }
     }
 }

@@ -155,7 +155,10 @@ impl GpuInfo {
 
     /// The best available backend (CUDA, then ROCm, then the CPU).
     pub fn best(&self) -> Driver {
-        Driver::ALL.into_iter().find(|d| self.has(*d)).unwrap_or(Driver::Cpu)
+        Driver::ALL
+            .into_iter()
+            .find(|d| self.has(*d))
+            .unwrap_or(Driver::Cpu)
     }
 }
 
@@ -266,8 +269,13 @@ impl NodeName {
         if s.len() > 253 {
             return Err("a node name must be at most 253 characters".into());
         }
-        if !s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
-            return Err(format!("node name {s:?} may hold only letters, digits, '.', '_' and '-'"));
+        if !s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        {
+            return Err(format!(
+                "node name {s:?} may hold only letters, digits, '.', '_' and '-'"
+            ));
         }
         Ok(Self(s.to_owned()))
     }
@@ -399,7 +407,11 @@ pub struct Heartbeat {
     /// Seconds since the trainer started.
     pub uptime_seconds: f64,
     /// True in the last heartbeat of a trainer shutting down: show it disconnected at once.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not", deserialize_with = "tolerant_bool")]
+    #[serde(
+        default,
+        skip_serializing_if = "std::ops::Not::not",
+        deserialize_with = "tolerant_bool"
+    )]
     pub stopping: bool,
 }
 
@@ -633,7 +645,10 @@ mod tests {
         assert_eq!(Driver::parse_choice(" rocm "), Ok(Some(Driver::Rocm)));
         assert_eq!(Driver::parse_choice("cpu"), Ok(Some(Driver::Cpu)));
         assert_eq!(Driver::parse_choice("auto"), Ok(None));
-        assert_eq!(Driver::parse_choice("opencl"), Err(DRIVER_CHOICES.to_owned()));
+        assert_eq!(
+            Driver::parse_choice("opencl"),
+            Err(DRIVER_CHOICES.to_owned())
+        );
     }
 
     #[test]
@@ -648,14 +663,23 @@ mod tests {
 
     #[test]
     fn gpu_memory_is_described_like_the_admin_page() {
-        let d = GpuDevice { index: 0, backend: Driver::Cuda, name: "H100".into(), memory_total_mib: 81559 };
+        let d = GpuDevice {
+            index: 0,
+            backend: Driver::Cuda,
+            name: "H100".into(),
+            memory_total_mib: 81559,
+        };
         assert_eq!(d.describe(), "CUDA Device 0: 80GB VRAM");
         assert_eq!(d.memory_gb(), 80);
     }
 
     #[test]
     fn control_messages_are_tagged_by_type() {
-        let settings = NodeSettings { driver_preference: Some(Driver::Rocm), draining: false, settings_version: 3 };
+        let settings = NodeSettings {
+            driver_preference: Some(Driver::Rocm),
+            draining: false,
+            settings_version: 3,
+        };
         let v = serde_json::to_value(NodeControl::Settings(settings)).unwrap();
         assert_eq!(
             v,
@@ -667,25 +691,49 @@ mod tests {
 
     #[test]
     fn a_process_without_a_reason_has_the_pages_four_fields() {
-        let p = Process { name: "train_cpu".into(), status: "active".into(), weight: 10, model: None, reason: None };
+        let p = Process {
+            name: "train_cpu".into(),
+            status: "active".into(),
+            weight: 10,
+            model: None,
+            reason: None,
+        };
         let v = serde_json::to_value(p).unwrap();
-        assert_eq!(v, serde_json::json!({"name": "train_cpu", "status": "active", "weight": 10, "model": null}));
+        assert_eq!(
+            v,
+            serde_json::json!({"name": "train_cpu", "status": "active", "weight": 10, "model": null})
+        );
     }
 
     #[test]
     fn a_missing_preferred_backend_makes_every_worker_unavailable_with_a_reason() {
-        let cpu = GpuInfo { available_backends: vec!["cpu".into()], ..Default::default() };
-        let settings = NodeSettings { driver_preference: Some(Driver::Cuda), ..Default::default() };
+        let cpu = GpuInfo {
+            available_backends: vec!["cpu".into()],
+            ..Default::default()
+        };
+        let settings = NodeSettings {
+            driver_preference: Some(Driver::Cuda),
+            ..Default::default()
+        };
         let (driver, procs) = plan_processes(&cpu, &settings, &[None, None]);
         assert_eq!(driver, Driver::Cuda);
         assert_eq!(procs.len(), 2);
-        assert!(procs.iter().all(|p| p.status == "unavailable" && p.name == "train_cuda"));
-        assert!(procs[0].reason.as_deref().unwrap().contains("no cuda backend"));
+        assert!(procs
+            .iter()
+            .all(|p| p.status == "unavailable" && p.name == "train_cuda"));
+        assert!(procs[0]
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("no cuda backend"));
     }
 
     #[test]
     fn drained_workers_show_draining_and_busy_ones_keep_their_model() {
-        let cpu = GpuInfo { available_backends: vec!["cpu".into()], ..Default::default() };
+        let cpu = GpuInfo {
+            available_backends: vec!["cpu".into()],
+            ..Default::default()
+        };
         let mut settings = NodeSettings::default();
         let (_, procs) = plan_processes(&cpu, &settings, &[Some("m".into()), None]);
         assert_eq!(procs[0].status, "busy");
@@ -698,7 +746,10 @@ mod tests {
 
     #[test]
     fn best_backend_prefers_gpus() {
-        let g = GpuInfo { available_backends: vec!["rocm".into(), "cpu".into()], ..Default::default() };
+        let g = GpuInfo {
+            available_backends: vec!["rocm".into(), "cpu".into()],
+            ..Default::default()
+        };
         assert_eq!(g.best(), Driver::Rocm);
         assert!(!g.has(Driver::Cuda));
         assert_eq!(GpuInfo::default().best(), Driver::Cpu);

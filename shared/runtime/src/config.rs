@@ -86,25 +86,41 @@ fn parse_with<T>(
         None => Ok(default),
         Some(v) => f(v.trim()).map_err(|reason| ConfigError {
             var: name,
-            value: if secret { "<redacted>".into() } else { v.clone() },
+            value: if secret {
+                "<redacted>".into()
+            } else {
+                v.clone()
+            },
             reason,
         }),
     }
 }
 
 fn addr(name: &'static str, default: &str) -> Result<SocketAddr, ConfigError> {
-    parse_with(name, default.parse().expect("default address"), false, |v| {
-        v.parse::<SocketAddr>()
-            .map_err(|_| "expected host:port with a numeric IP, like 127.0.0.1:8080".into())
-    })
+    parse_with(
+        name,
+        default.parse().expect("default address"),
+        false,
+        |v| {
+            v.parse::<SocketAddr>()
+                .map_err(|_| "expected host:port with a numeric IP, like 127.0.0.1:8080".into())
+        },
+    )
 }
 
-fn number<T: std::str::FromStr>(name: &'static str, default: T, min: T, max: T) -> Result<T, ConfigError>
+fn number<T: std::str::FromStr>(
+    name: &'static str,
+    default: T,
+    min: T,
+    max: T,
+) -> Result<T, ConfigError>
 where
     T: PartialOrd + std::fmt::Display + Copy,
 {
     parse_with(name, default, false, |v| {
-        let n = v.parse::<T>().map_err(|_| "expected a number".to_string())?;
+        let n = v
+            .parse::<T>()
+            .map_err(|_| "expected a number".to_string())?;
         // Written so that NaN, which compares false to everything, is refused too.
         if !(n >= min && n <= max) {
             return Err(format!("must be between {min} and {max}"));
@@ -118,7 +134,10 @@ fn url(name: &'static str, default: &str, schemes: &[&str]) -> Result<String, Co
         if schemes.iter().any(|s| v.starts_with(&format!("{s}://"))) {
             Ok(v.to_owned())
         } else {
-            Err(format!("expected a URL starting with {}", schemes.join("://, ") + "://"))
+            Err(format!(
+                "expected a URL starting with {}",
+                schemes.join("://, ") + "://"
+            ))
         }
     })
 }
@@ -128,7 +147,11 @@ impl Config {
     pub fn from_env() -> Result<Self, ConfigError> {
         let public_url = match var("GANTRY_PUBLIC_URL") {
             None => None,
-            Some(v) => Some(url("GANTRY_PUBLIC_URL", &v, &["http", "https"])?.trim_end_matches('/').to_owned()),
+            Some(v) => Some(
+                url("GANTRY_PUBLIC_URL", &v, &["http", "https"])?
+                    .trim_end_matches('/')
+                    .to_owned(),
+            ),
         };
         let admin_api_token = match var("GANTRY_ADMIN_API_TOKEN") {
             None => None,
@@ -142,7 +165,10 @@ impl Config {
             Some(v) => Some(SecretString::from(v)),
         };
         let db_prefix = parse_with("GANTRY_DB_PREFIX", "gantry_".to_owned(), false, |v| {
-            if v.len() <= 40 && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+            if v.len() <= 40
+                && v.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
                 Ok(v.to_owned())
             } else {
                 Err("letters, digits, '_' and '-' only, at most 40".into())
@@ -152,8 +178,16 @@ impl Config {
             http_addr: addr("GANTRY_HTTP_ADDR", "127.0.0.1:8080")?,
             public_url,
             health_addr: addr("GANTRY_HEALTH_ADDR", "127.0.0.1:0")?,
-            nats_url: url("NATS_URL", "nats://127.0.0.1:4222", &["nats", "tls", "ws", "wss"])?,
-            mongodb_uri: url("MONGODB_URI", "mongodb://127.0.0.1:27017", &["mongodb", "mongodb+srv"])?,
+            nats_url: url(
+                "NATS_URL",
+                "nats://127.0.0.1:4222",
+                &["nats", "tls", "ws", "wss"],
+            )?,
+            mongodb_uri: url(
+                "MONGODB_URI",
+                "mongodb://127.0.0.1:27017",
+                &["mongodb", "mongodb+srv"],
+            )?,
             db_prefix,
             data_root: PathBuf::from(var("GANTRY_DATA_ROOT").unwrap_or_else(|| "./data".into())),
             admin_user: var("GANTRY_ADMIN_USER").unwrap_or_else(|| "admin".into()),
@@ -168,9 +202,21 @@ impl Config {
                 (number("GANTRY_HEARTBEAT_INTERVAL", 5.0f64, 0.05, 3600.0)? * 1000.0) as u64,
             ),
             heartbeat_misses: number("GANTRY_HEARTBEAT_MISSES", 3u32, 1, 1000)?,
-            node_retention: Duration::from_secs(number("GANTRY_NODE_RETENTION", 86_400u64, 1, 365 * 86_400)?),
-            train_hold: Duration::from_millis((number("GANTRY_TRAIN_HOLD", 900.0f64, 0.1, 86_400.0)? * 1000.0) as u64),
-            session_ttl: Duration::from_secs(number("GANTRY_SESSION_TTL", 43_200u64, 1, 30 * 86_400)?),
+            node_retention: Duration::from_secs(number(
+                "GANTRY_NODE_RETENTION",
+                86_400u64,
+                1,
+                365 * 86_400,
+            )?),
+            train_hold: Duration::from_millis(
+                (number("GANTRY_TRAIN_HOLD", 900.0f64, 0.1, 86_400.0)? * 1000.0) as u64,
+            ),
+            session_ttl: Duration::from_secs(number(
+                "GANTRY_SESSION_TTL",
+                43_200u64,
+                1,
+                30 * 86_400,
+            )?),
             cache_dir: var("GANTRY_CACHE_DIR").map(|d| PathBuf::from(d.trim())),
             cache_max_gb: number("GANTRY_CACHE_MAX_GB", 50.0f64, 0.0, 1_000_000.0)?,
         })

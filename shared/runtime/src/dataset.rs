@@ -39,12 +39,16 @@ impl<W: Write> Write for HashingWriter<W> {
 pub fn pack(files: &mut [DatasetFile], out: &Path) -> anyhow::Result<String> {
     files.sort_by(|a, b| a.relative.cmp(&b.relative));
     let file = std::fs::File::create(out).context("creating the snapshot file")?;
-    let mut writer = HashingWriter { inner: std::io::BufWriter::new(file), hasher: Sha256::new() };
+    let mut writer = HashingWriter {
+        inner: std::io::BufWriter::new(file),
+        hasher: Sha256::new(),
+    };
     {
         let mut builder = tar::Builder::new(&mut writer);
         builder.mode(tar::HeaderMode::Deterministic);
         for f in files.iter() {
-            let mut src = std::fs::File::open(&f.source).with_context(|| format!("reading {}", f.relative))?;
+            let mut src = std::fs::File::open(&f.source)
+                .with_context(|| format!("reading {}", f.relative))?;
             let len = src.metadata()?.len();
             let mut header = tar::Header::new_gnu();
             header.set_size(len);
@@ -53,7 +57,9 @@ pub fn pack(files: &mut [DatasetFile], out: &Path) -> anyhow::Result<String> {
             header.set_uid(0);
             header.set_gid(0);
             header.set_entry_type(tar::EntryType::Regular);
-            builder.append_data(&mut header, &f.relative, &mut src).with_context(|| format!("packing {}", f.relative))?;
+            builder
+                .append_data(&mut header, &f.relative, &mut src)
+                .with_context(|| format!("packing {}", f.relative))?;
         }
         builder.finish()?;
     }
@@ -73,8 +79,14 @@ pub fn unpack(archive: impl Read, dir: &Path) -> anyhow::Result<()> {
         }
         let path = entry.path()?.into_owned();
         let parts: Vec<_> = path.components().collect();
-        if parts.len() < 2 || parts.len() > 16 || !parts.iter().all(|c| matches!(c, Component::Normal(_))) {
-            bail!("snapshot entry {} is not <class>/.../<file>", path.display());
+        if parts.len() < 2
+            || parts.len() > 16
+            || !parts.iter().all(|c| matches!(c, Component::Normal(_)))
+        {
+            bail!(
+                "snapshot entry {} is not <class>/.../<file>",
+                path.display()
+            );
         }
         let target = dir.join(&path);
         std::fs::create_dir_all(target.parent().unwrap())?;
@@ -91,27 +103,56 @@ mod tests {
     #[test]
     fn the_same_content_packs_to_the_same_hash_and_unpacks_back() {
         let src = tempfile::tempdir().unwrap();
-        for (class, name, body) in [("cats", "a.png", "1"), ("dogs", "b.png", "22"), ("cats", "c.png", "333")] {
+        for (class, name, body) in [
+            ("cats", "a.png", "1"),
+            ("dogs", "b.png", "22"),
+            ("cats", "c.png", "333"),
+        ] {
             std::fs::create_dir_all(src.path().join(class)).unwrap();
             std::fs::write(src.path().join(class).join(name), body).unwrap();
         }
         let files = |order: &[(&str, &str)]| -> Vec<DatasetFile> {
             order
                 .iter()
-                .map(|(c, n)| DatasetFile { relative: format!("{c}/{n}"), source: src.path().join(c).join(n) })
+                .map(|(c, n)| DatasetFile {
+                    relative: format!("{c}/{n}"),
+                    source: src.path().join(c).join(n),
+                })
                 .collect()
         };
         let out = tempfile::tempdir().unwrap();
-        let h1 = pack(&mut files(&[("cats", "a.png"), ("dogs", "b.png"), ("cats", "c.png")]), &out.path().join("1.tar")).unwrap();
-        let h2 = pack(&mut files(&[("dogs", "b.png"), ("cats", "c.png"), ("cats", "a.png")]), &out.path().join("2.tar")).unwrap();
+        let h1 = pack(
+            &mut files(&[("cats", "a.png"), ("dogs", "b.png"), ("cats", "c.png")]),
+            &out.path().join("1.tar"),
+        )
+        .unwrap();
+        let h2 = pack(
+            &mut files(&[("dogs", "b.png"), ("cats", "c.png"), ("cats", "a.png")]),
+            &out.path().join("2.tar"),
+        )
+        .unwrap();
         assert_eq!(h1, h2);
         std::fs::write(src.path().join("cats/a.png"), "changed").unwrap();
-        let h3 = pack(&mut files(&[("cats", "a.png"), ("dogs", "b.png"), ("cats", "c.png")]), &out.path().join("3.tar")).unwrap();
+        let h3 = pack(
+            &mut files(&[("cats", "a.png"), ("dogs", "b.png"), ("cats", "c.png")]),
+            &out.path().join("3.tar"),
+        )
+        .unwrap();
         assert_ne!(h1, h3);
 
         let dest = tempfile::tempdir().unwrap();
-        unpack(std::fs::File::open(out.path().join("1.tar")).unwrap(), dest.path()).unwrap();
-        assert_eq!(std::fs::read_to_string(dest.path().join("dogs/b.png")).unwrap(), "22");
-        assert_eq!(std::fs::read_to_string(dest.path().join("cats/c.png")).unwrap(), "333");
+        unpack(
+            std::fs::File::open(out.path().join("1.tar")).unwrap(),
+            dest.path(),
+        )
+        .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dest.path().join("dogs/b.png")).unwrap(),
+            "22"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dest.path().join("cats/c.png")).unwrap(),
+            "333"
+        );
     }
 }

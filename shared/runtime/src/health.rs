@@ -23,7 +23,10 @@ pub struct Readiness {
 impl Readiness {
     /// Ready when NATS is connected.
     pub fn nats(client: async_nats::Client) -> Self {
-        Self { nats: Some(client), ..Default::default() }
+        Self {
+            nats: Some(client),
+            ..Default::default()
+        }
     }
 
     /// Also require the store to answer `ping`.
@@ -33,7 +36,10 @@ impl Readiness {
     }
 
     /// Also require `check` to return `None` (`Some(reason)` means not ready).
-    pub fn with_check(mut self, check: impl Fn() -> Option<String> + Send + Sync + 'static) -> Self {
+    pub fn with_check(
+        mut self,
+        check: impl Fn() -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
         self.extra = Some(Arc::new(check));
         self
     }
@@ -77,12 +83,17 @@ async fn readyz(Data(readiness): Data<&Readiness>) -> Response {
 
 #[handler]
 fn metrics() -> Response {
-    Response::builder().content_type("text/plain; version=0.0.4; charset=utf-8").body(crate::metrics::render())
+    Response::builder()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(crate::metrics::render())
 }
 
 /// Add `/healthz`, `/readyz` and `/metrics` to a larger app's routes.
 pub fn add_routes(route: Route, readiness: Readiness) -> Route {
-    route.at("/healthz", get(healthz)).at("/readyz", get(readyz).data(readiness)).at("/metrics", get(metrics))
+    route
+        .at("/healthz", get(healthz))
+        .at("/readyz", get(readyz).data(readiness))
+        .at("/metrics", get(metrics))
 }
 
 /// The paths [`add_routes`] serves.

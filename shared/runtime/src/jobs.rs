@@ -7,8 +7,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer, object_store, stream};
 use gantry_contracts::jobs::{
-    self, JobDriver, ACK_WAIT_SECS, DATASETS_BUCKET, EVENTS_STREAM, EVENTS_STREAM_SUBJECTS, JOBS_STREAM,
-    JOBS_STREAM_SUBJECTS, MAX_DELIVER, MODELS_BUCKET,
+    self, JobDriver, ACK_WAIT_SECS, DATASETS_BUCKET, EVENTS_STREAM, EVENTS_STREAM_SUBJECTS,
+    JOBS_STREAM, JOBS_STREAM_SUBJECTS, MAX_DELIVER, MODELS_BUCKET,
 };
 
 /// The job stream's configuration: a work queue, deduplicated by job id for ten minutes.
@@ -27,7 +27,10 @@ pub fn jobs_stream() -> stream::Config {
 pub fn events_stream() -> stream::Config {
     stream::Config {
         name: EVENTS_STREAM.into(),
-        subjects: EVENTS_STREAM_SUBJECTS.iter().map(|s| s.to_string()).collect(),
+        subjects: EVENTS_STREAM_SUBJECTS
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
         retention: stream::RetentionPolicy::Limits,
         max_age: Duration::from_secs(7 * 24 * 3600),
         storage: stream::StorageType::File,
@@ -54,8 +57,13 @@ pub fn train_consumer(driver: JobDriver) -> consumer::pull::Config {
 
 /// Create (or find) both streams, the four training consumers and both object stores.
 pub async fn ensure(js: &jetstream::Context) -> anyhow::Result<()> {
-    let jobs = js.get_or_create_stream(jobs_stream()).await.context("creating the GANTRY_JOBS stream")?;
-    js.get_or_create_stream(events_stream()).await.context("creating the GANTRY_EVENTS stream")?;
+    let jobs = js
+        .get_or_create_stream(jobs_stream())
+        .await
+        .context("creating the GANTRY_JOBS stream")?;
+    js.get_or_create_stream(events_stream())
+        .await
+        .context("creating the GANTRY_EVENTS stream")?;
     for driver in JobDriver::ALL {
         jobs.get_or_create_consumer(&jobs::train_consumer(driver), train_consumer(driver))
             .await
@@ -68,18 +76,27 @@ pub async fn ensure(js: &jetstream::Context) -> anyhow::Result<()> {
 }
 
 /// An object store, created when missing.
-pub async fn bucket_store(js: &jetstream::Context, bucket: &str) -> anyhow::Result<object_store::ObjectStore> {
+pub async fn bucket_store(
+    js: &jetstream::Context,
+    bucket: &str,
+) -> anyhow::Result<object_store::ObjectStore> {
     match js.get_object_store(bucket).await {
         Ok(store) => Ok(store),
         Err(_) => js
-            .create_object_store(object_store::Config { bucket: bucket.into(), ..Default::default() })
+            .create_object_store(object_store::Config {
+                bucket: bucket.into(),
+                ..Default::default()
+            })
             .await
             .with_context(|| format!("creating object store {bucket}")),
     }
 }
 
 /// [`ensure`] until it succeeds (NATS may come up after the service), or `shutdown` fires.
-pub async fn ensure_with_retry(js: &jetstream::Context, shutdown: &tokio_util::sync::CancellationToken) -> bool {
+pub async fn ensure_with_retry(
+    js: &jetstream::Context,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> bool {
     let mut attempt = 0u32;
     loop {
         match ensure(js).await {
@@ -87,7 +104,11 @@ pub async fn ensure_with_retry(js: &jetstream::Context, shutdown: &tokio_util::s
             Err(e) => {
                 attempt += 1;
                 if attempt == 1 || attempt % 10 == 0 {
-                    tracing::warn!(error = format!("{e:#}"), attempt, "JetStream set-up failed; retrying");
+                    tracing::warn!(
+                        error = format!("{e:#}"),
+                        attempt,
+                        "JetStream set-up failed; retrying"
+                    );
                 }
             }
         }

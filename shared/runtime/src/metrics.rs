@@ -9,12 +9,14 @@ use std::collections::HashSet;
 use std::sync::LazyLock;
 
 use prometheus::{
-    register_gauge, register_histogram_vec, register_int_counter_vec, register_int_gauge, register_int_gauge_vec, Gauge,
-    HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, TextEncoder,
+    register_gauge, register_histogram_vec, register_int_counter_vec, register_int_gauge,
+    register_int_gauge_vec, Gauge, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, TextEncoder,
 };
 
 /// Seconds buckets for request latencies: 1 ms to 30 s.
-const LATENCY_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
 
 /// `gantry_nats_requests_total{endpoint, outcome}`: requests a NATS service endpoint answered;
 /// `outcome` is `ok` or the error code (`not_found`, `conflict`, ...).
@@ -61,14 +63,22 @@ pub static HTTP_REQUEST_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
 
 /// `gantry_registry_nodes{state}`: nodes this registry replica lists, connected or disconnected.
 pub static REGISTRY_NODES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
-    register_int_gauge_vec!("gantry_registry_nodes", "Nodes this replica lists, by state (connected or disconnected).", &["state"])
-        .expect("gantry_registry_nodes registers once")
+    register_int_gauge_vec!(
+        "gantry_registry_nodes",
+        "Nodes this replica lists, by state (connected or disconnected).",
+        &["state"]
+    )
+    .expect("gantry_registry_nodes registers once")
 });
 
 /// `gantry_registry_job_events_total{type}`: job events applied (of every replica, each counts its own).
 pub static REGISTRY_JOB_EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!("gantry_registry_job_events_total", "Job events this replica applied, by type.", &["type"])
-        .expect("gantry_registry_job_events_total registers once")
+    register_int_counter_vec!(
+        "gantry_registry_job_events_total",
+        "Job events this replica applied, by type.",
+        &["type"]
+    )
+    .expect("gantry_registry_job_events_total registers once")
 });
 
 /// `gantry_registry_jobs_ended_total{status}`: jobs this replica recorded as over (each job is
@@ -84,7 +94,11 @@ pub static REGISTRY_JOBS_ENDED: LazyLock<IntCounterVec> = LazyLock::new(|| {
 
 /// `gantry_trainer_jobs_running`.
 pub static TRAINER_JOBS_RUNNING: LazyLock<IntGauge> = LazyLock::new(|| {
-    register_int_gauge!("gantry_trainer_jobs_running", "Jobs this trainer is working on now.").expect("gantry_trainer_jobs_running registers once")
+    register_int_gauge!(
+        "gantry_trainer_jobs_running",
+        "Jobs this trainer is working on now."
+    )
+    .expect("gantry_trainer_jobs_running registers once")
 });
 
 /// `gantry_trainer_jobs_total{outcome}`: how jobs ended on this trainer.
@@ -99,14 +113,20 @@ pub static TRAINER_JOBS: LazyLock<IntCounterVec> = LazyLock::new(|| {
 
 /// `gantry_trainer_samples_per_second`: the training throughput of the latest progress report.
 pub static TRAINER_SAMPLES_PER_SECOND: LazyLock<Gauge> = LazyLock::new(|| {
-    register_gauge!("gantry_trainer_samples_per_second", "Training throughput in the latest progress report of this trainer.")
-        .expect("gantry_trainer_samples_per_second registers once")
+    register_gauge!(
+        "gantry_trainer_samples_per_second",
+        "Training throughput in the latest progress report of this trainer."
+    )
+    .expect("gantry_trainer_samples_per_second registers once")
 });
 
 /// `gantry_trainer_dataset_cache_bytes`: the dataset cache's size after the latest fetch.
 pub static TRAINER_CACHE_BYTES: LazyLock<IntGauge> = LazyLock::new(|| {
-    register_int_gauge!("gantry_trainer_dataset_cache_bytes", "Bytes of dataset snapshots cached on this trainer after the latest fetch.")
-        .expect("gantry_trainer_dataset_cache_bytes registers once")
+    register_int_gauge!(
+        "gantry_trainer_dataset_cache_bytes",
+        "Bytes of dataset snapshots cached on this trainer after the latest fetch."
+    )
+    .expect("gantry_trainer_dataset_cache_bytes registers once")
 });
 
 /// Register the api's metrics, so they are listed before the first request.
@@ -138,7 +158,10 @@ pub fn route_label(path: &str, known: &HashSet<String>) -> String {
     if segments.is_empty() {
         return "/".into();
     }
-    let folded: Vec<&str> = segments.iter().map(|s| if known.contains(*s) { s } else { "{id}" }).collect();
+    let folded: Vec<&str> = segments
+        .iter()
+        .map(|s| if known.contains(*s) { s } else { "{id}" })
+        .collect();
     format!("/{}", folded.join("/"))
 }
 
@@ -154,7 +177,9 @@ pub fn static_segments<'a>(templates: impl IntoIterator<Item = &'a str>) -> Hash
 
 /// Every registered metric in Prometheus' text format.
 pub fn render() -> String {
-    TextEncoder::new().encode_to_string(&prometheus::gather()).unwrap_or_else(|e| format!("# encoding the metrics failed: {e}\n"))
+    TextEncoder::new()
+        .encode_to_string(&prometheus::gather())
+        .unwrap_or_else(|e| format!("# encoding the metrics failed: {e}\n"))
 }
 
 #[cfg(test)]
@@ -163,20 +188,43 @@ mod tests {
 
     #[test]
     fn routes_keep_known_segments_and_fold_the_rest() {
-        let known = static_segments(["/admin/api/users/{id}", "/admin/api/models/{name}/versions/{version}/download", "/healthz"]);
-        assert_eq!(route_label("/admin/api/users/12", &known), "/admin/api/users/{id}");
-        assert_eq!(route_label("/admin/api/models/MyModel/versions/2/download", &known), "/admin/api/models/{id}/versions/{id}/download");
+        let known = static_segments([
+            "/admin/api/users/{id}",
+            "/admin/api/models/{name}/versions/{version}/download",
+            "/healthz",
+        ]);
+        assert_eq!(
+            route_label("/admin/api/users/12", &known),
+            "/admin/api/users/{id}"
+        );
+        assert_eq!(
+            route_label("/admin/api/models/MyModel/versions/2/download", &known),
+            "/admin/api/models/{id}/versions/{id}/download"
+        );
         assert_eq!(route_label("/wp-admin/setup.php", &known), "/{id}/{id}");
         assert_eq!(route_label("/", &known), "/");
         assert_eq!(route_label("/healthz", &known), "/healthz");
-        assert_eq!(route_label("/a/b/c/d/e/f/g/h/i/j", &known).matches('/').count(), 8);
+        assert_eq!(
+            route_label("/a/b/c/d/e/f/g/h/i/j", &known)
+                .matches('/')
+                .count(),
+            8
+        );
     }
 
     #[test]
     fn counters_show_in_the_text_format() {
-        NATS_REQUESTS.with_label_values(&["test.endpoint", "ok"]).inc_by(3);
+        NATS_REQUESTS
+            .with_label_values(&["test.endpoint", "ok"])
+            .inc_by(3);
         let text = render();
-        assert!(text.contains("# TYPE gantry_nats_requests_total counter"), "{text}");
-        assert!(text.contains(r#"gantry_nats_requests_total{endpoint="test.endpoint",outcome="ok"} 3"#), "{text}");
+        assert!(
+            text.contains("# TYPE gantry_nats_requests_total counter"),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"gantry_nats_requests_total{endpoint="test.endpoint",outcome="ok"} 3"#),
+            "{text}"
+        );
     }
 }

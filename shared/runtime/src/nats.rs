@@ -70,9 +70,15 @@ pub fn traced_headers() -> HeaderMap {
 }
 
 /// Publish `msg` as JSON with the trace context.
-pub async fn publish<T: Serialize>(client: &Client, subject: String, msg: &T) -> anyhow::Result<()> {
+pub async fn publish<T: Serialize>(
+    client: &Client,
+    subject: String,
+    msg: &T,
+) -> anyhow::Result<()> {
     let payload = serde_json::to_vec(msg)?;
-    client.publish_with_headers(subject, traced_headers(), payload.into()).await?;
+    client
+        .publish_with_headers(subject, traced_headers(), payload.into())
+        .await?;
     Ok(())
 }
 
@@ -85,8 +91,9 @@ pub async fn request<Req: Serialize, Resp: DeserializeOwned>(
 ) -> Result<Resp, ServiceFailure> {
     let span = tracing::info_span!("nats.request", subject = %subject, otel.kind = "client");
     async move {
-        let payload = serde_json::to_vec(req)
-            .map_err(|e| ServiceFailure::new(ErrorCode::Internal, format!("encoding request: {e}")))?;
+        let payload = serde_json::to_vec(req).map_err(|e| {
+            ServiceFailure::new(ErrorCode::Internal, format!("encoding request: {e}"))
+        })?;
         let reply = client
             .request_with_headers(subject.clone(), traced_headers(), payload.into())
             .await
@@ -107,7 +114,10 @@ pub async fn request<Req: Serialize, Resp: DeserializeOwned>(
             }
         }
         serde_json::from_slice(&reply.payload).map_err(|e| {
-            ServiceFailure::new(ErrorCode::Internal, format!("undecodable reply from {subject}: {e}"))
+            ServiceFailure::new(
+                ErrorCode::Internal,
+                format!("undecodable reply from {subject}: {e}"),
+            )
         })
     }
     .instrument(span)
@@ -142,15 +152,24 @@ pub async fn serve<Req, Resp, F, Fut>(
                 let started = std::time::Instant::now();
                 let result = match serde_json::from_slice::<Req>(&request.message.payload) {
                     Ok(req) => handler(req).await,
-                    Err(e) => Err(ServiceFailure::new(ErrorCode::BadRequest, format!("malformed request: {e}"))),
+                    Err(e) => Err(ServiceFailure::new(
+                        ErrorCode::BadRequest,
+                        format!("malformed request: {e}"),
+                    )),
                 };
                 let outcome = result.as_ref().map_or_else(|f| f.code.as_str(), |_| "ok");
-                crate::metrics::NATS_REQUESTS.with_label_values(&[name, outcome]).inc();
-                crate::metrics::NATS_REQUEST_SECONDS.with_label_values(&[name]).observe(started.elapsed().as_secs_f64());
+                crate::metrics::NATS_REQUESTS
+                    .with_label_values(&[name, outcome])
+                    .inc();
+                crate::metrics::NATS_REQUEST_SECONDS
+                    .with_label_values(&[name])
+                    .observe(started.elapsed().as_secs_f64());
                 let answer = match result {
-                    Ok(resp) => serde_json::to_vec(&resp).map(Bytes::from).map_err(|e| service::error::Error {
-                        code: 500,
-                        status: format!("internal: encoding reply: {e}"),
+                    Ok(resp) => serde_json::to_vec(&resp).map(Bytes::from).map_err(|e| {
+                        service::error::Error {
+                            code: 500,
+                            status: format!("internal: encoding reply: {e}"),
+                        }
                     }),
                     Err(failure) => {
                         if failure.code == ErrorCode::Internal {

@@ -28,10 +28,15 @@ impl Drop for TelemetryGuard {
 }
 
 fn otlp_configured() -> bool {
-    ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]
-        .iter()
-        .any(|v| std::env::var(v).map(|s| !s.is_empty()).unwrap_or(false))
-        && std::env::var("OTEL_SDK_DISABLED").map(|v| v != "true").unwrap_or(true)
+    [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    ]
+    .iter()
+    .any(|v| std::env::var(v).map(|s| !s.is_empty()).unwrap_or(false))
+        && std::env::var("OTEL_SDK_DISABLED")
+            .map(|v| v != "true")
+            .unwrap_or(true)
 }
 
 /// Start logging and tracing for `service`. `OTEL_SERVICE_NAME` overrides the service name in
@@ -45,7 +50,10 @@ pub fn init(service: &'static str) -> TelemetryGuard {
         .with_resource(Resource::builder().with_service_name(name).build());
     let mut export_error = None;
     if otlp_configured() {
-        match opentelemetry_otlp::SpanExporter::builder().with_http().build() {
+        match opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .build()
+        {
             Ok(exporter) => builder = builder.with_batch_exporter(exporter),
             Err(e) => export_error = Some(e.to_string()),
         }
@@ -57,7 +65,12 @@ pub fn init(service: &'static str) -> TelemetryGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let _ = tracing_subscriber::registry()
         .with(filter)
-        .with(tracing_subscriber::fmt::layer().json().with_current_span(true).with_span_list(false))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .json()
+                .with_current_span(true)
+                .with_span_list(false),
+        )
         .with(tracing_opentelemetry::layer().with_tracer(tracer))
         .try_init();
     if let Some(e) = export_error {

@@ -26,7 +26,11 @@ pub struct Nats {
 impl Nats {
     /// Start and wait until it accepts connections.
     pub async fn start() -> Self {
-        let mut nats = Self { port: free_port(), dir: TempDir::new().unwrap(), child: None };
+        let mut nats = Self {
+            port: free_port(),
+            dir: TempDir::new().unwrap(),
+            child: None,
+        };
         nats.restart().await;
         nats
     }
@@ -46,19 +50,31 @@ impl Nats {
         self.stop();
         let log = std::fs::File::create(self.dir.path().join("nats.log")).unwrap();
         let child = Command::new(tool("nats-server"))
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
             .arg(self.dir.path().join("js"))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("start nats-server");
         self.child = Some(child);
-        assert!(wait_for_port(self.port, Duration::from_secs(10)).await, "nats-server did not start");
+        assert!(
+            wait_for_port(self.port, Duration::from_secs(10)).await,
+            "nats-server did not start"
+        );
     }
 
     /// A plain client for the test itself.
     pub async fn client(&self) -> async_nats::Client {
-        async_nats::connect(self.url()).await.expect("connect to test NATS")
+        async_nats::connect(self.url())
+            .await
+            .expect("connect to test NATS")
     }
 }
 
@@ -94,8 +110,15 @@ impl Store {
             .stderr(Stdio::null())
             .spawn()
             .expect("start nx-27017");
-        let store = Self { port, dir, child: Some(child) };
-        assert!(wait_for_port(port, Duration::from_secs(30)).await, "nx-27017 did not start");
+        let store = Self {
+            port,
+            dir,
+            child: Some(child),
+        };
+        assert!(
+            wait_for_port(port, Duration::from_secs(30)).await,
+            "nx-27017 did not start"
+        );
         store
     }
 

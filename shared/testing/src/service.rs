@@ -23,7 +23,10 @@ pub fn bin_dir() -> PathBuf {
     }
     let exe = std::env::current_exe().expect("current_exe");
     // target/<profile>/deps/<test-binary>
-    exe.parent().and_then(|p| p.parent()).expect("target dir").to_path_buf()
+    exe.parent()
+        .and_then(|p| p.parent())
+        .expect("target dir")
+        .to_path_buf()
 }
 
 /// A running service binary. Killed on drop.
@@ -42,7 +45,11 @@ impl ServiceProcess {
     /// is where it serves health.
     pub fn spawn(bin: &str, env: &BTreeMap<String, String>, port: u16) -> Self {
         let path = bin_dir().join(bin);
-        assert!(path.is_file(), "{} is not built: run `cargo build --workspace --bins` (deploy/local/test.sh does)", path.display());
+        assert!(
+            path.is_file(),
+            "{} is not built: run `cargo build --workspace --bins` (deploy/local/test.sh does)",
+            path.display()
+        );
         let dir = TempDir::new().unwrap();
         let log = dir.path().join(format!("{bin}.log"));
         let out = std::fs::File::create(&log).unwrap();
@@ -53,7 +60,10 @@ impl ServiceProcess {
                 cmd.env(keep, v);
             }
         }
-        cmd.env("RUST_LOG", std::env::var("TEST_SERVICE_LOG").unwrap_or_else(|_| "info".into()));
+        cmd.env(
+            "RUST_LOG",
+            std::env::var("TEST_SERVICE_LOG").unwrap_or_else(|_| "info".into()),
+        );
         cmd.envs(env);
         let child = cmd
             .stdout(out.try_clone().unwrap())
@@ -61,7 +71,13 @@ impl ServiceProcess {
             .stdin(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("start {bin}: {e}"));
-        Self { name: bin.into(), base_url: format!("http://127.0.0.1:{port}"), child: Some(child), log, _dir: dir }
+        Self {
+            name: bin.into(),
+            base_url: format!("http://127.0.0.1:{port}"),
+            child: Some(child),
+            log,
+            _dir: dir,
+        }
     }
 
     /// Everything it printed so far.
@@ -76,30 +92,58 @@ impl ServiceProcess {
 
     /// `GET /readyz` status, or `None` when nothing answers.
     pub async fn readyz(&self) -> Option<u16> {
-        let client = reqwest::Client::builder().timeout(Duration::from_secs(3)).build().unwrap();
-        client.get(format!("{}/readyz", self.base_url)).send().await.ok().map(|r| r.status().as_u16())
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(3))
+            .build()
+            .unwrap();
+        client
+            .get(format!("{}/readyz", self.base_url))
+            .send()
+            .await
+            .ok()
+            .map(|r| r.status().as_u16())
     }
 
     /// `GET /metrics`: Prometheus' text format. Panics unless it answers 200 with `text/plain`.
     pub async fn metrics(&self) -> String {
-        let resp = reqwest::get(format!("{}/metrics", self.base_url)).await.unwrap();
+        let resp = reqwest::get(format!("{}/metrics", self.base_url))
+            .await
+            .unwrap();
         assert_eq!(resp.status().as_u16(), 200, "{} /metrics", self.name);
-        let kind = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
-        assert!(kind.starts_with("text/plain"), "{} /metrics answered {kind}", self.name);
+        let kind = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            kind.starts_with("text/plain"),
+            "{} /metrics answered {kind}",
+            self.name
+        );
         resp.text().await.unwrap()
     }
 
     /// Wait until `/readyz` answers 200. Panics with the service's output when it does not.
     pub async fn wait_ready(&self, timeout: Duration) {
-        let ok = wait_until(timeout, || async { (self.readyz().await == Some(200)).then_some(()) }).await;
+        let ok = wait_until(timeout, || async {
+            (self.readyz().await == Some(200)).then_some(())
+        })
+        .await;
         if ok.is_none() {
-            panic!("{} not ready within {timeout:?}; output:\n{}", self.name, self.output());
+            panic!(
+                "{} not ready within {timeout:?}; output:\n{}",
+                self.name,
+                self.output()
+            );
         }
     }
 
     /// The exit status, if it has exited.
     pub fn try_exit(&mut self) -> Option<ExitStatus> {
-        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// Wait for it to exit by itself.
@@ -118,7 +162,9 @@ impl ServiceProcess {
 
     /// Send SIGTERM and wait for it to exit.
     pub async fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let _ = Command::new("kill").args(["-TERM", &self.pid().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
         self.wait_exit(timeout).await
     }
 
@@ -155,7 +201,13 @@ impl Stack {
     /// Start NATS and the store.
     pub async fn start() -> Self {
         let (nats, store) = tokio::join!(Nats::start(), Store::start());
-        Self { nats, store, prefix: unique_prefix(), data_root: TempDir::new().unwrap(), extra_env: BTreeMap::new() }
+        Self {
+            nats,
+            store,
+            prefix: unique_prefix(),
+            data_root: TempDir::new().unwrap(),
+            extra_env: BTreeMap::new(),
+        }
     }
 
     /// The variables a service of this stack starts with.
@@ -164,7 +216,10 @@ impl Stack {
         env.insert("NATS_URL".into(), self.nats.url());
         env.insert("MONGODB_URI".into(), self.store.uri());
         env.insert("GANTRY_DB_PREFIX".into(), self.prefix.clone());
-        env.insert("GANTRY_DATA_ROOT".into(), self.data_root.path().display().to_string());
+        env.insert(
+            "GANTRY_DATA_ROOT".into(),
+            self.data_root.path().display().to_string(),
+        );
         env.insert("GANTRY_ADMIN_USER".into(), "admin".into());
         env.insert("GANTRY_ADMIN_PASSWORD".into(), ADMIN_PASSWORD.into());
         env.insert("GANTRY_ADMIN_EMAIL".into(), "admin@example.com".into());
@@ -178,7 +233,11 @@ impl Stack {
     pub fn spawn(&self, bin: &str, extra: &[(&str, &str)]) -> ServiceProcess {
         let port = free_port();
         let mut env = self.env();
-        let var = if bin == "gantry-api" { "GANTRY_HTTP_ADDR" } else { "GANTRY_HEALTH_ADDR" };
+        let var = if bin == "gantry-api" {
+            "GANTRY_HTTP_ADDR"
+        } else {
+            "GANTRY_HEALTH_ADDR"
+        };
         env.insert(var.into(), format!("127.0.0.1:{port}"));
         for (k, v) in extra {
             env.insert((*k).into(), (*v).into());
@@ -194,7 +253,11 @@ impl Stack {
         for s in [&auth, &registry, &api] {
             s.wait_ready(Duration::from_secs(60)).await;
         }
-        Core { auth, registry, api }
+        Core {
+            auth,
+            registry,
+            api,
+        }
     }
 }
 
@@ -238,7 +301,14 @@ impl Stack {
             .stdin(Stdio::null())
             .output()
             .expect("run gantry-registry create-token");
-        assert!(out.status.success(), "gantry-registry create-token failed: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).expect("utf-8 token").trim().to_owned()
+        assert!(
+            out.status.success(),
+            "gantry-registry create-token failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .expect("utf-8 token")
+            .trim()
+            .to_owned()
     }
 }

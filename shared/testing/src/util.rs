@@ -10,15 +10,28 @@ use futures::StreamExt;
 
 /// How many requests each replica of micro service `service` has answered on the endpoint whose
 /// subject is `subject`, from `$SRV.STATS` (one entry per replica that answers within a second).
-pub async fn requests_per_replica(client: &async_nats::Client, service: &str, subject: &str) -> Vec<u64> {
+pub async fn requests_per_replica(
+    client: &async_nats::Client,
+    service: &str,
+    subject: &str,
+) -> Vec<u64> {
     let inbox = client.new_inbox();
     let mut sub = client.subscribe(inbox.clone()).await.unwrap();
-    client.publish_with_reply(format!("$SRV.STATS.{service}"), inbox, "".into()).await.unwrap();
+    client
+        .publish_with_reply(format!("$SRV.STATS.{service}"), inbox, "".into())
+        .await
+        .unwrap();
     let mut counts = Vec::new();
     while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(1), sub.next()).await {
         let v: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
-        let endpoint = v["endpoints"].as_array().and_then(|e| e.iter().find(|e| e["subject"] == subject));
-        counts.push(endpoint.and_then(|e| e["num_requests"].as_u64()).unwrap_or(0));
+        let endpoint = v["endpoints"]
+            .as_array()
+            .and_then(|e| e.iter().find(|e| e["subject"] == subject));
+        counts.push(
+            endpoint
+                .and_then(|e| e["num_requests"].as_u64())
+                .unwrap_or(0),
+        );
     }
     counts
 }
@@ -26,19 +39,31 @@ pub async fn requests_per_replica(client: &async_nats::Client, service: &str, su
 /// A series' value in Prometheus' text format (`name{labels} value`), or 0 when it is absent.
 pub fn metric(text: &str, series: &str) -> f64 {
     text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+                .and_then(|v| v.trim().parse().ok())
+        })
         .unwrap_or(0.0)
 }
 
 /// A TCP port that was free a moment ago.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port").local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind an ephemeral port")
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A database prefix no other test in this run uses.
 pub fn unique_prefix() -> String {
     static N: AtomicU32 = AtomicU32::new(0);
-    format!("t{}_{}_", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "t{}_{}_",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Poll `check` every 100 ms until it returns `Some` or `timeout` passes.
@@ -67,7 +92,9 @@ pub fn tool(name: &str) -> PathBuf {
     }
     let tools_dir = std::env::var("GANTRY_TOOLS_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/gantry"));
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/gantry")
+        });
     dirs.push(tools_dir.join("tools/bin"));
     if let Some(path) = std::env::var_os("PATH") {
         dirs.extend(std::env::split_paths(&path));
@@ -81,7 +108,10 @@ pub fn tool(name: &str) -> PathBuf {
 /// Wait until something accepts TCP connections on `port`.
 pub async fn wait_for_port(port: u16, timeout: Duration) -> bool {
     wait_until(timeout, || async move {
-        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok().map(|_| ())
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()
+            .map(|_| ())
     })
     .await
     .is_some()

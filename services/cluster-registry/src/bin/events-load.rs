@@ -13,7 +13,8 @@ use chrono::Utc;
 use clap::Parser;
 use futures::StreamExt;
 use gantry_contracts::jobs::{
-    self, JobDriver, JobEvent, JobEventKind, JobList, JobQuery, JobRecord, JobStatus, ModelVersion, TrainJob, TrainParams,
+    self, JobDriver, JobEvent, JobEventKind, JobList, JobQuery, JobRecord, JobStatus, ModelVersion,
+    TrainJob, TrainParams,
 };
 use gantry_contracts::subjects;
 use gantry_runtime::nats::request;
@@ -26,7 +27,11 @@ struct Args {
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     nats_url: String,
     /// The store, for the baseline.
-    #[arg(long, env = "MONGODB_URI", default_value = "mongodb://127.0.0.1:27017/?directConnection=true")]
+    #[arg(
+        long,
+        env = "MONGODB_URI",
+        default_value = "mongodb://127.0.0.1:27017/?directConnection=true"
+    )]
     mongodb_uri: String,
     /// Jobs running at once.
     #[arg(long, default_value_t = 100)]
@@ -57,7 +62,12 @@ fn record(job_id: &str) -> JobRecord {
 /// The `step`th of `n` events of a job.
 fn event(job_id: &str, step: usize, n: usize) -> JobEvent {
     let kind = if step == 0 {
-        JobEventKind::Started { node: "load-node".into(), node_id: "load-node-id".into(), driver: "cpu".into(), resumed_from_epoch: 0 }
+        JobEventKind::Started {
+            node: "load-node".into(),
+            node_id: "load-node-id".into(),
+            driver: "cpu".into(),
+            resumed_from_epoch: 0,
+        }
     } else if step + 1 == n {
         JobEventKind::Completed {
             model: ModelVersion {
@@ -84,21 +94,36 @@ fn event(job_id: &str, step: usize, n: usize) -> JobEvent {
             eta_seconds: (n - step) as f64,
         }
     };
-    JobEvent { job_id: job_id.into(), delivery: 1, at: Utc::now(), kind }
+    JobEvent {
+        job_id: job_id.into(),
+        delivery: 1,
+        at: Utc::now(),
+        kind,
+    }
 }
 
 /// The store's own rate for what applying one event costs it: read a document, write it back.
 async fn store_baseline(uri: &str, ops: usize) -> anyhow::Result<f64> {
     let client = mongodb::Client::with_uri_str(uri).await?;
-    let coll = client.database("events_load_baseline").collection::<mongodb::bson::Document>("docs");
+    let coll = client
+        .database("events_load_baseline")
+        .collection::<mongodb::bson::Document>("docs");
     coll.drop().await.ok();
     let body = serde_json::to_string(&record("baseline"))?;
-    coll.insert_one(doc! { "_id": 0, "n": 0_i64, "body": &body }).await?;
+    coll.insert_one(doc! { "_id": 0, "n": 0_i64, "body": &body })
+        .await?;
     let started = Instant::now();
     for i in 0..ops {
-        let d = coll.find_one(doc! { "_id": 0 }).await?.context("the baseline document vanished")?;
+        let d = coll
+            .find_one(doc! { "_id": 0 })
+            .await?
+            .context("the baseline document vanished")?;
         let n = d.get_i64("n").unwrap_or(0);
-        coll.replace_one(doc! { "_id": 0, "n": n }, doc! { "_id": 0, "n": n + 1, "body": &body, "i": i as i64 }).await?;
+        coll.replace_one(
+            doc! { "_id": 0, "n": n },
+            doc! { "_id": 0, "n": n + 1, "body": &body, "i": i as i64 },
+        )
+        .await?;
     }
     Ok(ops as f64 / started.elapsed().as_secs_f64())
 }
@@ -106,7 +131,10 @@ async fn store_baseline(uri: &str, ops: usize) -> anyhow::Result<f64> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    anyhow::ensure!(args.events_per_job >= 2, "--events-per-job must be at least 2");
+    anyhow::ensure!(
+        args.events_per_job >= 2,
+        "--events-per-job must be at least 2"
+    );
     let client = async_nats::ConnectOptions::new()
         .request_timeout(Some(Duration::from_secs(30)))
         .connect(args.nats_url.as_str())
@@ -126,7 +154,14 @@ async fn main() -> anyhow::Result<()> {
     futures::stream::iter(ids.iter())
         .map(|id| {
             let client = client.clone();
-            async move { request::<_, JobRecord>(&client, subjects::registry(jobs::subjects::JOBS_CREATE), &record(id)).await }
+            async move {
+                request::<_, JobRecord>(
+                    &client,
+                    subjects::registry(jobs::subjects::JOBS_CREATE),
+                    &record(id),
+                )
+                .await
+            }
         })
         .buffer_unordered(32)
         .collect::<Vec<_>>()
@@ -151,13 +186,19 @@ async fn main() -> anyhow::Result<()> {
     let published = started.elapsed();
 
     // Applied when the registry's consumer has nothing pending and nothing unacknowledged.
-    let mut consumer: async_nats::jetstream::consumer::PullConsumer = stream.get_consumer(jobs::EVENTS_CONSUMER).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer = stream
+        .get_consumer(jobs::EVENTS_CONSUMER)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     loop {
         let info = consumer.info().await?;
         if info.num_pending == 0 && info.num_ack_pending == 0 {
             break;
         }
-        anyhow::ensure!(started.elapsed() < Duration::from_secs(1800), "the registry did not catch up in 30 minutes");
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(1800),
+            "the registry did not catch up in 30 minutes"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let applied = started.elapsed();
@@ -167,13 +208,20 @@ async fn main() -> anyhow::Result<()> {
     let done: JobList = request(
         &client,
         subjects::registry(jobs::subjects::JOBS_LIST),
-        &JobQuery { status: Some(JobStatus::Completed), limit: Some(1), ..Default::default() },
+        &JobQuery {
+            status: Some(JobStatus::Completed),
+            limit: Some(1),
+            ..Default::default()
+        },
     )
     .await
     .map_err(|e| anyhow::anyhow!("listing jobs: {e}"))?;
 
     println!("jobs                    {}", args.jobs);
-    println!("events                  {total} ({} per job, interleaved)", args.events_per_job);
+    println!(
+        "events                  {total} ({} per job, interleaved)",
+        args.events_per_job
+    );
     println!("published in            {:.2} s", published.as_secs_f64());
     println!("applied in              {:.2} s", applied.as_secs_f64());
     println!("registry events/s       {rate:.0}");
@@ -184,6 +232,11 @@ async fn main() -> anyhow::Result<()> {
         "supports about          {:.0} running jobs at one progress event every 2 s",
         rate * 2.0
     );
-    anyhow::ensure!(done.total as usize >= args.jobs, "only {} of {} jobs ended completed", done.total, args.jobs);
+    anyhow::ensure!(
+        done.total as usize >= args.jobs,
+        "only {} of {} jobs ended completed",
+        done.total,
+        args.jobs
+    );
     Ok(())
 }

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use futures::StreamExt;
 use gantry_contracts::registry::{
-    plan_processes, ClusterNodes, ClusterToken, CreateClusterToken, Driver, Empty, GpuDevice, GpuInfo, Heartbeat,
-    Inventory, ListQuery, NodeSettings, RegisterNode, Registered,
+    plan_processes, ClusterNodes, ClusterToken, CreateClusterToken, Driver, Empty, GpuDevice,
+    GpuInfo, Heartbeat, Inventory, ListQuery, NodeSettings, RegisterNode, Registered,
 };
 use gantry_contracts::subjects;
 use gantry_runtime::nats::request;
@@ -88,7 +88,12 @@ fn inventory(i: usize) -> Inventory {
         _ => 2,
     };
     let devices: Vec<GpuDevice> = (0..gpus)
-        .map(|index| GpuDevice { index, backend: Driver::Cuda, name: "NVIDIA H100 80GB HBM3".into(), memory_total_mib: 81559 })
+        .map(|index| GpuDevice {
+            index,
+            backend: Driver::Cuda,
+            name: "NVIDIA H100 80GB HBM3".into(),
+            memory_total_mib: 81559,
+        })
         .collect();
     let mut backends = Vec::new();
     if gpus > 0 {
@@ -118,7 +123,15 @@ async fn list_all(client: &async_nats::Client) -> anyhow::Result<ClusterNodes> {
     let subject = subjects::registry(subjects::registry::NODES);
     let mut all: ClusterNodes = request(client, subject.clone(), &Empty {}).await?;
     while let Some(offset) = all.next_offset {
-        let page: ClusterNodes = request(client, subject.clone(), &ListQuery { offset, limit: None }).await?;
+        let page: ClusterNodes = request(
+            client,
+            subject.clone(),
+            &ListQuery {
+                offset,
+                limit: None,
+            },
+        )
+        .await?;
         all.nodes.extend(page.nodes);
         all.next_offset = page.next_offset;
     }
@@ -135,7 +148,9 @@ async fn main() -> anyhow::Result<()> {
     let token: ClusterToken = request(
         &client,
         subjects::registry(subjects::registry::TOKENS_CREATE),
-        &CreateClusterToken { name: "load".into() },
+        &CreateClusterToken {
+            name: "load".into(),
+        },
     )
     .await?;
 
@@ -156,7 +171,9 @@ async fn main() -> anyhow::Result<()> {
                 version: "load".into(),
             };
             async move {
-                let r: Registered = request(&client, subject, &req).await.map_err(|e| anyhow::anyhow!("register {i}: {e}"))?;
+                let r: Registered = request(&client, subject, &req)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("register {i}: {e}"))?;
                 Ok::<_, anyhow::Error>((i, r))
             }
         })
@@ -218,7 +235,11 @@ async fn main() -> anyhow::Result<()> {
                     let mut hb = hb.clone();
                     hb.uptime_seconds = t0.elapsed().as_secs_f64();
                     let payload = serde_json::to_vec(&hb).expect("encode heartbeat");
-                    if client.publish(subject.clone(), payload.into()).await.is_err() {
+                    if client
+                        .publish(subject.clone(), payload.into())
+                        .await
+                        .is_err()
+                    {
                         break;
                     }
                     next += 1;
@@ -228,7 +249,10 @@ async fn main() -> anyhow::Result<()> {
         })
     };
 
-    println!("heartbeating every {} s; warming up for {} s", args.interval, args.warmup);
+    println!(
+        "heartbeating every {} s; warming up for {} s",
+        args.interval, args.warmup
+    );
     tokio::time::sleep(Duration::from_secs_f64(args.warmup)).await;
 
     let hz = clock_ticks();
@@ -254,24 +278,50 @@ async fn main() -> anyhow::Result<()> {
     let _ = publisher.await;
 
     // How many pages one listing takes.
-    let first: ClusterNodes = request(&client, subjects::registry(subjects::registry::NODES), &Empty {}).await?;
-    let pages = if first.next_offset.is_none() { 1 } else { (args.nodes + first.nodes.len() - 1) / first.nodes.len().max(1) };
-    let bytes = serde_json::to_vec(last.as_ref().expect("one listing")).map(|v| v.len()).unwrap_or(0);
+    let first: ClusterNodes = request(
+        &client,
+        subjects::registry(subjects::registry::NODES),
+        &Empty {},
+    )
+    .await?;
+    let pages = if first.next_offset.is_none() {
+        1
+    } else {
+        (args.nodes + first.nodes.len() - 1) / first.nodes.len().max(1)
+    };
+    let bytes = serde_json::to_vec(last.as_ref().expect("one listing"))
+        .map(|v| v.len())
+        .unwrap_or(0);
 
     latencies.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
     let cpu_pct = (cpu1 - cpu0) as f64 / hz / elapsed * 100.0;
     let stats = &last.as_ref().expect("one listing").master_stats;
     println!();
-    println!("== registry under {} nodes, heartbeat every {} s ==", args.nodes, args.interval);
+    println!(
+        "== registry under {} nodes, heartbeat every {} s ==",
+        args.nodes, args.interval
+    );
     println!("heartbeats/s      {:.0}", (sent1 - sent0) as f64 / elapsed);
-    println!("connected nodes   {} of {} listed", stats.connected_nodes, stats.total_nodes);
-    println!("registry CPU      {:.1} % of one core (over {:.0} s)", cpu_pct, elapsed);
+    println!(
+        "connected nodes   {} of {} listed",
+        stats.connected_nodes, stats.total_nodes
+    );
+    println!(
+        "registry CPU      {:.1} % of one core (over {:.0} s)",
+        cpu_pct, elapsed
+    );
     println!(
         "registry memory   RSS {:.1} MiB, peak {:.1} MiB",
         proc_status_kb(args.registry_pid, "VmRSS:").unwrap_or(0) as f64 / 1024.0,
         proc_status_kb(args.registry_pid, "VmHWM:").unwrap_or(0) as f64 / 1024.0
     );
-    println!("nodes.list        {} listings of {} nodes, {} page(s), {:.1} MiB JSON each", latencies.len(), args.nodes, pages, bytes as f64 / (1024.0 * 1024.0));
+    println!(
+        "nodes.list        {} listings of {} nodes, {} page(s), {:.1} MiB JSON each",
+        latencies.len(),
+        args.nodes,
+        pages,
+        bytes as f64 / (1024.0 * 1024.0)
+    );
     println!(
         "nodes.list ms     p50 {:.1}  p95 {:.1}  p99 {:.1}  max {:.1}",
         percentile(&latencies, 50.0),
@@ -280,7 +330,11 @@ async fn main() -> anyhow::Result<()> {
         latencies.last().copied().unwrap_or(f64::NAN)
     );
     if stats.connected_nodes as usize != args.nodes {
-        anyhow::bail!("only {} of {} nodes are connected", stats.connected_nodes, args.nodes);
+        anyhow::bail!(
+            "only {} of {} nodes are connected",
+            stats.connected_nodes,
+            args.nodes
+        );
     }
     Ok(())
 }
