@@ -8,6 +8,7 @@ use gantry_contracts::auth::{CreditChange, CreditResult, Principal, Role};
 use gantry_contracts::error::ErrorCode;
 use gantry_contracts::jobs::{
     self, FailJob, FailureKind, JobDriver, JobRecord, JobRef, JobStatus, TrainJob, TrainParams,
+    WaitingReason,
 };
 use gantry_contracts::subjects;
 use gantry_runtime::dataset::{self, DatasetFile};
@@ -568,13 +569,13 @@ impl TrainApi {
             },
         )
         .await?;
-        let job = if job.status == JobStatus::Queued
-            && job
-                .waiting_reason
-                .as_deref()
-                .is_some_and(|r| r.starts_with("no node"))
-        {
-            let reason = job.waiting_reason.clone().unwrap_or_default();
+        let no_node = match job.waiting_reason {
+            Some(reason @ WaitingReason::NoNode { .. }) if job.status == JobStatus::Queued => {
+                Some(reason)
+            }
+            _ => None,
+        };
+        let job = if let Some(reason) = no_node {
             // The registry fails it only if it is still queued; the answer follows what it did.
             let withdrawn: Result<JobRecord, _> = nats::request(
                 &self.state.nats,

@@ -7,8 +7,12 @@
 //! ## Layout
 //! - [`startup`]: connect, register the micro service and its endpoints, serve health.
 //! - [`registry`]: the request handlers (tokens, register, listings, set_driver, drain).
-//! - [`jobs`]: jobs and models: records, the job event consumer, cancel, refunds, the
-//!   max-deliveries advisory, queue positions.
+//! - [`lifecycle`]: the job state machine: pure transitions that return the effects to carry
+//!   out, and what settles a job that is over.
+//! - [`jobs`]: job records: create, get, list with queue positions, cancel, withdraw, apply
+//!   events, settle (refunds, announcements); carries out what [`lifecycle`] decides.
+//! - [`models`]: model versions: numbering, listing, withdrawing, crediting nodes, weights.
+//! - [`events`]: the durable job event consumer, the max-deliveries advisory, completions.
 //! - [`liveness`]: restore from the store, follow heartbeats and announcements, expire silent
 //!   nodes, batch-write heartbeat state.
 //! - [`view`]: the in-memory view, pure and clock-driven.
@@ -17,8 +21,11 @@
 //! - [`error`]: the error enum and its mapping to service failures.
 
 pub mod error;
+pub mod events;
 pub mod jobs;
+pub mod lifecycle;
 pub mod liveness;
+pub mod models;
 pub mod registry;
 pub mod startup;
 pub mod store;

@@ -1,0 +1,194 @@
+//! The registry's background work on jobs: the durable job event consumer (shared by every
+//! replica, one event in flight), the max-deliveries advisory (one replica handles each), and the
+//! settled announcements every replica follows to keep its node counters in step.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, AckKind};
+use futures::StreamExt;
+use gantry_contracts::jobs::{
+    self, JobEvent, JobRecord, JobStatus, TrainJob, EVENTS_CONSUMER, EVENTS_STREAM,
+};
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::error::RegistryError;
+use crate::jobs::Jobs;
+
+/// How long applying one event may take (the consumer's ack wait is 30 s).
+const APPLY_LIMIT: Duration = Duration::from_secs(20);
+
+/// JetStream's max-deliveries advisory: the part the registry reads.
+#[derive(Deserialize)]
+struct Advisory {
+    stream_seq: u64,
+}
+
+/// Consume job events durably and follow the advisories and announcements, until `shutdown`.
+pub async fn start(jobs: Jobs, shutdown: CancellationToken, tracker: &TaskTracker) {
+    tracker.spawn(async move {
+        let js = jetstream::new(jobs.registry().client().clone());
+        if !gantry_runtime::jobs::ensure_with_retry(&js, &shutdown).await {
+            return;
+        }
+        if let Err(e) = jobs.ensure_indexes().await {
+            tracing::warn!(error = %e, "job indexes");
+        }
+        let advisories = tokio::spawn(follow_advisories(
+            jobs.clone(),
+            js.clone(),
+            shutdown.clone(),
+        ));
+        let completions = tokio::spawn(follow_completions(jobs.clone(), shutdown.clone()));
+        while !shutdown.is_cancelled() {
+            if let Err(e) = consume(&jobs, &js, &shutdown).await {
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "job event consumer stopped; restarting"
+                );
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+        advisories.abort();
+        completions.abort();
+    });
+}
+
+/// Fail and refund jobs whose message exhausted its deliveries.
+async fn follow_advisories(jobs: Jobs, js: jetstream::Context, stop: CancellationToken) {
+    let client = jobs.registry().client().clone();
+    let Ok(mut sub) = client
+        .queue_subscribe(jobs::MAX_DELIVERIES_ADVISORY, "gantry-registry".into())
+        .await
+    else {
+        return;
+    };
+    while let Some(msg) = tokio::select! { _ = stop.cancelled() => None, m = sub.next() => m } {
+        match serde_json::from_slice::<Advisory>(&msg.payload) {
+            Ok(a) => {
+                if let Err(e) = exhausted(&jobs, &js, a.stream_seq).await {
+                    tracing::warn!(
+                        error = format!("{e:#}"),
+                        "handling a max-deliveries advisory"
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "unreadable max-deliveries advisory"),
+        }
+    }
+}
+
+/// Fail and refund the job at `stream_seq` of the job stream, and take it off the queue.
+async fn exhausted(jobs: &Jobs, js: &jetstream::Context, stream_seq: u64) -> anyhow::Result<()> {
+    let stream = js.get_stream(jobs::JOBS_STREAM).await?;
+    let msg = stream.get_raw_message(stream_seq).await?;
+    let job: TrainJob = serde_json::from_slice(&msg.payload)?;
+    match jobs.exhausted(&job.job_id).await {
+        Ok(_) | Err(RegistryError::NotFound(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let _ = stream.delete_message(stream_seq).await;
+    Ok(())
+}
+
+/// Every replica follows completions (not only the one that recorded them), so each lists the
+/// same completed-job counts.
+async fn follow_completions(jobs: Jobs, stop: CancellationToken) {
+    let client = jobs.registry().client().clone();
+    let Ok(mut sub) = client.subscribe(jobs::SETTLED_SUBJECTS).await else {
+        return;
+    };
+    while let Some(msg) = tokio::select! { _ = stop.cancelled() => None, m = sub.next() => m } {
+        if let Ok(JobRecord {
+            status: JobStatus::Completed,
+            node_id: Some(node_id),
+            ..
+        }) = serde_json::from_slice(&msg.payload)
+        {
+            jobs.models().refresh_completed(&node_id).await;
+        }
+    }
+}
+
+async fn consume(
+    jobs: &Jobs,
+    js: &jetstream::Context,
+    stop: &CancellationToken,
+) -> anyhow::Result<()> {
+    let stream = js.get_stream(EVENTS_STREAM).await?;
+    // Created or updated to this config. One event in flight across all replicas: events are
+    // applied in the order they were published, so a job's progress can never be applied
+    // after its completion by a slower replica, nor two updates of one job race.
+    let consumer: consumer::PullConsumer = stream
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some(EVENTS_CONSUMER.into()),
+            filter_subject: "gantry.events.job.*".into(),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(30),
+            max_ack_pending: 1,
+            ..Default::default()
+        })
+        .await?;
+    let mut messages = consumer.messages().await?;
+    loop {
+        let msg = tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            m = messages.next() => match m {
+                Some(Ok(m)) => m,
+                // The stream re-arms its pulls itself; messages already pulled are not lost.
+                Some(Err(e)) if e.kind() == consumer::pull::MessagesErrorKind::MissingHeartbeat => {
+                    tracing::warn!(error = %e, "job event consumer missed a heartbeat; going on");
+                    continue;
+                }
+                Some(Err(e)) => return Err(anyhow::anyhow!("{e}")),
+                None => return Ok(()),
+            },
+        };
+        let span = tracing::info_span!("job.event", subject = %msg.subject);
+        gantry_runtime::telemetry::set_parent_from(&span, msg.headers.as_ref());
+        let event = match serde_json::from_slice::<JobEvent>(&msg.payload) {
+            Ok(event) => event,
+            Err(e) => {
+                tracing::warn!(error = %e, "unreadable job event dropped");
+                let _ = msg.ack().await;
+                continue;
+            }
+        };
+        let kind = event.kind.name();
+        // Bounded well inside the ack wait, so an event is never redelivered to another
+        // replica while this one still applies it.
+        let applied = tokio::time::timeout(APPLY_LIMIT, jobs.apply(event))
+            .instrument(span)
+            .await
+            .unwrap_or_else(|_| {
+                Err(RegistryError::Unavailable(
+                    "applying the event took too long".into(),
+                ))
+            });
+        match applied {
+            Ok(()) => {
+                gantry_runtime::metrics::REGISTRY_JOB_EVENTS
+                    .with_label_values(&[kind])
+                    .inc();
+                let _ = msg.ack().await;
+            }
+            // Never dropped (a lost completion would leave its job running for good): it
+            // comes back, later each time, and holds up the events behind it.
+            Err(e) => {
+                let delivered = msg.info().map(|i| i.delivered).unwrap_or(1).max(1);
+                let wait = Duration::from_secs(1u64 << (delivered - 1).min(5));
+                if delivered >= 5 {
+                    tracing::error!(error = %e, delivered, "a job event keeps failing; job events wait behind it");
+                } else {
+                    tracing::warn!(error = %e, delivered, "applying a job event failed; it comes back");
+                }
+                let _ = msg.ack_with(AckKind::Nak(Some(wait))).await;
+            }
+        }
+    }
+}

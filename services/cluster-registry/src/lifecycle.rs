@@ -1,0 +1,686 @@
+//! The job lifecycle, as one type with pure transitions.
+//!
+//! A job is submitted (queued), taken by a trainer (started, on a numbered delivery of its queue
+//! message), reports progress and checkpoints, and ends exactly one way: completed, failed,
+//! cancelled, withdrawn (the api could not queue it, or no node could take it) or exhausted (its
+//! message ran out of deliveries). [`apply`] decides one [`Transition`] on a job record: it
+//! either changes the record and returns the [`Effects`] to carry out after the write wins, or
+//! refuses with the reason ([`Refused`]) and leaves the record untouched. What follows from a job
+//! being over (the model version to list, the refund due) is [`settlement`].
+//!
+//! Nothing here does I/O: the registry's handlers, its settling steps and its event consumer read
+//! the record, call this, write conditionally and carry out the effects.
+
+use gantry_contracts::jobs::{
+    FailureKind, JobEvent, JobEventKind, JobRecord, JobStatus, ModelVersion,
+};
+
+/// Longest job id accepted.
+pub const MAX_JOB_ID: usize = 64;
+
+/// Something that happens to a job.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Transition {
+    /// A trainer took it (again) on `delivery`.
+    Started {
+        /// The delivery of the job message.
+        delivery: u64,
+        /// The node's name.
+        node: String,
+        /// The node's id.
+        node_id: String,
+    },
+    /// Training progress; `event` is kept as the job's last progress.
+    Progress {
+        /// The delivery it comes from.
+        delivery: u64,
+        /// The progress event as published.
+        event: serde_json::Value,
+    },
+    /// An epoch's checkpoint is stored.
+    Checkpoint {
+        /// The delivery it comes from.
+        delivery: u64,
+        /// The epoch.
+        epoch: u32,
+    },
+    /// The weights are stored and listed as `model` (numbered already).
+    Completed {
+        /// The delivery it comes from.
+        delivery: u64,
+        /// The version the completion is listed as.
+        model: ModelVersion,
+    },
+    /// The trainer could not finish it.
+    Failed {
+        /// The delivery it comes from.
+        delivery: u64,
+        /// Why, for the user.
+        error: String,
+        /// The kind of failure.
+        kind: FailureKind,
+    },
+    /// The trainer stopped it on a cancel.
+    Cancelled {
+        /// The delivery it comes from.
+        delivery: u64,
+    },
+    /// Its owner or an admin cancels it; `user_id` set limits it to that owner.
+    CancelRequested {
+        /// Only this owner's job.
+        user_id: Option<i64>,
+    },
+    /// The api withdraws it: it could not be queued (`System`), or no node could take it
+    /// (`NoNode`, refused once a node took it).
+    Withdrawn {
+        /// Why, for the user.
+        error: String,
+        /// The kind of failure.
+        kind: FailureKind,
+    },
+    /// Its queue message ran out of deliveries.
+    Exhausted {
+        /// How many deliveries it had.
+        deliveries: i64,
+    },
+    /// The charge went back.
+    Refunded,
+}
+
+impl Transition {
+    /// The transition a trainer's (or the registry's own) event stands for. A completion needs
+    /// its listed version: pass it as `listed` (the event's own `model` is used otherwise).
+    pub fn from_event(event: &JobEvent, listed: Option<ModelVersion>) -> Self {
+        let delivery = event.delivery;
+        match &event.kind {
+            JobEventKind::Started { node, node_id, .. } => Transition::Started {
+                delivery,
+                node: node.clone(),
+                node_id: node_id.clone(),
+            },
+            JobEventKind::Progress { .. } => Transition::Progress {
+                delivery,
+                event: serde_json::to_value(event).unwrap_or_default(),
+            },
+            JobEventKind::Checkpoint { epoch, .. } => Transition::Checkpoint {
+                delivery,
+                epoch: *epoch,
+            },
+            JobEventKind::Completed { model } => Transition::Completed {
+                delivery,
+                model: listed.unwrap_or_else(|| model.clone()),
+            },
+            JobEventKind::Failed { error, kind } => Transition::Failed {
+                delivery,
+                error: error.clone(),
+                kind: *kind,
+            },
+            JobEventKind::Cancelled => Transition::Cancelled { delivery },
+        }
+    }
+
+    /// The delivery a trainer's transition comes from; `None` for the registry's and api's own.
+    fn delivery(&self) -> Option<u64> {
+        match self {
+            Transition::Started { delivery, .. }
+            | Transition::Progress { delivery, .. }
+            | Transition::Checkpoint { delivery, .. }
+            | Transition::Completed { delivery, .. }
+            | Transition::Failed { delivery, .. }
+            | Transition::Cancelled { delivery } => Some(*delivery),
+            _ => None,
+        }
+    }
+}
+
+/// Why a transition leaves the job as it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// It comes from a delivery older than the job's current one (a node that lost its lease).
+    Stale {
+        /// The transition's delivery.
+        delivery: u64,
+        /// The job's.
+        current: u64,
+    },
+    /// The job is over already.
+    Final(JobStatus),
+    /// A node took the job, so it is not withdrawn for want of one.
+    Taken,
+    /// The job is not the caller's.
+    NotOwner,
+    /// The charge was given back already.
+    AlreadyRefunded,
+}
+
+/// What to carry out once the write of a changed record wins.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Effects {
+    /// The job is over with this write: count its end, then settle it ([`settlement`]).
+    pub ended: bool,
+    /// Tell every trainer to stop it (the cancel subject).
+    pub stop_trainers: bool,
+    /// Publish this on the job's event subject, for its followers (trainers publish their own).
+    pub publish: Option<JobEventKind>,
+}
+
+/// Whether `t` would change `job`, without changing it: the guard [`apply`] starts with.
+pub fn check(job: &JobRecord, t: &Transition) -> Result<(), Refused> {
+    if let Some(delivery) = t.delivery() {
+        // 0 is an event the registry or api published itself: never stale.
+        if delivery != 0 && delivery < job.delivery {
+            return Err(Refused::Stale {
+                delivery,
+                current: job.delivery,
+            });
+        }
+    }
+    match t {
+        Transition::CancelRequested { user_id } if user_id.is_some_and(|u| u != job.user_id) => {
+            return Err(Refused::NotOwner)
+        }
+        Transition::Refunded if job.refunded => return Err(Refused::AlreadyRefunded),
+        // Marking the refund is the one change a job that is over still takes.
+        Transition::Refunded => return Ok(()),
+        _ => {}
+    }
+    if job.status.is_final() {
+        return Err(Refused::Final(job.status));
+    }
+    if let Transition::Withdrawn {
+        kind: FailureKind::NoNode,
+        ..
+    } = t
+    {
+        if job.status != JobStatus::Queued {
+            return Err(Refused::Taken);
+        }
+    }
+    Ok(())
+}
+
+/// Apply `t` to `job`: on `Ok` the record is changed and the effects are what to carry out once
+/// it is written; on `Err` the record is untouched. `updated_at` is the writer's.
+pub fn apply(job: &mut JobRecord, t: &Transition) -> Result<Effects, Refused> {
+    check(job, t)?;
+    if let Some(delivery) = t.delivery() {
+        job.delivery = job.delivery.max(delivery);
+    }
+    let mut effects = Effects::default();
+    match t {
+        Transition::Started { node, node_id, .. } => {
+            job.status = JobStatus::Running;
+            job.node = Some(node.clone());
+            job.node_id = Some(node_id.clone());
+        }
+        Transition::Progress { event, .. } => {
+            job.status = JobStatus::Running;
+            job.progress = Some(event.clone());
+        }
+        Transition::Checkpoint { epoch, .. } => {
+            job.checkpoint_epoch = job.checkpoint_epoch.max(*epoch);
+        }
+        Transition::Completed { model, .. } => {
+            job.status = JobStatus::Completed;
+            job.model = Some(model.clone());
+        }
+        Transition::Failed { error, kind, .. } => {
+            fail(job, error.clone(), *kind);
+        }
+        Transition::Cancelled { .. } => job.status = JobStatus::Cancelled,
+        Transition::CancelRequested { .. } => {
+            // A job no node took yet gets its charge back; one that trained keeps it.
+            let was_queued = job.status == JobStatus::Queued;
+            job.status = JobStatus::Cancelled;
+            job.error = Some("cancelled".into());
+            job.refund_due = was_queued;
+            effects.stop_trainers = true;
+            // A running job's trainer announces its own stop.
+            effects.publish = was_queued.then_some(JobEventKind::Cancelled);
+        }
+        Transition::Withdrawn { error, kind } => {
+            fail(job, error.clone(), *kind);
+            effects.publish = Some(failed_event(error, *kind));
+        }
+        Transition::Exhausted { deliveries } => {
+            let error =
+                format!("the job failed on {deliveries} deliveries; no trainer could finish it");
+            fail(job, error.clone(), FailureKind::Crash);
+            effects.publish = Some(failed_event(&error, FailureKind::Crash));
+        }
+        Transition::Refunded => job.refunded = true,
+    }
+    effects.ended = job.status.is_final() && !matches!(t, Transition::Refunded);
+    Ok(effects)
+}
+
+fn fail(job: &mut JobRecord, error: String, kind: FailureKind) {
+    job.status = JobStatus::Failed;
+    job.error = Some(error);
+    job.failure_kind = Some(kind);
+    job.refund_due = true;
+}
+
+fn failed_event(error: &str, kind: FailureKind) -> JobEventKind {
+    JobEventKind::Failed {
+        error: error.to_owned(),
+        kind,
+    }
+}
+
+/// What follows from a job being over, each step repeatable: the model version to list (and
+/// its node to credit), and whether the charge is to be given back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settlement {
+    /// A completed job's version.
+    pub list: Option<ModelVersion>,
+    /// The charge is due back and not given back yet.
+    pub refund: bool,
+}
+
+/// How `job` is settled; `None` while it is not over.
+pub fn settlement(job: &JobRecord) -> Option<Settlement> {
+    if !job.status.is_final() {
+        return None;
+    }
+    Some(Settlement {
+        list: job
+            .model
+            .clone()
+            .filter(|_| job.status == JobStatus::Completed),
+        refund: job.refund_due && !job.refunded && job.tokens_charged > 0,
+    })
+}
+
+/// A completion listed its version before the job was written, and the write was refused: the
+/// job ended another way meanwhile (a cancel won), so the version is withdrawn.
+pub fn completion_lost(job: &JobRecord) -> bool {
+    job.status != JobStatus::Completed
+}
+
+/// Why a refund is given, for the ledger.
+pub fn refund_reason(job: &JobRecord) -> String {
+    let why = if job.status == JobStatus::Cancelled {
+        "cancelled before training started"
+    } else {
+        "job failed"
+    };
+    format!("job {}: {why}", job.job_id)
+}
+
+/// Whether `job_id` is an id the registry records: 1-64 letters, digits or '-'.
+pub fn valid_job_id(job_id: &str) -> bool {
+    !job_id.is_empty()
+        && job_id.len() <= MAX_JOB_ID
+        && job_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+    use gantry_contracts::jobs::{JobDriver, TrainJob, TrainParams};
+
+    fn queued(tokens: i64) -> JobRecord {
+        let job = TrainJob {
+            job_id: "job-1".into(),
+            user_id: 7,
+            output_model: "M".into(),
+            description: String::new(),
+            driver: JobDriver::Any,
+            dataset_hash: "h".into(),
+            classes: vec!["a".into(), "b".into()],
+            params: TrainParams::default(),
+            submitted_at: Utc::now(),
+        };
+        JobRecord::queued(&job, "/d", tokens)
+    }
+
+    fn started(delivery: u64) -> Transition {
+        Transition::Started {
+            delivery,
+            node: "n".into(),
+            node_id: "id".into(),
+        }
+    }
+
+    fn model() -> ModelVersion {
+        ModelVersion {
+            name: "M".into(),
+            version: 3,
+            user_id: 7,
+            job_id: "job-1".into(),
+            weights_key: "jobs/job-1/1/model.safetensors".into(),
+            card: serde_json::json!({}),
+            val_accuracy: 0.9,
+            created_at: Utc::now(),
+        }
+    }
+
+    fn running(delivery: u64) -> JobRecord {
+        let mut job = queued(100);
+        apply(&mut job, &started(delivery)).unwrap();
+        job
+    }
+
+    #[test]
+    fn a_start_runs_the_job_on_the_node_and_delivery() {
+        let job = running(2);
+        assert_eq!(job.status, JobStatus::Running);
+        assert_eq!(job.node.as_deref(), Some("n"));
+        assert_eq!(job.node_id.as_deref(), Some("id"));
+        assert_eq!(job.delivery, 2);
+    }
+
+    #[test]
+    fn progress_is_kept_and_runs_a_job_whose_start_was_missed() {
+        let mut job = queued(0);
+        let e = apply(
+            &mut job,
+            &Transition::Progress {
+                delivery: 1,
+                event: serde_json::json!({"epoch": 1}),
+            },
+        )
+        .unwrap();
+        assert_eq!(job.status, JobStatus::Running);
+        assert_eq!(job.progress, Some(serde_json::json!({"epoch": 1})));
+        assert_eq!(e, Effects::default());
+    }
+
+    #[test]
+    fn checkpoints_only_move_forward() {
+        let mut job = running(1);
+        for epoch in [2, 1] {
+            apply(&mut job, &Transition::Checkpoint { delivery: 1, epoch }).unwrap();
+        }
+        assert_eq!(job.checkpoint_epoch, 2);
+    }
+
+    #[test]
+    fn a_completion_ends_the_job_with_its_listed_version() {
+        let mut job = running(1);
+        let e = apply(
+            &mut job,
+            &Transition::Completed {
+                delivery: 1,
+                model: model(),
+            },
+        )
+        .unwrap();
+        assert_eq!(job.status, JobStatus::Completed);
+        assert_eq!(job.model.as_ref().map(|m| m.version), Some(3));
+        assert!(e.ended && !e.stop_trainers && e.publish.is_none());
+        let s = settlement(&job).unwrap();
+        assert_eq!(s.list.map(|m| m.version), Some(3));
+        assert!(!s.refund);
+    }
+
+    #[test]
+    fn a_failure_from_the_trainer_is_refunded() {
+        let mut job = running(1);
+        let e = apply(
+            &mut job,
+            &Transition::Failed {
+                delivery: 1,
+                error: "bad data".into(),
+                kind: FailureKind::Data,
+            },
+        )
+        .unwrap();
+        assert!(e.ended && e.publish.is_none());
+        assert_eq!(job.status, JobStatus::Failed);
+        assert_eq!(job.failure_kind, Some(FailureKind::Data));
+        assert!(job.refund_due);
+        assert_eq!(settlement(&job).unwrap().refund, true);
+    }
+
+    #[test]
+    fn a_trainers_cancel_ends_the_job_without_a_refund_of_its_own() {
+        let mut job = running(1);
+        let e = apply(&mut job, &Transition::Cancelled { delivery: 1 }).unwrap();
+        assert!(e.ended);
+        assert_eq!(job.status, JobStatus::Cancelled);
+        assert!(!settlement(&job).unwrap().refund);
+    }
+
+    #[test]
+    fn cancelling_a_queued_job_refunds_it_and_announces_the_end() {
+        let mut job = queued(100);
+        let e = apply(&mut job, &Transition::CancelRequested { user_id: Some(7) }).unwrap();
+        assert_eq!(job.status, JobStatus::Cancelled);
+        assert_eq!(job.error.as_deref(), Some("cancelled"));
+        assert!(e.ended && e.stop_trainers);
+        assert_eq!(e.publish, Some(JobEventKind::Cancelled));
+        assert!(settlement(&job).unwrap().refund);
+        assert!(refund_reason(&job).contains("before training started"));
+    }
+
+    #[test]
+    fn cancelling_a_running_job_keeps_the_charge_and_lets_the_trainer_announce() {
+        let mut job = running(1);
+        let e = apply(&mut job, &Transition::CancelRequested { user_id: None }).unwrap();
+        assert!(e.ended && e.stop_trainers && e.publish.is_none());
+        assert!(!job.refund_due);
+    }
+
+    #[test]
+    fn someone_elses_cancel_is_refused() {
+        let mut job = queued(100);
+        let before = job.clone();
+        let r = apply(&mut job, &Transition::CancelRequested { user_id: Some(8) });
+        assert_eq!(r, Err(Refused::NotOwner));
+        assert_eq!(job, before);
+    }
+
+    #[test]
+    fn a_cancel_that_loses_the_race_with_completion_is_refused() {
+        let mut job = running(1);
+        apply(
+            &mut job,
+            &Transition::Completed {
+                delivery: 1,
+                model: model(),
+            },
+        )
+        .unwrap();
+        let r = apply(&mut job, &Transition::CancelRequested { user_id: None });
+        assert_eq!(r, Err(Refused::Final(JobStatus::Completed)));
+        assert_eq!(job.status, JobStatus::Completed);
+    }
+
+    #[test]
+    fn a_completion_that_loses_the_race_with_a_cancel_is_refused_and_withdrawn() {
+        let mut job = running(1);
+        apply(&mut job, &Transition::CancelRequested { user_id: None }).unwrap();
+        let r = apply(
+            &mut job,
+            &Transition::Completed {
+                delivery: 1,
+                model: model(),
+            },
+        );
+        assert_eq!(r, Err(Refused::Final(JobStatus::Cancelled)));
+        assert!(job.model.is_none());
+        assert!(completion_lost(&job));
+    }
+
+    #[test]
+    fn a_stale_delivery_changes_nothing() {
+        let mut job = running(2);
+        let before = job.clone();
+        for t in [
+            started(1),
+            Transition::Failed {
+                delivery: 1,
+                error: "x".into(),
+                kind: FailureKind::Crash,
+            },
+            Transition::Completed {
+                delivery: 1,
+                model: model(),
+            },
+        ] {
+            assert_eq!(
+                apply(&mut job, &t),
+                Err(Refused::Stale {
+                    delivery: 1,
+                    current: 2
+                })
+            );
+        }
+        assert_eq!(job, before);
+    }
+
+    #[test]
+    fn a_newer_delivery_takes_the_job_over() {
+        let mut job = running(1);
+        apply(&mut job, &started(2)).unwrap();
+        assert_eq!(job.delivery, 2);
+    }
+
+    #[test]
+    fn an_event_the_registry_published_itself_is_never_stale() {
+        let job = running(3);
+        assert_eq!(check(&job, &Transition::Cancelled { delivery: 0 }), Ok(()));
+    }
+
+    #[test]
+    fn every_event_after_a_final_state_is_refused() {
+        let mut job = running(1);
+        apply(&mut job, &Transition::Cancelled { delivery: 1 }).unwrap();
+        let before = job.clone();
+        for t in [
+            started(1),
+            Transition::Progress {
+                delivery: 1,
+                event: serde_json::json!({}),
+            },
+            Transition::Checkpoint {
+                delivery: 1,
+                epoch: 1,
+            },
+            Transition::Cancelled { delivery: 1 },
+            Transition::Exhausted { deliveries: 3 },
+            Transition::Withdrawn {
+                error: "x".into(),
+                kind: FailureKind::System,
+            },
+        ] {
+            assert_eq!(
+                apply(&mut job, &t),
+                Err(Refused::Final(JobStatus::Cancelled))
+            );
+        }
+        assert_eq!(job, before);
+    }
+
+    #[test]
+    fn a_withdrawal_fails_refunds_and_announces() {
+        let mut job = queued(100);
+        let e = apply(
+            &mut job,
+            &Transition::Withdrawn {
+                error: "could not queue".into(),
+                kind: FailureKind::System,
+            },
+        )
+        .unwrap();
+        assert!(e.ended && !e.stop_trainers);
+        assert!(matches!(
+            e.publish,
+            Some(JobEventKind::Failed {
+                kind: FailureKind::System,
+                ..
+            })
+        ));
+        assert!(settlement(&job).unwrap().refund);
+    }
+
+    #[test]
+    fn a_no_node_withdrawal_is_refused_once_a_node_took_the_job() {
+        let mut job = running(1);
+        let t = Transition::Withdrawn {
+            error: "no node".into(),
+            kind: FailureKind::NoNode,
+        };
+        assert_eq!(apply(&mut job, &t), Err(Refused::Taken));
+        let mut job = queued(0);
+        assert!(apply(&mut job, &t).is_ok());
+        assert_eq!(job.failure_kind, Some(FailureKind::NoNode));
+    }
+
+    #[test]
+    fn an_exhausted_job_fails_as_a_crash_naming_its_deliveries() {
+        let mut job = running(3);
+        let e = apply(&mut job, &Transition::Exhausted { deliveries: 3 }).unwrap();
+        assert!(e.ended);
+        assert_eq!(job.failure_kind, Some(FailureKind::Crash));
+        assert!(job.error.as_deref().unwrap().contains("3 deliveries"));
+    }
+
+    #[test]
+    fn a_refund_is_marked_once_even_on_a_finished_job() {
+        let mut job = queued(100);
+        apply(&mut job, &Transition::CancelRequested { user_id: None }).unwrap();
+        let e = apply(&mut job, &Transition::Refunded).unwrap();
+        assert!(!e.ended, "marking the refund is not a second end");
+        assert!(job.refunded);
+        assert!(!settlement(&job).unwrap().refund);
+        assert_eq!(
+            apply(&mut job, &Transition::Refunded),
+            Err(Refused::AlreadyRefunded)
+        );
+    }
+
+    #[test]
+    fn a_free_job_is_never_refunded() {
+        let mut job = queued(0);
+        apply(&mut job, &Transition::CancelRequested { user_id: None }).unwrap();
+        assert!(job.refund_due);
+        assert!(!settlement(&job).unwrap().refund);
+    }
+
+    #[test]
+    fn a_job_that_is_not_over_has_nothing_to_settle() {
+        assert_eq!(settlement(&queued(100)), None);
+        assert_eq!(settlement(&running(1)), None);
+    }
+
+    #[test]
+    fn events_map_to_their_transitions() {
+        let event = JobEvent {
+            job_id: "job-1".into(),
+            delivery: 2,
+            at: Utc::now(),
+            kind: JobEventKind::Completed { model: model() },
+        };
+        let mut listed = model();
+        listed.version = 9;
+        assert_eq!(
+            Transition::from_event(&event, Some(listed.clone())),
+            Transition::Completed {
+                delivery: 2,
+                model: listed
+            }
+        );
+        let event = JobEvent {
+            kind: JobEventKind::Cancelled,
+            ..event
+        };
+        assert_eq!(
+            Transition::from_event(&event, None),
+            Transition::Cancelled { delivery: 2 }
+        );
+    }
+
+    #[test]
+    fn job_ids_are_bounded_and_plain() {
+        assert!(valid_job_id("0b7e-aa"));
+        assert!(!valid_job_id(""));
+        assert!(!valid_job_id("a.b"));
+        assert!(!valid_job_id(&"a".repeat(MAX_JOB_ID + 1)));
+    }
+}

@@ -1,0 +1,271 @@
+//! Model versions: numbering a completion's version once, listing and withdrawing it, crediting
+//! the node that trained it, removing weights no version points at, and the `models.*` listings.
+//!
+//! Collections of `<prefix>registry`:
+//! - `models`: one per model version, `_id` = `model:<name>:<version>`.
+//! - `counters`: `{_id: "model:<name>", n}` numbers a model's versions.
+//! - `version_reservations`: `{_id: <job id>, version}`, the number a job's completion got.
+
+use async_nats::jetstream;
+use chrono::Utc;
+use futures::TryStreamExt;
+use gantry_contracts::jobs::{
+    self, JobRecord, ModelDetail, ModelList, ModelQuery, ModelRef, ModelSummary, ModelVersion,
+};
+use mongodb::bson::{doc, Bson, Document};
+use mongodb::options::ReturnDocument;
+use mongodb::{Collection, IndexModel};
+use serde::{Deserialize, Serialize};
+
+use crate::error::RegistryError;
+use crate::registry::Registry;
+
+/// A model version as stored. `key` (`m:<name>`) is what lookups by name filter on: the store
+/// reads a value that starts like a date (`2026-01-02-x`) as one, so names are never compared
+/// bare.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ModelDoc {
+    #[serde(rename = "_id")]
+    id: String,
+    key: String,
+    created_ms: i64,
+    /// When its node was credited with the job (0: not yet).
+    #[serde(default)]
+    credited_ms: i64,
+    #[serde(flatten)]
+    version: ModelVersion,
+}
+
+fn model_key(name: &str) -> String {
+    format!("m:{name}")
+}
+
+fn model_id(name: &str, version: u32) -> String {
+    format!("model:{name}:{version}")
+}
+
+fn bson_number(v: Option<&Bson>) -> Result<i64, RegistryError> {
+    match v {
+        Some(Bson::Int64(n)) => Ok(*n),
+        Some(Bson::Int32(n)) => Ok(i64::from(*n)),
+        Some(Bson::Double(n)) => Ok(*n as i64),
+        other => Err(anyhow::anyhow!("expected a number, found {other:?}").into()),
+    }
+}
+
+/// The model side of the registry; cheap to clone.
+#[derive(Clone)]
+pub struct Models {
+    registry: Registry,
+}
+
+impl Models {
+    /// Over the registry's connections and view.
+    pub fn new(registry: Registry) -> Self {
+        Self { registry }
+    }
+
+    fn models(&self) -> Collection<ModelDoc> {
+        self.registry.store().database().collection("models")
+    }
+
+    /// Indexes for lookups by name (idempotent).
+    pub async fn ensure_indexes(&self) -> anyhow::Result<()> {
+        self.models()
+            .create_index(IndexModel::builder().keys(doc! { "key": 1 }).build())
+            .await?;
+        Ok(())
+    }
+
+    /// Take a node's completed-job count from the store into this replica's view.
+    pub async fn refresh_completed(&self, node_id: &str) {
+        match self.registry.store().completed_jobs(node_id).await {
+            Ok(Some(n)) => self.registry.view().set_completed(node_id, n),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(node_id, error = %e, "reading a node's completed jobs"),
+        }
+    }
+
+    /// The version number of the model a job completes: taken from the model's counter the first
+    /// time, the same number on every retry.
+    async fn reserve_version(&self, job: &JobRecord) -> Result<u32, RegistryError> {
+        let db = self.registry.store().database();
+        let reservations: Collection<Document> = db.collection("version_reservations");
+        if let Some(r) = reservations.find_one(doc! { "_id": &job.job_id }).await? {
+            return bson_number(r.get("version")).map(|n| n as u32);
+        }
+        let counters: Collection<Document> = db.collection("counters");
+        let after = counters
+            .find_one_and_update(
+                doc! { "_id": format!("model:{}", job.output_model) },
+                doc! { "$inc": { "n": 1_i64 } },
+            )
+            .upsert(true)
+            .return_document(ReturnDocument::After)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("the model counter vanished"))?;
+        let n = bson_number(after.get("n"))?;
+        // Events are applied one at a time, so nobody reserves for this job meanwhile.
+        reservations
+            .insert_one(doc! { "_id": &job.job_id, "version": n })
+            .await?;
+        Ok(n as u32)
+    }
+
+    /// List the model version a completion of `job` makes, under the version reserved for it
+    /// (repeatable: listed once).
+    pub async fn list_version(
+        &self,
+        job: &JobRecord,
+        model: &ModelVersion,
+    ) -> Result<ModelVersion, RegistryError> {
+        let mut model = model.clone();
+        model.version = self.reserve_version(job).await?;
+        model.name = job.output_model.clone();
+        model.user_id = job.user_id;
+        model.job_id = job.job_id.clone();
+        self.ensure_listed(&model).await?;
+        Ok(model)
+    }
+
+    async fn ensure_listed(&self, model: &ModelVersion) -> Result<(), RegistryError> {
+        let id = model_id(&model.name, model.version);
+        if self.models().find_one(doc! { "_id": &id }).await?.is_none() {
+            let d = ModelDoc {
+                id,
+                key: model_key(&model.name),
+                created_ms: Utc::now().timestamp_millis(),
+                credited_ms: 0,
+                version: model.clone(),
+            };
+            self.models().insert_one(&d).await?;
+        }
+        Ok(())
+    }
+
+    /// Withdraw a version whose job ended another way, and remove its weights.
+    pub async fn withdraw(&self, model: &ModelVersion) -> Result<(), RegistryError> {
+        self.models()
+            .delete_one(doc! { "_id": model_id(&model.name, model.version) })
+            .await?;
+        tracing::info!(
+            job_id = model.job_id,
+            version = model.version,
+            "the job ended otherwise; its version is withdrawn"
+        );
+        self.drop_weights(Some(model.weights_key.clone()), None)
+            .await;
+        Ok(())
+    }
+
+    /// A completed job's model version listed and its node credited once (repeatable), and the
+    /// weights of its other deliveries removed.
+    pub async fn record(&self, job: &JobRecord, model: &ModelVersion) -> Result<(), RegistryError> {
+        self.ensure_listed(model).await?;
+        if let Some(node_id) = &job.node_id {
+            // Marked first, then counted: a count that fails here is lost, never doubled.
+            let marked = self
+                .models()
+                .update_one(
+                    doc! { "_id": model_id(&model.name, model.version), "credited_ms": 0_i64 },
+                    doc! { "$set": { "credited_ms": Utc::now().timestamp_millis() } },
+                )
+                .await?;
+            if marked.modified_count == 1 {
+                self.registry.store().count_completed(node_id).await?;
+            }
+            self.refresh_completed(node_id).await;
+        }
+        let others =
+            (1..=jobs::MAX_DELIVER as u64).map(|delivery| jobs::weights_key(&job.job_id, delivery));
+        self.drop_weights(others, Some(model)).await;
+        Ok(())
+    }
+
+    /// Remove the weights at `keys` (uploaded by deliveries whose results do not count), except
+    /// the ones `keep` points at.
+    pub async fn drop_weights(
+        &self,
+        keys: impl IntoIterator<Item = String>,
+        keep: Option<&ModelVersion>,
+    ) {
+        let keys: Vec<String> = keys
+            .into_iter()
+            .filter(|k| keep.is_none_or(|m| m.weights_key != *k))
+            .collect();
+        if keys.is_empty() {
+            return;
+        }
+        let js = jetstream::new(self.registry.client().clone());
+        let Ok(store) = gantry_runtime::jobs::bucket_store(&js, jobs::MODELS_BUCKET).await else {
+            return;
+        };
+        for key in keys {
+            if store.info(&key).await.is_ok_and(|i| !i.deleted) {
+                match store.delete(&key).await {
+                    Ok(()) => {
+                        tracing::info!(key, "removed weights that belong to no model version")
+                    }
+                    Err(e) => tracing::warn!(key, error = %e, "could not remove unused weights"),
+                }
+            }
+        }
+    }
+
+    /// `models.list`.
+    pub async fn list(&self, q: ModelQuery) -> Result<ModelList, RegistryError> {
+        let filter = match q.user_id {
+            Some(u) => doc! { "user_id": u },
+            None => doc! {},
+        };
+        let docs: Vec<ModelDoc> = self
+            .models()
+            .find(filter)
+            .sort(doc! { "key": 1, "version": 1 })
+            .await?
+            .try_collect()
+            .await?;
+        let mut models: Vec<ModelSummary> = Vec::new();
+        for d in docs {
+            match models.last_mut() {
+                Some(m) if m.name == d.version.name => {
+                    m.versions += 1;
+                    if d.version.version > m.latest.version {
+                        m.latest = d.version;
+                    }
+                }
+                _ => models.push(ModelSummary {
+                    name: d.version.name.clone(),
+                    versions: 1,
+                    latest: d.version,
+                }),
+            }
+        }
+        Ok(ModelList { models })
+    }
+
+    /// `models.get`.
+    pub async fn get(&self, r: ModelRef) -> Result<ModelDetail, RegistryError> {
+        let mut filter = doc! { "key": model_key(&r.name) };
+        if let Some(u) = r.user_id {
+            filter.insert("user_id", u);
+        }
+        let mut versions: Vec<ModelVersion> = self
+            .models()
+            .find(filter)
+            .await?
+            .try_collect::<Vec<ModelDoc>>()
+            .await?
+            .into_iter()
+            .map(|d| d.version)
+            .collect();
+        if versions.is_empty() {
+            return Err(RegistryError::NotFound(format!("no model {}", r.name)));
+        }
+        versions.sort_by_key(|v| v.version);
+        Ok(ModelDetail {
+            name: r.name,
+            versions,
+        })
+    }
+}
