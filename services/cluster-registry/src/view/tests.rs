@@ -1,0 +1,211 @@
+//! Tests of the in-memory view: every clock is passed in, so nothing sleeps.
+
+use super::*;
+use gantry_contracts::registry::{GpuInfo, Inventory};
+
+const T: Timing = Timing {
+    interval: 5.0,
+    misses: 3,
+    retention: 3600.0,
+};
+
+fn record(id: &str, host: &str, token_id: i64) -> NodeRecord {
+    NodeRecord {
+        node_id: id.into(),
+        hostname: host.into(),
+        token_id,
+        token_name: "t".into(),
+        token_prefix: "abcd1234".into(),
+        ip_address: "10.0.0.1".into(),
+        weight: 100,
+        workers: 2,
+        inventory: Inventory {
+            gpu_info: GpuInfo {
+                available_backends: vec!["cpu".into()],
+                ..Default::default()
+            },
+            host_memory_gb: 16.0,
+            cpus: 8,
+            ..Default::default()
+        },
+        version: "0.1.0".into(),
+        registered_at: 0.0,
+        settings: NodeSettings::default(),
+        completed_jobs: 0,
+    }
+}
+
+fn beat(view: &View, id: &str) -> Heartbeat {
+    let node = view.node(id).unwrap();
+    Heartbeat {
+        node_id: id.into(),
+        busy_slots: 0,
+        gpu_memory_used_mib: None,
+        processes: node.processes.clone(),
+        driver: node.driver,
+        settings: node.record.settings.clone(),
+        uptime_seconds: 1.0,
+        stopping: false,
+    }
+}
+
+#[test]
+fn a_registered_node_is_listed_connected_with_one_process_per_worker() {
+    let mut v = View::new(T);
+    v.register(record("n1", "a", 1), 100.0);
+    let (stats, nodes) = v.cluster_nodes(100.0, 5.0);
+    assert_eq!(stats.total_nodes, 1);
+    assert_eq!(stats.connected_nodes, 1);
+    assert_eq!(stats.total_workers, 2);
+    assert_eq!(nodes[0].processes.len(), 2);
+    assert_eq!(nodes[0].processes[0].name, "train_cpu");
+    assert_eq!(nodes[0].workers_available, 2);
+    assert_eq!(nodes[0].token, "abcd1234...");
+    assert_eq!(v.cluster_clients(100.0).len(), 1);
+}
+
+#[test]
+fn a_silent_node_disconnects_after_the_missed_heartbeats_and_returns_with_a_beat() {
+    let mut v = View::new(T);
+    v.register(record("n1", "a", 1), 100.0);
+    assert_eq!(v.sweep(114.9), 0, "still within 3 x 5 s");
+    assert_eq!(v.sweep(115.1), 1);
+    assert!(!v.node("n1").unwrap().connected);
+    assert!(v.cluster_clients(116.0).is_empty());
+    let (_, nodes) = v.cluster_nodes(116.0, 16.0);
+    assert!(!nodes[0].connected);
+    assert_eq!(nodes[0].workers_available, 0);
+
+    let hb = beat(&v, "n1");
+    assert_eq!(v.heartbeat(&hb, 130.0), HeartbeatOutcome::Applied(None));
+    let n = v.node("n1").unwrap();
+    assert!(n.connected);
+    assert_eq!(n.connected_at, 130.0);
+}
+
+#[test]
+fn a_disconnected_node_is_forgotten_after_the_retention() {
+    let mut v = View::new(T);
+    v.register(record("n1", "a", 1), 100.0);
+    v.sweep(120.0);
+    v.take_dirty();
+    v.sweep(100.0 + 3599.0);
+    assert_eq!(v.len(), 1);
+    v.sweep(100.0 + 3601.0);
+    assert!(v.is_empty());
+}
+
+#[test]
+fn a_node_behind_on_its_settings_is_sent_the_stored_ones_at_most_once_per_interval() {
+    let mut v = View::new(T);
+    v.register(record("n1", "a", 1), 100.0);
+    let newer = NodeSettings {
+        driver_preference: Some(Driver::Cuda),
+        draining: false,
+        settings_version: 2,
+    };
+    v.apply_settings("n1", &newer);
+    let mut hb = beat(&v, "n1");
+    hb.settings = NodeSettings::default();
+    assert_eq!(
+        v.heartbeat(&hb, 101.0),
+        HeartbeatOutcome::Applied(Some(NodeControl::Settings(newer.clone())))
+    );
+    assert_eq!(v.heartbeat(&hb, 102.0), HeartbeatOutcome::Applied(None));
+    assert!(matches!(
+        v.heartbeat(&hb, 106.5),
+        HeartbeatOutcome::Applied(Some(_))
+    ));
+}
+
+#[test]
+fn a_replica_that_missed_a_change_adopts_the_nodes_newer_settings() {
+    let mut v = View::new(T);
+    v.register(record("n1", "a", 1), 100.0);
+    let mut hb = beat(&v, "n1");
+    hb.settings = NodeSettings {
+        driver_preference: None,
+        draining: true,
+        settings_version: 4,
+    };
+    assert_eq!(v.heartbeat(&hb, 101.0), HeartbeatOutcome::Applied(None));
+    assert!(v.node("n1").unwrap().record.settings.draining);
+    // An older announcement arriving late changes nothing.
+    v.apply_settings(
+        "n1",
+        &NodeSettings {
+            settings_version: 3,
+            ..Default::default()
+        },
+    );
+    assert!(v.node("n1").unwrap().record.settings.draining);
+}
+
+#[test]
+fn a_revoked_tokens_nodes_are_disconnected_and_told_to_leave_when_they_beat() {
+    let mut v = View::new(T);
+    v.register(record("n1", "a", 1), 100.0);
+    v.register(record("n2", "b", 2), 100.0);
+    assert_eq!(v.revoke_token(1), vec!["n1".to_owned()]);
+    assert!(!v.node("n1").unwrap().connected);
+    assert!(v.node("n2").unwrap().connected);
+    let hb = beat(&v, "n1");
+    assert!(matches!(
+        v.heartbeat(&hb, 101.0),
+        HeartbeatOutcome::Revoked(Some(NodeControl::Leave { .. }))
+    ));
+    assert_eq!(v.heartbeat(&hb, 101.5), HeartbeatOutcome::Revoked(None));
+    assert!(!v.node("n1").unwrap().connected);
+}
+
+#[test]
+fn a_stopping_node_disconnects_at_once() {
+    let mut v = View::new(T);
+    v.register(record("n1", "a", 1), 100.0);
+    let mut hb = beat(&v, "n1");
+    hb.stopping = true;
+    v.heartbeat(&hb, 101.0);
+    assert!(!v.node("n1").unwrap().connected);
+}
+
+#[test]
+fn restored_nodes_keep_their_state_and_get_a_full_expiry_period() {
+    let mut v = View::new(T);
+    v.register(record("n1", "a", 1), 100.0);
+    v.register(record("n2", "b", 1), 100.0);
+    v.sweep(100.0);
+    let mut docs = v.take_dirty();
+    docs.iter_mut()
+        .find(|d| d.node_id == "n2")
+        .unwrap()
+        .connected = false;
+    let mut rec = record("n1", "a", 1);
+    rec.settings.driver_preference = Some(Driver::Rocm);
+    rec.completed_jobs = 7;
+    let tokens = vec![];
+    let mut w = View::new(T);
+    w.restore(&tokens, vec![rec, record("n2", "b", 1)], docs, 200.0);
+    let n1 = w.node("n1").unwrap();
+    assert!(n1.connected);
+    assert_eq!(n1.last_seen, 100.0);
+    assert_eq!(n1.record.completed_jobs, 7);
+    assert_eq!(n1.record.settings.driver_preference, Some(Driver::Rocm));
+    assert!(
+        !w.node("n2").unwrap().connected,
+        "recently disconnected stays listed, disconnected"
+    );
+    assert_eq!(w.sweep(214.0), 0);
+    assert_eq!(w.sweep(215.5), 1);
+}
+
+#[test]
+fn only_changed_nodes_are_flushed_and_idle_ones_every_thirty_seconds() {
+    let mut v = View::new(T);
+    v.register(record("n1", "a", 1), 100.0);
+    assert_eq!(v.take_dirty().len(), 1);
+    let hb = beat(&v, "n1");
+    v.heartbeat(&hb, 105.0);
+    assert!(v.take_dirty().is_empty());
+    v.heartbeat(&hb, 131.0);
+    assert_eq!(v.take_dirty().len(), 1);
+}
