@@ -430,8 +430,12 @@ impl Jobs {
         let Some(current) = self.load(&event.job_id).await? else {
             return Ok(());
         };
+        // Weights a refused completion uploaded: the key is derived from the job and delivery,
+        // never taken from the event, so a forged event cannot name another object.
         let late_weights = match &event.kind {
-            JobEventKind::Completed { model } => Some(model.weights_key.clone()),
+            JobEventKind::Completed { .. } => {
+                lifecycle::delivery_weights(&event.job_id, event.delivery)
+            }
             _ => None,
         };
         match lifecycle::check(&current, &Transition::from_event(&event, None)) {
@@ -443,9 +447,13 @@ impl Jobs {
                     ?refused,
                     "event changes nothing"
                 );
-                self.models
-                    .drop_weights(late_weights, current.model.as_ref())
-                    .await;
+                // A stale delivery's weights, or a finished job's other ones, never count; a
+                // refused event of the current delivery leaves that delivery's upload alone.
+                if matches!(refused, Refused::Stale { .. } | Refused::Final(_)) {
+                    self.models
+                        .drop_weights(late_weights, current.model.as_ref())
+                        .await;
+                }
                 return match refused {
                     Refused::Final(_) => self.settle_or_retry(current).await,
                     _ => Ok(()),

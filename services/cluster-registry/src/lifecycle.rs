@@ -12,7 +12,7 @@
 //! the record, call this, write conditionally and carry out the effects.
 
 use gantry_contracts::jobs::{
-    FailureKind, JobEvent, JobEventKind, JobRecord, JobStatus, ModelVersion,
+    self, FailureKind, JobEvent, JobEventKind, JobRecord, JobStatus, ModelVersion, MAX_DELIVER,
 };
 
 /// Longest job id accepted.
@@ -151,6 +151,21 @@ pub enum Refused {
     NotOwner,
     /// The charge was given back already.
     AlreadyRefunded,
+    /// A trainer's event names a delivery the job's queue never made (0, or past the last one).
+    UnknownDelivery(u64),
+    /// A completion points at weights other than the ones its delivery uploads.
+    ForeignWeights,
+}
+
+/// Whether `delivery` is one the job queue makes (1 up to [`MAX_DELIVER`]).
+pub fn issued_delivery(delivery: u64) -> bool {
+    (1..=MAX_DELIVER as u64).contains(&delivery)
+}
+
+/// The weights a trainer's event of `delivery` may have uploaded for `job_id`, derived here and
+/// never taken from the event: `None` for a delivery the queue never made.
+pub fn delivery_weights(job_id: &str, delivery: u64) -> Option<String> {
+    issued_delivery(delivery).then(|| jobs::weights_key(job_id, delivery))
 }
 
 /// What to carry out once the write of a changed record wins.
@@ -176,6 +191,26 @@ pub fn check(job: &JobRecord, t: &Transition) -> Result<(), Refused> {
         }
     }
     match t {
+        // Only trainers report these, always on a delivery the queue made.
+        Transition::Started { delivery, .. }
+        | Transition::Progress { delivery, .. }
+        | Transition::Checkpoint { delivery, .. }
+        | Transition::Completed { delivery, .. }
+            if !issued_delivery(*delivery) =>
+        {
+            return Err(Refused::UnknownDelivery(*delivery))
+        }
+        Transition::Failed { delivery, .. } | Transition::Cancelled { delivery }
+            if *delivery > MAX_DELIVER as u64 =>
+        {
+            return Err(Refused::UnknownDelivery(*delivery))
+        }
+        Transition::Completed { delivery, model }
+            if delivery_weights(&job.job_id, *delivery).as_deref()
+                != Some(model.weights_key.as_str()) =>
+        {
+            return Err(Refused::ForeignWeights)
+        }
         Transition::CancelRequested { user_id } if user_id.is_some_and(|u| u != job.user_id) => {
             return Err(Refused::NotOwner)
         }
@@ -674,6 +709,46 @@ mod tests {
             Transition::from_event(&event, None),
             Transition::Cancelled { delivery: 2 }
         );
+    }
+
+    #[test]
+    fn a_delivery_the_queue_never_made_is_refused() {
+        let mut job = queued(100);
+        for delivery in [0, MAX_DELIVER as u64 + 1, u64::MAX] {
+            assert_eq!(
+                apply(&mut job, &started(delivery)),
+                Err(Refused::UnknownDelivery(delivery))
+            );
+        }
+        let failed = Transition::Failed {
+            delivery: u64::MAX,
+            error: "x".into(),
+            kind: FailureKind::Crash,
+        };
+        assert_eq!(
+            apply(&mut job, &failed),
+            Err(Refused::UnknownDelivery(u64::MAX))
+        );
+        assert_eq!(job.status, JobStatus::Queued);
+        assert_eq!(job.delivery, 0);
+    }
+
+    #[test]
+    fn a_completion_pointing_at_other_weights_is_refused() {
+        let mut job = running(1);
+        let mut foreign = model();
+        foreign.weights_key = "jobs/someone-elses/1/model.safetensors".into();
+        let t = Transition::Completed {
+            delivery: 1,
+            model: foreign,
+        };
+        assert_eq!(apply(&mut job, &t), Err(Refused::ForeignWeights));
+        assert_eq!(job.status, JobStatus::Running);
+        assert_eq!(
+            delivery_weights("job-1", 2).as_deref(),
+            Some("jobs/job-1/2/model.safetensors")
+        );
+        assert_eq!(delivery_weights("job-1", 0), None);
     }
 
     #[test]
