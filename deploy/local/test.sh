@@ -21,6 +21,9 @@ trap report EXIT
 
 install_all() { ensure_tools; ensure_browser; }
 phase install install_all
+# Formatting and lints first: they take seconds and fail fast.
+phase fmt cargo fmt --all --check
+phase clippy cargo clippy --workspace --all-targets --locked -- -D warnings
 phase build cargo build --workspace --bins --tests --locked
 # End-to-end tests start several processes each; two at a time suits small machines.
 export RUST_TEST_THREADS="${RUST_TEST_THREADS:-2}"
