@@ -733,7 +733,8 @@ impl Jobs {
             return;
         }
         let js = jetstream::new(self.registry.client().clone());
-        let Ok(store) = gantry_runtime::jobs::bucket_store(&js, jobs::MODELS_BUCKET).await else {
+        let Ok(store) = gantry_runtime::jetstream::bucket_store(&js, jobs::MODELS_BUCKET).await
+        else {
             return;
         };
         for key in keys {
@@ -829,7 +830,7 @@ impl Jobs {
         let stop = shutdown.clone();
         tracker.spawn(async move {
             let js = jetstream::new(this.registry.client().clone());
-            if !gantry_runtime::jobs::ensure_with_retry(&js, &stop).await {
+            if !gantry_runtime::jetstream::ensure_with_retry(&js, &stop).await {
                 return;
             }
             if let Err(e) = this.ensure_indexes().await {
@@ -973,7 +974,7 @@ pub async fn serve(
     shutdown: &CancellationToken,
     tracker: &TaskTracker,
 ) -> anyhow::Result<()> {
-    use crate::startup::endpoint;
+    use gantry_runtime::endpoint::endpoint;
     use jobs::subjects as ep;
     let jobs = Jobs::new(registry.clone());
     jobs.start(shutdown.clone(), tracker).await;
