@@ -351,7 +351,7 @@ impl JobsApi {
             .find(|v| v.version == version)
             .ok_or_else(|| ApiError::not_found(format!("model {name} has no version {version}")))?;
         let js = async_nats::jetstream::new(self.0.nats.clone());
-        let store = gantry_runtime::jobs::bucket_store(&js, jobs::MODELS_BUCKET)
+        let store = gantry_runtime::jetstream::bucket_store(&js, jobs::MODELS_BUCKET)
             .await
             .map_err(ApiError::internal)?;
         let mut object = store.get(&v.weights_key).await.map_err(|e| {

@@ -28,7 +28,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let js = async_nats::jetstream::new(client.clone());
     {
         let (js, shutdown) = (js.clone(), shutdown.clone());
-        tokio::spawn(async move { gantry_runtime::jobs::ensure_with_retry(&js, &shutdown).await });
+        tokio::spawn(
+            async move { gantry_runtime::jetstream::ensure_with_retry(&js, &shutdown).await },
+        );
     }
     let app = app::build(
         state,

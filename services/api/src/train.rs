@@ -368,7 +368,7 @@ impl TrainApi {
         let js = async_nats::jetstream::new(self.state.nats.clone());
         let key = jobs::dataset_key(&snapshot.hash);
         let stored = async {
-            let store = gantry_runtime::jobs::bucket_store(&js, jobs::DATASETS_BUCKET).await?;
+            let store = gantry_runtime::jetstream::bucket_store(&js, jobs::DATASETS_BUCKET).await?;
             if store.info(&key).await.is_err() {
                 let mut file = tokio::fs::File::open(snapshot.archive.path()).await?;
                 store

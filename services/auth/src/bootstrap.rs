@@ -3,13 +3,12 @@
 //! admin are settled by the unique indexes (the loser sees the winner's admin and stops).
 
 use gantry_contracts::auth::Role;
-use gantry_runtime::Config;
+use gantry_runtime::{secrets, Config};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::app::App;
 use crate::domain::{Email, Password, TokenName, Username};
 use crate::error::AuthError;
-use crate::secrets;
 use crate::store::{now_ms, UserDoc};
 use crate::{tokens, users};
 
@@ -63,7 +62,8 @@ async fn ensure_admin(app: &App, first: &FirstAdmin) -> anyhow::Result<()> {
     let (password, generated) = match &first.password {
         Some(p) => (p.clone(), false),
         None => (
-            Password::parse(&secrets::generate_password()).map_err(anyhow::Error::from)?,
+            Password::parse(secrets::generate_password().expose_secret())
+                .map_err(anyhow::Error::from)?,
             true,
         ),
     };

@@ -21,13 +21,13 @@
 use std::time::{Duration, Instant};
 
 use gantry_contracts::auth::{CreditChange, CreditResult, Role};
+use gantry_runtime::secrets;
 use mongodb::bson::{doc, Document};
 use mongodb::options::ReturnDocument;
 
 use crate::app::App;
 use crate::domain::{IdempotencyKey, LedgerKey};
 use crate::error::{is_duplicate_key, AuthError, AuthResult};
-use crate::secrets;
 use crate::store::{now_ms, LedgerDoc, LedgerKind, LedgerState, Store};
 
 /// How long the request that wrote a pending entry has to finish it alone.

@@ -169,7 +169,10 @@ pub struct LedgerKey(String);
 impl LedgerKey {
     /// A fresh key for an admin's balance adjustment.
     pub fn adjustment() -> Self {
-        Self(format!("adjust:{}", crate::secrets::random_hex(16)))
+        Self(format!(
+            "adjust:{}",
+            gantry_runtime::secrets::random_hex(16)
+        ))
     }
 }
 

@@ -11,7 +11,6 @@
 //! - [`error`]: the service's error type and its mapping to service errors.
 //! - [`store`]: stored shapes, collections, indexes, shared queries.
 //! - [`domain`]: usernames, e-mails, passwords, token names and keys, parsed once.
-//! - [`secrets`]: session ids, API tokens, digests, argon2id.
 //! - [`verify`]: the `verify` endpoint.
 //! - [`sessions`]: `login`, `logout`, session verification, the failed-login limiter.
 //! - [`tokens`]: `tokens.list`, `tokens.create`, `tokens.revoke`, bearer verification.
@@ -23,7 +22,6 @@ pub mod bootstrap;
 pub mod credits;
 pub mod domain;
 pub mod error;
-pub mod secrets;
 pub mod sessions;
 pub mod startup;
 pub mod store;

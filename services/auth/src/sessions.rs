@@ -10,12 +10,12 @@
 use std::time::Duration;
 
 use gantry_contracts::auth::{LoginRequest, LoginResponse, LogoutRequest, Principal};
+use gantry_runtime::secrets::{self, ExposeSecret};
 use mongodb::bson::{doc, oid::ObjectId};
 use serde_json::{Map, Value};
 
 use crate::app::App;
 use crate::error::{AuthError, AuthResult};
-use crate::secrets;
 use crate::store::{now_ms, FailureDoc, SessionDoc, Store};
 
 /// The one message for a wrong username or password: it must not tell which.
@@ -127,11 +127,11 @@ pub async fn login(app: App, req: LoginRequest) -> AuthResult<LoginResponse> {
         ));
     }
 
-    let session_id = secrets::new_session_id();
+    let session_id = secrets::generate("");
     let now = now_ms();
     let ttl_ms = settings.session_ttl.as_millis() as i64;
     let session = SessionDoc {
-        hash: secrets::digest(&session_id),
+        hash: secrets::digest(session_id.expose_secret()),
         user_id: user.id,
         created_at_ms: now,
         last_seen_ms: now,
@@ -145,7 +145,7 @@ pub async fn login(app: App, req: LoginRequest) -> AuthResult<LoginResponse> {
     tracing::info!(user_id = user.id, "logged in");
     Ok(LoginResponse {
         user: user.to_user(),
-        session_id,
+        session_id: session_id.expose_secret().to_owned(),
         expires_in: settings.session_ttl.as_secs(),
     })
 }

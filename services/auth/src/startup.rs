@@ -4,96 +4,38 @@
 //! a background task creates the indexes and the first admin when the store answers. Until then
 //! `/readyz` says why not and requests are answered as unavailable.
 
-use std::future::Future;
 use std::time::Duration;
 
-use async_nats::service::Group;
 use gantry_contracts::error::ServiceFailure;
 use gantry_contracts::services;
 use gantry_contracts::subjects::{self, auth as ep};
+use gantry_runtime::endpoint::{self, Endpoints};
 use gantry_runtime::health::{self, Readiness};
-use gantry_runtime::{mongo, nats, Config};
-use serde::de::DeserializeOwned;
-use serde::Serialize;
+use gantry_runtime::{mongo, nats, retry, Config};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::app::{App, Settings};
 use crate::bootstrap::{self, FirstAdmin};
-use crate::error::AuthResult;
 use crate::store::Store;
 use crate::{credits, sessions, tokens, users, verify};
 
 /// How often expired sessions, old login failures and settled ledger marks are cleaned up.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
-/// Register `name` under `gantry.auth.v1` and serve it with `handler` (refused as unavailable
-/// until start-up is done).
-async fn endpoint<Req, Resp, F, Fut>(
-    group: &Group,
-    name: &'static str,
-    app: &App,
-    shutdown: &CancellationToken,
-    tracker: &TaskTracker,
-    handler: F,
-) -> anyhow::Result<()>
-where
-    Req: DeserializeOwned + Send + 'static,
-    Resp: Serialize + Send + 'static,
-    F: Fn(App, Req) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = AuthResult<Resp>> + Send + 'static,
-{
-    let endpoint = group
-        .endpoint(name)
-        .await
-        .map_err(|e| anyhow::anyhow!("registering endpoint {}: {e}", subjects::auth(name)))?;
-    let app = app.clone();
-    tokio::spawn(nats::serve(
-        endpoint,
-        name,
-        shutdown.clone(),
-        tracker.clone(),
-        move |req: Req| {
-            let app = app.clone();
-            let handler = handler.clone();
-            async move {
-                app.ensure_started().map_err(ServiceFailure::from)?;
-                handler(app, req).await.map_err(ServiceFailure::from)
-            }
-        },
-    ));
-    Ok(())
-}
-
 /// Wait for the store, then create indexes and the first admin; retry until it works.
 async fn start_when_store_answers(app: App, first: FirstAdmin, shutdown: CancellationToken) {
-    let mut failures = 0u32;
-    let mut next_warning = 1u32;
-    loop {
-        if !mongo::wait_ready(&app.store().db, &shutdown).await {
-            return;
-        }
-        match bootstrap::prepare(&app, &first).await {
-            Ok(()) => {
-                app.set_problem(None);
-                app.mark_started();
-                tracing::info!("store ready: indexes and first admin in place");
-                return;
-            }
-            Err(e) => {
-                failures += 1;
-                let reason = format!("{e:#}");
-                if failures >= next_warning {
-                    tracing::warn!(error = %reason, failures, "start-up work failed; retrying");
-                    next_warning = failures + 10;
-                }
-                app.set_problem(Some(reason));
-            }
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-        }
+    let started = retry::until_ready("start-up work", &shutdown, || async {
+        mongo::ping(&app.store().db).await?;
+        bootstrap::prepare(&app, &first)
+            .await
+            .inspect_err(|e| app.set_problem(Some(format!("{e:#}"))))
+    })
+    .await;
+    if started.is_some() {
+        app.set_problem(None);
+        app.mark_started();
+        tracing::info!("store ready: indexes and first admin in place");
     }
 }
 
@@ -142,19 +84,21 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     .await?;
     let tracker = TaskTracker::new();
     let v1 = service.group(subjects::AUTH_V1);
-    let (s, t) = (&shutdown, &tracker);
-    endpoint(&v1, ep::VERIFY, &app, s, t, verify::verify).await?;
-    endpoint(&v1, ep::LOGIN, &app, s, t, sessions::login).await?;
-    endpoint(&v1, ep::LOGOUT, &app, s, t, sessions::logout).await?;
-    endpoint(&v1, ep::USERS_LIST, &app, s, t, users::list).await?;
-    endpoint(&v1, ep::USERS_GET, &app, s, t, users::get).await?;
-    endpoint(&v1, ep::USERS_CREATE, &app, s, t, users::create).await?;
-    endpoint(&v1, ep::USERS_UPDATE, &app, s, t, users::update).await?;
-    endpoint(&v1, ep::TOKENS_LIST, &app, s, t, tokens::list).await?;
-    endpoint(&v1, ep::TOKENS_CREATE, &app, s, t, tokens::create).await?;
-    endpoint(&v1, ep::TOKENS_REVOKE, &app, s, t, tokens::revoke).await?;
-    endpoint(&v1, ep::CREDITS_CHARGE, &app, s, t, credits::charge).await?;
-    endpoint(&v1, ep::CREDITS_REFUND, &app, s, t, credits::refund).await?;
+    // Until the indexes exist, unique rules would not hold: refuse work as unavailable.
+    let endpoints = Endpoints::new(&v1, app.clone(), &shutdown, &tracker)
+        .gated(|app: &App| app.ensure_started().map_err(ServiceFailure::from));
+    endpoints.add(ep::VERIFY, verify::verify).await?;
+    endpoints.add(ep::LOGIN, sessions::login).await?;
+    endpoints.add(ep::LOGOUT, sessions::logout).await?;
+    endpoints.add(ep::USERS_LIST, users::list).await?;
+    endpoints.add(ep::USERS_GET, users::get).await?;
+    endpoints.add(ep::USERS_CREATE, users::create).await?;
+    endpoints.add(ep::USERS_UPDATE, users::update).await?;
+    endpoints.add(ep::TOKENS_LIST, tokens::list).await?;
+    endpoints.add(ep::TOKENS_CREATE, tokens::create).await?;
+    endpoints.add(ep::TOKENS_REVOKE, tokens::revoke).await?;
+    endpoints.add(ep::CREDITS_CHARGE, credits::charge).await?;
+    endpoints.add(ep::CREDITS_REFUND, credits::refund).await?;
 
     let background = TaskTracker::new();
     background.spawn(start_when_store_answers(
@@ -166,7 +110,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
     shutdown.cancelled().await;
     nats::leave(service, &client).await;
-    nats::drain(&tracker, Duration::from_secs(10)).await;
+    endpoint::drain(&tracker, Duration::from_secs(10)).await;
     background.close();
     let _ = tokio::time::timeout(Duration::from_secs(5), background.wait()).await;
     let _ = health.await;

@@ -20,9 +20,10 @@ use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use gantry_contracts::auth::{Role, User};
+use gantry_runtime::mongo::Counter;
 use mongodb::bson::oid::ObjectId;
 use mongodb::bson::{doc, Document};
-use mongodb::options::{IndexOptions, ReturnDocument};
+use mongodb::options::IndexOptions;
 use mongodb::{Collection, Database, IndexModel};
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -105,12 +106,6 @@ impl UserDoc {
             created_at: to_time(self.created_at_ms),
         }
     }
-}
-
-/// The last id handed out by a counter.
-#[derive(Debug, Deserialize)]
-struct Counter {
-    seq: i64,
 }
 
 /// A login session, keyed by the SHA-256 of its id.
@@ -208,7 +203,7 @@ pub struct Store {
     /// The database, for pings.
     pub db: Database,
     pub users: Collection<UserDoc>,
-    counters: Collection<Counter>,
+    user_ids: Counter,
     pub sessions: Collection<SessionDoc>,
     pub tokens: Collection<TokenDoc>,
     pub failures: Collection<FailureDoc>,
@@ -232,7 +227,7 @@ impl Store {
     pub fn new(db: Database) -> Self {
         Self {
             users: db.collection("users"),
-            counters: db.collection("counters"),
+            user_ids: Counter::new(&db, "counters", "users", "seq"),
             sessions: db.collection("sessions"),
             tokens: db.collection("api_tokens"),
             failures: db.collection("login_failures"),
@@ -284,27 +279,14 @@ impl Store {
         Ok(())
     }
 
-    /// The next user id: an atomic `$inc` on the counter document, created on first use.
+    /// The next user id, from the `users` counter.
     pub async fn next_user_id(&self) -> anyhow::Result<i64> {
-        let c = self
-            .counters
-            .find_one_and_update(doc! { "_id": "users" }, doc! { "$inc": { "seq": 1i64 } })
-            .upsert(true)
-            .return_document(ReturnDocument::After)
-            .await
-            .context("allocating a user id")?
-            .context("allocating a user id: the counter update returned nothing")?;
-        Ok(c.seq)
+        self.user_ids.next().await.context("allocating a user id")
     }
 
     /// Make sure the counter is at least `seq` (after inserting a user with a chosen id).
     pub async fn raise_user_counter(&self, seq: i64) -> anyhow::Result<()> {
-        self.counters
-            .update_one(doc! { "_id": "users" }, doc! { "$max": { "seq": seq } })
-            .upsert(true)
-            .await
-            .context("raising the user id counter")?;
-        Ok(())
+        self.user_ids.raise_to(seq).await
     }
 
     /// One user by id.

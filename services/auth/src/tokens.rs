@@ -8,15 +8,17 @@ use futures::TryStreamExt;
 use gantry_contracts::auth::{
     ApiToken, ApiTokenList, CreateApiToken, CreatedApiToken, Principal, RevokeApiToken, UserRef,
 };
+use gantry_runtime::secrets::{self, ExposeSecret};
 use mongodb::bson::doc;
 use serde_json::{Map, Value};
 
 use crate::app::App;
 use crate::domain::TokenName;
 use crate::error::{AuthError, AuthResult};
-use crate::secrets;
 use crate::store::{now_ms, to_time, Store, TokenDoc};
 
+/// Every API token starts with this, so leaked tokens are easy to recognise (secret scanners).
+pub const API_TOKEN_PREFIX: &str = "gnt_";
 /// Live tokens one user may hold.
 const MAX_TOKENS_PER_USER: usize = 100;
 /// `last_used_at` is written at most this often per token.
@@ -71,7 +73,7 @@ pub fn new_doc(user_id: i64, name: &TokenName, secret: &str) -> TokenDoc {
         user_id,
         name: name.as_ref().to_owned(),
         hash: secrets::digest(secret),
-        prefix: secrets::display_prefix(secret),
+        prefix: secrets::listed(&secrets::head(secret)),
         created_at_ms: now_ms(),
         last_used_ms: None,
         revoked_at_ms: None,
@@ -96,8 +98,8 @@ pub async fn create(app: App, req: CreateApiToken) -> AuthResult<CreatedApiToken
             "a user may hold at most {MAX_TOKENS_PER_USER} API tokens: revoke one first"
         )));
     }
-    let secret = secrets::new_api_token();
-    let token = new_doc(user.id, &name, &secret);
+    let secret = secrets::generate(API_TOKEN_PREFIX);
+    let token = new_doc(user.id, &name, secret.expose_secret());
     if !store.insert_token(&token).await? {
         return Err(
             anyhow::anyhow!("a freshly generated API token collided with a stored one").into(),
@@ -106,7 +108,7 @@ pub async fn create(app: App, req: CreateApiToken) -> AuthResult<CreatedApiToken
     tracing::info!(user_id = user.id, token_id = %token.id, "API token created");
     Ok(CreatedApiToken {
         token: listed(&token),
-        secret,
+        secret: secret.expose_secret().to_owned(),
     })
 }
 

@@ -1,6 +1,7 @@
 //! `users.list`, `users.get`, `users.create`, `users.update`.
 
 use gantry_contracts::auth::{CreateUser, Role, UpdateUser, User, UserList, UserRef};
+use gantry_runtime::secrets;
 use mongodb::bson::{doc, Document};
 use serde::de::IgnoredAny;
 
@@ -8,7 +9,6 @@ use crate::app::App;
 use crate::credits;
 use crate::domain::{Email, Password, Username};
 use crate::error::{is_duplicate_key, AuthError, AuthResult};
-use crate::secrets;
 use crate::store::{now_ms, Store, UserDoc};
 
 /// Hash on a blocking thread: argon2id is deliberately slow.

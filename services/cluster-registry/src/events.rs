@@ -30,7 +30,7 @@ struct Advisory {
 pub async fn start(jobs: Jobs, shutdown: CancellationToken, tracker: &TaskTracker) {
     tracker.spawn(async move {
         let js = jetstream::new(jobs.registry().client().clone());
-        if !gantry_runtime::jobs::ensure_with_retry(&js, &shutdown).await {
+        if !gantry_runtime::jetstream::ensure_with_retry(&js, &shutdown).await {
             return;
         }
         if let Err(e) = jobs.ensure_indexes().await {

@@ -498,73 +498,36 @@ pub async fn serve(
     shutdown: &CancellationToken,
     tracker: &TaskTracker,
 ) -> anyhow::Result<()> {
-    use crate::startup::endpoint;
+    use gantry_runtime::endpoint::Endpoints;
     use jobs::subjects as ep;
     let jobs = Jobs::new(registry.clone());
     crate::events::start(jobs.clone(), shutdown.clone(), tracker).await;
-    let models = jobs.models().clone();
-    endpoint(
-        group,
+    let models = Endpoints::new(group, jobs.models().clone(), shutdown, tracker);
+    let jobs = Endpoints::new(group, jobs, shutdown, tracker);
+    jobs.add(
         ep::JOBS_CREATE,
-        &jobs,
-        shutdown,
-        tracker,
         |j: Jobs, q| async move { j.create(q).await },
     )
     .await?;
-    endpoint(
-        group,
-        ep::JOBS_GET,
-        &jobs,
-        shutdown,
-        tracker,
-        |j: Jobs, q| async move { j.get(q).await },
-    )
-    .await?;
-    endpoint(
-        group,
-        ep::JOBS_LIST,
-        &jobs,
-        shutdown,
-        tracker,
-        |j: Jobs, q| async move { j.list(q).await },
-    )
-    .await?;
-    endpoint(
-        group,
+    jobs.add(ep::JOBS_GET, |j: Jobs, q| async move { j.get(q).await })
+        .await?;
+    jobs.add(ep::JOBS_LIST, |j: Jobs, q| async move { j.list(q).await })
+        .await?;
+    jobs.add(
         ep::JOBS_CANCEL,
-        &jobs,
-        shutdown,
-        tracker,
         |j: Jobs, q| async move { j.cancel(q).await },
     )
     .await?;
-    endpoint(
-        group,
-        ep::JOBS_FAIL,
-        &jobs,
-        shutdown,
-        tracker,
-        |j: Jobs, q| async move { j.fail(q).await },
-    )
-    .await?;
-    endpoint(
-        group,
-        ep::MODELS_LIST,
-        &models,
-        shutdown,
-        tracker,
-        |m: Models, q| async move { m.list(q).await },
-    )
-    .await?;
-    endpoint(
-        group,
-        ep::MODELS_GET,
-        &models,
-        shutdown,
-        tracker,
-        |m: Models, q| async move { m.get(q).await },
-    )
-    .await?;
+    jobs.add(ep::JOBS_FAIL, |j: Jobs, q| async move { j.fail(q).await })
+        .await?;
+    models
+        .add(
+            ep::MODELS_LIST,
+            |m: Models, q| async move { m.list(q).await },
+        )
+        .await?;
+    models
+        .add(ep::MODELS_GET, |m: Models, q| async move { m.get(q).await })
+        .await?;
     Ok(())
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use gantry_contracts::registry::{Heartbeat, NodeControl, RegistryEvent};
 use gantry_contracts::subjects;
+use gantry_runtime::retry;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -51,25 +52,11 @@ pub async fn start(
 
 /// Rebuild the view once the store answers; endpoints answer 503 until then.
 async fn restore(registry: Registry, shutdown: CancellationToken) {
-    let mut attempt = 0u32;
-    loop {
-        match registry.restore().await {
-            Ok(n) => {
-                tracing::info!(nodes = n, "view restored from the store");
-                break;
-            }
-            Err(e) => {
-                attempt += 1;
-                if attempt == 1 || attempt.is_multiple_of(10) {
-                    tracing::warn!(error = %e, attempt, "cannot restore the view yet");
-                }
-            }
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-        }
-    }
+    let restore = || registry.restore();
+    let Some(n) = retry::until_ready("restoring the view", &shutdown, restore).await else {
+        return;
+    };
+    tracing::info!(nodes = n, "view restored from the store");
     if let Err(e) = registry.store().ensure_indexes().await {
         tracing::warn!(
             error = format!("{e:#}"),

@@ -1,10 +1,15 @@
+//! The registry's command line: serve (the default), or ask a running registry for a cluster
+//! token, waiting for one to answer.
+
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use gantry_contracts::error::ErrorCode;
+use gantry_contracts::error::{ErrorCode, ServiceFailure};
 use gantry_contracts::registry::{ClusterToken, ClusterTokenList, CreateClusterToken, Empty};
 use gantry_contracts::subjects;
+use gantry_runtime::{nats, retry, secrets};
+use tokio::time::Instant;
 
 /// Gantry's cluster registry.
 #[derive(Parser)]
@@ -72,15 +77,14 @@ async fn main() -> ExitCode {
 
 async fn connect(deadline: Instant) -> Result<async_nats::Client, String> {
     let url = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
-    loop {
-        match async_nats::connect(url.as_str()).await {
-            Ok(c) => return Ok(c),
-            Err(e) if Instant::now() > deadline => {
-                return Err(format!("cannot reach NATS at {url}: {e}"))
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
-        }
-    }
+    retry::until_deadline(
+        "connecting to NATS",
+        deadline,
+        |_| true,
+        || async_nats::connect(url.as_str()),
+    )
+    .await
+    .map_err(|e| format!("cannot reach NATS at {url}: {e}"))
 }
 
 /// A request to the registry, retried while no registry answers (until `deadline`).
@@ -90,17 +94,12 @@ async fn call<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
     req: &Req,
     deadline: Instant,
 ) -> Result<Resp, String> {
-    loop {
-        match gantry_runtime::nats::request::<_, Resp>(client, subjects::registry(endpoint), req)
-            .await
-        {
-            Ok(r) => return Ok(r),
-            Err(f) if f.code == ErrorCode::Unavailable && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(f) => return Err(format!("{endpoint} failed: {f}")),
-        }
-    }
+    let unavailable = |f: &ServiceFailure| f.code == ErrorCode::Unavailable;
+    retry::until_deadline(endpoint, deadline, unavailable, || {
+        nats::request::<_, Resp>(client, subjects::registry(endpoint), req)
+    })
+    .await
+    .map_err(|f| format!("{endpoint} failed: {f}"))
 }
 
 async fn create_token(name: &str, wait: Duration) -> Result<String, String> {
@@ -126,7 +125,7 @@ async fn ensure_token(name: &str, file: &std::path::Path, wait: Duration) -> Res
             deadline,
         )
         .await?;
-        let listed = format!("{}...", saved.get(..8).unwrap_or(saved));
+        let listed = secrets::listed(&secrets::head(saved));
         if saved.len() == 64 && list.tokens.iter().any(|t| t.active && t.token == listed) {
             return Ok(());
         }

@@ -197,7 +197,8 @@ impl Models {
             return;
         }
         let js = jetstream::new(self.registry.client().clone());
-        let Ok(store) = gantry_runtime::jobs::bucket_store(&js, jobs::MODELS_BUCKET).await else {
+        let Ok(store) = gantry_runtime::jetstream::bucket_store(&js, jobs::MODELS_BUCKET).await
+        else {
             return;
         };
         for key in keys {

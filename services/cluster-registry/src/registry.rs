@@ -13,8 +13,8 @@ use gantry_contracts::registry::{
 };
 use gantry_contracts::subjects;
 use gantry_runtime::nats;
+use gantry_runtime::secrets::{self, ExposeSecret};
 use serde::Serialize;
-use subtle::ConstantTimeEq;
 
 use crate::error::RegistryError;
 use crate::store::{NodeRecord, Store, TokenDoc};
@@ -47,7 +47,7 @@ fn listed_token(t: &TokenDoc) -> ClusterToken {
     ClusterToken {
         id: t.id,
         name: t.name.clone(),
-        token: tokens::listed(&t.prefix),
+        token: secrets::listed(&t.prefix),
         active: t.active,
         created_at: t.created_at,
     }
@@ -164,14 +164,15 @@ impl Registry {
                 "name must not hold control characters".into(),
             ));
         }
-        let secret = tokens::generate();
+        let secret = secrets::generate("");
+        let secret = secret.expose_secret();
         let doc = self
             .store()
-            .insert_token(name, &tokens::hash(&secret), &tokens::prefix(&secret))
+            .insert_token(name, &secrets::digest(secret), &secrets::head(secret))
             .await?;
         tracing::info!(token_id = doc.id, name, "cluster token created");
         Ok(ClusterToken {
-            token: secret,
+            token: secret.to_owned(),
             ..listed_token(&doc)
         })
     }
@@ -221,10 +222,10 @@ impl Registry {
                 "a cluster token is required (GANTRY_CLUSTER_TOKEN)".into(),
             ));
         }
-        let hash = tokens::hash(secret);
+        let hash = secrets::digest(secret);
         let token = self.store().token_by_hash(&hash).await?;
         let token = match token {
-            Some(t) if bool::from(t.hash.as_bytes().ct_eq(hash.as_bytes())) => t,
+            Some(t) if secrets::same(&t.hash, &hash) => t,
             _ => {
                 return Err(RegistryError::Unauthorized(
                     "unknown cluster token: check GANTRY_CLUSTER_TOKEN (create one under /admin/api/cluster_tokens)"
@@ -326,7 +327,7 @@ impl Registry {
             TokenRef::Whole(secret) => {
                 let token = self
                     .store()
-                    .token_by_hash(&tokens::hash(&secret))
+                    .token_by_hash(&secrets::digest(&secret))
                     .await?
                     .ok_or_else(not_found)?;
                 self.store()

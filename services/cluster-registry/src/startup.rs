@@ -5,55 +5,17 @@
 
 use std::time::Duration;
 
-use gantry_contracts::error::ServiceFailure;
 use gantry_contracts::services;
 use gantry_contracts::subjects::{self, registry as ep};
+use gantry_runtime::endpoint::{self, Endpoints};
 use gantry_runtime::health::{self, Readiness};
 use gantry_runtime::{mongo, nats, Config};
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::error::RegistryError;
 use crate::registry::Registry;
 use crate::store::Store;
 use crate::view::Timing;
-
-/// Serve one endpoint with a handler method of `state` ([`Registry`] or [`crate::jobs::Jobs`]).
-pub(crate) async fn endpoint<S, Req, Resp, F, Fut>(
-    group: &async_nats::service::Group,
-    name: &'static str,
-    registry: &S,
-    shutdown: &CancellationToken,
-    tracker: &TaskTracker,
-    handler: F,
-) -> anyhow::Result<()>
-where
-    S: Clone + Send + Sync + 'static,
-    Req: DeserializeOwned + Send + 'static,
-    Resp: Serialize + Send + 'static,
-    F: Fn(S, Req) -> Fut + Clone + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Result<Resp, RegistryError>> + Send + 'static,
-{
-    let ep = group
-        .endpoint(name)
-        .await
-        .map_err(|e| anyhow::anyhow!("adding endpoint {name}: {e}"))?;
-    let registry = registry.clone();
-    tracker.spawn(nats::serve(
-        ep,
-        name,
-        shutdown.clone(),
-        tracker.clone(),
-        move |req: Req| {
-            let registry = registry.clone();
-            let handler = handler.clone();
-            async move { handler(registry, req).await.map_err(ServiceFailure::from) }
-        },
-    ));
-    Ok(())
-}
 
 /// Run until `shutdown` fires.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -85,78 +47,46 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     )
     .await?;
     let group = service.group(subjects::REGISTRY_V1);
-    endpoint(
-        &group,
-        ep::TOKENS_LIST,
-        &registry,
-        &shutdown,
-        &tracker,
-        |r: Registry, q| async move { r.list_tokens(q).await },
-    )
-    .await?;
-    endpoint(
-        &group,
-        ep::TOKENS_CREATE,
-        &registry,
-        &shutdown,
-        &tracker,
-        |r: Registry, q| async move { r.create_token(q).await },
-    )
-    .await?;
-    endpoint(
-        &group,
-        ep::TOKENS_REVOKE,
-        &registry,
-        &shutdown,
-        &tracker,
-        |r: Registry, q| async move { r.revoke_token(q).await },
-    )
-    .await?;
-    endpoint(
-        &group,
-        ep::REGISTER,
-        &registry,
-        &shutdown,
-        &tracker,
-        |r: Registry, q| async move { r.register(q).await },
-    )
-    .await?;
-    endpoint(
-        &group,
-        ep::NODES,
-        &registry,
-        &shutdown,
-        &tracker,
-        |r: Registry, q| async move { r.cluster_nodes(q).await },
-    )
-    .await?;
-    endpoint(
-        &group,
-        ep::CLIENTS,
-        &registry,
-        &shutdown,
-        &tracker,
-        |r: Registry, q| async move { r.cluster_clients(q).await },
-    )
-    .await?;
-    endpoint(
-        &group,
-        ep::SET_DRIVER,
-        &registry,
-        &shutdown,
-        &tracker,
-        |r: Registry, q| async move { r.set_driver(q).await },
-    )
-    .await?;
-    endpoint(
-        &group,
-        ep::DRAIN,
-        &registry,
-        &shutdown,
-        &tracker,
-        |r: Registry, q| async move { r.drain(q).await },
-    )
-    .await?;
+    let endpoints = Endpoints::new(&group, registry.clone(), &shutdown, &tracker);
+    endpoints
+        .add(ep::TOKENS_LIST, |r: Registry, q| async move {
+            r.list_tokens(q).await
+        })
+        .await?;
+    endpoints
+        .add(ep::TOKENS_CREATE, |r: Registry, q| async move {
+            r.create_token(q).await
+        })
+        .await?;
+    endpoints
+        .add(ep::TOKENS_REVOKE, |r: Registry, q| async move {
+            r.revoke_token(q).await
+        })
+        .await?;
+    endpoints
+        .add(
+            ep::REGISTER,
+            |r: Registry, q| async move { r.register(q).await },
+        )
+        .await?;
+    endpoints
+        .add(ep::NODES, |r: Registry, q| async move {
+            r.cluster_nodes(q).await
+        })
+        .await?;
+    endpoints
+        .add(ep::CLIENTS, |r: Registry, q| async move {
+            r.cluster_clients(q).await
+        })
+        .await?;
+    endpoints
+        .add(ep::SET_DRIVER, |r: Registry, q| async move {
+            r.set_driver(q).await
+        })
+        .await?;
+    endpoints
+        .add(ep::DRAIN, |r: Registry, q| async move { r.drain(q).await })
+        .await?;
     crate::jobs::serve(&group, &registry, &shutdown, &tracker).await?;
     tracing::info!("registry endpoints up");
 
@@ -164,7 +94,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     // Bounded: with NATS gone, stopping the service and flushing would wait for a reconnect
     // that may never come, and SIGTERM must still stop the process.
     nats::leave(service, &client).await;
-    nats::drain(&tracker, Duration::from_secs(10)).await;
+    endpoint::drain(&tracker, Duration::from_secs(10)).await;
     let _ = health.await;
     Ok(())
 }

@@ -17,7 +17,8 @@ use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use gantry_contracts::registry::{tolerant_bool, Driver, Inventory, NodeSettings, Process};
-use mongodb::bson::{self, doc, Bson, Document};
+use gantry_runtime::mongo::Counter;
+use mongodb::bson::{self, doc, Document};
 use mongodb::options::{IndexOptions, ReturnDocument};
 use mongodb::{Collection, Database, IndexModel};
 use serde::{Deserialize, Serialize};
@@ -165,19 +166,7 @@ impl Store {
 
     /// The next token id (1, 2, 3 ...), atomically.
     async fn next_token_id(&self) -> Result<i64, RegistryError> {
-        let counters: Collection<Document> = self.db.collection(COUNTERS);
-        let after = counters
-            .find_one_and_update(doc! { "_id": TOKENS }, doc! { "$inc": { "n": 1_i64 } })
-            .upsert(true)
-            .return_document(ReturnDocument::After)
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("the token counter vanished"))?;
-        match after.get("n") {
-            Some(Bson::Int64(n)) => Ok(*n),
-            Some(Bson::Int32(n)) => Ok(i64::from(*n)),
-            Some(Bson::Double(n)) => Ok(*n as i64),
-            other => Err(anyhow::anyhow!("token counter holds {other:?}").into()),
-        }
+        Ok(Counter::new(&self.db, COUNTERS, TOKENS, "n").next().await?)
     }
 
     /// Store a new token (whole document).

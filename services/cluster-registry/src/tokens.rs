@@ -1,32 +1,9 @@
-//! Cluster token secrets and node identities: generation, hashing, the listed form.
+//! What is particular to cluster tokens: how an admin names one (whole, listed or by its bare
+//! head) and the node identity a hostname + token gives. Generating, digesting and listing the
+//! secrets themselves is [`gantry_runtime::secrets`]' job: a cluster token is 64 hex characters
+//! without a prefix, the store keeps its SHA-256 and its first [`HEAD_LEN`] characters.
 
-use rand::RngCore;
-use sha2::{Digest, Sha256};
-
-/// Length of the listed prefix (`abcd1234...`).
-pub const PREFIX_LEN: usize = 8;
-
-/// A new secret: 256 random bits as 64 lowercase hex characters.
-pub fn generate() -> String {
-    let mut bytes = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
-    hex::encode(bytes)
-}
-
-/// Hex SHA-256 of a secret: what the store keeps.
-pub fn hash(secret: &str) -> String {
-    hex::encode(Sha256::digest(secret.as_bytes()))
-}
-
-/// The first [`PREFIX_LEN`] characters.
-pub fn prefix(secret: &str) -> String {
-    secret.chars().take(PREFIX_LEN).collect()
-}
-
-/// The listed form: prefix followed by `...`.
-pub fn listed(prefix: &str) -> String {
-    format!("{prefix}...")
-}
+use gantry_runtime::secrets::{self, HEAD_LEN};
 
 /// How an admin named a token in `set_driver` / `drain`.
 #[derive(Debug, PartialEq, Eq)]
@@ -47,7 +24,7 @@ impl TokenRef {
         }
         match s.len() {
             64 => Some(TokenRef::Whole(s.to_ascii_lowercase())),
-            PREFIX_LEN => Some(TokenRef::Prefix(s.to_ascii_lowercase())),
+            HEAD_LEN => Some(TokenRef::Prefix(s.to_ascii_lowercase())),
             _ => None,
         }
     }
@@ -56,22 +33,14 @@ impl TokenRef {
 /// A node's identity, the same for the same hostname + token: 32 hex characters of
 /// SHA-256 over both (usable as a NATS subject token).
 pub fn node_id(hostname: &str, token_id: i64) -> String {
-    let digest = Sha256::digest(format!("gantry-node\0{hostname}\0{token_id}").as_bytes());
-    hex::encode(&digest[..16])
+    let mut id = secrets::digest(&format!("gantry-node\0{hostname}\0{token_id}"));
+    id.truncate(32);
+    id
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_secret_is_64_hex_characters_and_listed_by_its_first_8() {
-        let s = generate();
-        assert_eq!(s.len(), 64);
-        assert!(s.chars().all(|c| c.is_ascii_hexdigit()));
-        assert_eq!(listed(&prefix(&s)), format!("{}...", &s[..8]));
-        assert_ne!(generate(), s);
-    }
 
     #[test]
     fn token_references_accept_whole_listed_and_bare_prefix_forms() {
@@ -94,6 +63,6 @@ mod tests {
         assert_eq!(node_id("gpu1", 1), node_id("gpu1", 1));
         assert_ne!(node_id("gpu1", 1), node_id("gpu1", 2));
         assert_ne!(node_id("gpu1", 1), node_id("gpu2", 1));
-        assert_eq!(node_id("gpu1", 1).len(), 32);
+        assert_eq!(node_id("gpu1", 1), "ef433680e411c3e883d2296d7fa7070e");
     }
 }

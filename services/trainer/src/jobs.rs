@@ -462,7 +462,7 @@ impl Workers {
     /// Pull and train until `shutdown`; then stop the jobs in flight, hand their messages back and
     /// return within [`SHUTDOWN_GRACE`] (plus a pull).
     pub async fn run(self, mut plan: watch::Receiver<WorkerPlan>, shutdown: CancellationToken) {
-        if !gantry_runtime::jobs::ensure_with_retry(&self.inner.js, &shutdown).await {
+        if !gantry_runtime::jetstream::ensure_with_retry(&self.inner.js, &shutdown).await {
             return;
         }
         let cancels = AbortOnDrop(tokio::spawn(self.clone().follow_cancels(shutdown.clone())));
@@ -503,7 +503,7 @@ impl Workers {
                     _ = shutdown.cancelled() => break,
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
-                let _ = gantry_runtime::jobs::ensure(&self.inner.js).await;
+                let _ = gantry_runtime::jetstream::ensure(&self.inner.js).await;
             }
         }
 
@@ -688,7 +688,7 @@ impl Workers {
     }
 
     async fn store(&self, bucket: &str) -> anyhow::Result<ObjectStore> {
-        gantry_runtime::jobs::bucket_store(&self.inner.js, bucket).await
+        gantry_runtime::jetstream::bucket_store(&self.inner.js, bucket).await
     }
 
     async fn execute(

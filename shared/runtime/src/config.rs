@@ -108,14 +108,9 @@ fn addr(name: &'static str, default: &str) -> Result<SocketAddr, ConfigError> {
     )
 }
 
-fn number<T: std::str::FromStr>(
-    name: &'static str,
-    default: T,
-    min: T,
-    max: T,
-) -> Result<T, ConfigError>
+fn number<T>(name: &'static str, default: T, min: T, max: T) -> Result<T, ConfigError>
 where
-    T: PartialOrd + std::fmt::Display + Copy,
+    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
 {
     parse_with(name, default, false, |v| {
         let n = v

@@ -6,21 +6,27 @@
 //! ## Layout
 //! - [`config`]: every environment variable of DESIGN's list, parsed once, errors naming it.
 //! - [`telemetry`]: tracing subscriber (JSON logs), OTLP export, W3C propagation over NATS headers.
-//! - [`nats`]: connect with retry, traced request/publish, and micro-service endpoint serving.
-//! - [`jobs`]: the JetStream streams, job consumers and object stores, ensured at start-up.
+//! - [`nats`]: connect with retry, traced request/publish, joining and leaving as a micro service.
+//! - [`endpoint`]: serving micro-service endpoints: decode, trace, count, typed errors.
+//! - [`jetstream`]: the JetStream streams, job consumers and object stores, ensured at start-up.
+//! - [`retry`]: trying again with growing waits until something is ready.
+//! - [`secrets`]: generated secrets and tokens, their stored digests, argon2id passwords.
 //! - [`dataset`]: dataset snapshots (deterministic tar, named by SHA-256).
-//! - [`mongo`]: connect, per-service database names.
+//! - [`mongo`]: connect, per-service database names, counters.
 //! - [`shutdown`]: SIGINT/SIGTERM into a cancellation token.
 //! - [`health`]: `/healthz`, `/readyz` and `/metrics`.
 //! - [`metrics`]: the Prometheus metrics every service exports.
 
 pub mod config;
 pub mod dataset;
+pub mod endpoint;
 pub mod health;
-pub mod jobs;
+pub mod jetstream;
 pub mod metrics;
 pub mod mongo;
 pub mod nats;
+pub mod retry;
+pub mod secrets;
 pub mod shutdown;
 pub mod telemetry;
 

@@ -1,6 +1,6 @@
 //! Prometheus metrics, served as text at `/metrics` beside `/healthz` and `/readyz` (the api's
 //! HTTP port, the other services' `GANTRY_HEALTH_ADDR`). Every service gets the NATS endpoint
-//! metrics from [`crate::nats::serve`]; the api adds its HTTP metrics and each service its own
+//! metrics from [`crate::endpoint::serve`]; the api adds its HTTP metrics and each service its own
 //! (`gantry_registry_*`, `gantry_trainer_*`), registered here so the names live in one place.
 //! Labels carry endpoint names, routes with ids folded to `{id}`, outcomes and codes only: never a
 //! user, token or path a user chose.

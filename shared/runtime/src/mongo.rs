@@ -1,11 +1,13 @@
-//! MongoDB connection. Each service owns one database, `<GANTRY_DB_PREFIX><service>`.
+//! MongoDB: the connection (each service owns one database, `<GANTRY_DB_PREFIX><service>`),
+//! readiness, and [`Counter`], the numbers a service hands out one by one (user ids, token ids,
+//! model versions).
 
 use std::time::Duration;
 
 use anyhow::Context as _;
-use mongodb::bson::doc;
-use mongodb::options::ClientOptions;
-use mongodb::{Client, Database};
+use mongodb::bson::{doc, Bson, Document};
+use mongodb::options::{ClientOptions, ReturnDocument};
+use mongodb::{Client, Collection, Database};
 
 use crate::Config;
 
@@ -22,24 +24,12 @@ pub async fn connect(config: &Config, service: &str) -> anyhow::Result<Database>
     Ok(client.database(&config.database_name(service)))
 }
 
-/// Wait until the store answers `ping`, logging while it does not.
+/// Wait until the store answers `ping`, logging while it does not; false when `shutdown` fires
+/// first.
 pub async fn wait_ready(db: &Database, shutdown: &tokio_util::sync::CancellationToken) -> bool {
-    let mut attempt = 0u32;
-    loop {
-        match ping(db).await {
-            Ok(()) => return true,
-            Err(e) => {
-                attempt += 1;
-                if attempt == 1 || attempt % 10 == 0 {
-                    tracing::warn!(error = %e, attempt, "store not reachable yet");
-                }
-            }
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return false,
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-        }
-    }
+    crate::retry::until_ready("the store", shutdown, || ping(db))
+        .await
+        .is_some()
 }
 
 /// One `ping` with a short deadline.
@@ -49,4 +39,85 @@ pub async fn ping(db: &Database) -> anyhow::Result<()> {
         .context("store ping timed out")?
         .context("store ping failed")?;
     Ok(())
+}
+
+/// A number handed out one by one: the document `{_id: <name>, <field>: <last handed out>}` in a
+/// collection of counters, created on first use. Safe from several replicas at once: every step
+/// is one atomic update.
+#[derive(Clone)]
+pub struct Counter {
+    counters: Collection<Document>,
+    name: String,
+    field: &'static str,
+}
+
+impl Counter {
+    /// The counter `name` in collection `collection` of `db`, keeping its number in `field`
+    /// (no I/O).
+    pub fn new(
+        db: &Database,
+        collection: &str,
+        name: impl Into<String>,
+        field: &'static str,
+    ) -> Self {
+        Self {
+            counters: db.collection(collection),
+            name: name.into(),
+            field,
+        }
+    }
+
+    /// The next number: 1 the first time, then one more each call.
+    pub async fn next(&self) -> anyhow::Result<i64> {
+        let after = self
+            .counters
+            .find_one_and_update(
+                doc! { "_id": &self.name },
+                doc! { "$inc": { self.field: 1_i64 } },
+            )
+            .upsert(true)
+            .return_document(ReturnDocument::After)
+            .await
+            .with_context(|| format!("taking the next number of counter {}", self.name))?
+            .with_context(|| format!("counter {} vanished", self.name))?;
+        number(after.get(self.field)).with_context(|| format!("reading counter {}", self.name))
+    }
+
+    /// Make sure the next number handed out is above `at_least` (after a caller used one of its
+    /// own choosing).
+    pub async fn raise_to(&self, at_least: i64) -> anyhow::Result<()> {
+        self.counters
+            .update_one(
+                doc! { "_id": &self.name },
+                doc! { "$max": { self.field: at_least } },
+            )
+            .upsert(true)
+            .await
+            .with_context(|| format!("raising counter {}", self.name))?;
+        Ok(())
+    }
+}
+
+/// A stored whole number, whichever numeric type the store kept it as.
+pub fn number(value: Option<&Bson>) -> anyhow::Result<i64> {
+    match value {
+        Some(Bson::Int64(n)) => Ok(*n),
+        Some(Bson::Int32(n)) => Ok(i64::from(*n)),
+        Some(Bson::Double(n)) => Ok(*n as i64),
+        other => Err(anyhow::anyhow!("expected a whole number, found {other:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_number_is_read_whatever_type_the_store_kept() {
+        assert_eq!(number(Some(&Bson::Int64(7))).unwrap(), 7);
+        assert_eq!(number(Some(&Bson::Int32(7))).unwrap(), 7);
+        assert_eq!(number(Some(&Bson::Double(7.0))).unwrap(), 7);
+        assert!(number(Some(&Bson::String("7".into()))).is_err());
+        assert!(number(None).is_err());
+    }
 }

@@ -1,18 +1,13 @@
-//! NATS: connect with retry, traced requests and publishes, and micro-service endpoints whose
-//! handlers are traced and answer typed errors.
+//! NATS: connect with retry, traced requests and publishes, registering and leaving as a micro
+//! service. Its endpoints are served by [`crate::endpoint`].
 
-use std::future::Future;
 use std::time::Duration;
 
 use async_nats::service::{self, ServiceExt};
 use async_nats::{Client, ConnectOptions, Event, HeaderMap};
-use bytes::Bytes;
-use futures::StreamExt;
 use gantry_contracts::error::{ErrorCode, ServiceFailure};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::{telemetry, Config};
@@ -122,82 +117,6 @@ pub async fn request<Req: Serialize, Resp: DeserializeOwned>(
     }
     .instrument(span)
     .await
-}
-
-/// Serve one endpoint: decode each request's JSON, run `handler` in a task tracked by `tracker`
-/// under a span that continues the caller's trace, and answer its JSON or its typed error. Stops
-/// taking requests when `shutdown` fires; in-flight handlers finish (wait on `tracker`).
-pub async fn serve<Req, Resp, F, Fut>(
-    mut endpoint: service::endpoint::Endpoint,
-    name: &'static str,
-    shutdown: CancellationToken,
-    tracker: TaskTracker,
-    handler: F,
-) where
-    Req: DeserializeOwned + Send + 'static,
-    Resp: Serialize + Send + 'static,
-    F: Fn(Req) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Result<Resp, ServiceFailure>> + Send + 'static,
-{
-    loop {
-        let request = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            r = endpoint.next() => match r { Some(r) => r, None => break },
-        };
-        let handler = handler.clone();
-        let span = tracing::info_span!("nats.handle", endpoint = name, otel.kind = "server");
-        telemetry::set_parent_from(&span, request.message.headers.as_ref());
-        tracker.spawn(
-            async move {
-                let started = std::time::Instant::now();
-                let result = match serde_json::from_slice::<Req>(&request.message.payload) {
-                    Ok(req) => handler(req).await,
-                    Err(e) => Err(ServiceFailure::new(
-                        ErrorCode::BadRequest,
-                        format!("malformed request: {e}"),
-                    )),
-                };
-                let outcome = result.as_ref().map_or_else(|f| f.code.as_str(), |_| "ok");
-                crate::metrics::NATS_REQUESTS
-                    .with_label_values(&[name, outcome])
-                    .inc();
-                crate::metrics::NATS_REQUEST_SECONDS
-                    .with_label_values(&[name])
-                    .observe(started.elapsed().as_secs_f64());
-                let answer = match result {
-                    Ok(resp) => serde_json::to_vec(&resp).map(Bytes::from).map_err(|e| {
-                        service::error::Error {
-                            code: 500,
-                            status: format!("internal: encoding reply: {e}"),
-                        }
-                    }),
-                    Err(failure) => {
-                        if failure.code == ErrorCode::Internal {
-                            tracing::error!(error = %failure.message, "request failed");
-                        } else {
-                            tracing::debug!(code = %failure.code, "request refused");
-                        }
-                        Err(service::error::Error {
-                            code: failure.code.status() as usize,
-                            status: failure.to_string().replace(['\r', '\n'], " "),
-                        })
-                    }
-                };
-                if let Err(e) = request.respond(answer).await {
-                    tracing::warn!(error = %e, "could not send reply");
-                }
-            }
-            .instrument(span),
-        );
-    }
-}
-
-/// Wait for in-flight handlers, at most `grace`.
-pub async fn drain(tracker: &TaskTracker, grace: Duration) {
-    tracker.close();
-    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
-        tracing::warn!("in-flight requests did not finish within the grace period");
-    }
 }
 
 /// Leave NATS at shutdown: stop the micro service (its endpoints stop taking requests) and flush

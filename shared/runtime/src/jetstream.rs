@@ -97,24 +97,7 @@ pub async fn ensure_with_retry(
     js: &jetstream::Context,
     shutdown: &tokio_util::sync::CancellationToken,
 ) -> bool {
-    let mut attempt = 0u32;
-    loop {
-        match ensure(js).await {
-            Ok(()) => return true,
-            Err(e) => {
-                attempt += 1;
-                if attempt == 1 || attempt % 10 == 0 {
-                    tracing::warn!(
-                        error = format!("{e:#}"),
-                        attempt,
-                        "JetStream set-up failed; retrying"
-                    );
-                }
-            }
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => return false,
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-        }
-    }
+    crate::retry::until_ready("JetStream set-up", shutdown, || ensure(js))
+        .await
+        .is_some()
 }

@@ -1,5 +1,7 @@
-//! Making and checking secrets: session ids, API tokens, generated passwords, SHA-256 digests of
-//! what we store, and argon2id password hashes. Nothing here logs.
+//! Making and checking secrets, the same way in every service: random secrets (session ids, API
+//! tokens, cluster tokens, generated passwords), the SHA-256 digests stored in their place, the
+//! listed form that shows only their head, constant-time comparison, and argon2id password
+//! hashes. Nothing here logs.
 
 use std::sync::OnceLock;
 
@@ -7,11 +9,12 @@ use anyhow::Context as _;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 use rand::RngCore;
+pub use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-/// Every API token starts with this, so leaked tokens are easy to recognise (secret scanners).
-pub const API_TOKEN_PREFIX: &str = "gnt_";
+/// How many characters of a secret its listed form shows.
+pub const HEAD_LEN: usize = 8;
 
 /// `n` random bytes from the OS generator as lowercase hex.
 pub fn random_hex(n: usize) -> String {
@@ -20,37 +23,38 @@ pub fn random_hex(n: usize) -> String {
     hex::encode(bytes)
 }
 
-/// A new session id: 256 random bits as 64 hex characters.
-pub fn new_session_id() -> String {
-    random_hex(32)
+/// A new secret: `prefix` (so a leaked one is easy to recognise; may be empty) and 256 random
+/// bits as 64 lowercase hex characters.
+pub fn generate(prefix: &str) -> SecretString {
+    SecretString::from(format!("{prefix}{}", random_hex(32)))
 }
 
-/// A new API token: `gnt_` and 256 random bits as 64 hex characters.
-pub fn new_api_token() -> String {
-    format!("{API_TOKEN_PREFIX}{}", random_hex(32))
-}
-
-/// A generated password for the first admin: 24 characters (about 140 random bits) of letters and
-/// digits without look-alikes, so it survives copy and paste from a terminal.
-pub fn generate_password() -> String {
+/// A generated password: 24 characters (about 140 random bits) of letters and digits without
+/// look-alikes, so it survives copy and paste from a terminal.
+pub fn generate_password() -> SecretString {
     const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
     let mut bytes = [0u8; 24];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
-    bytes
+    let password: String = bytes
         .iter()
         .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
-        .collect()
+        .collect();
+    SecretString::from(password)
 }
 
-/// What we store instead of a session id or token: its SHA-256 as lowercase hex. The secrets are
+/// What is stored instead of a generated secret: its SHA-256 as lowercase hex. The secrets are
 /// 256 random bits, so a fast hash is enough (no dictionary to attack).
 pub fn digest(secret: &str) -> String {
     hex::encode(Sha256::digest(secret.as_bytes()))
 }
 
-/// How a token is listed afterwards: its first 8 characters and `...`.
-pub fn display_prefix(secret: &str) -> String {
-    let head: String = secret.chars().take(8).collect();
+/// The first [`HEAD_LEN`] characters of a secret, kept so that it can be listed.
+pub fn head(secret: &str) -> String {
+    secret.chars().take(HEAD_LEN).collect()
+}
+
+/// How a secret is listed afterwards: its head and `...`.
+pub fn listed(head: &str) -> String {
     format!("{head}...")
 }
 
@@ -59,8 +63,8 @@ pub fn same(a: &str, b: &str) -> bool {
     a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
 }
 
-/// Hash a password with argon2id (default parameters: 19 MiB, 2 passes) and a random salt.
-/// CPU-heavy: call from a blocking thread.
+/// Hash a password with argon2id (default parameters: 19 MiB, 2 passes) and a random salt, as a
+/// PHC string. CPU-heavy: call from a blocking thread.
 pub fn hash_password(password: &str) -> anyhow::Result<String> {
     let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
     let hash = Argon2::default()
@@ -81,8 +85,8 @@ pub fn verify_password(password: &str, stored: &str) -> bool {
     }
 }
 
-/// Spend as long as a real check when the user does not exist, so timing does not reveal which
-/// usernames exist.
+/// Spend as long as a real check when there is nothing to check against (an unknown user), so
+/// that timing does not reveal which users exist.
 pub fn verify_against_nothing(password: &str) {
     static DUMMY: OnceLock<String> = OnceLock::new();
     let stored = DUMMY.get_or_init(|| hash_password("not a real password").unwrap_or_default());
@@ -94,14 +98,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn session_ids_and_tokens_carry_256_random_bits() {
-        let a = new_session_id();
+    fn generated_secrets_carry_their_prefix_and_256_random_bits() {
+        let a = generate("");
+        let a = a.expose_secret();
         assert_eq!(a.len(), 64);
         assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
-        assert_ne!(a, new_session_id());
-        let t = new_api_token();
-        assert!(t.starts_with("gnt_"));
-        assert_eq!(t.len(), 4 + 64);
+        assert_ne!(a, generate("").expose_secret());
+        let t = generate("gnt_");
+        assert!(t.expose_secret().starts_with("gnt_"));
+        assert_eq!(t.expose_secret().len(), 4 + 64);
     }
 
     #[test]
@@ -113,9 +118,10 @@ mod tests {
     }
 
     #[test]
-    fn a_listed_prefix_shows_eight_characters() {
-        assert_eq!(display_prefix("gnt_0123456789"), "gnt_0123...");
-        assert_eq!(display_prefix("abc"), "abc...");
+    fn a_listed_secret_shows_its_first_eight_characters() {
+        assert_eq!(head("gnt_0123456789"), "gnt_0123");
+        assert_eq!(listed(&head("gnt_0123456789")), "gnt_0123...");
+        assert_eq!(listed(&head("abc")), "abc...");
     }
 
     #[test]
@@ -138,7 +144,7 @@ mod tests {
     #[test]
     fn generated_passwords_are_long_and_differ() {
         let a = generate_password();
-        assert_eq!(a.len(), 24);
-        assert_ne!(a, generate_password());
+        assert_eq!(a.expose_secret().len(), 24);
+        assert_ne!(a.expose_secret(), generate_password().expose_secret());
     }
 }
