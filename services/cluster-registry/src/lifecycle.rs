@@ -469,7 +469,7 @@ mod tests {
         assert_eq!(job.status, JobStatus::Failed);
         assert_eq!(job.failure_kind, Some(FailureKind::Data));
         assert!(job.refund_due);
-        assert_eq!(settlement(&job).unwrap().refund, true);
+        assert!(settlement(&job).unwrap().refund);
     }
 
     #[test]
