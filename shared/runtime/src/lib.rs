@@ -9,6 +9,7 @@
 //! - [`nats`]: connect with retry, traced request/publish, and micro-service endpoint serving.
 //! - [`jobs`]: the JetStream streams, job consumers and object stores, ensured at start-up.
 //! - [`dataset`]: dataset snapshots (deterministic tar, named by SHA-256).
+//! - [`events`]: publishing job events on the event stream, traced, acked, retried.
 //! - [`mongo`]: connect, per-service database names.
 //! - [`shutdown`]: SIGINT/SIGTERM into a cancellation token.
 //! - [`health`]: `/healthz`, `/readyz` and `/metrics`.
@@ -16,6 +17,7 @@
 
 pub mod config;
 pub mod dataset;
+pub mod events;
 pub mod health;
 pub mod jobs;
 pub mod metrics;
