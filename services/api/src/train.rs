@@ -13,7 +13,7 @@ use gantry_contracts::jobs::{
 use gantry_contracts::subjects;
 use gantry_runtime::dataset::{self, DatasetFile};
 use gantry_runtime::nats;
-use gantry_training::dataset::{DatasetLimits, Listing};
+use gantry_training::dataset::{check_file, DatasetLimits, Listing};
 use poem::Request;
 use poem_openapi::param::{Header, Query};
 use poem_openapi::payload::Json;
@@ -163,30 +163,10 @@ fn prepare(root: &DataRoot, train_path: &str) -> ApiResult<Snapshot> {
                 f.relative_path
             )));
         }
-        let dims = image::ImageReader::open(&path)
-            .and_then(|r| r.with_guessed_format())
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.into_dimensions().map_err(|e| e.to_string()));
-        match dims {
-            Ok((w, h)) => {
-                if w > limits.max_image_side
-                    || h > limits.max_image_side
-                    || (w as u64 * h as u64) > limits.max_image_pixels
-                {
-                    return Err(ApiError::bad_request(format!(
-                        "`{}` is {w}x{h} pixels, more than the limit of {} per side or {} pixels",
-                        f.relative_path, limits.max_image_side, limits.max_image_pixels
-                    )));
-                }
-                readable[f.class] += 1;
-            }
-            Err(reason) => {
-                return Err(ApiError::bad_request(format!(
-                    "`{}` is not a readable PNG or JPEG image: {reason}",
-                    f.relative_path
-                )))
-            }
-        }
+        // The trainer's own header rules: what passes here loads there.
+        check_file(&path, &f.relative_path, &limits)
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        readable[f.class] += 1;
         files.push(DatasetFile {
             relative: format!(
                 "{}/{}",
@@ -203,7 +183,9 @@ fn prepare(root: &DataRoot, train_path: &str) -> ApiResult<Snapshot> {
         )));
     }
     let archive = tempfile::NamedTempFile::new().map_err(ApiError::internal)?;
-    let hash = dataset::pack(&mut files, archive.path()).map_err(ApiError::internal)?;
+    let hash = dataset::pack(&mut files, archive.path())
+        .map_err(ApiError::internal)?
+        .into();
     Ok(Snapshot {
         hash,
         classes: listing.classes.clone(),

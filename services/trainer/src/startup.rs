@@ -11,9 +11,10 @@ use gantry_runtime::health::{self, Readiness};
 use gantry_runtime::{nats, Config};
 use tokio_util::sync::CancellationToken;
 
+use crate::cache;
 use crate::inventory;
-use crate::jobs::{self, WorkerConfig, Workers};
 use crate::node::{self, JoinError, Node, NodeConfig};
+use crate::worker::{self, WorkerConfig, Workers};
 
 /// The node name: `GANTRY_NODE_NAME`, else the hostname.
 pub fn node_name(config: &Config) -> anyhow::Result<NodeName> {
@@ -30,7 +31,7 @@ pub fn cache_dir(config: &Config, node: &NodeName) -> PathBuf {
     config
         .cache_dir
         .clone()
-        .unwrap_or_else(|| jobs::default_cache_dir(node.as_ref()))
+        .unwrap_or_else(|| cache::default_cache_dir(node.as_ref()))
 }
 
 /// Run until `shutdown` fires (exit 0), or until the cluster refuses this node (an error: exit
@@ -84,16 +85,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let result = match Node::join(client.clone(), node_config, inv, nvml, &shutdown).await {
         Ok(node) => {
             joined.store(true, Ordering::Release);
-            let cache_root = cache_dir(&config, &hostname);
-            crate::cache::remove_leftovers(&cache_root.join("datasets"));
             let workers = Workers::new(
                 client.clone(),
                 WorkerConfig {
                     node_name: hostname.to_string(),
                     node_id: node.node_id().to_owned(),
-                    cache_dir: cache_root,
+                    cache_dir: cache_dir(&config, &hostname),
                     cache_max_bytes: (config.cache_max_gb * 1e9) as u64,
-                    threads: jobs::threads_per_job(cpus, config.workers as usize),
+                    threads: worker::threads_per_job(cpus, config.workers as usize),
                 },
                 node.busy_slots(),
                 node.busy_changed(),
@@ -102,7 +101,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             let result = node.run(shutdown.clone()).await;
             // Leaving on our own (token revoked) stops the jobs too: they are handed back.
             shutdown.cancel();
-            if tokio::time::timeout(jobs::SHUTDOWN_GRACE + jobs::PULL_WAIT * 2, jobs)
+            if tokio::time::timeout(worker::SHUTDOWN_GRACE + worker::PULL_WAIT * 2, jobs)
                 .await
                 .is_err()
             {

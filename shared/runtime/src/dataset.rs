@@ -1,12 +1,77 @@
 //! Dataset snapshots: an ImageFolder directory packed into a deterministic tar archive whose
-//! SHA-256 is its name, so an unchanged dataset is stored once and remote nodes need no shared
-//! filesystem. The api packs; trainers unpack into their cache.
+//! SHA-256 is its name ([`SnapshotHash`]), so an unchanged dataset is stored once and remote nodes
+//! need no shared filesystem. The api packs; trainers unpack into their cache.
+//!
+//! A snapshot hash names the archive's bytes; the training library's `ContentHash` names the
+//! images the loader reads. Jobs, the object store, the trainer's cache and stored model cards
+//! use the snapshot hash.
 
+use std::fmt;
 use std::io::{Read, Write};
 use std::path::{Component, Path};
 
 use anyhow::{bail, Context as _};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+/// The name of a dataset snapshot: the hex SHA-256 of its archive, 64 hex digits (so it is safe
+/// as a file name and an object key). A string on the wire; one that is not 64 hex digits does
+/// not deserialise.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct SnapshotHash(String);
+
+/// A string that is not 64 hex digits, so not a [`SnapshotHash`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a dataset snapshot hash (64 hex digits)")]
+pub struct InvalidSnapshotHash(pub String);
+
+impl SnapshotHash {
+    /// `hash` if it is 64 hex digits (either case, kept as given).
+    pub fn parse(hash: &str) -> Result<Self, InvalidSnapshotHash> {
+        if hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            Ok(Self(hash.to_owned()))
+        } else {
+            Err(InvalidSnapshotHash(hash.to_owned()))
+        }
+    }
+
+    /// The hex digits.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether `digest` (a SHA-256) is the one this hash names.
+    pub fn names(&self, digest: &[u8]) -> bool {
+        hex::encode(digest).eq_ignore_ascii_case(&self.0)
+    }
+}
+
+impl TryFrom<String> for SnapshotHash {
+    type Error = InvalidSnapshotHash;
+
+    fn try_from(hash: String) -> Result<Self, Self::Error> {
+        Self::parse(&hash)
+    }
+}
+
+impl From<SnapshotHash> for String {
+    fn from(hash: SnapshotHash) -> String {
+        hash.0
+    }
+}
+
+impl AsRef<str> for SnapshotHash {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for SnapshotHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
 
 /// One file of a dataset: its path inside the archive (`class/image.png`) and where to read it.
 #[derive(Debug, Clone)]
@@ -35,8 +100,8 @@ impl<W: Write> Write for HashingWriter<W> {
 }
 
 /// Pack `files` (sorted here) into a tar archive at `out`, with fixed modes, owners and times so
-/// the same content always gives the same bytes. Returns the archive's SHA-256 in hex.
-pub fn pack(files: &mut [DatasetFile], out: &Path) -> anyhow::Result<String> {
+/// the same content always gives the same bytes. Returns the archive's hash, its name.
+pub fn pack(files: &mut [DatasetFile], out: &Path) -> anyhow::Result<SnapshotHash> {
     files.sort_by(|a, b| a.relative.cmp(&b.relative));
     let file = std::fs::File::create(out).context("creating the snapshot file")?;
     let mut writer = HashingWriter {
@@ -64,7 +129,7 @@ pub fn pack(files: &mut [DatasetFile], out: &Path) -> anyhow::Result<String> {
         builder.finish()?;
     }
     writer.flush()?;
-    Ok(hex::encode(writer.hasher.finalize()))
+    Ok(SnapshotHash(hex::encode(writer.hasher.finalize())))
 }
 
 /// Unpack a snapshot into `dir`, refusing anything but plain files inside a class folder
@@ -99,6 +164,22 @@ pub fn unpack(archive: impl Read, dir: &Path) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_sha256_hex_names_a_snapshot() {
+        assert!(SnapshotHash::parse(&"ab".repeat(32)).is_ok());
+        assert!(SnapshotHash::parse(&"AB".repeat(32)).is_ok());
+        assert!(SnapshotHash::parse("../../etc").is_err());
+        assert!(SnapshotHash::parse(&"zz".repeat(32)).is_err());
+        assert!(SnapshotHash::parse(&"ab".repeat(31)).is_err());
+        let hash: SnapshotHash = serde_json::from_str(&format!("\"{}\"", "0f".repeat(32))).unwrap();
+        assert_eq!(
+            serde_json::to_string(&hash).unwrap(),
+            format!("\"{}\"", "0f".repeat(32))
+        );
+        assert!(serde_json::from_str::<SnapshotHash>("\"../x\"").is_err());
+        assert!(hash.names(&[0x0f; 32]) && !hash.names(&[0; 32]));
+    }
 
     #[test]
     fn the_same_content_packs_to_the_same_hash_and_unpacks_back() {

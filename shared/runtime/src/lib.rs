@@ -12,6 +12,7 @@
 //! - [`retry`]: trying again with growing waits until something is ready.
 //! - [`secrets`]: generated secrets and tokens, their stored digests, argon2id passwords.
 //! - [`dataset`]: dataset snapshots (deterministic tar, named by SHA-256).
+//! - [`events`]: publishing job events on the event stream, traced, acked, retried.
 //! - [`mongo`]: connect, per-service database names, counters.
 //! - [`shutdown`]: SIGINT/SIGTERM into a cancellation token.
 //! - [`health`]: `/healthz`, `/readyz` and `/metrics`.
@@ -20,6 +21,7 @@
 pub mod config;
 pub mod dataset;
 pub mod endpoint;
+pub mod events;
 pub mod health;
 pub mod jetstream;
 pub mod metrics;

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::dataset::Normalization;
+use crate::preprocess::Normalization;
 
 /// Metrics of one finished epoch.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -71,8 +71,10 @@ pub struct ModelCard {
     pub training: TrainingSummary,
     /// Free text from the job's submitter (filled by the caller).
     pub description: String,
-    /// Content hash of the training dataset (filled by the caller; `train` puts the loaded
-    /// dataset's `content_hash` here).
+    /// The hash the training dataset is known by where the model is stored. `train` fills in the
+    /// loaded dataset's [`ContentHash`](crate::ContentHash); a service that names datasets
+    /// otherwise replaces it (Gantry's trainer writes the snapshot hash its job names, so a
+    /// stored card and its job agree).
     pub dataset_hash: String,
     /// Id of the job that trained it (filled by the caller).
     pub job_id: String,

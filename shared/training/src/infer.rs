@@ -1,15 +1,13 @@
 //! Using a trained model: rebuild the network from its [`ModelCard`], load its safetensors
-//! weights, classify images. Also the weight (de)serialisation that training and checkpoints use.
-
-use std::collections::HashMap;
-use std::fs;
+//! weights, classify images.
 
 use tch::nn::{self, ModuleT};
 use tch::{Device, Kind, Tensor};
 
 use crate::card::ModelCard;
+use crate::error::TrainError;
 use crate::model::{NetConfig, ResNet, ARCHITECTURE};
-use crate::train::TrainError;
+use crate::weights::load_weights;
 
 /// A network rebuilt from a card and its weights, ready to classify.
 pub struct LoadedModel {
@@ -100,60 +98,4 @@ pub fn predict(model: &LoadedModel, images: &Tensor) -> Result<Vec<usize>, Train
         Ok(())
     })?;
     Ok(out)
-}
-
-/// All variables of `vs`, as safetensors bytes (names sorted, tensors on the CPU).
-pub(crate) fn weights_to_bytes(vs: &nn::VarStore) -> Result<Vec<u8>, TrainError> {
-    let mut named: Vec<(String, Tensor)> = vs
-        .variables()
-        .into_iter()
-        .map(|(name, t)| {
-            Ok((
-                name,
-                t.f_detach()?.f_to_device(Device::Cpu)?.f_contiguous()?,
-            ))
-        })
-        .collect::<Result<_, tch::TchError>>()?;
-    named.sort_by(|a, b| a.0.cmp(&b.0));
-    // tch writes safetensors only to a path; a private temp file keeps it off shared storage.
-    let file = tempfile::Builder::new()
-        .prefix("gantry-weights-")
-        .suffix(".safetensors")
-        .tempfile()?;
-    Tensor::write_safetensors(&named, file.path())?;
-    Ok(fs::read(file.path())?)
-}
-
-/// Copies safetensors `bytes` into the variables of `vs`: every variable must be present with its
-/// exact shape, and nothing else may be.
-pub(crate) fn load_weights(vs: &nn::VarStore, bytes: &[u8]) -> Result<(), TrainError> {
-    let file = tempfile::Builder::new()
-        .prefix("gantry-weights-")
-        .suffix(".safetensors")
-        .tempfile()?;
-    fs::write(file.path(), bytes)?;
-    let mut tensors: HashMap<String, Tensor> = Tensor::read_safetensors(file.path())
-        .map_err(|e| TrainError::BadWeights(format!("not a safetensors file: {e}")))?
-        .into_iter()
-        .collect();
-    let bad = TrainError::BadWeights;
-    for (name, mut var) in vs.variables() {
-        let src = tensors
-            .remove(&name)
-            .ok_or_else(|| bad(format!("the weights have no tensor `{name}`")))?;
-        if src.size() != var.size() {
-            return Err(bad(format!(
-                "tensor `{name}` is shaped {:?}, the network needs {:?}",
-                src.size(),
-                var.size()
-            )));
-        }
-        tch::no_grad(|| var.f_copy_(&src))?;
-    }
-    if let Some(extra) = tensors.keys().next() {
-        return Err(bad(format!(
-            "the weights hold tensor `{extra}`, which the network does not have"
-        )));
-    }
-    Ok(())
 }

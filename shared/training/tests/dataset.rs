@@ -227,7 +227,7 @@ fn the_hash_covers_exactly_the_images_read() {
     let listing = Listing::scan(dir.path(), &limits).unwrap();
     assert_eq!(listing.class_counts(), [4, 4, 4]);
     let hash = content_hash(&listing, &limits).unwrap();
-    assert_eq!(hash.len(), 64);
+    assert_eq!(hash.as_str().len(), 64);
     let data = Dataset::load(dir.path(), &options()).unwrap();
     assert_eq!(data.content_hash, hash, "loading computes the same hash");
 

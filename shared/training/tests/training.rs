@@ -87,7 +87,7 @@ fn shapes_are_learnt_and_the_weights_classify_as_reported() {
     );
     assert!(reported >= 0.9, "validation accuracy {reported}");
     assert_eq!(card.metrics.len(), 20);
-    assert_eq!(card.dataset_hash, data.content_hash);
+    assert_eq!(card.dataset_hash, data.content_hash.as_str());
     assert_eq!(card.training.val_samples, 120);
 
     // The card survives JSON, and the safetensors load into a freshly built network.

@@ -1,0 +1,451 @@
+//! The job workers of this node: the pull loop and the worker slots. Jobs come from the job
+//! consumer of the node's backend and from `train-any`; each runs in a slot of its own
+//! ([`crate::run`]), and cancels, drains, driver changes and shutdown reach it through its
+//! [`JobControl`].
+//!
+//! [`Workers::run`] asks for at most as many jobs as there are free worker slots, alternating
+//! between the two consumers with short long-polls ([`PULL_WAIT`]), so a job never sits in a
+//! message this node cannot start and a changed [`WorkerPlan`] (another driver, a drain) takes
+//! effect within a poll. A message that arrives after the plan stopped wanting it is handed back
+//! at once (nak).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, consumer::PullConsumer, AckKind};
+use async_nats::Client;
+use futures::StreamExt;
+use gantry_contracts::jobs::{self as contract, JobDriver, TrainJob, CANCEL_SUBJECTS, JOBS_STREAM};
+use gantry_contracts::registry::Driver;
+use tokio::sync::{watch, Notify};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::{AbortOnDropHandle, TaskTracker};
+
+use crate::cache::DatasetCache;
+use crate::control::JobControl;
+use crate::node::WorkerPlan;
+use crate::run::{JobRunner, RunnerConfig};
+
+/// How long one pull request waits at the server before the loop looks again (at the other
+/// consumer, the plan, the free slots).
+pub const PULL_WAIT: Duration = Duration::from_secs(1);
+/// How long shutdown waits for jobs in flight to hand their messages back.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
+
+/// What the workers need to know about this node.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// The node's name (events and model cards).
+    pub node_name: String,
+    /// The node's id (`Started` events).
+    pub node_id: String,
+    /// Where dataset snapshots are cached (`<cache_dir>/datasets/<hash>/`).
+    pub cache_dir: PathBuf,
+    /// The cache's budget in bytes; least recently used snapshots go beyond it.
+    pub cache_max_bytes: u64,
+    /// libtorch intra-op threads per job.
+    pub threads: usize,
+}
+
+/// libtorch threads per job: the node's CPUs shared by its worker slots.
+pub fn threads_per_job(cpus: usize, workers: usize) -> usize {
+    (cpus / workers.max(1)).max(1)
+}
+
+/// The job consumer serving a backend.
+pub fn job_driver(driver: Driver) -> JobDriver {
+    match driver {
+        Driver::Cuda => JobDriver::Cuda,
+        Driver::Rocm => JobDriver::Rocm,
+        Driver::Cpu => JobDriver::Cpu,
+    }
+}
+
+/// The job id of a cancel announced on [`contract::cancel_subject`].
+pub fn cancelled_job_id(subject: &str) -> Option<&str> {
+    let id = subject
+        .strip_prefix("gantry.control.job.")?
+        .strip_suffix(".cancel")?;
+    (!id.is_empty() && !id.contains('.')).then_some(id)
+}
+
+/// Whether a message that arrived from `consumer` is still wanted under `plan`.
+pub fn wanted(plan: &WorkerPlan, consumer: JobDriver) -> bool {
+    plan.accepting && (consumer == JobDriver::Any || consumer == job_driver(plan.driver))
+}
+
+/// The job consumers of this node; cheap to clone.
+#[derive(Clone)]
+pub struct Workers {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: Client,
+    js: jetstream::Context,
+    runner: JobRunner,
+    /// Per worker slot: the model it trains (shared with the heartbeats).
+    busy: Arc<Mutex<Vec<Option<String>>>>,
+    /// Woken when a slot is taken or freed, so the node heartbeats at once.
+    busy_changed: Arc<Notify>,
+    /// Woken when a slot is freed, so the pull loop asks for more.
+    slot_freed: Notify,
+    /// Jobs in flight, by a serial (the same job may run twice here after a lost lease).
+    running: Mutex<HashMap<u64, (String, Arc<JobControl>)>>,
+    serial: AtomicU64,
+}
+
+/// A taken worker slot; freed on drop.
+struct Slot {
+    workers: Workers,
+    index: usize,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let inner = &self.workers.inner;
+        if let Some(s) = lock(&inner.busy).get_mut(self.index) {
+            *s = None;
+        }
+        inner.slot_freed.notify_one();
+        inner.busy_changed.notify_one();
+    }
+}
+
+/// A job's entry in the cancel table; removed on drop.
+struct Registration {
+    workers: Workers,
+    serial: u64,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        lock(&self.workers.inner.running).remove(&self.serial);
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Workers {
+    /// Workers over `busy` (one entry per slot, shared with the heartbeats). Opens the dataset
+    /// cache, which finishes the evictions a crash interrupted.
+    pub fn new(
+        client: Client,
+        config: WorkerConfig,
+        busy: Arc<Mutex<Vec<Option<String>>>>,
+        busy_changed: Arc<Notify>,
+    ) -> Self {
+        let js = jetstream::new(client.clone());
+        let cache = DatasetCache::open(js.clone(), &config.cache_dir, config.cache_max_bytes);
+        let runner = JobRunner::new(
+            client.clone(),
+            RunnerConfig {
+                node_name: config.node_name,
+                node_id: config.node_id,
+                threads: config.threads,
+            },
+            cache,
+        );
+        Self {
+            inner: Arc::new(Inner {
+                client,
+                js,
+                runner,
+                busy,
+                busy_changed,
+                slot_freed: Notify::new(),
+                running: Mutex::new(HashMap::new()),
+                serial: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    fn free_slots(&self) -> usize {
+        lock(&self.inner.busy)
+            .iter()
+            .filter(|s| s.is_none())
+            .count()
+    }
+
+    fn take_slot(&self, model: &str) -> Option<Slot> {
+        let index = {
+            let mut busy = lock(&self.inner.busy);
+            let index = busy.iter().position(Option::is_none)?;
+            busy[index] = Some(model.to_owned());
+            index
+        };
+        self.inner.busy_changed.notify_one();
+        Some(Slot {
+            workers: self.clone(),
+            index,
+        })
+    }
+
+    fn register(&self, job_id: &str) -> (Registration, Arc<JobControl>) {
+        let serial = self.inner.serial.fetch_add(1, Ordering::Relaxed);
+        let control = Arc::new(JobControl::default());
+        lock(&self.inner.running).insert(serial, (job_id.to_owned(), control.clone()));
+        (
+            Registration {
+                workers: self.clone(),
+                serial,
+            },
+            control,
+        )
+    }
+
+    /// Set the cancel flag of every run of `job_id` here; true when one was found.
+    pub fn cancel(&self, job_id: &str) -> bool {
+        let running = lock(&self.inner.running);
+        let mut found = false;
+        for (id, control) in running.values() {
+            if id == job_id {
+                control.cancel();
+                found = true;
+            }
+        }
+        found
+    }
+
+    /// Pull and train until `shutdown`; then stop the jobs in flight, hand their messages back and
+    /// return within [`SHUTDOWN_GRACE`] (plus a pull).
+    pub async fn run(self, mut plan: watch::Receiver<WorkerPlan>, shutdown: CancellationToken) {
+        if !gantry_runtime::jetstream::ensure_with_retry(&self.inner.js, &shutdown).await {
+            return;
+        }
+        let cancels =
+            AbortOnDropHandle::new(tokio::spawn(self.clone().follow_cancels(shutdown.clone())));
+        let tracker = TaskTracker::new();
+        let mut consumers: HashMap<JobDriver, PullConsumer> = HashMap::new();
+        let mut turn = 0usize;
+        tracing::info!(slots = lock(&self.inner.busy).len(), "taking training jobs");
+        loop {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            let current = plan.borrow_and_update().clone();
+            let free = self.free_slots();
+            if !current.accepting || free == 0 {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    changed = plan.changed() => if changed.is_err() { break },
+                    _ = self.inner.slot_freed.notified() => {}
+                }
+                continue;
+            }
+            let driver = [job_driver(current.driver), JobDriver::Any][turn % 2];
+            turn = turn.wrapping_add(1);
+            // With NATS gone a pull waits for its request timeout; a shutdown must not. A batch cut
+            // short here only delays its unread messages until AckWait.
+            let pulled = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = self.pull(&mut consumers, driver, free, &plan, &shutdown, &tracker) => r,
+            };
+            if let Err(e) = pulled {
+                consumers.remove(&driver);
+                tracing::warn!(
+                    consumer = contract::train_consumer(driver),
+                    error = format!("{e:#}"),
+                    "pulling jobs failed; retrying"
+                );
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                let _ = gantry_runtime::jetstream::ensure(&self.inner.js).await;
+            }
+        }
+
+        let in_flight: Vec<Arc<JobControl>> = lock(&self.inner.running)
+            .values()
+            .map(|(_, c)| c.clone())
+            .collect();
+        if !in_flight.is_empty() {
+            tracing::info!(
+                jobs = in_flight.len(),
+                "stopping: handing the jobs in flight back"
+            );
+        }
+        for control in in_flight {
+            control.stop();
+        }
+        tracker.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "jobs in flight did not hand back in time; they return to the queue after AckWait"
+            );
+        }
+        drop(cancels);
+    }
+
+    async fn consumer(
+        &self,
+        consumers: &mut HashMap<JobDriver, PullConsumer>,
+        driver: JobDriver,
+    ) -> anyhow::Result<PullConsumer> {
+        if let Some(c) = consumers.get(&driver) {
+            return Ok(c.clone());
+        }
+        let name = contract::train_consumer(driver);
+        let stream = self
+            .inner
+            .js
+            .get_stream(JOBS_STREAM)
+            .await
+            .context("looking up the job stream")?;
+        let consumer: PullConsumer = stream
+            .get_consumer(&name)
+            .await
+            .map_err(|e| anyhow::anyhow!("looking up consumer {name}: {e}"))?;
+        consumers.insert(driver, consumer.clone());
+        Ok(consumer)
+    }
+
+    /// One long-poll for at most `free` jobs from `driver`'s consumer; each is started as it
+    /// arrives. The batch is read to its end even when stopping, so no message is left delivered
+    /// to nobody.
+    async fn pull(
+        &self,
+        consumers: &mut HashMap<JobDriver, PullConsumer>,
+        driver: JobDriver,
+        free: usize,
+        plan: &watch::Receiver<WorkerPlan>,
+        shutdown: &CancellationToken,
+        tracker: &TaskTracker,
+    ) -> anyhow::Result<()> {
+        let consumer = self.consumer(consumers, driver).await?;
+        let mut batch = consumer
+            .batch()
+            .max_messages(free)
+            .expires(PULL_WAIT)
+            .messages()
+            .await
+            .map_err(|e| anyhow::anyhow!("asking for jobs: {e}"))?;
+        while let Some(msg) = batch.next().await {
+            let msg = msg.map_err(|e| anyhow::anyhow!("receiving jobs: {e}"))?;
+            self.accept(msg, driver, plan, shutdown, tracker).await;
+        }
+        Ok(())
+    }
+
+    async fn accept(
+        &self,
+        msg: jetstream::Message,
+        consumer: JobDriver,
+        plan: &watch::Receiver<WorkerPlan>,
+        shutdown: &CancellationToken,
+        tracker: &TaskTracker,
+    ) {
+        let current = plan.borrow().clone();
+        if shutdown.is_cancelled() || !wanted(&current, consumer) {
+            // Asked for while wanted; the plan changed on the way. Another node takes it now.
+            tracing::info!(
+                consumer = contract::train_consumer(consumer),
+                "handing back a job that arrived after the plan changed"
+            );
+            let _ = msg.ack_with(AckKind::Nak(None)).await;
+            return;
+        }
+        let job: TrainJob = match serde_json::from_slice(&msg.payload) {
+            Ok(job) => job,
+            Err(e) => {
+                tracing::error!(error = %e, subject = %msg.subject, "dropping an unreadable job message");
+                let _ = msg.ack_with(AckKind::Term).await;
+                return;
+            }
+        };
+        let Some(slot) = self.take_slot(&job.output_model) else {
+            // Cannot happen (we never ask for more than the free slots), but never hold it.
+            let _ = msg.ack_with(AckKind::Nak(None)).await;
+            return;
+        };
+        // Registered before the run asks the registry: a cancel recorded after the answer still
+        // reaches this run.
+        let (registration, control) = self.register(&job.job_id);
+        let runner = self.inner.runner.clone();
+        tracker.spawn(async move {
+            runner.run(msg, job, current.driver, control).await;
+            drop(registration);
+            drop(slot);
+        });
+    }
+
+    async fn follow_cancels(self, shutdown: CancellationToken) {
+        let mut sub = loop {
+            match self.inner.client.subscribe(CANCEL_SUBJECTS).await {
+                Ok(s) => break s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "subscribing to cancels failed; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        };
+        loop {
+            let msg = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                m = sub.next() => match m { Some(m) => m, None => return },
+            };
+            if let Some(job_id) = cancelled_job_id(&msg.subject) {
+                if self.cancel(job_id) {
+                    tracing::info!(job_id, "cancel received: stopping the job");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cancel_subjects_name_the_job() {
+        assert_eq!(
+            cancelled_job_id(&contract::cancel_subject("abc-123")),
+            Some("abc-123")
+        );
+        assert_eq!(cancelled_job_id("gantry.control.job..cancel"), None);
+        assert_eq!(cancelled_job_id("gantry.control.job.a.b.cancel"), None);
+        assert_eq!(cancelled_job_id("gantry.jobs.train.cpu"), None);
+    }
+
+    #[test]
+    fn a_node_pulls_its_backend_and_any_unless_drained_or_unavailable() {
+        let plan = WorkerPlan {
+            driver: Driver::Cpu,
+            accepting: true,
+        };
+        assert!(wanted(&plan, JobDriver::Cpu));
+        assert!(wanted(&plan, JobDriver::Any));
+        assert!(!wanted(&plan, JobDriver::Cuda));
+        let moved = WorkerPlan {
+            driver: Driver::Cuda,
+            accepting: true,
+        };
+        assert!(wanted(&moved, JobDriver::Cuda) && !wanted(&moved, JobDriver::Cpu));
+        let drained = WorkerPlan {
+            driver: Driver::Cpu,
+            accepting: false,
+        };
+        assert!(!wanted(&drained, JobDriver::Cpu) && !wanted(&drained, JobDriver::Any));
+    }
+
+    #[test]
+    fn threads_are_shared_between_slots() {
+        assert_eq!(threads_per_job(16, 4), 4);
+        assert_eq!(threads_per_job(2, 4), 1);
+        assert_eq!(threads_per_job(8, 0), 8);
+    }
+}
