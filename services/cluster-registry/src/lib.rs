@@ -17,7 +17,8 @@
 //!   nodes, batch-write heartbeat state.
 //! - [`view`]: the in-memory view, pure and clock-driven.
 //! - [`store`]: MongoDB documents and queries.
-//! - [`tokens`]: token secrets, hashes, listed forms and node identities.
+//! - [`tokens`]: how admins name cluster tokens, and node identities (the secrets themselves:
+//!   `gantry_runtime::secrets`).
 //! - [`error`]: the error enum and its mapping to service failures.
 
 pub mod error;

@@ -105,11 +105,20 @@ async fn call<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
 async fn create_token(name: &str, wait: Duration) -> Result<String, String> {
     let deadline = Instant::now() + wait;
     let client = connect(deadline).await?;
+    new_token(&client, name, deadline).await
+}
+
+/// Ask the registry for a new cluster token named `name`; the whole secret.
+async fn new_token(
+    client: &async_nats::Client,
+    name: &str,
+    deadline: Instant,
+) -> Result<String, String> {
     let req = CreateClusterToken {
         name: name.to_owned(),
     };
     let token: ClusterToken =
-        call(&client, subjects::registry::TOKENS_CREATE, &req, deadline).await?;
+        call(client, subjects::registry::TOKENS_CREATE, &req, deadline).await?;
     Ok(token.token)
 }
 
@@ -134,12 +143,8 @@ async fn ensure_token(name: &str, file: &std::path::Path, wait: Duration) -> Res
             file.display()
         );
     }
-    let req = CreateClusterToken {
-        name: name.to_owned(),
-    };
-    let token: ClusterToken =
-        call(&client, subjects::registry::TOKENS_CREATE, &req, deadline).await?;
-    write_secret(file, &token.token).map_err(|e| format!("writing {}: {e}", file.display()))
+    let token = new_token(&client, name, deadline).await?;
+    write_secret(file, &token).map_err(|e| format!("writing {}: {e}", file.display()))
 }
 
 fn write_secret(file: &std::path::Path, secret: &str) -> std::io::Result<()> {
