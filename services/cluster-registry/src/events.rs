@@ -9,6 +9,7 @@ use futures::StreamExt;
 use gantry_contracts::jobs::{
     self, JobEvent, JobRecord, JobStatus, TrainJob, EVENTS_CONSUMER, EVENTS_STREAM,
 };
+use gantry_runtime::retry;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -48,9 +49,8 @@ pub async fn start(jobs: Jobs, shutdown: CancellationToken, tracker: &TaskTracke
                     error = format!("{e:#}"),
                     "job event consumer stopped; restarting"
                 );
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                if !retry::pause(&shutdown, Duration::from_secs(1)).await {
+                    break;
                 }
             }
         }

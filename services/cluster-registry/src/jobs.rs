@@ -16,6 +16,7 @@ use gantry_contracts::jobs::{
 };
 use gantry_contracts::registry::process_status;
 use gantry_contracts::subjects;
+use gantry_runtime::events::EventPublisher;
 use gantry_runtime::nats;
 use mongodb::bson::{doc, Document};
 use mongodb::{Collection, IndexModel};
@@ -58,13 +59,19 @@ const WRITE_ATTEMPTS: usize = 8;
 pub struct Jobs {
     registry: Registry,
     models: Models,
+    events: EventPublisher,
 }
 
 impl Jobs {
     /// Over the registry's connections and view.
     pub fn new(registry: Registry) -> Self {
         let models = Models::new(registry.clone());
-        Self { registry, models }
+        let events = EventPublisher::new(jetstream::new(registry.client().clone()));
+        Self {
+            registry,
+            models,
+            events,
+        }
     }
 
     /// The registry it works over.
@@ -401,26 +408,9 @@ impl Jobs {
     }
 
     async fn publish_event(&self, job_id: &str, kind: JobEventKind) {
-        let event = JobEvent {
-            job_id: job_id.to_owned(),
-            delivery: 0,
-            at: Utc::now(),
-            kind,
-        };
-        let js = jetstream::new(self.registry.client().clone());
-        let payload = serde_json::to_vec(&event).unwrap_or_default();
-        let published = async {
-            js.publish_with_headers(
-                jobs::event_subject(job_id),
-                nats::traced_headers(),
-                payload.into(),
-            )
-            .await?
-            .await
-        };
-        if let Err(e) = published.await {
-            tracing::warn!(job_id, error = %e, "could not publish a job event");
-        }
+        self.events
+            .publish_or_warn(&EventPublisher::event(job_id, 0, kind))
+            .await;
     }
 
     /// Apply one event from a trainer. Events of an older delivery (a node that lost its lease)

@@ -3,7 +3,7 @@
 //!
 //! Collections of `<prefix>registry`:
 //! - `models`: one per model version, `_id` = `model:<name>:<version>`.
-//! - `counters`: `{_id: "model:<name>", n}` numbers a model's versions.
+//! - `counters`: `{_id: "model:<name>", n}` numbers a model's versions ([`Counter`]).
 //! - `version_reservations`: `{_id: <job id>, version}`, the number a job's completion got.
 
 use async_nats::jetstream;
@@ -12,8 +12,8 @@ use futures::TryStreamExt;
 use gantry_contracts::jobs::{
     self, JobRecord, ModelDetail, ModelList, ModelQuery, ModelRef, ModelSummary, ModelVersion,
 };
-use mongodb::bson::{doc, Bson, Document};
-use mongodb::options::ReturnDocument;
+use gantry_runtime::mongo::{self, Counter};
+use mongodb::bson::{doc, Document};
 use mongodb::{Collection, IndexModel};
 use serde::{Deserialize, Serialize};
 
@@ -42,15 +42,6 @@ fn model_key(name: &str) -> String {
 
 fn model_id(name: &str, version: u32) -> String {
     format!("model:{name}:{version}")
-}
-
-fn bson_number(v: Option<&Bson>) -> Result<i64, RegistryError> {
-    match v {
-        Some(Bson::Int64(n)) => Ok(*n),
-        Some(Bson::Int32(n)) => Ok(i64::from(*n)),
-        Some(Bson::Double(n)) => Ok(*n as i64),
-        other => Err(anyhow::anyhow!("expected a number, found {other:?}").into()),
-    }
 }
 
 /// The model side of the registry; cheap to clone.
@@ -92,19 +83,11 @@ impl Models {
         let db = self.registry.store().database();
         let reservations: Collection<Document> = db.collection("version_reservations");
         if let Some(r) = reservations.find_one(doc! { "_id": &job.job_id }).await? {
-            return bson_number(r.get("version")).map(|n| n as u32);
+            return Ok(mongo::number(r.get("version"))? as u32);
         }
-        let counters: Collection<Document> = db.collection("counters");
-        let after = counters
-            .find_one_and_update(
-                doc! { "_id": format!("model:{}", job.output_model) },
-                doc! { "$inc": { "n": 1_i64 } },
-            )
-            .upsert(true)
-            .return_document(ReturnDocument::After)
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("the model counter vanished"))?;
-        let n = bson_number(after.get("n"))?;
+        let n = Counter::new(db, "counters", format!("model:{}", job.output_model), "n")
+            .next()
+            .await?;
         // Events are applied one at a time, so nobody reserves for this job meanwhile.
         reservations
             .insert_one(doc! { "_id": &job.job_id, "version": n })
