@@ -555,7 +555,7 @@ impl Jobs {
                     }
                     JobEventKind::Progress { .. } => {
                         job.status = JobStatus::Running;
-                        job.progress = serde_json::to_value(&event).ok();
+                        job.progress = jobs::JobProgress::of(&event);
                     }
                     JobEventKind::Checkpoint { epoch, .. } => {
                         job.checkpoint_epoch = job.checkpoint_epoch.max(*epoch)

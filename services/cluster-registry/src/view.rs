@@ -538,7 +538,7 @@ mod tests {
             workers: 2,
             inventory: Inventory {
                 gpu_info: GpuInfo {
-                    available_backends: vec!["cpu".into()],
+                    available_backends: vec![Driver::Cpu],
                     ..Default::default()
                 },
                 host_memory_gb: 16.0,

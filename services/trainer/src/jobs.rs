@@ -241,12 +241,15 @@ fn finite(x: f64) -> f64 {
 
 /// The model card as stored: the training library's card with the job's description, dataset
 /// hash (the snapshot's, as the job names it), job id and node.
-pub fn model_card(mut card: ModelCard, job: &TrainJob, node: &str) -> serde_json::Value {
+pub fn model_card(mut card: ModelCard, job: &TrainJob, node: &str) -> contract::ModelCard {
     card.description = job.description.clone();
     card.dataset_hash = job.dataset_hash.clone();
     card.job_id = job.job_id.clone();
     card.node = node.to_owned();
-    serde_json::to_value(card).unwrap_or_default()
+    // The same fields in the contract's wire form (its numbers are f64).
+    serde_json::to_value(card)
+        .and_then(serde_json::from_value)
+        .unwrap_or_default()
 }
 
 /// The training settings of a job.
@@ -804,7 +807,7 @@ impl Workers {
             weights_key,
             card: model_card(model.card, job, &self.inner.config.node_name),
             val_accuracy,
-            created_at: Utc::now(),
+            created_at: Utc::now().into(),
         }))
     }
 
@@ -830,11 +833,7 @@ impl Workers {
             Outcome::Completed(model) => {
                 let val_accuracy = model.val_accuracy;
                 if self
-                    .publish_final(
-                        &job.job_id,
-                        delivery,
-                        JobEventKind::Completed { model: *model },
-                    )
+                    .publish_final(&job.job_id, delivery, JobEventKind::Completed { model })
                     .await
                 {
                     match msg.double_ack().await {
@@ -1441,7 +1440,7 @@ mod tests {
             job_id: String::new(),
             node: String::new(),
         };
-        let v = model_card(card, &job, "node-a");
+        let v = serde_json::to_value(model_card(card, &job, "node-a")).unwrap();
         assert_eq!(v["description"], "three shapes");
         assert_eq!(v["dataset_hash"], job.dataset_hash);
         assert_eq!(v["job_id"], "j1");
