@@ -12,9 +12,6 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::Timestamp;
 
-mod listing;
-pub use listing::*;
-
 /// A backend a node can train on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -58,6 +55,37 @@ impl std::fmt::Display for Driver {
         f.write_str(self.as_str())
     }
 }
+
+/// Compare with a wire name, as in `p.status == "busy"`.
+macro_rules! eq_wire_name {
+    ($ty:ty) => {
+        impl PartialEq<str> for $ty {
+            fn eq(&self, other: &str) -> bool {
+                self.as_str() == other
+            }
+        }
+
+        impl PartialEq<&str> for $ty {
+            fn eq(&self, other: &&str) -> bool {
+                self.as_str() == *other
+            }
+        }
+
+        impl PartialEq<String> for $ty {
+            fn eq(&self, other: &String) -> bool {
+                self.as_str() == other
+            }
+        }
+    };
+}
+
+eq_wire_name!(Driver);
+
+// After `eq_wire_name!`, which `process` uses.
+mod listing;
+mod process;
+pub use listing::*;
+pub use process::*;
 
 /// The message an unknown `driver` value is refused with.
 pub const DRIVER_CHOICES: &str = "driver must be one of cuda, rocm, cpu, auto";
@@ -342,152 +370,6 @@ pub struct Registered {
     pub token_name: String,
 }
 
-/// One worker of a node.
-// As the page's `processes` entries.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(poem_openapi::Object))]
-#[cfg_attr(feature = "openapi", oai(rename = "ProcessOut"))]
-pub struct Process {
-    /// `train_cuda`, `train_rocm` or `train_cpu`.
-    // `train_<backend>`.
-    pub name: String,
-    /// `active` (ready), `busy`, `draining` or `unavailable`.
-    // `unavailable`: see `reason`.
-    pub status: ProcessStatus,
-    /// Per-worker weight.
-    // Default [`DEFAULT_PROCESS_WEIGHT`].
-    pub weight: u32,
-    /// The model it is working on, or null.
-    pub model: Option<String>,
-    /// Why it is unavailable.
-    // E.g. the chosen driver's backend is missing on this node.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[cfg_attr(feature = "openapi", oai(skip_serializing_if_is_none))]
-    pub reason: Option<String>,
-}
-
-/// What a worker is doing ([`Process::status`]). Documented as a plain `string` in the OpenAPI
-/// document, as the admin page always has.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ProcessStatus {
-    /// Ready for work.
-    Active,
-    /// Working on a job.
-    Busy,
-    /// The node is drained: finishing what it runs, taking nothing new.
-    Draining,
-    /// Cannot work: its backend is missing (see [`Process::reason`]).
-    Unavailable,
-}
-
-impl ProcessStatus {
-    /// `active`, `busy`, `draining` or `unavailable`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ProcessStatus::Active => "active",
-            ProcessStatus::Busy => "busy",
-            ProcessStatus::Draining => "draining",
-            ProcessStatus::Unavailable => "unavailable",
-        }
-    }
-}
-
-/// Compare with a wire name, as in `p.status == "busy"`.
-macro_rules! eq_wire_name {
-    ($ty:ty) => {
-        impl PartialEq<str> for $ty {
-            fn eq(&self, other: &str) -> bool {
-                self.as_str() == other
-            }
-        }
-
-        impl PartialEq<&str> for $ty {
-            fn eq(&self, other: &&str) -> bool {
-                self.as_str() == *other
-            }
-        }
-
-        impl PartialEq<String> for $ty {
-            fn eq(&self, other: &String) -> bool {
-                self.as_str() == other
-            }
-        }
-    };
-}
-
-eq_wire_name!(Driver);
-eq_wire_name!(ProcessStatus);
-
-impl std::fmt::Display for ProcessStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// The values of [`ProcessStatus`] under their old constant names, for callers that compare
-/// `p.status == process_status::BUSY`.
-pub mod process_status {
-    use super::ProcessStatus;
-
-    /// Ready for work.
-    pub const ACTIVE: ProcessStatus = ProcessStatus::Active;
-    /// Working on a job.
-    pub const BUSY: ProcessStatus = ProcessStatus::Busy;
-    /// The node is drained: finishing what it runs, taking nothing new.
-    pub const DRAINING: ProcessStatus = ProcessStatus::Draining;
-    /// Cannot work: its backend is missing.
-    pub const UNAVAILABLE: ProcessStatus = ProcessStatus::Unavailable;
-}
-
-/// What a node's workers do under `settings`, given what it has: the backend they run on and one
-/// [`Process`] per worker. `busy` holds, per worker, the model it is training (`Some`) or `None`
-/// when idle. The trainer reports this; the registry shows it for a node that has just joined and
-/// not yet sent a heartbeat.
-///
-/// - A preferred backend the node lacks makes every worker `unavailable`, with the reason.
-/// - Drained workers are `draining` (a busy one keeps its model: it finishes it).
-/// - Otherwise a worker is `busy` with its model, or `active` (ready).
-pub fn plan_processes(
-    gpu_info: &GpuInfo,
-    settings: &NodeSettings,
-    busy: &[Option<String>],
-) -> (Driver, Vec<Process>) {
-    let (driver, missing) = match settings.driver_preference {
-        Some(d) if gpu_info.has(d) => (d, None),
-        Some(d) => (
-            d,
-            Some(format!(
-                "driver {d} was chosen but this node has no {d} backend (it has: {})",
-                gpu_info.backends_list()
-            )),
-        ),
-        None => (gpu_info.best(), None),
-    };
-    let processes = busy
-        .iter()
-        .map(|model| {
-            let (status, reason) = match (&missing, settings.draining, model) {
-                (Some(r), _, _) => (process_status::UNAVAILABLE, Some(r.clone())),
-                (None, true, _) => (process_status::DRAINING, None),
-                (None, false, Some(_)) => (process_status::BUSY, None),
-                (None, false, None) => (process_status::ACTIVE, None),
-            };
-            Process {
-                name: format!("train_{driver}"),
-                status,
-                weight: DEFAULT_PROCESS_WEIGHT,
-                model: model.clone(),
-                reason,
-            }
-        })
-        .collect();
-    (driver, processes)
-}
-
-/// A worker's weight in the listings.
-pub const DEFAULT_PROCESS_WEIGHT: u32 = 10;
-
 /// A node's heartbeat on `gantry.node.<node_id>.heartbeat` (core NATS, every
 /// `GANTRY_HEARTBEAT_INTERVAL`). Every registry replica subscribes to all of them.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -659,61 +541,6 @@ mod tests {
         );
         let v = serde_json::to_value(NodeControl::Leave { reason: "x".into() }).unwrap();
         assert_eq!(v["type"], "leave");
-    }
-
-    #[test]
-    fn a_process_without_a_reason_has_the_pages_four_fields() {
-        let p = Process {
-            name: "train_cpu".into(),
-            status: ProcessStatus::Active,
-            weight: 10,
-            model: None,
-            reason: None,
-        };
-        let v = serde_json::to_value(p).unwrap();
-        assert_eq!(
-            v,
-            serde_json::json!({"name": "train_cpu", "status": "active", "weight": 10, "model": null})
-        );
-    }
-
-    #[test]
-    fn a_missing_preferred_backend_makes_every_worker_unavailable_with_a_reason() {
-        let cpu = GpuInfo {
-            available_backends: vec![Driver::Cpu],
-            ..Default::default()
-        };
-        let settings = NodeSettings {
-            driver_preference: Some(Driver::Cuda),
-            ..Default::default()
-        };
-        let (driver, procs) = plan_processes(&cpu, &settings, &[None, None]);
-        assert_eq!(driver, Driver::Cuda);
-        assert_eq!(procs.len(), 2);
-        assert!(procs
-            .iter()
-            .all(|p| p.status == ProcessStatus::Unavailable && p.name == "train_cuda"));
-        assert!(procs[0]
-            .reason
-            .as_deref()
-            .unwrap()
-            .contains("no cuda backend"));
-    }
-
-    #[test]
-    fn drained_workers_show_draining_and_busy_ones_keep_their_model() {
-        let cpu = GpuInfo {
-            available_backends: vec![Driver::Cpu],
-            ..Default::default()
-        };
-        let mut settings = NodeSettings::default();
-        let (_, procs) = plan_processes(&cpu, &settings, &[Some("m".into()), None]);
-        assert_eq!(procs[0].status, ProcessStatus::Busy);
-        assert_eq!(procs[1].status, ProcessStatus::Active);
-        settings.draining = true;
-        let (_, procs) = plan_processes(&cpu, &settings, &[Some("m".into()), None]);
-        assert!(procs.iter().all(|p| p.status == ProcessStatus::Draining));
-        assert_eq!(procs[0].model.as_deref(), Some("m"));
     }
 
     #[test]
