@@ -151,7 +151,7 @@ async fn the_inventory_subcommand_prints_json_and_exits_zero() {
     assert!(inv
         .gpu_info
         .available_backends
-        .ends_with(&["cpu".to_owned()]));
+        .ends_with(&[gantry_contracts::registry::Driver::Cpu]));
     assert!(inv.cpus >= 1 && inv.host_memory_gb > 0.0);
 }
 

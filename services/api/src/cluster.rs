@@ -1,76 +1,20 @@
 //! The cluster: cluster tokens, connected clients, nodes, driver choice and draining. The
-//! registry answers in the admin page's shapes; these types document them and carry them through.
+//! registry answers in the admin page's shapes, and its replies (`gantry_contracts::registry`)
+//! are served as they are; this module holds only the request bodies.
 
-use gantry_contracts::registry as msg;
+use gantry_contracts::registry::{
+    self as msg, ClusterClients, ClusterNodes, ClusterToken, ClusterTokenList, SetDriverResult,
+};
 use gantry_contracts::subjects::registry as ep;
 use poem::Request;
 use poem_openapi::param::Path;
 use poem_openapi::payload::{Form, Json};
-use poem_openapi::types::Example;
 use poem_openapi::{ApiRequest, ApiResponse, Multipart, Object, OpenApi};
 
 use crate::auth::Credentials;
 use crate::error::ApiResult;
 use crate::state::AppState;
 use crate::tags::ApiTags;
-use crate::users::rfc3339;
-use crate::wire::carry;
-
-/// A cluster token.
-#[derive(Debug, Clone, Object)]
-#[oai(rename = "ClusterToken", example)]
-pub struct ClusterTokenOut {
-    /// Numeric id.
-    pub id: i64,
-    /// Its name.
-    pub name: String,
-    /// The first 8 characters followed by `...`; whole only when just created.
-    pub token: String,
-    /// False once revoked.
-    pub active: bool,
-    /// When it was made (RFC 3339, UTC).
-    pub created_at: String,
-}
-
-impl Example for ClusterTokenOut {
-    fn example() -> Self {
-        Self {
-            id: 1,
-            name: "Worker Token".into(),
-            token: "abc123...".into(),
-            active: true,
-            created_at: "2024-01-01T00:00:00Z".into(),
-        }
-    }
-}
-
-impl From<msg::ClusterToken> for ClusterTokenOut {
-    fn from(t: msg::ClusterToken) -> Self {
-        Self {
-            id: t.id,
-            name: t.name,
-            token: t.token,
-            active: t.active,
-            created_at: rfc3339(t.created_at),
-        }
-    }
-}
-
-/// Every cluster token.
-#[derive(Debug, Clone, Object)]
-#[oai(example)]
-pub struct ClusterTokenList {
-    /// By id, revoked ones too.
-    pub tokens: Vec<ClusterTokenOut>,
-}
-
-impl Example for ClusterTokenList {
-    fn example() -> Self {
-        Self {
-            tokens: vec![ClusterTokenOut::example()],
-        }
-    }
-}
 
 /// A new cluster token.
 #[derive(Debug, Clone, Object)]
@@ -78,240 +22,6 @@ pub struct CreateClusterTokenBody {
     /// A name to recognise it by.
     #[oai(validator(min_length = 1, max_length = 100))]
     pub name: String,
-}
-
-/// The page's `gpu_info`.
-#[derive(Debug, Clone, Object)]
-pub struct GpuInfoOut {
-    /// libtorch sees a CUDA device.
-    pub cuda_available: bool,
-    /// libtorch (a ROCm build) sees a ROCm device.
-    pub rocm_available: bool,
-    /// CUDA devices.
-    pub cuda_devices: u32,
-    /// ROCm devices.
-    pub rocm_devices: u32,
-    /// What the node can train on, best first, ending in `cpu`.
-    pub available_backends: Vec<String>,
-}
-
-/// One worker of a node.
-#[derive(Debug, Clone, Object)]
-pub struct ProcessOut {
-    /// `train_cuda`, `train_rocm` or `train_cpu`.
-    pub name: String,
-    /// `active` (ready), `busy`, `draining` or `unavailable`.
-    pub status: String,
-    /// Per-worker weight.
-    pub weight: u32,
-    /// The model it is working on, or null.
-    pub model: Option<String>,
-    /// Why it is unavailable.
-    #[oai(skip_serializing_if_is_none)]
-    pub reason: Option<String>,
-}
-
-/// A connected cluster client.
-#[derive(Debug, Clone, Object)]
-pub struct ClientOut {
-    /// The node's identity.
-    pub client_id: String,
-    /// When it connected, seconds since the epoch.
-    pub connected_at: f64,
-    /// Its last heartbeat, seconds since the epoch.
-    pub last_seen: f64,
-    /// Its GPUs.
-    pub gpu_info: GpuInfoOut,
-    /// One per worker.
-    pub processes: Vec<ProcessOut>,
-    /// The node name.
-    pub hostname: String,
-    /// Connected (always true here).
-    pub connected: bool,
-}
-
-/// Connected cluster clients.
-#[derive(Debug, Clone, Object)]
-#[oai(example)]
-pub struct ClusterClientsOut {
-    /// By hostname.
-    pub clients: Vec<ClientOut>,
-}
-
-impl Example for ClusterClientsOut {
-    fn example() -> Self {
-        Self {
-            clients: vec![ClientOut {
-                client_id: "abc123...".into(),
-                connected_at: 1640995200.0,
-                last_seen: 1640995300.0,
-                gpu_info: GpuInfoOut {
-                    cuda_available: true,
-                    rocm_available: false,
-                    cuda_devices: 1,
-                    rocm_devices: 0,
-                    available_backends: vec!["cuda".into(), "cpu".into()],
-                },
-                processes: vec![ProcessOut {
-                    name: "train_cuda".into(),
-                    status: "active".into(),
-                    weight: 10,
-                    model: Some("MyCustomModel".into()),
-                    reason: None,
-                }],
-                hostname: "worker1.example.com".into(),
-                connected: true,
-            }],
-        }
-    }
-}
-
-/// Cluster totals.
-#[derive(Debug, Clone, Object)]
-pub struct MasterStatsOut {
-    /// Nodes listed.
-    pub total_nodes: u64,
-    /// Of which connected.
-    pub connected_nodes: u64,
-    /// Worker slots of connected nodes.
-    pub total_workers: u64,
-    /// Jobs running.
-    pub total_active_jobs: u64,
-    /// Jobs completed.
-    pub total_completed_jobs: u64,
-    /// The registry's uptime.
-    pub uptime_seconds: f64,
-}
-
-/// One GPU.
-#[derive(Debug, Clone, Object)]
-pub struct GpuDeviceOut {
-    /// Index.
-    pub index: u32,
-    /// `cuda` or `rocm`.
-    pub backend: String,
-    /// Product name.
-    pub name: String,
-    /// Memory, MiB.
-    pub memory_total_mib: u64,
-}
-
-/// A cluster node.
-#[derive(Debug, Clone, Object)]
-pub struct NodeOut {
-    /// Its token, listed form.
-    pub token: String,
-    /// That token's name.
-    pub token_name: String,
-    /// The node name.
-    pub hostname: String,
-    /// Node weight.
-    pub weight: u32,
-    /// GPU count.
-    pub gpus: u32,
-    /// One per GPU: `"CUDA Device 0: 8GB VRAM"`.
-    pub gpu_memory: Vec<String>,
-    /// GPU memory, GB, summed (0 on a CPU-only node).
-    pub total_memory: u64,
-    /// Free worker slots.
-    pub workers_available: u32,
-    /// The address it joined from.
-    pub ip_address: String,
-    /// Heartbeating now.
-    pub connected: bool,
-    /// Last heartbeat, seconds since the epoch.
-    pub last_seen: f64,
-    /// Seconds the trainer has been up.
-    pub uptime_seconds: f64,
-    /// Jobs running.
-    pub active_jobs: u64,
-    /// Jobs completed.
-    pub completed_jobs: u64,
-    /// Added: its identity (`client_id`).
-    pub client_id: String,
-    /// Added: total worker slots.
-    pub workers: u32,
-    /// Added: host memory, GB.
-    pub host_memory_gb: f64,
-    /// Added: logical CPUs.
-    pub cpus: u32,
-    /// Added: the backend its workers run on.
-    pub driver: String,
-    /// Added: the stored preference (null: automatic).
-    pub driver_preference: Option<String>,
-    /// Added: drained.
-    pub draining: bool,
-    /// Added: its `gpu_info`.
-    pub gpu_info: GpuInfoOut,
-    /// Added: its GPUs in detail.
-    pub gpu_devices: Vec<GpuDeviceOut>,
-    /// Added: GPU driver version.
-    pub driver_version: Option<String>,
-    /// Added: one per worker.
-    pub processes: Vec<ProcessOut>,
-}
-
-/// Every node with the cluster's totals.
-#[derive(Debug, Clone, Object)]
-#[oai(example)]
-pub struct ClusterNodesOut {
-    /// Totals.
-    pub master_stats: MasterStatsOut,
-    /// Connected and recently disconnected nodes.
-    pub nodes: Vec<NodeOut>,
-}
-
-impl Example for ClusterNodesOut {
-    fn example() -> Self {
-        Self {
-            master_stats: MasterStatsOut {
-                total_nodes: 3,
-                connected_nodes: 2,
-                total_workers: 6,
-                total_active_jobs: 1,
-                total_completed_jobs: 15,
-                uptime_seconds: 3600.5,
-            },
-            nodes: vec![NodeOut {
-                token: "abc123...".into(),
-                token_name: "Worker Node 1".into(),
-                hostname: "worker1.example.com".into(),
-                weight: 100,
-                gpus: 1,
-                gpu_memory: vec!["CUDA Device 0: 8GB VRAM".into()],
-                total_memory: 8,
-                workers_available: 2,
-                ip_address: "192.168.1.100".into(),
-                connected: true,
-                last_seen: 1640995300.0,
-                uptime_seconds: 1800.5,
-                active_jobs: 1,
-                completed_jobs: 5,
-                client_id: "abc123...".into(),
-                workers: 3,
-                host_memory_gb: 62.8,
-                cpus: 16,
-                driver: "cuda".into(),
-                driver_preference: None,
-                draining: false,
-                gpu_info: GpuInfoOut {
-                    cuda_available: true,
-                    rocm_available: false,
-                    cuda_devices: 1,
-                    rocm_devices: 0,
-                    available_backends: vec!["cuda".into(), "cpu".into()],
-                },
-                gpu_devices: vec![GpuDeviceOut {
-                    index: 0,
-                    backend: "cuda".into(),
-                    name: "NVIDIA GeForce RTX 3070".into(),
-                    memory_total_mib: 8192,
-                }],
-                driver_version: Some("580.65.06".into()),
-                processes: vec![],
-            }],
-        }
-    }
 }
 
 /// The fields of `set_driver`, in whichever form they come.
@@ -364,32 +74,12 @@ impl NodeBody {
     }
 }
 
-/// `{"success": true}`, with a warning when the change cannot take effect now.
-#[derive(Debug, Clone, Object)]
-#[oai(example)]
-pub struct SuccessOut {
-    /// Always true.
-    pub success: bool,
-    /// Set when the change is stored but cannot take effect now (e.g. the node lacks that backend).
-    #[oai(skip_serializing_if_is_none)]
-    pub warning: Option<String>,
-}
-
-impl Example for SuccessOut {
-    fn example() -> Self {
-        Self {
-            success: true,
-            warning: None,
-        }
-    }
-}
-
 /// `POST /admin/api/cluster_tokens` answers.
 #[derive(ApiResponse)]
 pub enum CreatedClusterToken {
     /// Created: `token` is whole, this once.
     #[oai(status = 201)]
-    Created(Json<ClusterTokenOut>),
+    Created(Json<ClusterToken>),
 }
 
 /// The cluster endpoints.
@@ -402,10 +92,10 @@ impl ClusterApi {
         auth: Credentials,
         body: NodeBody,
         drain: bool,
-    ) -> ApiResult<Json<SuccessOut>> {
+    ) -> ApiResult<Json<SetDriverResult>> {
         self.0.auth.admin(&auth, req).await?;
         let f = body.fields();
-        let r: msg::SetDriverResult = self
+        let r: SetDriverResult = self
             .0
             .registry(
                 ep::DRAIN,
@@ -416,10 +106,7 @@ impl ClusterApi {
                 },
             )
             .await?;
-        Ok(Json(SuccessOut {
-            success: r.success,
-            warning: r.warning,
-        }))
+        Ok(Json(r))
     }
 }
 
@@ -441,10 +128,8 @@ impl ClusterApi {
         auth: Credentials,
     ) -> ApiResult<Json<ClusterTokenList>> {
         self.0.auth.admin(&auth, req).await?;
-        let list: msg::ClusterTokenList = self.0.registry(ep::TOKENS_LIST, &msg::Empty {}).await?;
-        Ok(Json(ClusterTokenList {
-            tokens: list.tokens.into_iter().map(Into::into).collect(),
-        }))
+        let list: ClusterTokenList = self.0.registry(ep::TOKENS_LIST, &msg::Empty {}).await?;
+        Ok(Json(list))
     }
 
     /// Create a cluster token
@@ -465,14 +150,14 @@ impl ClusterApi {
         body: Json<CreateClusterTokenBody>,
     ) -> ApiResult<CreatedClusterToken> {
         self.0.auth.admin(&auth, req).await?;
-        let t: msg::ClusterToken = self
+        let t: ClusterToken = self
             .0
             .registry(
                 ep::TOKENS_CREATE,
                 &msg::CreateClusterToken { name: body.0.name },
             )
             .await?;
-        Ok(CreatedClusterToken::Created(Json(t.into())))
+        Ok(CreatedClusterToken::Created(Json(t)))
     }
 
     /// Revoke a cluster token
@@ -491,13 +176,13 @@ impl ClusterApi {
         auth: Credentials,
         /// The token's id.
         id: Path<i64>,
-    ) -> ApiResult<Json<ClusterTokenOut>> {
+    ) -> ApiResult<Json<ClusterToken>> {
         self.0.auth.admin(&auth, req).await?;
-        let t: msg::ClusterToken = self
+        let t: ClusterToken = self
             .0
             .registry(ep::TOKENS_REVOKE, &msg::RevokeClusterToken { id: id.0 })
             .await?;
-        Ok(Json(t.into()))
+        Ok(Json(t))
     }
 
     /// List cluster clients
@@ -510,16 +195,12 @@ impl ClusterApi {
         operation_id = "list_cluster_clients",
         code_sample(lang = "curl", source = "crate::docs::samples::LIST_CLUSTER_CLIENTS")
     )]
-    async fn clients(
-        &self,
-        req: &Request,
-        auth: Credentials,
-    ) -> ApiResult<Json<ClusterClientsOut>> {
+    async fn clients(&self, req: &Request, auth: Credentials) -> ApiResult<Json<ClusterClients>> {
         self.0.auth.admin(&auth, req).await?;
         let mut clients = Vec::new();
         let mut offset = 0;
         loop {
-            let page: msg::ClusterClients = self
+            let page: ClusterClients = self
                 .0
                 .registry(
                     ep::CLIENTS,
@@ -535,8 +216,9 @@ impl ClusterApi {
                 _ => break,
             }
         }
-        Ok(Json(ClusterClientsOut {
-            clients: carry(clients)?,
+        Ok(Json(ClusterClients {
+            clients,
+            next_offset: None,
         }))
     }
 
@@ -550,17 +232,17 @@ impl ClusterApi {
         operation_id = "cluster_nodes",
         code_sample(lang = "curl", source = "crate::docs::samples::CLUSTER_NODES")
     )]
-    async fn nodes(&self, req: &Request, auth: Credentials) -> ApiResult<Json<ClusterNodesOut>> {
+    async fn nodes(&self, req: &Request, auth: Credentials) -> ApiResult<Json<ClusterNodes>> {
         self.0.auth.admin(&auth, req).await?;
-        let first: msg::ClusterNodes = self
+        let first: ClusterNodes = self
             .0
             .registry(ep::NODES, &msg::ListQuery::default())
             .await?;
-        let stats = first.master_stats.clone();
+        let master_stats = first.master_stats;
         let mut nodes = first.nodes;
         let mut next = first.next_offset;
         while let Some(offset) = next {
-            let page: msg::ClusterNodes = self
+            let page: ClusterNodes = self
                 .0
                 .registry(
                     ep::NODES,
@@ -573,9 +255,10 @@ impl ClusterApi {
             nodes.extend(page.nodes);
             next = page.next_offset.filter(|n| *n > offset);
         }
-        Ok(Json(ClusterNodesOut {
-            master_stats: carry(stats)?,
-            nodes: carry(nodes)?,
+        Ok(Json(ClusterNodes {
+            master_stats,
+            nodes,
+            next_offset: None,
         }))
     }
 
@@ -594,14 +277,14 @@ impl ClusterApi {
         req: &Request,
         auth: Credentials,
         body: SetDriverBody,
-    ) -> ApiResult<Json<SuccessOut>> {
+    ) -> ApiResult<Json<SetDriverResult>> {
         self.0.auth.admin(&auth, req).await?;
         let f = match body {
             SetDriverBody::Multipart(f)
             | SetDriverBody::Form(Form(f))
             | SetDriverBody::Json(Json(f)) => f,
         };
-        let r: msg::SetDriverResult = self
+        let r: SetDriverResult = self
             .0
             .registry(
                 ep::SET_DRIVER,
@@ -612,10 +295,7 @@ impl ClusterApi {
                 },
             )
             .await?;
-        Ok(Json(SuccessOut {
-            success: r.success,
-            warning: r.warning,
-        }))
+        Ok(Json(r))
     }
 
     /// Drain a node
@@ -632,7 +312,7 @@ impl ClusterApi {
         req: &Request,
         auth: Credentials,
         body: NodeBody,
-    ) -> ApiResult<Json<SuccessOut>> {
+    ) -> ApiResult<Json<SetDriverResult>> {
         self.drain(req, auth, body, true).await
     }
 
@@ -650,7 +330,7 @@ impl ClusterApi {
         req: &Request,
         auth: Credentials,
         body: NodeBody,
-    ) -> ApiResult<Json<SuccessOut>> {
+    ) -> ApiResult<Json<SetDriverResult>> {
         self.drain(req, auth, body, false).await
     }
 }

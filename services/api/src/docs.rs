@@ -269,7 +269,7 @@ pub fn render_page(spec: &Value, host_url: &str) -> String {
         html.push_str(&format!(
             "<div class=\"head\"><span class=\"method {m}\">{m}</span> <code class=\"path\">{p}</code></div>\n",
             m = esc(method),
-            p = esc(&path.replace('{', "{").replace('}', "}"))
+            p = esc(path)
         ));
         if let Some(alias) = alias_of(path) {
             html.push_str(&format!(

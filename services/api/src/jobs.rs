@@ -1,6 +1,7 @@
 //! Following jobs and using their models: listings, one job, its live events (server-sent
 //! events, history first), cancel, models and their downloads. Admins see everything under
-//! `/admin/api`; users see their own under `/api`.
+//! `/admin/api`; users see their own under `/api`. The registry's replies (`JobRecord`,
+//! `ModelList`, `ModelDetail`) are served as they are.
 
 use async_nats::jetstream::consumer::{self, DeliverPolicy};
 use futures::stream::BoxStream;
@@ -13,172 +14,24 @@ use gantry_contracts::jobs::{
 use poem::Request;
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::{Attachment, AttachmentType, EventStream, Json};
-use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
+use poem_openapi::{ApiResponse, Object, OpenApi};
 
 use crate::auth::Credentials;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use crate::tags::ApiTags;
-use crate::wire::carry;
-
-/// Training settings of a job.
-#[derive(Debug, Clone, Object)]
-pub struct TrainParamsOut {
-    /// Passes over the data.
-    pub epochs: u32,
-    /// Images per step.
-    pub batch_size: u32,
-    /// Learning rate.
-    pub learning_rate: f64,
-    /// Square image side.
-    pub image_size: u32,
-    /// Validation share.
-    pub validation_split: f64,
-}
-
-/// A stored model version.
-#[derive(Debug, Clone, Object)]
-#[oai(rename = "ModelVersion")]
-pub struct ModelVersionOut {
-    /// Model name.
-    pub name: String,
-    /// Version, 1, 2, 3 ...
-    pub version: u32,
-    /// Owner.
-    pub user_id: i64,
-    /// The job that made it.
-    pub job_id: String,
-    /// Where its weights are stored.
-    pub weights_key: String,
-    /// Its card: classes, image size, normalisation, architecture, metrics per epoch,
-    /// description, dataset hash, job id, node.
-    pub card: serde_json::Value,
-    /// Final validation accuracy.
-    pub val_accuracy: f64,
-    /// When it was stored.
-    pub created_at: String,
-}
-
-/// A training job.
-#[derive(Debug, Clone, Object)]
-#[oai(rename = "Job")]
-pub struct JobOut {
-    /// Job id.
-    pub job_id: String,
-    /// Owner.
-    pub user_id: i64,
-    /// Model name.
-    pub output_model: String,
-    /// Description.
-    pub description: String,
-    /// The dataset, as named.
-    pub train_path: String,
-    /// The dataset's content hash.
-    pub dataset_hash: String,
-    /// Requested backend.
-    pub driver: String,
-    /// Settings.
-    pub params: TrainParamsOut,
-    /// `queued`, `running`, `completed`, `failed` or `cancelled`.
-    pub status: String,
-    /// Tokens charged.
-    pub tokens_charged: i64,
-    /// Whether the charge was refunded.
-    pub refunded: bool,
-    /// The node on it (its name).
-    pub node: Option<String>,
-    /// That node's id.
-    pub node_id: Option<String>,
-    /// Deliveries of the job so far.
-    pub delivery: u64,
-    /// The latest progress: epoch, step, total steps, loss, accuracies, samples/s, ETA.
-    pub progress: Option<serde_json::Value>,
-    /// Last checkpointed epoch.
-    pub checkpoint_epoch: u32,
-    /// The model version it produced.
-    pub model: Option<ModelVersionOut>,
-    /// Why it failed.
-    pub error: Option<String>,
-    /// The failure's kind: `data`, `crash`, `no_node`, `system`.
-    pub failure_kind: Option<String>,
-    /// Submitted.
-    pub created_at: String,
-    /// Last change.
-    pub updated_at: String,
-    /// Among queued jobs of its driver, 1 = next.
-    #[oai(skip_serializing_if_is_none)]
-    pub queue_position: Option<u64>,
-    /// Why a queued job waits.
-    #[oai(skip_serializing_if_is_none)]
-    pub waiting_reason: Option<String>,
-}
 
 /// A page of jobs, newest first.
 #[derive(Debug, Clone, Object)]
 pub struct JobListOut {
     /// This page.
-    pub jobs: Vec<JobOut>,
+    pub jobs: Vec<JobRecord>,
     /// Matching jobs in all.
     pub total: u64,
     /// Page size.
     pub limit: u64,
     /// Skipped.
     pub offset: u64,
-}
-
-/// Job states to filter by.
-#[derive(Debug, Clone, Copy, Enum)]
-#[oai(rename_all = "lowercase")]
-pub enum StatusFilter {
-    /// Waiting.
-    Queued,
-    /// Training.
-    Running,
-    /// Done.
-    Completed,
-    /// Failed.
-    Failed,
-    /// Cancelled.
-    Cancelled,
-}
-
-impl From<StatusFilter> for JobStatus {
-    fn from(s: StatusFilter) -> Self {
-        match s {
-            StatusFilter::Queued => JobStatus::Queued,
-            StatusFilter::Running => JobStatus::Running,
-            StatusFilter::Completed => JobStatus::Completed,
-            StatusFilter::Failed => JobStatus::Failed,
-            StatusFilter::Cancelled => JobStatus::Cancelled,
-        }
-    }
-}
-
-/// A model and its newest version.
-#[derive(Debug, Clone, Object)]
-pub struct ModelSummaryOut {
-    /// Name.
-    pub name: String,
-    /// Versions stored.
-    pub versions: u32,
-    /// The newest.
-    pub latest: ModelVersionOut,
-}
-
-/// Models.
-#[derive(Debug, Clone, Object)]
-pub struct ModelListOut {
-    /// By name.
-    pub models: Vec<ModelSummaryOut>,
-}
-
-/// A model with every version.
-#[derive(Debug, Clone, Object)]
-pub struct ModelDetailOut {
-    /// Name.
-    pub name: String,
-    /// Oldest first.
-    pub versions: Vec<ModelVersionOut>,
 }
 
 /// Weights download.
@@ -224,7 +77,7 @@ impl JobsApi {
     async fn list(
         &self,
         user_id: Option<i64>,
-        status: Option<StatusFilter>,
+        status: Option<JobStatus>,
         limit: u64,
         offset: u64,
     ) -> ApiResult<Json<JobListOut>> {
@@ -234,14 +87,14 @@ impl JobsApi {
                 jobs::subjects::JOBS_LIST,
                 &JobQuery {
                     user_id,
-                    status: status.map(Into::into),
+                    status,
                     limit: Some(limit),
                     offset,
                 },
             )
             .await?;
         Ok(Json(JobListOut {
-            jobs: carry(list.jobs)?,
+            jobs: list.jobs,
             total: list.total,
             limit,
             offset,
@@ -303,30 +156,28 @@ impl JobsApi {
         Ok(EventStream::new(events).keep_alive(std::time::Duration::from_secs(15)))
     }
 
-    async fn cancel(&self, user_id: Option<i64>, job_id: String) -> ApiResult<Json<JobOut>> {
+    async fn cancel(&self, user_id: Option<i64>, job_id: String) -> ApiResult<Json<JobRecord>> {
         let job: JobRecord = self
             .0
             .registry(jobs::subjects::JOBS_CANCEL, &JobRef { job_id, user_id })
             .await?;
-        Ok(Json(carry(job)?))
+        Ok(Json(job))
     }
 
-    async fn models(&self, user_id: Option<i64>) -> ApiResult<Json<ModelListOut>> {
+    async fn models(&self, user_id: Option<i64>) -> ApiResult<Json<ModelList>> {
         let list: ModelList = self
             .0
             .registry(jobs::subjects::MODELS_LIST, &ModelQuery { user_id })
             .await?;
-        Ok(Json(ModelListOut {
-            models: carry(list.models)?,
-        }))
+        Ok(Json(list))
     }
 
-    async fn model(&self, user_id: Option<i64>, name: String) -> ApiResult<Json<ModelDetailOut>> {
+    async fn model(&self, user_id: Option<i64>, name: String) -> ApiResult<Json<ModelDetail>> {
         let m: ModelDetail = self
             .0
             .registry(jobs::subjects::MODELS_GET, &ModelRef { name, user_id })
             .await?;
-        Ok(Json(carry(m)?))
+        Ok(Json(m))
     }
 
     async fn download(
@@ -385,7 +236,7 @@ impl JobsApi {
         req: &Request,
         auth: Credentials,
         /// Only jobs in this state
-        status: Query<Option<StatusFilter>>,
+        status: Query<Option<JobStatus>>,
         /// Page size (default: 50, at most 500)
         #[oai(
             default = "default_limit",
@@ -412,7 +263,7 @@ impl JobsApi {
         req: &Request,
         auth: Credentials,
         /// Only jobs in this state
-        status: Query<Option<StatusFilter>>,
+        status: Query<Option<JobStatus>>,
         /// Page size (default: 50, at most 500)
         #[oai(
             default = "default_limit",
@@ -440,9 +291,9 @@ impl JobsApi {
         auth: Credentials,
         /// Job id
         id: Path<String>,
-    ) -> ApiResult<Json<JobOut>> {
+    ) -> ApiResult<Json<JobRecord>> {
         let who = self.who(req, &auth, true).await?;
-        Ok(Json(carry(self.get(who, id.0).await?)?))
+        Ok(Json(self.get(who, id.0).await?))
     }
 
     /// Get one of your jobs
@@ -458,9 +309,9 @@ impl JobsApi {
         auth: Credentials,
         /// Job id
         id: Path<String>,
-    ) -> ApiResult<Json<JobOut>> {
+    ) -> ApiResult<Json<JobRecord>> {
         let who = self.who(req, &auth, false).await?;
-        Ok(Json(carry(self.get(who, id.0).await?)?))
+        Ok(Json(self.get(who, id.0).await?))
     }
 
     /// Follow a job
@@ -517,7 +368,7 @@ impl JobsApi {
         auth: Credentials,
         /// Job id
         id: Path<String>,
-    ) -> ApiResult<Json<JobOut>> {
+    ) -> ApiResult<Json<JobRecord>> {
         let who = self.who(req, &auth, true).await?;
         self.cancel(who, id.0).await
     }
@@ -535,7 +386,7 @@ impl JobsApi {
         auth: Credentials,
         /// Job id
         id: Path<String>,
-    ) -> ApiResult<Json<JobOut>> {
+    ) -> ApiResult<Json<JobRecord>> {
         let who = self.who(req, &auth, false).await?;
         self.cancel(who, id.0).await
     }
@@ -547,11 +398,7 @@ impl JobsApi {
         tag = "ApiTags::Training",
         operation_id = "list_models"
     )]
-    async fn admin_models(
-        &self,
-        req: &Request,
-        auth: Credentials,
-    ) -> ApiResult<Json<ModelListOut>> {
+    async fn admin_models(&self, req: &Request, auth: Credentials) -> ApiResult<Json<ModelList>> {
         let who = self.who(req, &auth, true).await?;
         self.models(who).await
     }
@@ -563,7 +410,7 @@ impl JobsApi {
         tag = "ApiTags::Training",
         operation_id = "list_my_models"
     )]
-    async fn user_models(&self, req: &Request, auth: Credentials) -> ApiResult<Json<ModelListOut>> {
+    async fn user_models(&self, req: &Request, auth: Credentials) -> ApiResult<Json<ModelList>> {
         let who = self.who(req, &auth, false).await?;
         self.models(who).await
     }
@@ -583,7 +430,7 @@ impl JobsApi {
         auth: Credentials,
         /// Model name
         name: Path<String>,
-    ) -> ApiResult<Json<ModelDetailOut>> {
+    ) -> ApiResult<Json<ModelDetail>> {
         let who = self.who(req, &auth, true).await?;
         self.model(who, name.0).await
     }
@@ -601,7 +448,7 @@ impl JobsApi {
         auth: Credentials,
         /// Model name
         name: Path<String>,
-    ) -> ApiResult<Json<ModelDetailOut>> {
+    ) -> ApiResult<Json<ModelDetail>> {
         let who = self.who(req, &auth, false).await?;
         self.model(who, name.0).await
     }

@@ -10,7 +10,6 @@
 //! - [`auth`]: credentials (bearer, session cookie), verification cache, same-origin check.
 //! - [`error`]: the error type of every operation and the envelope.
 //! - [`docs`]: the OpenAPI spec, Swagger UI, the rendered admin page, `/api/admin` aliases.
-//! - [`wire`]: service replies carried into documented types.
 //! - [`data_path`]: the data-root path rules, one function for browse, training and analysis.
 //! - One module per feature: [`browse`], [`train`], [`jobs`], [`users`], [`cluster`], [`session`], [`tokens`].
 
@@ -29,4 +28,3 @@ pub mod tags;
 pub mod tokens;
 pub mod train;
 pub mod users;
-pub mod wire;

@@ -24,10 +24,8 @@ use sha2::{Digest, Sha256};
 use crate::auth::Credentials;
 use crate::data_path::DataRoot;
 use crate::error::{ApiError, ApiResult};
-use crate::jobs::ModelVersionOut;
 use crate::state::AppState;
 use crate::tags::ApiTags;
-use crate::wire::carry;
 
 /// What training costs a user, in credit tokens (admins pay nothing).
 pub const TRAINING_COST: i64 = 100;
@@ -89,7 +87,7 @@ pub struct TrainCompleted {
     /// The job.
     pub job_id: String,
     /// The model version it produced.
-    pub model: Option<ModelVersionOut>,
+    pub model: Option<jobs::ModelVersion>,
 }
 
 impl Example for TrainCompleted {
@@ -124,7 +122,7 @@ pub struct TrainQueued {
 pub enum TrainResponse {
     /// Training completed.
     #[oai(status = 200)]
-    Completed(Json<TrainCompleted>),
+    Completed(Json<Box<TrainCompleted>>),
     /// Queued: `wait=false`, `Prefer: respond-async`, or the hold ran out while the job waits or runs.
     #[oai(status = 202)]
     Queued(Json<TrainQueued>),
@@ -623,13 +621,13 @@ fn final_answer(sub: Submitted, job: JobRecord) -> ApiResult<TrainResponse> {
         }
     };
     match status {
-        JobStatus::Completed => Ok(TrainResponse::Completed(Json(TrainCompleted {
+        JobStatus::Completed => Ok(TrainResponse::Completed(Json(Box::new(TrainCompleted {
             message: "Training completed".into(),
             tokens_used: sub.tokens_used,
             remaining_tokens: sub.remaining_tokens,
             job_id: sub.job_id,
-            model: model.map(carry).transpose()?,
-        }))),
+            model,
+        })))),
         JobStatus::Cancelled => Err(ApiError::new(
             ErrorCode::Conflict,
             format!("job {} was cancelled{refunded}", sub.job_id),

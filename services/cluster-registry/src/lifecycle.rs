@@ -12,7 +12,8 @@
 //! the record, call this, write conditionally and carry out the effects.
 
 use gantry_contracts::jobs::{
-    self, FailureKind, JobEvent, JobEventKind, JobRecord, JobStatus, ModelVersion, MAX_DELIVER,
+    self, FailureKind, JobEvent, JobEventKind, JobProgress, JobRecord, JobStatus, ModelVersion,
+    MAX_DELIVER,
 };
 
 /// Longest job id accepted.
@@ -30,12 +31,12 @@ pub enum Transition {
         /// The node's id.
         node_id: String,
     },
-    /// Training progress; `event` is kept as the job's last progress.
+    /// Training progress, kept as the job's last.
     Progress {
         /// The delivery it comes from.
         delivery: u64,
-        /// The progress event as published.
-        event: serde_json::Value,
+        /// What the progress event reports.
+        progress: Option<JobProgress>,
     },
     /// An epoch's checkpoint is stored.
     Checkpoint {
@@ -49,7 +50,7 @@ pub enum Transition {
         /// The delivery it comes from.
         delivery: u64,
         /// The version the completion is listed as.
-        model: ModelVersion,
+        model: Box<ModelVersion>,
     },
     /// The trainer could not finish it.
     Failed {
@@ -100,7 +101,7 @@ impl Transition {
             },
             JobEventKind::Progress { .. } => Transition::Progress {
                 delivery,
-                event: serde_json::to_value(event).unwrap_or_default(),
+                progress: JobProgress::of(event),
             },
             JobEventKind::Checkpoint { epoch, .. } => Transition::Checkpoint {
                 delivery,
@@ -108,7 +109,7 @@ impl Transition {
             },
             JobEventKind::Completed { model } => Transition::Completed {
                 delivery,
-                model: listed.unwrap_or_else(|| model.clone()),
+                model: Box::new(listed.unwrap_or_else(|| (**model).clone())),
             },
             JobEventKind::Failed { error, kind } => Transition::Failed {
                 delivery,
@@ -248,16 +249,16 @@ pub fn apply(job: &mut JobRecord, t: &Transition) -> Result<Effects, Refused> {
             job.node = Some(node.clone());
             job.node_id = Some(node_id.clone());
         }
-        Transition::Progress { event, .. } => {
+        Transition::Progress { progress, .. } => {
             job.status = JobStatus::Running;
-            job.progress = Some(event.clone());
+            job.progress = progress.clone();
         }
         Transition::Checkpoint { epoch, .. } => {
             job.checkpoint_epoch = job.checkpoint_epoch.max(*epoch);
         }
         Transition::Completed { model, .. } => {
             job.status = JobStatus::Completed;
-            job.model = Some(model.clone());
+            job.model = Some((**model).clone());
         }
         Transition::Failed { error, kind, .. } => {
             fail(job, error.clone(), *kind);
@@ -381,6 +382,26 @@ mod tests {
         }
     }
 
+    fn progress(delivery: u64) -> Transition {
+        let event = JobEvent {
+            job_id: "job-1".into(),
+            delivery,
+            at: Utc::now(),
+            kind: JobEventKind::Progress {
+                epoch: 1,
+                epochs: 2,
+                step: 3,
+                total_steps: 6,
+                loss: 0.5,
+                train_accuracy: 0.7,
+                val_accuracy: None,
+                samples_per_sec: 100.0,
+                eta_seconds: 1.0,
+            },
+        };
+        Transition::from_event(&event, None)
+    }
+
     fn model() -> ModelVersion {
         ModelVersion {
             name: "M".into(),
@@ -388,9 +409,9 @@ mod tests {
             user_id: 7,
             job_id: "job-1".into(),
             weights_key: "jobs/job-1/1/model.safetensors".into(),
-            card: serde_json::json!({}),
+            card: Default::default(),
             val_accuracy: 0.9,
-            created_at: Utc::now(),
+            created_at: Utc::now().into(),
         }
     }
 
@@ -412,16 +433,9 @@ mod tests {
     #[test]
     fn progress_is_kept_and_runs_a_job_whose_start_was_missed() {
         let mut job = queued(0);
-        let e = apply(
-            &mut job,
-            &Transition::Progress {
-                delivery: 1,
-                event: serde_json::json!({"epoch": 1}),
-            },
-        )
-        .unwrap();
+        let e = apply(&mut job, &progress(1)).unwrap();
         assert_eq!(job.status, JobStatus::Running);
-        assert_eq!(job.progress, Some(serde_json::json!({"epoch": 1})));
+        assert_eq!(job.progress.as_ref().map(|p| p.epoch), Some(1));
         assert_eq!(e, Effects::default());
     }
 
@@ -441,7 +455,7 @@ mod tests {
             &mut job,
             &Transition::Completed {
                 delivery: 1,
-                model: model(),
+                model: Box::new(model()),
             },
         )
         .unwrap();
@@ -517,7 +531,7 @@ mod tests {
             &mut job,
             &Transition::Completed {
                 delivery: 1,
-                model: model(),
+                model: Box::new(model()),
             },
         )
         .unwrap();
@@ -534,7 +548,7 @@ mod tests {
             &mut job,
             &Transition::Completed {
                 delivery: 1,
-                model: model(),
+                model: Box::new(model()),
             },
         );
         assert_eq!(r, Err(Refused::Final(JobStatus::Cancelled)));
@@ -555,7 +569,7 @@ mod tests {
             },
             Transition::Completed {
                 delivery: 1,
-                model: model(),
+                model: Box::new(model()),
             },
         ] {
             assert_eq!(
@@ -589,10 +603,7 @@ mod tests {
         let before = job.clone();
         for t in [
             started(1),
-            Transition::Progress {
-                delivery: 1,
-                event: serde_json::json!({}),
-            },
+            progress(1),
             Transition::Checkpoint {
                 delivery: 1,
                 epoch: 1,
@@ -690,7 +701,9 @@ mod tests {
             job_id: "job-1".into(),
             delivery: 2,
             at: Utc::now(),
-            kind: JobEventKind::Completed { model: model() },
+            kind: JobEventKind::Completed {
+                model: Box::new(model()),
+            },
         };
         let mut listed = model();
         listed.version = 9;
@@ -698,7 +711,7 @@ mod tests {
             Transition::from_event(&event, Some(listed.clone())),
             Transition::Completed {
                 delivery: 2,
-                model: listed
+                model: Box::new(listed)
             }
         );
         let event = JobEvent {
@@ -740,7 +753,7 @@ mod tests {
         foreign.weights_key = "jobs/someone-elses/1/model.safetensors".into();
         let t = Transition::Completed {
             delivery: 1,
-            model: foreign,
+            model: Box::new(foreign),
         };
         assert_eq!(apply(&mut job, &t), Err(Refused::ForeignWeights));
         assert_eq!(job.status, JobStatus::Running);

@@ -49,7 +49,7 @@ fn listed_token(t: &TokenDoc) -> ClusterToken {
         name: t.name.clone(),
         token: secrets::listed(&t.prefix),
         active: t.active,
-        created_at: t.created_at,
+        created_at: t.created_at.into(),
     }
 }
 
@@ -402,7 +402,7 @@ impl Registry {
         let warning = match driver {
             Some(d) if !gpu_info.has(d) => Some(format!(
                 "node {hostname:?} has no {d} backend (it has: {}); the preference is stored and its workers stay unavailable until it has one",
-                gpu_info.available_backends.join(", ")
+                gpu_info.backends_list()
             )),
             _ => None,
         };

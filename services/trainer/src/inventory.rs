@@ -256,12 +256,12 @@ pub fn detect(nvml: Option<&Nvml>) -> Inventory {
     }
 
     if gpu_info.cuda_available {
-        gpu_info.available_backends.push("cuda".into());
+        gpu_info.available_backends.push(Driver::Cuda);
     }
     if gpu_info.rocm_available {
-        gpu_info.available_backends.push("rocm".into());
+        gpu_info.available_backends.push(Driver::Rocm);
     }
-    gpu_info.available_backends.push("cpu".into());
+    gpu_info.available_backends.push(Driver::Cpu);
 
     let (host_memory_gb, cpus) = host(&mut notes);
     Inventory {
@@ -312,14 +312,11 @@ mod tests {
     #[test]
     fn a_machine_without_gpus_offers_the_cpu_and_no_error() {
         let inv = detect(None);
-        assert!(inv
-            .gpu_info
-            .available_backends
-            .ends_with(&["cpu".to_owned()]));
+        assert!(inv.gpu_info.available_backends.ends_with(&[Driver::Cpu]));
         assert!(inv.cpus >= 1);
         assert!(inv.host_memory_gb > 0.0);
         if !inv.gpu_info.cuda_available && !inv.gpu_info.rocm_available {
-            assert_eq!(inv.gpu_info.available_backends, vec!["cpu".to_owned()]);
+            assert_eq!(inv.gpu_info.available_backends, vec![Driver::Cpu]);
             assert!(inv.gpus.is_empty());
         }
     }

@@ -47,18 +47,19 @@ fn finite(x: f64) -> f64 {
 
 /// The model card as stored: the training library's card with the job's description, its
 /// dataset snapshot's hash (where the library put the content hash, so the card and the job name
-/// the dataset alike), job id and node.
+/// the dataset alike), job id and node, in the contract's form (the same fields; its numbers
+/// are f64).
 pub fn model_card(
     mut card: ModelCard,
     job: &TrainJob,
     snapshot: &SnapshotHash,
     node: &str,
-) -> serde_json::Value {
+) -> Result<gantry_contracts::jobs::ModelCard, serde_json::Error> {
     card.description = job.description.clone();
     card.dataset_hash = snapshot.to_string();
     card.job_id = job.job_id.clone();
     card.node = node.to_owned();
-    serde_json::to_value(card).unwrap_or_default()
+    serde_json::from_value(serde_json::to_value(card)?)
 }
 
 #[cfg(test)]
@@ -162,7 +163,7 @@ mod tests {
             node: String::new(),
         };
         let snapshot = SnapshotHash::parse(&job.dataset_hash).unwrap();
-        let v = model_card(card, &job, &snapshot, "node-a");
+        let v = serde_json::to_value(model_card(card, &job, &snapshot, "node-a").unwrap()).unwrap();
         assert_eq!(v["description"], "three shapes");
         assert_eq!(v["dataset_hash"], job.dataset_hash);
         assert_eq!(v["job_id"], "j1");

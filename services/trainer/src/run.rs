@@ -248,15 +248,19 @@ impl JobRunner {
             return Outcome::Retry(format!("uploading the weights: {e:#}"));
         }
         let val_accuracy = model.card.final_val_accuracy().unwrap_or(0.0);
+        let card = match model_card(model.card, job, &snapshot, &self.config.node_name) {
+            Ok(card) => card,
+            Err(e) => return Outcome::Retry(format!("writing the model card: {e}")),
+        };
         Outcome::Completed(Box::new(ModelVersion {
             name: job.output_model.clone(),
             version: 0,
             user_id: job.user_id,
             job_id: job.job_id.clone(),
             weights_key,
-            card: model_card(model.card, job, &snapshot, &self.config.node_name),
+            card,
             val_accuracy,
-            created_at: Utc::now(),
+            created_at: Utc::now().into(),
         }))
     }
 
@@ -292,7 +296,7 @@ impl JobRunner {
             }
             Outcome::Completed(model) => {
                 let val_accuracy = model.val_accuracy;
-                let completed = event(JobEventKind::Completed { model: *model });
+                let completed = event(JobEventKind::Completed { model });
                 if self
                     .events
                     .publish_retrying(&completed, Retry::FINAL_EVENT)

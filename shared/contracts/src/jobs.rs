@@ -27,6 +27,13 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+mod progress;
+pub use progress::{JobProgress, ProgressType};
+
+pub use crate::models::{
+    ModelCard, ModelDetail, ModelList, ModelQuery, ModelRef, ModelSummary, ModelVersion,
+};
+
 /// Work-queue stream of jobs; subjects `gantry.jobs.train.<driver>` and
 /// `gantry.jobs.analyze.<driver>`.
 pub const JOBS_STREAM: &str = "GANTRY_JOBS";
@@ -58,6 +65,8 @@ pub const MAX_DELIVERIES_ADVISORY: &str =
 /// Which backend a job asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(poem_openapi::Enum))]
+#[cfg_attr(feature = "openapi", oai(rename_all = "lowercase"))]
 pub enum JobDriver {
     /// NVIDIA GPUs.
     Cuda,
@@ -138,6 +147,8 @@ pub const CANCEL_SUBJECTS: &str = "gantry.control.job.*.cancel";
 
 /// Training settings, with their bounds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(poem_openapi::Object))]
+#[cfg_attr(feature = "openapi", oai(rename = "TrainParamsOut"))]
 pub struct TrainParams {
     /// Passes over the data, 1–200 (default 10).
     pub epochs: u32,
@@ -189,6 +200,8 @@ pub struct TrainJob {
 /// Job states.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(poem_openapi::Enum))]
+#[cfg_attr(feature = "openapi", oai(rename_all = "lowercase"))]
 pub enum JobStatus {
     /// Waiting for a trainer.
     Queued,
@@ -226,6 +239,8 @@ impl JobStatus {
 /// Why a job failed; decides the HTTP status a held submission answers with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(poem_openapi::Enum))]
+#[cfg_attr(feature = "openapi", oai(rename_all = "snake_case"))]
 pub enum FailureKind {
     /// The trainer could not use the data (422).
     Data,
@@ -248,28 +263,6 @@ pub struct EpochMetrics {
     pub train_accuracy: f64,
     /// Validation accuracy, 0–1.
     pub val_accuracy: f64,
-}
-
-/// A model version as stored.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ModelVersion {
-    /// Model name (`output_model`).
-    pub name: String,
-    /// 1, 2, 3 ... per name.
-    pub version: u32,
-    /// Owner.
-    pub user_id: i64,
-    /// The job that made it.
-    pub job_id: String,
-    /// Object key of the weights in [`MODELS_BUCKET`].
-    pub weights_key: String,
-    /// The model card (JSON written by the trainer: classes, image size, normalisation,
-    /// architecture, metrics, description, dataset hash, job id, node).
-    pub card: serde_json::Value,
-    /// Final validation accuracy.
-    pub val_accuracy: f64,
-    /// When it was stored.
-    pub created_at: DateTime<Utc>,
 }
 
 /// What happened to a job; published on [`event_subject`].
@@ -318,8 +311,8 @@ pub enum JobEventKind {
     /// Done: the weights are stored. The trainer sends `version: 0`; the registry numbers the
     /// version when it records the job (read the job to learn it).
     Completed {
-        /// The version.
-        model: ModelVersion,
+        /// The version (boxed: it carries the model card, far larger than any other event).
+        model: Box<ModelVersion>,
     },
     /// Could not finish.
     Failed {
@@ -405,8 +398,12 @@ impl JobEvent {
     }
 }
 
-/// A job as the registry keeps it.
+/// A training job.
+// As the registry keeps it; the api serves it as the `Job` schema, whose descriptions are these
+// doc comments (details for readers of the contract are in plain comments).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(poem_openapi::Object))]
+#[cfg_attr(feature = "openapi", oai(rename = "Job"))]
 pub struct JobRecord {
     /// Job id.
     pub job_id: String,
@@ -416,35 +413,40 @@ pub struct JobRecord {
     pub output_model: String,
     /// Description.
     pub description: String,
-    /// The dataset as the user named it (`/datasets/shapes`).
+    /// The dataset, as named.
+    // As the user named it: `/datasets/shapes`.
     pub train_path: String,
-    /// Its content hash.
+    /// The dataset's content hash.
     pub dataset_hash: String,
     /// Requested backend.
     pub driver: JobDriver,
     /// Settings.
     pub params: TrainParams,
-    /// Where it stands.
+    /// `queued`, `running`, `completed`, `failed` or `cancelled`.
     pub status: JobStatus,
-    /// Tokens charged (0 for admins).
+    /// Tokens charged.
+    // 0 for admins.
     pub tokens_charged: i64,
     /// Whether the charge is to be given back: the job failed, or was cancelled before a node
     /// took it (a job that started training keeps its charge when cancelled).
     #[serde(default, deserialize_with = "crate::registry::tolerant_bool")]
+    #[cfg_attr(feature = "openapi", oai(skip))]
     pub refund_due: bool,
-    /// Whether the charge was given back.
+    /// Whether the charge was refunded.
     #[serde(default, deserialize_with = "crate::registry::tolerant_bool")]
     pub refunded: bool,
-    /// The node working on it or that finished it (its name).
+    /// The node on it (its name).
+    // The node working on it, or that finished it.
     pub node: Option<String>,
     /// That node's id.
     #[serde(default)]
     pub node_id: Option<String>,
-    /// Latest delivery seen (results from older ones are ignored).
+    /// Deliveries of the job so far.
+    // The latest delivery seen: results from older ones are ignored.
     #[serde(default)]
     pub delivery: u64,
-    /// Last progress event.
-    pub progress: Option<serde_json::Value>,
+    /// The latest progress: epoch, step, total steps, loss, accuracies, samples/s, ETA.
+    pub progress: Option<JobProgress>,
     /// Last checkpointed epoch.
     #[serde(default)]
     pub checkpoint_epoch: u32,
@@ -452,17 +454,22 @@ pub struct JobRecord {
     pub model: Option<ModelVersion>,
     /// Why it failed.
     pub error: Option<String>,
-    /// The failure's kind.
+    /// The failure's kind: `data`, `crash`, `no_node`, `system`.
     pub failure_kind: Option<FailureKind>,
     /// Submitted.
+    #[cfg_attr(feature = "openapi", oai(serialize_with = "crate::openapi::via_serde"))]
     pub created_at: DateTime<Utc>,
     /// Last change.
+    #[cfg_attr(feature = "openapi", oai(serialize_with = "crate::openapi::via_serde"))]
     pub updated_at: DateTime<Utc>,
-    /// Position among queued jobs of the same driver (1 = next); listings only.
+    /// Among queued jobs of its driver, 1 = next.
+    // Listings only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", oai(skip_serializing_if_is_none))]
     pub queue_position: Option<u64>,
     /// Why a queued job waits (no node for its driver, all slots busy); listings only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", oai(skip_serializing_if_is_none))]
     pub waiting_reason: Option<WaitingReason>,
 }
 
@@ -582,51 +589,6 @@ pub struct JobList {
     pub jobs: Vec<JobRecord>,
     /// Matching jobs in all.
     pub total: u64,
-}
-
-/// `models.list` request.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct ModelQuery {
-    /// Only this owner's models.
-    #[serde(default)]
-    pub user_id: Option<i64>,
-}
-
-/// A model and its latest version.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ModelSummary {
-    /// Name.
-    pub name: String,
-    /// Versions stored.
-    pub versions: u32,
-    /// The newest.
-    pub latest: ModelVersion,
-}
-
-/// `models.list` reply.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ModelList {
-    /// By name.
-    pub models: Vec<ModelSummary>,
-}
-
-/// `models.get` request.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ModelRef {
-    /// Name.
-    pub name: String,
-    /// Only this owner's.
-    #[serde(default)]
-    pub user_id: Option<i64>,
-}
-
-/// `models.get` reply: every version, oldest first.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ModelDetail {
-    /// Name.
-    pub name: String,
-    /// Versions.
-    pub versions: Vec<ModelVersion>,
 }
 
 /// Object key of the weights a delivery of a job produced (a model version points at it). Keyed

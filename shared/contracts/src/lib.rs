@@ -21,12 +21,30 @@
 //! - [`services`]: the NATS micro-service names each binary registers under.
 //! - [`error`]: error codes and payloads.
 //! - [`auth`]: messages of the `gantry.auth.v1.*` endpoints.
-//! - [`jobs`]: training jobs, their streams, events, records and models.
+//! - [`jobs`]: training jobs, their streams, events and records.
+//! - [`models`]: model versions, their cards, and the `models.*` endpoints.
 //! - [`registry`]: messages of the `gantry.registry.v1.*` endpoints and node traffic.
+//! - [`Timestamp`]: a point in time on the wire.
+//!
+//! ## The `openapi` feature
+//! The reply types the api serves over HTTP derive their OpenAPI schema (poem-openapi's `Object`
+//! and `Enum`) behind the `openapi` feature, so the api serves them as they are: one definition
+//! per shape, and a contract that drifts from the HTTP document fails to compile instead of
+//! answering 500. Services that only speak NATS leave the feature off. Schema names and
+//! descriptions are those the admin page has always published (`#[oai(rename = "...")]`), so
+//! the document is unchanged for its seven endpoints.
 
 pub mod auth;
 pub mod error;
+#[cfg(feature = "openapi")]
+mod examples;
 pub mod jobs;
+pub mod models;
+#[cfg(feature = "openapi")]
+mod openapi;
 pub mod registry;
 pub mod services;
 pub mod subjects;
+mod timestamp;
+
+pub use timestamp::Timestamp;

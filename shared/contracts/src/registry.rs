@@ -8,8 +8,9 @@
 //! Large listings are paged so that one reply stays under the NATS server's `max_payload`: a
 //! reply with `next_offset` set has more, fetched by asking again with that `offset`.
 
-use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::Timestamp;
 
 /// A backend a node can train on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -55,6 +56,37 @@ impl std::fmt::Display for Driver {
     }
 }
 
+/// Compare with a wire name, as in `p.status == "busy"`.
+macro_rules! eq_wire_name {
+    ($ty:ty) => {
+        impl PartialEq<str> for $ty {
+            fn eq(&self, other: &str) -> bool {
+                self.as_str() == other
+            }
+        }
+
+        impl PartialEq<&str> for $ty {
+            fn eq(&self, other: &&str) -> bool {
+                self.as_str() == *other
+            }
+        }
+
+        impl PartialEq<String> for $ty {
+            fn eq(&self, other: &String) -> bool {
+                self.as_str() == other
+            }
+        }
+    };
+}
+
+eq_wire_name!(Driver);
+
+// After `eq_wire_name!`, which `process` uses.
+mod listing;
+mod process;
+pub use listing::*;
+pub use process::*;
+
 /// The message an unknown `driver` value is refused with.
 pub const DRIVER_CHOICES: &str = "driver must be one of cuda, rocm, cpu, auto";
 
@@ -81,27 +113,43 @@ pub fn tolerant_bool<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> 
 // Cluster tokens
 // ---------------------------------------------------------------------------------------------
 
-/// A cluster token as `GET /admin/api/cluster_tokens` lists it (the admin page's shape).
+/// A cluster token.
+// As `GET /admin/api/cluster_tokens` lists it (the admin page's shape). The doc comments of this
+// and the other listing types are the OpenAPI document's descriptions, which the admin page
+// publishes word for word; details for readers of the contract are in plain comments.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(poem_openapi::Object))]
+#[cfg_attr(feature = "openapi", oai(example))]
 pub struct ClusterToken {
-    /// Numeric id, 1, 2, 3 ... in creation order.
+    /// Numeric id.
+    // 1, 2, 3 ... in creation order.
     pub id: i64,
-    /// The name the admin gave it.
+    /// Its name.
+    // The name the admin gave it.
     pub name: String,
-    /// Listed: its first 8 characters followed by `...`. Whole (64 hex characters) only in the
-    /// reply to [`CreateClusterToken`], the one time it is shown.
+    /// The first 8 characters followed by `...`; whole only when just created.
+    // Whole (64 hex characters) only in the reply to [`CreateClusterToken`].
     pub token: String,
-    /// False once revoked: nodes can no longer join with it.
+    /// False once revoked.
+    // Nodes can no longer join with it.
     #[serde(deserialize_with = "tolerant_bool")]
     pub active: bool,
-    /// RFC 3339 UTC.
-    pub created_at: DateTime<Utc>,
+    /// When it was made (RFC 3339, UTC).
+    // Whole seconds over HTTP; as stored over NATS.
+    #[cfg_attr(
+        feature = "openapi",
+        oai(serialize_with = "crate::openapi::rfc3339_secs")
+    )]
+    pub created_at: Timestamp,
 }
 
-/// `cluster_tokens.list` reply: every token, by id, revoked ones too (`active: false`).
+/// Every cluster token.
+// The `cluster_tokens.list` reply: by id, revoked ones too (`active: false`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(poem_openapi::Object))]
+#[cfg_attr(feature = "openapi", oai(example))]
 pub struct ClusterTokenList {
-    /// The tokens.
+    /// By id, revoked ones too.
     pub tokens: Vec<ClusterToken>,
 }
 
@@ -129,28 +177,37 @@ pub struct Empty {}
 // Inventory and joining
 // ---------------------------------------------------------------------------------------------
 
-/// The `gpu_info` object of the admin page.
+/// The page's `gpu_info`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(poem_openapi::Object))]
+#[cfg_attr(feature = "openapi", oai(rename = "GpuInfoOut"))]
 pub struct GpuInfo {
-    /// libtorch sees at least one CUDA device.
+    /// libtorch sees a CUDA device.
     #[serde(deserialize_with = "tolerant_bool")]
     pub cuda_available: bool,
-    /// libtorch (a ROCm/HIP build) sees at least one ROCm device.
+    /// libtorch (a ROCm build) sees a ROCm device.
+    // A ROCm/HIP build of libtorch.
     #[serde(deserialize_with = "tolerant_bool")]
     pub rocm_available: bool,
-    /// Number of CUDA devices.
+    /// CUDA devices.
     pub cuda_devices: u32,
-    /// Number of ROCm devices.
+    /// ROCm devices.
     pub rocm_devices: u32,
-    /// What this node can train on, best first, always ending in `cpu`: `["cuda", "cpu"]`,
-    /// `["rocm", "cpu"]` or `["cpu"]`.
-    pub available_backends: Vec<String>,
+    /// What the node can train on, best first, ending in `cpu`.
+    // `["cuda", "cpu"]`, `["rocm", "cpu"]` or `["cpu"]`.
+    pub available_backends: Vec<Driver>,
 }
 
 impl GpuInfo {
     /// True when `driver` is among [`GpuInfo::available_backends`].
     pub fn has(&self, driver: Driver) -> bool {
-        self.available_backends.iter().any(|b| b == driver.as_str())
+        self.available_backends.contains(&driver)
+    }
+
+    /// [`GpuInfo::available_backends`] for people: `cuda, cpu`.
+    pub fn backends_list(&self) -> String {
+        let names: Vec<&str> = self.available_backends.iter().map(|d| d.as_str()).collect();
+        names.join(", ")
     }
 
     /// The best available backend (CUDA, then ROCm, then the CPU).
@@ -162,17 +219,21 @@ impl GpuInfo {
     }
 }
 
-/// One GPU of a node.
+/// One GPU.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(poem_openapi::Object))]
+#[cfg_attr(feature = "openapi", oai(rename = "GpuDeviceOut"))]
 pub struct GpuDevice {
-    /// Index as the backend numbers it (0, 1, ...).
+    /// Index.
+    // As the backend numbers it (0, 1, ...).
     pub index: u32,
     /// `cuda` or `rocm`.
     pub backend: Driver,
-    /// Product name, e.g. `NVIDIA H100 80GB HBM3` (a placeholder when the driver tools cannot
-    /// tell).
+    /// Product name.
+    // E.g. `NVIDIA H100 80GB HBM3` (a placeholder when the driver tools cannot tell).
     pub name: String,
-    /// Total memory in MiB (0 when unknown).
+    /// Memory, MiB.
+    // Total; 0 when unknown.
     pub memory_total_mib: u64,
 }
 
@@ -309,82 +370,6 @@ pub struct Registered {
     pub token_name: String,
 }
 
-/// One worker of a node, as the page's `processes` entries.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Process {
-    /// `train_<backend>`: `train_cuda`, `train_rocm` or `train_cpu`.
-    pub name: String,
-    /// `active` (ready for work), `busy`, `draining` or `unavailable` (see `reason`).
-    pub status: String,
-    /// Per-worker weight (default 10).
-    pub weight: u32,
-    /// The model it is working on, or null.
-    pub model: Option<String>,
-    /// Why it is `unavailable` (e.g. the chosen driver's backend is missing on this node).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-}
-
-/// Values of [`Process::status`].
-pub mod process_status {
-    /// Ready for work.
-    pub const ACTIVE: &str = "active";
-    /// Working on a job.
-    pub const BUSY: &str = "busy";
-    /// The node is drained: finishing what it runs, taking nothing new.
-    pub const DRAINING: &str = "draining";
-    /// Cannot work: its backend is missing.
-    pub const UNAVAILABLE: &str = "unavailable";
-}
-
-/// What a node's workers do under `settings`, given what it has: the backend they run on and one
-/// [`Process`] per worker. `busy` holds, per worker, the model it is training (`Some`) or `None`
-/// when idle. The trainer reports this; the registry shows it for a node that has just joined and
-/// not yet sent a heartbeat.
-///
-/// - A preferred backend the node lacks makes every worker `unavailable`, with the reason.
-/// - Drained workers are `draining` (a busy one keeps its model: it finishes it).
-/// - Otherwise a worker is `busy` with its model, or `active` (ready).
-pub fn plan_processes(
-    gpu_info: &GpuInfo,
-    settings: &NodeSettings,
-    busy: &[Option<String>],
-) -> (Driver, Vec<Process>) {
-    let (driver, missing) = match settings.driver_preference {
-        Some(d) if gpu_info.has(d) => (d, None),
-        Some(d) => (
-            d,
-            Some(format!(
-                "driver {d} was chosen but this node has no {d} backend (it has: {})",
-                gpu_info.available_backends.join(", ")
-            )),
-        ),
-        None => (gpu_info.best(), None),
-    };
-    let processes = busy
-        .iter()
-        .map(|model| {
-            let (status, reason) = match (&missing, settings.draining, model) {
-                (Some(r), _, _) => (process_status::UNAVAILABLE, Some(r.clone())),
-                (None, true, _) => (process_status::DRAINING, None),
-                (None, false, Some(_)) => (process_status::BUSY, None),
-                (None, false, None) => (process_status::ACTIVE, None),
-            };
-            Process {
-                name: format!("train_{driver}"),
-                status: status.to_owned(),
-                weight: DEFAULT_PROCESS_WEIGHT,
-                model: model.clone(),
-                reason,
-            }
-        })
-        .collect();
-    (driver, processes)
-}
-
-/// A worker's weight in the listings.
-pub const DEFAULT_PROCESS_WEIGHT: u32 = 10;
-
 /// A node's heartbeat on `gantry.node.<node_id>.heartbeat` (core NATS, every
 /// `GANTRY_HEARTBEAT_INTERVAL`). Every registry replica subscribes to all of them.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -434,141 +419,6 @@ pub enum NodeControl {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Listings
-// ---------------------------------------------------------------------------------------------
-
-/// `clients.list` / `nodes.list` request. Both fields optional: `{}` asks for the first page.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct ListQuery {
-    /// Skip this many entries (the previous reply's `next_offset`).
-    #[serde(default)]
-    pub offset: usize,
-    /// At most this many entries (default and cap: as many as fit in one NATS message).
-    #[serde(default)]
-    pub limit: Option<usize>,
-}
-
-/// One entry of `GET /admin/api/cluster_clients` (the page's shape plus `hostname` and
-/// `connected`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ClusterClient {
-    /// The node's identity (same as its `node_id`).
-    pub client_id: String,
-    /// When it (re)connected, seconds since the epoch.
-    pub connected_at: f64,
-    /// Its last heartbeat, seconds since the epoch.
-    pub last_seen: f64,
-    /// The page's `gpu_info`.
-    pub gpu_info: GpuInfo,
-    /// One per worker.
-    pub processes: Vec<Process>,
-    /// Added: the node name.
-    pub hostname: String,
-    /// Added: always true here (the listing holds connected clients only).
-    #[serde(deserialize_with = "tolerant_bool")]
-    pub connected: bool,
-}
-
-/// `clients.list` reply: the connected nodes, by hostname.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ClusterClients {
-    /// The page's `clients`.
-    pub clients: Vec<ClusterClient>,
-    /// Not in the page: set when more entries follow; ask again with this offset. The api
-    /// concatenates the pages and leaves this field out.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub next_offset: Option<usize>,
-}
-
-/// The page's `master_stats`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct MasterStats {
-    /// Nodes listed (connected plus recently disconnected).
-    pub total_nodes: u64,
-    /// Of which connected.
-    pub connected_nodes: u64,
-    /// Worker slots of the connected nodes.
-    pub total_workers: u64,
-    /// Jobs running now.
-    pub total_active_jobs: u64,
-    /// Jobs completed by the listed nodes.
-    pub total_completed_jobs: u64,
-    /// The answering registry's uptime.
-    pub uptime_seconds: f64,
-}
-
-/// One entry of `GET /api/admin/cluster_nodes` (the page's shape plus the added fields at the
-/// end).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ClusterNode {
-    /// The token it joined with, listed form (`abcd1234...`).
-    pub token: String,
-    /// That token's name.
-    pub token_name: String,
-    /// The node name.
-    pub hostname: String,
-    /// Node weight.
-    pub weight: u32,
-    /// GPU count.
-    pub gpus: u32,
-    /// One per GPU: `"CUDA Device 0: 80GB VRAM"`.
-    pub gpu_memory: Vec<String>,
-    /// GPU memory in GB, summed (0 on a CPU-only node).
-    pub total_memory: u64,
-    /// Free worker slots (0 when disconnected or drained).
-    pub workers_available: u32,
-    /// The address it joined from.
-    pub ip_address: String,
-    /// Heartbeating now.
-    #[serde(deserialize_with = "tolerant_bool")]
-    pub connected: bool,
-    /// Last heartbeat, seconds since the epoch.
-    pub last_seen: f64,
-    /// Seconds the trainer has been up (0 when disconnected).
-    pub uptime_seconds: f64,
-    /// Jobs running now.
-    pub active_jobs: u64,
-    /// Jobs completed.
-    pub completed_jobs: u64,
-    /// Added: the node's identity (its `client_id`).
-    pub client_id: String,
-    /// Added: total worker slots.
-    pub workers: u32,
-    /// Added: host memory in GB.
-    pub host_memory_gb: f64,
-    /// Added: logical CPUs.
-    pub cpus: u32,
-    /// Added: the backend its workers run on.
-    pub driver: Driver,
-    /// Added: the stored preference (`None`: automatic).
-    pub driver_preference: Option<Driver>,
-    /// Added: drained (finishing what it runs, taking nothing new).
-    #[serde(deserialize_with = "tolerant_bool")]
-    pub draining: bool,
-    /// Added: its `gpu_info`, as in the clients listing.
-    pub gpu_info: GpuInfo,
-    /// Added: its GPUs in detail.
-    pub gpu_devices: Vec<GpuDevice>,
-    /// Added: GPU driver version, when the node could read it.
-    pub driver_version: Option<String>,
-    /// Added: one per worker, as in the clients listing.
-    pub processes: Vec<Process>,
-}
-
-/// `nodes.list` reply: connected and recently disconnected nodes, by hostname.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ClusterNodes {
-    /// Totals over every listed node (not only this page).
-    pub master_stats: MasterStats,
-    /// The nodes.
-    pub nodes: Vec<ClusterNode>,
-    /// Not in the page: set when more entries follow; ask again with this offset. The api
-    /// concatenates the pages, keeps the first page's `master_stats` and leaves this field out.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub next_offset: Option<usize>,
-}
-
-// ---------------------------------------------------------------------------------------------
 // Driver choice and draining
 // ---------------------------------------------------------------------------------------------
 
@@ -584,14 +434,18 @@ pub struct SetDriver {
     pub driver: Option<String>,
 }
 
-/// `nodes.set_driver` and `nodes.drain` reply (the page's `{"success": true}`).
+/// `{"success": true}`, with a warning when the change cannot take effect now.
+// The `nodes.set_driver` and `nodes.drain` reply.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(poem_openapi::Object))]
+#[cfg_attr(feature = "openapi", oai(rename = "SuccessOut", example))]
 pub struct SetDriverResult {
-    /// Always true (failures are service errors).
+    /// Always true.
+    // Failures are service errors.
     pub success: bool,
-    /// Set when the change is stored but cannot take effect now, e.g. the node lacks the chosen
-    /// backend.
+    /// Set when the change is stored but cannot take effect now (e.g. the node lacks that backend).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", oai(skip_serializing_if_is_none))]
     pub warning: Option<String>,
 }
 
@@ -690,64 +544,9 @@ mod tests {
     }
 
     #[test]
-    fn a_process_without_a_reason_has_the_pages_four_fields() {
-        let p = Process {
-            name: "train_cpu".into(),
-            status: "active".into(),
-            weight: 10,
-            model: None,
-            reason: None,
-        };
-        let v = serde_json::to_value(p).unwrap();
-        assert_eq!(
-            v,
-            serde_json::json!({"name": "train_cpu", "status": "active", "weight": 10, "model": null})
-        );
-    }
-
-    #[test]
-    fn a_missing_preferred_backend_makes_every_worker_unavailable_with_a_reason() {
-        let cpu = GpuInfo {
-            available_backends: vec!["cpu".into()],
-            ..Default::default()
-        };
-        let settings = NodeSettings {
-            driver_preference: Some(Driver::Cuda),
-            ..Default::default()
-        };
-        let (driver, procs) = plan_processes(&cpu, &settings, &[None, None]);
-        assert_eq!(driver, Driver::Cuda);
-        assert_eq!(procs.len(), 2);
-        assert!(procs
-            .iter()
-            .all(|p| p.status == "unavailable" && p.name == "train_cuda"));
-        assert!(procs[0]
-            .reason
-            .as_deref()
-            .unwrap()
-            .contains("no cuda backend"));
-    }
-
-    #[test]
-    fn drained_workers_show_draining_and_busy_ones_keep_their_model() {
-        let cpu = GpuInfo {
-            available_backends: vec!["cpu".into()],
-            ..Default::default()
-        };
-        let mut settings = NodeSettings::default();
-        let (_, procs) = plan_processes(&cpu, &settings, &[Some("m".into()), None]);
-        assert_eq!(procs[0].status, "busy");
-        assert_eq!(procs[1].status, "active");
-        settings.draining = true;
-        let (_, procs) = plan_processes(&cpu, &settings, &[Some("m".into()), None]);
-        assert!(procs.iter().all(|p| p.status == "draining"));
-        assert_eq!(procs[0].model.as_deref(), Some("m"));
-    }
-
-    #[test]
     fn best_backend_prefers_gpus() {
         let g = GpuInfo {
-            available_backends: vec!["rocm".into(), "cpu".into()],
+            available_backends: vec![Driver::Rocm, Driver::Cpu],
             ..Default::default()
         };
         assert_eq!(g.best(), Driver::Rocm);

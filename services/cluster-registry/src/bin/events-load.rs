@@ -70,16 +70,16 @@ fn event(job_id: &str, step: usize, n: usize) -> JobEvent {
         }
     } else if step + 1 == n {
         JobEventKind::Completed {
-            model: ModelVersion {
+            model: Box::new(ModelVersion {
                 name: String::new(),
                 version: 0,
                 user_id: 1,
                 job_id: job_id.into(),
                 weights_key: jobs::weights_key(job_id, 1),
-                card: serde_json::json!({}),
+                card: jobs::ModelCard::default(),
                 val_accuracy: 0.9,
-                created_at: Utc::now(),
-            },
+                created_at: Utc::now().into(),
+            }),
         }
     } else {
         JobEventKind::Progress {

@@ -97,9 +97,9 @@ fn inventory(i: usize) -> Inventory {
         .collect();
     let mut backends = Vec::new();
     if gpus > 0 {
-        backends.push("cuda".to_owned());
+        backends.push(Driver::Cuda);
     }
-    backends.push("cpu".to_owned());
+    backends.push(Driver::Cpu);
     Inventory {
         gpu_info: GpuInfo {
             cuda_available: gpus > 0,

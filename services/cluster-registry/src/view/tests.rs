@@ -21,7 +21,7 @@ fn record(id: &str, host: &str, token_id: i64) -> NodeRecord {
         workers: 2,
         inventory: Inventory {
             gpu_info: GpuInfo {
-                available_backends: vec!["cpu".into()],
+                available_backends: vec![Driver::Cpu],
                 ..Default::default()
             },
             host_memory_gb: 16.0,

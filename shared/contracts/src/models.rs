@@ -1,0 +1,188 @@
+//! Models: a stored version with its card, and the registry's `models.*` endpoints. The api
+//! serves these types as they are.
+//!
+//! [`ModelVersion`] is part of the admin page's published shapes (the answer of
+//! `POST /admin/api/train`), so its doc comments are the OpenAPI document's descriptions, word
+//! for word; details for readers of the contract are in plain comments.
+
+use serde::{Deserialize, Serialize};
+
+use crate::Timestamp;
+
+/// A stored model version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(poem_openapi::Object))]
+#[cfg_attr(feature = "openapi", oai(rename = "ModelVersion"))]
+pub struct ModelVersion {
+    /// Model name.
+    // The job's `output_model`.
+    pub name: String,
+    /// Version, 1, 2, 3 ...
+    // Per name. The trainer sends 0; the registry numbers it when it lists the version.
+    pub version: u32,
+    /// Owner.
+    pub user_id: i64,
+    /// The job that made it.
+    pub job_id: String,
+    /// Where its weights are stored.
+    // Object key in [`crate::jobs::MODELS_BUCKET`].
+    pub weights_key: String,
+    /// Its card: classes, image size, normalisation, architecture, metrics per epoch,
+    /// description, dataset hash, job id, node.
+    // Written by the trainer. Documented as a free-form value, as the page always has.
+    pub card: ModelCard,
+    /// Final validation accuracy.
+    pub val_accuracy: f64,
+    /// When it was stored.
+    pub created_at: Timestamp,
+}
+
+/// Everything needed to use, and judge, a trained model: the card the trainer writes beside the
+/// weights (`gantry_training::card::ModelCard`, with the job's details filled in). Field for field
+/// the same JSON, numbers as `f64` so a card read and sent again keeps every digit.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ModelCard {
+    /// Version of this card's layout (1).
+    pub card_version: u32,
+    /// Network architecture name.
+    pub architecture: String,
+    /// Channels of the network's first stage (the network's width).
+    pub base_width: i64,
+    /// Class names; prediction `i` means `classes[i]`.
+    pub classes: Vec<String>,
+    /// Input side in pixels: images are resized to `image_size` x `image_size`.
+    pub image_size: u32,
+    /// Per-channel normalisation of the input.
+    pub normalization: CardNormalization,
+    /// The input in words, for people reading the card.
+    pub input: String,
+    /// Per-epoch metrics, oldest first.
+    pub metrics: Vec<CardEpoch>,
+    /// How it was trained.
+    pub training: CardTraining,
+    /// Free text from the job's submitter.
+    pub description: String,
+    /// Content hash of the training dataset.
+    pub dataset_hash: String,
+    /// Id of the job that trained it.
+    pub job_id: String,
+    /// Node that trained it.
+    pub node: String,
+}
+
+/// Per-channel normalisation applied after scaling pixels to `[0, 1]`: `(x - mean) / std`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct CardNormalization {
+    /// Mean of the R, G and B channels.
+    pub mean: [f64; 3],
+    /// Standard deviation of the R, G and B channels.
+    pub std: [f64; 3],
+}
+
+/// Metrics of one finished epoch, as the card lists them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CardEpoch {
+    /// The epoch, counting from 1.
+    pub epoch: u32,
+    /// Mean training loss (cross-entropy) over the epoch.
+    pub loss: f64,
+    /// Training accuracy over the epoch.
+    pub train_accuracy: f64,
+    /// Validation accuracy after the epoch; `None` when there is no validation split.
+    pub val_accuracy: Option<f64>,
+    /// Training samples per second over the epoch's training steps.
+    pub samples_per_sec: f64,
+    /// Wall-clock seconds of the epoch, validation included.
+    pub seconds: f64,
+}
+
+/// How the model was trained.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CardTraining {
+    /// Epochs trained in all (over every resumed run).
+    pub epochs: u32,
+    /// Batch size.
+    pub batch_size: u64,
+    /// Adam's learning rate.
+    pub learning_rate: f64,
+    /// Learning-rate schedule (`constant` or `cosine`).
+    pub lr_schedule: String,
+    /// Seed of weight initialisation, shuffling and augmentation.
+    pub seed: u64,
+    /// Whether random horizontal flips were applied.
+    pub augment: bool,
+    /// Images trained on.
+    pub train_samples: u64,
+    /// Images validated on.
+    pub val_samples: u64,
+    /// The device of the last run, as `tch` writes it (`Cpu`, `Cuda(0)`).
+    pub device: String,
+    /// The epoch a resumed run started from, if the last run was resumed from a checkpoint.
+    pub resumed_from_epoch: Option<u32>,
+}
+
+/// `models.list` request.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ModelQuery {
+    /// Only this owner's models.
+    #[serde(default)]
+    pub user_id: Option<i64>,
+}
+
+/// A model and its newest version.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(poem_openapi::Object))]
+#[cfg_attr(feature = "openapi", oai(rename = "ModelSummaryOut"))]
+pub struct ModelSummary {
+    /// Name.
+    pub name: String,
+    /// Versions stored.
+    pub versions: u32,
+    /// The newest.
+    pub latest: ModelVersion,
+}
+
+/// Models.
+// The `models.list` reply.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(poem_openapi::Object))]
+#[cfg_attr(feature = "openapi", oai(rename = "ModelListOut"))]
+pub struct ModelList {
+    /// By name.
+    pub models: Vec<ModelSummary>,
+}
+
+/// `models.get` request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelRef {
+    /// Name.
+    pub name: String,
+    /// Only this owner's.
+    #[serde(default)]
+    pub user_id: Option<i64>,
+}
+
+/// A model with every version.
+// The `models.get` reply.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(poem_openapi::Object))]
+#[cfg_attr(feature = "openapi", oai(rename = "ModelDetailOut"))]
+pub struct ModelDetail {
+    /// Name.
+    pub name: String,
+    /// Oldest first.
+    pub versions: Vec<ModelVersion>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_card_read_and_sent_again_keeps_every_field_digit_and_order() {
+        // As the trainer writes it: f32 statistics widened to f64 on the way into JSON.
+        let text = r#"{"card_version":1,"architecture":"resnet-s","base_width":16,"classes":["a","b"],"image_size":32,"normalization":{"mean":[0.48500001430511475,0.4560000002384186,0.4059999883174896],"std":[0.2290000021457672,0.2240000069141388,0.22499999403953552]},"input":"RGB","metrics":[{"epoch":1,"loss":0.5,"train_accuracy":0.75,"val_accuracy":null,"samples_per_sec":120.5,"seconds":2.25}],"training":{"epochs":1,"batch_size":32,"learning_rate":0.001,"lr_schedule":"cosine","seed":7,"augment":true,"train_samples":80,"val_samples":0,"device":"Cpu","resumed_from_epoch":null},"description":"d","dataset_hash":"h","job_id":"j","node":"n"}"#;
+        let card: ModelCard = serde_json::from_str(text).unwrap();
+        assert_eq!(serde_json::to_string(&card).unwrap(), text);
+    }
+}

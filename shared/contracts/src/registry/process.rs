@@ -1,0 +1,188 @@
+//! A node's workers: [`Process`] as the listings show them, [`ProcessStatus`], and
+//! [`plan_processes`], which decides them from what a node has and the admin's settings.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Driver, GpuInfo, NodeSettings};
+
+/// One worker of a node.
+// As the page's `processes` entries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(poem_openapi::Object))]
+#[cfg_attr(feature = "openapi", oai(rename = "ProcessOut"))]
+pub struct Process {
+    /// `train_cuda`, `train_rocm` or `train_cpu`.
+    // `train_<backend>`.
+    pub name: String,
+    /// `active` (ready), `busy`, `draining` or `unavailable`.
+    // `unavailable`: see `reason`.
+    pub status: ProcessStatus,
+    /// Per-worker weight.
+    // Default [`DEFAULT_PROCESS_WEIGHT`].
+    pub weight: u32,
+    /// The model it is working on, or null.
+    pub model: Option<String>,
+    /// Why it is unavailable.
+    // E.g. the chosen driver's backend is missing on this node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", oai(skip_serializing_if_is_none))]
+    pub reason: Option<String>,
+}
+
+/// What a worker is doing ([`Process::status`]). Documented as a plain `string` in the OpenAPI
+/// document, as the admin page always has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProcessStatus {
+    /// Ready for work.
+    Active,
+    /// Working on a job.
+    Busy,
+    /// The node is drained: finishing what it runs, taking nothing new.
+    Draining,
+    /// Cannot work: its backend is missing (see [`Process::reason`]).
+    Unavailable,
+}
+
+impl ProcessStatus {
+    /// `active`, `busy`, `draining` or `unavailable`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProcessStatus::Active => "active",
+            ProcessStatus::Busy => "busy",
+            ProcessStatus::Draining => "draining",
+            ProcessStatus::Unavailable => "unavailable",
+        }
+    }
+}
+
+impl std::fmt::Display for ProcessStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The values of [`ProcessStatus`] under their old constant names, for callers that compare
+/// `p.status == process_status::BUSY`.
+pub mod process_status {
+    use super::ProcessStatus;
+
+    /// Ready for work.
+    pub const ACTIVE: ProcessStatus = ProcessStatus::Active;
+    /// Working on a job.
+    pub const BUSY: ProcessStatus = ProcessStatus::Busy;
+    /// The node is drained: finishing what it runs, taking nothing new.
+    pub const DRAINING: ProcessStatus = ProcessStatus::Draining;
+    /// Cannot work: its backend is missing.
+    pub const UNAVAILABLE: ProcessStatus = ProcessStatus::Unavailable;
+}
+
+/// What a node's workers do under `settings`, given what it has: the backend they run on and one
+/// [`Process`] per worker. `busy` holds, per worker, the model it is training (`Some`) or `None`
+/// when idle. The trainer reports this; the registry shows it for a node that has just joined and
+/// not yet sent a heartbeat.
+///
+/// - A preferred backend the node lacks makes every worker `unavailable`, with the reason.
+/// - Drained workers are `draining` (a busy one keeps its model: it finishes it).
+/// - Otherwise a worker is `busy` with its model, or `active` (ready).
+pub fn plan_processes(
+    gpu_info: &GpuInfo,
+    settings: &NodeSettings,
+    busy: &[Option<String>],
+) -> (Driver, Vec<Process>) {
+    let (driver, missing) = match settings.driver_preference {
+        Some(d) if gpu_info.has(d) => (d, None),
+        Some(d) => (
+            d,
+            Some(format!(
+                "driver {d} was chosen but this node has no {d} backend (it has: {})",
+                gpu_info.backends_list()
+            )),
+        ),
+        None => (gpu_info.best(), None),
+    };
+    let processes = busy
+        .iter()
+        .map(|model| {
+            let (status, reason) = match (&missing, settings.draining, model) {
+                (Some(r), _, _) => (process_status::UNAVAILABLE, Some(r.clone())),
+                (None, true, _) => (process_status::DRAINING, None),
+                (None, false, Some(_)) => (process_status::BUSY, None),
+                (None, false, None) => (process_status::ACTIVE, None),
+            };
+            Process {
+                name: format!("train_{driver}"),
+                status,
+                weight: DEFAULT_PROCESS_WEIGHT,
+                model: model.clone(),
+                reason,
+            }
+        })
+        .collect();
+    (driver, processes)
+}
+
+/// A worker's weight in the listings.
+pub const DEFAULT_PROCESS_WEIGHT: u32 = 10;
+
+eq_wire_name!(ProcessStatus);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_without_a_reason_has_the_pages_four_fields() {
+        let p = Process {
+            name: "train_cpu".into(),
+            status: ProcessStatus::Active,
+            weight: 10,
+            model: None,
+            reason: None,
+        };
+        let v = serde_json::to_value(p).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"name": "train_cpu", "status": "active", "weight": 10, "model": null})
+        );
+    }
+
+    #[test]
+    fn a_missing_preferred_backend_makes_every_worker_unavailable_with_a_reason() {
+        let cpu = GpuInfo {
+            available_backends: vec![Driver::Cpu],
+            ..Default::default()
+        };
+        let settings = NodeSettings {
+            driver_preference: Some(Driver::Cuda),
+            ..Default::default()
+        };
+        let (driver, procs) = plan_processes(&cpu, &settings, &[None, None]);
+        assert_eq!(driver, Driver::Cuda);
+        assert_eq!(procs.len(), 2);
+        assert!(procs
+            .iter()
+            .all(|p| p.status == ProcessStatus::Unavailable && p.name == "train_cuda"));
+        assert!(procs[0]
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("no cuda backend"));
+    }
+
+    #[test]
+    fn drained_workers_show_draining_and_busy_ones_keep_their_model() {
+        let cpu = GpuInfo {
+            available_backends: vec![Driver::Cpu],
+            ..Default::default()
+        };
+        let mut settings = NodeSettings::default();
+        let (_, procs) = plan_processes(&cpu, &settings, &[Some("m".into()), None]);
+        assert_eq!(procs[0].status, ProcessStatus::Busy);
+        assert_eq!(procs[1].status, ProcessStatus::Active);
+        settings.draining = true;
+        let (_, procs) = plan_processes(&cpu, &settings, &[Some("m".into()), None]);
+        assert!(procs.iter().all(|p| p.status == ProcessStatus::Draining));
+        assert_eq!(procs[0].model.as_deref(), Some("m"));
+    }
+}
