@@ -89,6 +89,8 @@ async fn a_session_slides_while_used_and_expires_after_inactivity() {
             .await
             .unwrap();
         assert_eq!(s.expires_in, 3);
+        // The time that passes is what is tested (and polling would slide the session), so these
+        // sleeps stay: used every second for 5 s it lives on, then idle past its TTL it is gone.
         for _ in 0..5 {
             tokio::time::sleep(Duration::from_secs(1)).await;
             stack

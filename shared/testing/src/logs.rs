@@ -84,3 +84,29 @@ impl Logs {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_report_shows_each_service_by_name_with_the_tail_of_its_output() {
+        let logs = Logs::new();
+        assert_eq!(logs.report(), "(no service was started)");
+        let api = logs.file("gantry-api");
+        let node = logs.file("gantry-trainer node-a");
+        std::fs::write(&api, "listening\nready\n").unwrap();
+        let long: String = (0..TAIL_LINES + 10)
+            .map(|i| format!("line {i}\n"))
+            .collect();
+        std::fs::write(&node, long).unwrap();
+        let report = logs.report();
+        assert!(report.contains("----- gantry-api: last 2 of 2 lines -----\nlistening\nready\n"));
+        assert!(report.contains(&format!(
+            "----- gantry-trainer node-a: last {TAIL_LINES} of {} lines -----\nline 10\n",
+            TAIL_LINES + 10
+        )));
+        assert!(!report.contains("line 9\n"));
+        assert!(report.find("gantry-api").unwrap() < report.find("node-a").unwrap());
+    }
+}
