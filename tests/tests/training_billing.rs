@@ -1,0 +1,289 @@
+//! What training costs, over the real binaries: a user short of tokens gets 402, a charge is
+//! refunded when the queue refuses the job or no node can take a held one, an idempotency key
+//! charges once, and unusable datasets and escaping paths are refused before any charge.
+
+use std::time::Duration;
+
+use gantry_contracts::jobs::JOBS_STREAM;
+use gantry_testing::{send, wait_until, TestStack};
+use gantry_training::synthetic::{generate, SyntheticSpec};
+use reqwest::StatusCode;
+use serde_json::json;
+
+const LIMIT: Duration = Duration::from_secs(300);
+
+#[tokio::test]
+async fn a_user_short_of_tokens_gets_402_and_keeps_the_balance() {
+    TestStack::run(LIMIT, |mut stack| async move {
+        stack.short_heartbeats().set_env("GANTRY_TRAIN_HOLD", "600");
+        stack.start_core().await;
+        stack.shapes("shapes", 5, 1);
+        let (id, token) = stack.user("poor", 50).await;
+        let (status, v) = send(
+            stack
+                .http()
+                .post(format!("{}/api/train", stack.base_url()))
+                .bearer_auth(&token)
+                .json(&json!({"train_path": "/shapes"})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::PAYMENT_REQUIRED, "{v}");
+        assert_eq!(v["error"]["code"], "insufficient_tokens");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains("50"),
+            "{v}"
+        );
+        assert_eq!(stack.balance(id).await, 50);
+        let (_, jobs) = send(
+            stack
+                .http()
+                .get(format!("{}/api/jobs", stack.base_url()))
+                .bearer_auth(&token),
+        )
+        .await;
+        assert_eq!(jobs["total"], 0, "nothing half-written: {jobs}");
+        // Not an admin: the admin endpoint is refused.
+        let (status, _) = send(
+            stack
+                .http()
+                .post(format!("{}/admin/api/train", stack.base_url()))
+                .bearer_auth(&token)
+                .json(&json!({"train_path": "/shapes"})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_charge_is_refunded_when_the_queue_refuses_the_job() {
+    TestStack::run(LIMIT, |mut stack| async move {
+        stack.short_heartbeats().set_env("GANTRY_TRAIN_HOLD", "600");
+        stack.start_core().await;
+        stack.shapes("shapes", 5, 1);
+        let (id, token) = stack.user("payer", 1000).await;
+        // Let the api finish its JetStream set-up, then take the job stream away.
+        let js = async_nats::jetstream::new(stack.client().clone());
+        wait_until(Duration::from_secs(20), || {
+            let js = js.clone();
+            async move { js.get_stream(JOBS_STREAM).await.ok().map(|_| ()) }
+        })
+        .await
+        .expect("the job stream was never created");
+        js.delete_stream(JOBS_STREAM).await.unwrap();
+
+        let (status, v) = send(
+            stack
+                .http()
+                .post(format!("{}/api/train", stack.base_url()))
+                .bearer_auth(&token)
+                .json(&json!({"train_path": "/shapes"})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains("refunded"),
+            "{v}"
+        );
+        assert_eq!(stack.balance(id).await, 1000, "the charge was given back");
+        let (_, jobs) = send(
+            stack
+                .http()
+                .get(format!("{}/api/jobs", stack.base_url()))
+                .bearer_auth(&token),
+        )
+        .await;
+        assert_eq!(jobs["total"], 1);
+        assert_eq!(
+            jobs["jobs"][0]["status"], "failed",
+            "not left queued: {jobs}"
+        );
+        assert_eq!(jobs["jobs"][0]["refunded"], true);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_paying_user_is_charged_once_per_idempotency_key() {
+    TestStack::run(LIMIT, |mut stack| async move {
+        stack.short_heartbeats().set_env("GANTRY_TRAIN_HOLD", "600");
+        stack.start_core().await;
+        let _node = stack.join_trainer("cpu-node-1").await;
+        stack.shapes("shapes", 10, 3);
+        let (id, token) = stack.user("payer", 1000).await;
+        let body =
+            json!({"train_path": "/shapes", "epochs": 1, "image_size": 16, "output_model": "Mine"});
+        let (s1, v1) = send(
+            stack
+                .http()
+                .post(format!("{}/api/train", stack.base_url()))
+                .bearer_auth(&token)
+                .header("Idempotency-Key", "k-1")
+                .header("Prefer", "respond-async")
+                .json(&body),
+        )
+        .await;
+        assert_eq!(s1, StatusCode::ACCEPTED, "{v1}");
+        assert_eq!(v1["tokens_used"], 100);
+        assert_eq!(v1["remaining_tokens"], 900);
+        assert!(v1["status_url"].as_str().unwrap().starts_with("/api/jobs/"));
+        let (s2, v2) = send(
+            stack
+                .http()
+                .post(format!("{}/api/train", stack.base_url()))
+                .bearer_auth(&token)
+                .header("Idempotency-Key", "k-1")
+                .json(&body),
+        )
+        .await;
+        assert!(s2 == StatusCode::OK || s2 == StatusCode::ACCEPTED, "{v2}");
+        assert_eq!(v2["job_id"], v1["job_id"]);
+        let job_id = v1["job_id"].as_str().unwrap();
+        stack
+            .wait_job(job_id, Duration::from_secs(300), "completed", |j| {
+                j["status"] == "completed"
+            })
+            .await;
+        assert_eq!(stack.balance(id).await, 900, "charged once");
+        let (status, models) = send(
+            stack
+                .http()
+                .get(format!("{}/api/models", stack.base_url()))
+                .bearer_auth(&token),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(models["models"][0]["name"], "Mine");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn unusable_datasets_and_escaping_paths_are_refused_before_any_charge() {
+    TestStack::run(LIMIT, |mut stack| async move {
+        stack.short_heartbeats().set_env("GANTRY_TRAIN_HOLD", "600");
+        stack.start_core().await;
+        let root = stack.data_root.path().to_owned();
+        let (id, token) = stack.user("careful", 1000).await;
+        // One class only.
+        stack.shapes("one", 3, 1);
+        std::fs::remove_dir_all(root.join("one/square")).unwrap();
+        std::fs::remove_dir_all(root.join("one/triangle")).unwrap();
+        // Loose files, no class folders.
+        std::fs::create_dir_all(root.join("flat")).unwrap();
+        std::fs::write(root.join("flat/a.png"), b"not really").unwrap();
+        // A class whose only image is junk.
+        stack.shapes("junk", 2, 1);
+        for f in std::fs::read_dir(root.join("junk/circle")).unwrap() {
+            std::fs::write(f.unwrap().path(), b"garbage").unwrap();
+        }
+        // A symlink inside the dataset pointing outside the root.
+        let outside = tempfile::tempdir().unwrap();
+        generate(
+            outside.path(),
+            &SyntheticSpec {
+                per_class: 2,
+                ..SyntheticSpec::default()
+            },
+        )
+        .unwrap();
+        stack.shapes("linked", 2, 1);
+        std::os::unix::fs::symlink(outside.path().join("circle"), root.join("linked/escape"))
+            .unwrap();
+
+        for (path, want) in [
+            ("/one", StatusCode::BAD_REQUEST),
+            ("/flat", StatusCode::BAD_REQUEST),
+            ("/junk", StatusCode::BAD_REQUEST),
+            ("/linked", StatusCode::BAD_REQUEST),
+            ("/../etc", StatusCode::BAD_REQUEST),
+            ("/missing", StatusCode::NOT_FOUND),
+            ("/one/circle/00000.png", StatusCode::BAD_REQUEST),
+        ] {
+            let (status, v) = send(
+                stack
+                    .http()
+                    .post(format!("{}/api/train", stack.base_url()))
+                    .bearer_auth(&token)
+                    .json(&json!({"train_path": path})),
+            )
+            .await;
+            assert_eq!(status, want, "{path}: {v}");
+            assert!(
+                v["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| !m.is_empty()),
+                "{path}: {v}"
+            );
+            assert!(
+                !v.to_string()
+                    .contains(&outside.path().display().to_string()),
+                "{path} leaked a real path: {v}"
+            );
+        }
+        let (status, v) = send(
+            stack
+                .http()
+                .post(format!("{}/api/train", stack.base_url()))
+                .bearer_auth(&token)
+                .json(&json!({"train_path": "/one", "driver": "opencl"})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+        let (status, v) = send(
+            stack
+                .http()
+                .post(format!("{}/api/train", stack.base_url()))
+                .bearer_auth(&token)
+                .json(&json!({"train_path": "/one", "epochs": 0})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+        let (status, v) = send(
+            stack
+                .http()
+                .post(format!("{}/api/train", stack.base_url()))
+                .bearer_auth(&token)
+                .json(&json!({"description": "no path"})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+        assert_eq!(stack.balance(id).await, 1000, "nothing was charged");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_held_job_that_no_node_can_take_answers_503_and_is_refunded() {
+    TestStack::run(LIMIT, |mut stack| async move {
+        stack.short_heartbeats().set_env("GANTRY_TRAIN_HOLD", "2");
+        stack.start_core().await;
+        stack.shapes("shapes", 5, 1);
+        let (id, token) = stack.user("hopeful", 300).await;
+        let (status, v) = send(
+            stack
+                .http()
+                .post(format!("{}/api/train", stack.base_url()))
+                .bearer_auth(&token)
+                .json(&json!({"train_path": "/shapes", "driver": "cuda"})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains("no node"),
+            "{v}"
+        );
+        assert_eq!(stack.balance(id).await, 300, "refunded");
+        let (_, jobs) = send(
+            stack
+                .http()
+                .get(format!("{}/api/jobs", stack.base_url()))
+                .bearer_auth(&token),
+        )
+        .await;
+        assert_eq!(jobs["jobs"][0]["status"], "failed", "{jobs}");
+        assert_eq!(jobs["jobs"][0]["failure_kind"], "no_node");
+    })
+    .await;
+}
