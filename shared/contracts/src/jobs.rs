@@ -12,7 +12,10 @@
 //!    one of completed, failed or cancelled. It acks the job message after the final event.
 //! 3. The registry consumes [`EVENTS_STREAM`] durably ([`EVENTS_CONSUMER`]): it updates the job
 //!    record, the node counters and the models, refunds failed jobs, and ignores events whose
-//!    `delivery` is older than the job's current delivery (a zombie worker's late result). The
+//!    `delivery` is older than the job's current delivery (a zombie worker's late result), names
+//!    a delivery the queue never made (0 or past [`MAX_DELIVER`]), or, for a completion, points
+//!    at weights other than [`weights_key`] of its job and delivery. Which event changes what is
+//!    decided in one place, the registry's job lifecycle (`lifecycle.rs`). The
 //!    consumer has one event in flight across all registry replicas, so a job's events apply in
 //!    the order they were published. Every write of a job record (events, cancels, failures) is
 //!    conditional on the revision it read, and decided again on a fresh read when another writer
