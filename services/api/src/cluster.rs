@@ -197,29 +197,13 @@ impl ClusterApi {
     )]
     async fn clients(&self, req: &Request, auth: Credentials) -> ApiResult<Json<ClusterClients>> {
         self.0.auth.admin(&auth, req).await?;
-        let mut clients = Vec::new();
-        let mut offset = 0;
-        loop {
-            let page: ClusterClients = self
-                .0
-                .registry(
-                    ep::CLIENTS,
-                    &msg::ListQuery {
-                        offset,
-                        limit: None,
-                    },
-                )
-                .await?;
-            clients.extend(page.clients);
-            match page.next_offset {
-                Some(next) if next > offset => offset = next,
-                _ => break,
-            }
-        }
-        Ok(Json(ClusterClients {
-            clients,
-            next_offset: None,
-        }))
+        let state = &self.0;
+        let all: ClusterClients =
+            msg::all_pages(
+                |q: msg::ListQuery| async move { state.registry(ep::CLIENTS, &q).await },
+            )
+            .await?;
+        Ok(Json(all))
     }
 
     /// List cluster nodes
@@ -234,32 +218,11 @@ impl ClusterApi {
     )]
     async fn nodes(&self, req: &Request, auth: Credentials) -> ApiResult<Json<ClusterNodes>> {
         self.0.auth.admin(&auth, req).await?;
-        let first: ClusterNodes = self
-            .0
-            .registry(ep::NODES, &msg::ListQuery::default())
-            .await?;
-        let master_stats = first.master_stats;
-        let mut nodes = first.nodes;
-        let mut next = first.next_offset;
-        while let Some(offset) = next {
-            let page: ClusterNodes = self
-                .0
-                .registry(
-                    ep::NODES,
-                    &msg::ListQuery {
-                        offset,
-                        limit: None,
-                    },
-                )
+        let state = &self.0;
+        let all: ClusterNodes =
+            msg::all_pages(|q: msg::ListQuery| async move { state.registry(ep::NODES, &q).await })
                 .await?;
-            nodes.extend(page.nodes);
-            next = page.next_offset.filter(|n| *n > offset);
-        }
-        Ok(Json(ClusterNodes {
-            master_stats,
-            nodes,
-            next_offset: None,
-        }))
+        Ok(Json(all))
     }
 
     /// Set a node's driver

@@ -351,10 +351,8 @@ impl TrainApi {
             let store = gantry_runtime::jetstream::bucket_store(&js, jobs::DATASETS_BUCKET).await?;
             if store.info(&key).await.is_err() {
                 let mut file = tokio::fs::File::open(snapshot.archive.path()).await?;
-                store
-                    .put(key.as_str(), &mut file)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                gantry_runtime::jetstream::put_object(&js, jobs::DATASETS_BUCKET, &key, &mut file)
+                    .await?;
             }
             anyhow::Ok(())
         }

@@ -49,12 +49,8 @@ impl Checkpoints {
 
     /// Store `bytes` (a serialised [`Checkpoint`]) as the job's checkpoint.
     pub async fn write(&self, job_id: &str, bytes: &[u8]) -> anyhow::Result<()> {
-        let store = self.store().await?;
-        store
-            .put(checkpoint_key(job_id).as_str(), &mut &bytes[..])
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        Ok(())
+        let key = checkpoint_key(job_id);
+        gantry_runtime::jetstream::put_object(&self.js, MODELS_BUCKET, &key, &mut &bytes[..]).await
     }
 
     /// Remove the job's checkpoint, if any; a failure leaves it (it is only wasted space).

@@ -265,12 +265,7 @@ impl JobRunner {
     }
 
     async fn upload_weights(&self, key: &str, weights: &[u8]) -> anyhow::Result<()> {
-        let store = gantry_runtime::jetstream::bucket_store(&self.js, MODELS_BUCKET).await?;
-        store
-            .put(key, &mut &weights[..])
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        Ok(())
+        gantry_runtime::jetstream::put_object(&self.js, MODELS_BUCKET, key, &mut &weights[..]).await
     }
 
     /// Carry out `outcome`: its event, then the message's ack, nak or term.

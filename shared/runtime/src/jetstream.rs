@@ -92,6 +92,21 @@ pub async fn bucket_store(
     }
 }
 
+/// Store `data` under `key` in `bucket` (created if missing), replacing what was there.
+pub async fn put_object(
+    js: &jetstream::Context,
+    bucket: &str,
+    key: &str,
+    data: &mut (impl tokio::io::AsyncRead + Unpin),
+) -> anyhow::Result<()> {
+    bucket_store(js, bucket)
+        .await?
+        .put(key, data)
+        .await
+        .map_err(|e| anyhow::anyhow!("storing {key} in {bucket}: {e}"))?;
+    Ok(())
+}
+
 /// [`ensure`] until it succeeds (NATS may come up after the service), or `shutdown` fires.
 pub async fn ensure_with_retry(
     js: &jetstream::Context,

@@ -121,20 +121,11 @@ fn inventory(i: usize) -> Inventory {
 /// A full listing as the api does it: every page.
 async fn list_all(client: &async_nats::Client) -> anyhow::Result<ClusterNodes> {
     let subject = subjects::registry(subjects::registry::NODES);
-    let mut all: ClusterNodes = request(client, subject.clone(), &Empty {}).await?;
-    while let Some(offset) = all.next_offset {
-        let page: ClusterNodes = request(
-            client,
-            subject.clone(),
-            &ListQuery {
-                offset,
-                limit: None,
-            },
-        )
-        .await?;
-        all.nodes.extend(page.nodes);
-        all.next_offset = page.next_offset;
-    }
+    let all: ClusterNodes = gantry_contracts::registry::all_pages(|q: ListQuery| {
+        let subject = subject.clone();
+        async move { request(client, subject, &q).await }
+    })
+    .await?;
     Ok(all)
 }
 

@@ -170,3 +170,95 @@ pub struct ClusterNodes {
     #[cfg_attr(feature = "openapi", oai(skip))]
     pub next_offset: Option<usize>,
 }
+
+/// A listing the registry answers in pages (each as large as fits in one NATS message).
+pub trait Paged: Sized {
+    /// Where the next page starts; `None` on the last page.
+    fn next_offset(&self) -> Option<usize>;
+    /// Append a later page's entries, taking its `next_offset`.
+    fn extend(&mut self, page: Self);
+}
+
+impl Paged for ClusterClients {
+    fn next_offset(&self) -> Option<usize> {
+        self.next_offset
+    }
+    fn extend(&mut self, page: Self) {
+        self.clients.extend(page.clients);
+        self.next_offset = page.next_offset;
+    }
+}
+
+impl Paged for ClusterNodes {
+    fn next_offset(&self) -> Option<usize> {
+        self.next_offset
+    }
+    fn extend(&mut self, page: Self) {
+        self.nodes.extend(page.nodes);
+        self.next_offset = page.next_offset;
+    }
+}
+
+/// The whole listing: `fetch` is asked for the page at each offset, starting at 0, until a page
+/// says it is the last (or names no offset past the one asked, so a confused replica cannot
+/// loop). The first page's other fields (totals) are kept.
+pub async fn all_pages<P, E, Fut>(mut fetch: impl FnMut(ListQuery) -> Fut) -> Result<P, E>
+where
+    P: Paged,
+    Fut: std::future::Future<Output = Result<P, E>>,
+{
+    let mut all = fetch(ListQuery::default()).await?;
+    while let Some(offset) = all.next_offset() {
+        let page = fetch(ListQuery {
+            offset,
+            limit: None,
+        })
+        .await?;
+        let stuck = page.next_offset().is_some_and(|next| next <= offset);
+        all.extend(page);
+        if stuck {
+            break;
+        }
+    }
+    Ok(all)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(next: Option<usize>) -> ClusterClients {
+        ClusterClients {
+            clients: Vec::new(),
+            next_offset: next,
+        }
+    }
+
+    #[tokio::test]
+    async fn every_page_is_asked_for_once_until_the_last() {
+        let mut asked = Vec::new();
+        let all: Result<ClusterClients, ()> = all_pages(|q: ListQuery| {
+            asked.push(q.offset);
+            let next = match q.offset {
+                0 => Some(10),
+                10 => Some(20),
+                _ => None,
+            };
+            std::future::ready(Ok(page(next)))
+        })
+        .await;
+        assert_eq!(asked, [0, 10, 20]);
+        assert_eq!(all.unwrap().next_offset, None);
+    }
+
+    #[tokio::test]
+    async fn a_page_that_points_back_ends_the_listing() {
+        let mut asked = 0;
+        let _: Result<ClusterClients, ()> = all_pages(|_q: ListQuery| {
+            asked += 1;
+            std::future::ready(Ok(page(Some(5))))
+        })
+        .await;
+        assert_eq!(asked, 2);
+    }
+}
