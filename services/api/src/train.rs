@@ -11,9 +11,7 @@ use gantry_contracts::jobs::{
     WaitingReason,
 };
 use gantry_contracts::subjects;
-use gantry_runtime::dataset::{self, DatasetFile};
 use gantry_runtime::nats;
-use gantry_training::dataset::{check_file, DatasetLimits, Listing};
 use poem::Request;
 use poem_openapi::param::{Header, Query};
 use poem_openapi::payload::Json;
@@ -26,6 +24,12 @@ use crate::data_path::DataRoot;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use crate::tags::ApiTags;
+
+mod hold;
+mod snapshot;
+
+use hold::{gantry_api_display, queued};
+use snapshot::prepare;
 
 /// What training costs a user, in credit tokens (admins pay nothing).
 pub const TRAINING_COST: i64 = 100;
@@ -126,77 +130,6 @@ pub enum TrainResponse {
     /// Queued: `wait=false`, `Prefer: respond-async`, or the hold ran out while the job waits or runs.
     #[oai(status = 202)]
     Queued(Json<TrainQueued>),
-}
-
-/// A dataset ready to queue.
-struct Snapshot {
-    hash: String,
-    classes: Vec<String>,
-    archive: tempfile::NamedTempFile,
-}
-
-fn dataset_error(e: gantry_training::dataset::DatasetError) -> ApiError {
-    if e.is_data_error() {
-        ApiError::bad_request(format!(
-            "train_path is not a usable ImageFolder dataset: {e}"
-        ))
-    } else {
-        ApiError::internal(e)
-    }
-}
-
-/// Check `train_path` (path rules, ImageFolder layout, bounds, image headers) and pack it.
-fn prepare(root: &DataRoot, train_path: &str) -> ApiResult<Snapshot> {
-    let dir = root.resolve_dir(train_path)?;
-    let limits = DatasetLimits::default();
-    let listing = Listing::scan(dir.real(), &limits).map_err(dataset_error)?;
-    // Every image's header, before anything is decoded anywhere: refuse bombs and junk now.
-    let mut readable = vec![0usize; listing.classes.len()];
-    let mut files = Vec::with_capacity(listing.files.len());
-    for f in &listing.files {
-        let path = dir.real().join(&f.relative_path);
-        if !root.contains(&path) {
-            return Err(ApiError::forbidden(format!(
-                "`{}` resolves outside the data root",
-                f.relative_path
-            )));
-        }
-        // The trainer's own header rules: what passes here loads there.
-        check_file(&path, &f.relative_path, &limits)
-            .map_err(|e| ApiError::bad_request(e.to_string()))?;
-        readable[f.class] += 1;
-        files.push(DatasetFile {
-            relative: format!(
-                "{}/{}",
-                listing.classes[f.class],
-                strip_class(&f.relative_path)
-            ),
-            source: path,
-        });
-    }
-    if let Some(i) = readable.iter().position(|n| *n == 0) {
-        return Err(ApiError::bad_request(format!(
-            "class folder `{}` has no readable PNG or JPEG image",
-            listing.classes[i]
-        )));
-    }
-    let archive = tempfile::NamedTempFile::new().map_err(ApiError::internal)?;
-    let hash = dataset::pack(&mut files, archive.path())
-        .map_err(ApiError::internal)?
-        .into();
-    Ok(Snapshot {
-        hash,
-        classes: listing.classes.clone(),
-        archive,
-    })
-}
-
-/// `cats/sub/a.png` → `sub/a.png`.
-fn strip_class(relative: &str) -> &str {
-    relative
-        .split_once('/')
-        .map(|(_, rest)| rest)
-        .unwrap_or(relative)
 }
 
 /// The job id: from the caller's `Idempotency-Key` (so a retry finds the same job), else random.
@@ -462,196 +395,6 @@ impl TrainApi {
         )
         .await;
         user.map(|u| u.tokens).unwrap_or(p.user.tokens)
-    }
-
-    /// Answer for a job that already exists (a retried submission).
-    async fn answer(
-        &self,
-        sub: Submitted,
-        job: Option<JobRecord>,
-        wait: bool,
-    ) -> ApiResult<TrainResponse> {
-        match job {
-            Some(job) if job.status.is_final() => final_answer(sub, job),
-            _ if !wait => Ok(queued(sub)),
-            _ => {
-                let settled = self
-                    .state
-                    .nats
-                    .subscribe(jobs::settled_subject(&sub.job_id))
-                    .await
-                    .map_err(ApiError::internal)?;
-                // It may have ended between the lookup and the subscription.
-                if let Some(job) = self.if_over(&sub.job_id).await {
-                    return final_answer(sub, job);
-                }
-                self.hold(sub, settled).await
-            }
-        }
-    }
-
-    /// The job's record if it is over (`None` when it is not, or the registry does not answer).
-    async fn if_over(&self, job_id: &str) -> Option<JobRecord> {
-        let job: JobRecord = nats::request(
-            &self.state.nats,
-            subjects::registry(jobs::subjects::JOBS_GET),
-            &JobRef {
-                job_id: job_id.to_owned(),
-                user_id: None,
-            },
-        )
-        .await
-        .ok()?;
-        job.status.is_final().then_some(job)
-    }
-
-    /// Wait until the registry announces the job settled (model numbered, refund given), at most
-    /// the hold.
-    async fn hold(
-        &self,
-        sub: Submitted,
-        mut settled: async_nats::Subscriber,
-    ) -> ApiResult<TrainResponse> {
-        let deadline = tokio::time::sleep(self.hold);
-        tokio::pin!(deadline);
-        // A backstop for an announcement that never came (lost in a reconnect): look now and then.
-        let mut look = tokio::time::interval_at(
-            tokio::time::Instant::now() + HOLD_LOOK_EVERY,
-            HOLD_LOOK_EVERY,
-        );
-        loop {
-            tokio::select! {
-                _ = &mut deadline => break,
-                msg = settled.next() => {
-                    let Some(msg) = msg else { break };
-                    let Ok(job) = serde_json::from_slice::<JobRecord>(&msg.payload) else { continue };
-                    if job.status.is_final() {
-                        return final_answer(sub, job);
-                    }
-                }
-                _ = look.tick() => {
-                    if let Some(job) = self.if_over(&sub.job_id).await {
-                        return final_answer(sub, job);
-                    }
-                }
-            }
-        }
-        // The hold ran out. With no node able to take it at all, fail it now (503, refunded);
-        // otherwise it is queued or running: 202.
-        let job: JobRecord = nats::request(
-            &self.state.nats,
-            subjects::registry(jobs::subjects::JOBS_GET),
-            &JobRef {
-                job_id: sub.job_id.clone(),
-                user_id: None,
-            },
-        )
-        .await?;
-        let no_node = match job.waiting_reason {
-            Some(reason @ WaitingReason::NoNode { .. }) if job.status == JobStatus::Queued => {
-                Some(reason)
-            }
-            _ => None,
-        };
-        let job = if let Some(reason) = no_node {
-            // The registry fails it only if it is still queued; the answer follows what it did.
-            let withdrawn: Result<JobRecord, _> = nats::request(
-                &self.state.nats,
-                subjects::registry(jobs::subjects::JOBS_FAIL),
-                &FailJob {
-                    job_id: sub.job_id.clone(),
-                    error: format!("no node could take it within the hold ({reason})"),
-                    kind: FailureKind::NoNode,
-                },
-            )
-            .await;
-            withdrawn.unwrap_or(job)
-        } else {
-            job
-        };
-        if job.status.is_final() {
-            return final_answer(sub, job);
-        }
-        Ok(queued(sub))
-    }
-}
-
-/// How often a held submission looks at its job besides listening for its end.
-const HOLD_LOOK_EVERY: Duration = Duration::from_secs(10);
-
-/// The user-facing form of a path (`/datasets/x`), or the raw text when it does not resolve.
-fn gantry_api_display(root: &DataRoot, raw: &str) -> String {
-    root.resolve(raw)
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|_| raw.to_owned())
-}
-
-fn queued(sub: Submitted) -> TrainResponse {
-    TrainResponse::Queued(Json(TrainQueued {
-        message: "Training queued".into(),
-        job_id: sub.job_id,
-        tokens_used: sub.tokens_used,
-        remaining_tokens: sub.remaining_tokens,
-        status_url: sub.status_url,
-    }))
-}
-
-/// The answer for a job that is over, from its record as the registry keeps it.
-fn final_answer(sub: Submitted, job: JobRecord) -> ApiResult<TrainResponse> {
-    let JobRecord {
-        status,
-        model,
-        error,
-        failure_kind: kind,
-        refund_due,
-        refunded,
-        tokens_charged,
-        ..
-    } = job;
-    let refunded = match (tokens_charged > 0, refunded, refund_due) {
-        (false, _, _) => String::new(),
-        (true, true, _) => format!("; the {tokens_charged} tokens charged were refunded"),
-        (true, false, true) => {
-            format!("; the refund of the {tokens_charged} tokens charged is pending")
-        }
-        (true, false, false) => {
-            format!("; the {tokens_charged} tokens charged are kept: training had started")
-        }
-    };
-    match status {
-        JobStatus::Completed => Ok(TrainResponse::Completed(Json(Box::new(TrainCompleted {
-            message: "Training completed".into(),
-            tokens_used: sub.tokens_used,
-            remaining_tokens: sub.remaining_tokens,
-            job_id: sub.job_id,
-            model,
-        })))),
-        JobStatus::Cancelled => Err(ApiError::new(
-            ErrorCode::Conflict,
-            format!("job {} was cancelled{refunded}", sub.job_id),
-        )),
-        _ => {
-            let code = match kind {
-                Some(FailureKind::Data) => ErrorCode::Unprocessable,
-                Some(FailureKind::NoNode) | Some(FailureKind::System) => ErrorCode::Unavailable,
-                _ => ErrorCode::Internal,
-            };
-            let message = format!(
-                "job {} failed: {}{refunded}",
-                sub.job_id,
-                error.unwrap_or_else(|| "unknown error".into())
-            );
-            if code == ErrorCode::Internal {
-                // A trainer crash is reported as it is, not hidden behind a generic message.
-                return Err(ApiError::Internal(Json(crate::error::ErrorBody {
-                    error: crate::error::ErrorDetail {
-                        code: code.as_str().into(),
-                        message,
-                    },
-                })));
-            }
-            Err(ApiError::new(code, message))
-        }
     }
 }
 

@@ -21,8 +21,6 @@ use gantry_runtime::nats;
 use mongodb::bson::{doc, Document};
 use mongodb::{Collection, IndexModel};
 use serde::{Deserialize, Serialize};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::error::RegistryError;
 use crate::lifecycle::{self, Effects, Refused, Transition};
@@ -479,45 +477,4 @@ impl Jobs {
             }
         }
     }
-}
-
-/// Register the job and model endpoints and start the event consumers.
-pub async fn serve(
-    group: &async_nats::service::Group,
-    registry: &Registry,
-    shutdown: &CancellationToken,
-    tracker: &TaskTracker,
-) -> anyhow::Result<()> {
-    use gantry_runtime::endpoint::Endpoints;
-    use jobs::subjects as ep;
-    let jobs = Jobs::new(registry.clone());
-    crate::events::start(jobs.clone(), shutdown.clone(), tracker).await;
-    let models = Endpoints::new(group, jobs.models().clone(), shutdown, tracker);
-    let jobs = Endpoints::new(group, jobs, shutdown, tracker);
-    jobs.add(
-        ep::JOBS_CREATE,
-        |j: Jobs, q| async move { j.create(q).await },
-    )
-    .await?;
-    jobs.add(ep::JOBS_GET, |j: Jobs, q| async move { j.get(q).await })
-        .await?;
-    jobs.add(ep::JOBS_LIST, |j: Jobs, q| async move { j.list(q).await })
-        .await?;
-    jobs.add(
-        ep::JOBS_CANCEL,
-        |j: Jobs, q| async move { j.cancel(q).await },
-    )
-    .await?;
-    jobs.add(ep::JOBS_FAIL, |j: Jobs, q| async move { j.fail(q).await })
-        .await?;
-    models
-        .add(
-            ep::MODELS_LIST,
-            |m: Models, q| async move { m.list(q).await },
-        )
-        .await?;
-    models
-        .add(ep::MODELS_GET, |m: Models, q| async move { m.get(q).await })
-        .await?;
-    Ok(())
 }

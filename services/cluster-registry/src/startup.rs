@@ -13,6 +13,8 @@ use gantry_runtime::{mongo, nats, Config};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::jobs::Jobs;
+use crate::models::Models;
 use crate::registry::Registry;
 use crate::store::Store;
 use crate::view::Timing;
@@ -87,7 +89,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     endpoints
         .add(ep::DRAIN, |r: Registry, q| async move { r.drain(q).await })
         .await?;
-    crate::jobs::serve(&group, &registry, &shutdown, &tracker).await?;
+    serve_jobs(&group, &registry, &shutdown, &tracker).await?;
     tracing::info!("registry endpoints up");
 
     shutdown.cancelled().await;
@@ -96,5 +98,45 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     nats::leave(service, &client).await;
     endpoint::drain(&tracker, Duration::from_secs(10)).await;
     let _ = health.await;
+    Ok(())
+}
+
+/// Register the job and model endpoints and start the event consumers.
+async fn serve_jobs(
+    group: &async_nats::service::Group,
+    registry: &Registry,
+    shutdown: &CancellationToken,
+    tracker: &TaskTracker,
+) -> anyhow::Result<()> {
+    use gantry_contracts::jobs::subjects as ep;
+    let jobs = Jobs::new(registry.clone());
+    crate::events::start(jobs.clone(), shutdown.clone(), tracker).await;
+    let models = Endpoints::new(group, jobs.models().clone(), shutdown, tracker);
+    let jobs = Endpoints::new(group, jobs, shutdown, tracker);
+    jobs.add(
+        ep::JOBS_CREATE,
+        |j: Jobs, q| async move { j.create(q).await },
+    )
+    .await?;
+    jobs.add(ep::JOBS_GET, |j: Jobs, q| async move { j.get(q).await })
+        .await?;
+    jobs.add(ep::JOBS_LIST, |j: Jobs, q| async move { j.list(q).await })
+        .await?;
+    jobs.add(
+        ep::JOBS_CANCEL,
+        |j: Jobs, q| async move { j.cancel(q).await },
+    )
+    .await?;
+    jobs.add(ep::JOBS_FAIL, |j: Jobs, q| async move { j.fail(q).await })
+        .await?;
+    models
+        .add(
+            ep::MODELS_LIST,
+            |m: Models, q| async move { m.list(q).await },
+        )
+        .await?;
+    models
+        .add(ep::MODELS_GET, |m: Models, q| async move { m.get(q).await })
+        .await?;
     Ok(())
 }

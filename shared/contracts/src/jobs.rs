@@ -30,8 +30,12 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+mod events;
 mod progress;
+mod waiting;
+pub use events::{JobEvent, JobEventKind};
 pub use progress::{JobProgress, ProgressType};
+pub use waiting::WaitingReason;
 
 pub use crate::models::{
     ModelCard, ModelDetail, ModelList, ModelQuery, ModelRef, ModelSummary, ModelVersion,
@@ -268,81 +272,6 @@ pub struct EpochMetrics {
     pub val_accuracy: f64,
 }
 
-/// What happened to a job; published on [`event_subject`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum JobEventKind {
-    /// A trainer took it (again).
-    Started {
-        /// The node's name.
-        node: String,
-        /// The node's id (`gantry.node.<node_id>.*`).
-        node_id: String,
-        /// The backend it trains on.
-        driver: String,
-        /// The epoch it resumes after (0 for a fresh start).
-        resumed_from_epoch: u32,
-    },
-    /// Training progress.
-    Progress {
-        /// 1-based epoch.
-        epoch: u32,
-        /// Of how many.
-        epochs: u32,
-        /// Step within the whole run.
-        step: u64,
-        /// Steps of the whole run.
-        total_steps: u64,
-        /// Recent training loss.
-        loss: f64,
-        /// Training accuracy so far in this epoch.
-        train_accuracy: f64,
-        /// Validation accuracy of the last finished epoch, if any.
-        val_accuracy: Option<f64>,
-        /// Throughput.
-        samples_per_sec: f64,
-        /// Estimated seconds to go.
-        eta_seconds: f64,
-    },
-    /// An epoch's checkpoint is stored; a redelivered job resumes after it.
-    Checkpoint {
-        /// The epoch.
-        epoch: u32,
-        /// Its metrics.
-        metrics: EpochMetrics,
-    },
-    /// Done: the weights are stored. The trainer sends `version: 0`; the registry numbers the
-    /// version when it records the job (read the job to learn it).
-    Completed {
-        /// The version (boxed: it carries the model card, far larger than any other event).
-        model: Box<ModelVersion>,
-    },
-    /// Could not finish.
-    Failed {
-        /// Why, for the user.
-        error: String,
-        /// The kind of failure.
-        kind: FailureKind,
-    },
-    /// Stopped by a cancel.
-    Cancelled,
-}
-
-/// An event of a job.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct JobEvent {
-    /// The job.
-    pub job_id: String,
-    /// The delivery of the job message this comes from (results are fenced by it). The api and
-    /// registry use 0 for events they publish themselves.
-    pub delivery: u64,
-    /// When.
-    pub at: DateTime<Utc>,
-    /// What.
-    #[serde(flatten)]
-    pub kind: JobEventKind,
-}
-
 impl JobRecord {
     /// The record of `job` as submitted: queued, with the path as the user named it and the
     /// tokens charged for it.
@@ -373,31 +302,6 @@ impl JobRecord {
             queue_position: None,
             waiting_reason: None,
         }
-    }
-}
-
-impl JobEventKind {
-    /// The `type` it travels under: `started`, `progress`, `checkpoint`, `completed`, `failed`
-    /// or `cancelled`.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Self::Started { .. } => "started",
-            Self::Progress { .. } => "progress",
-            Self::Checkpoint { .. } => "checkpoint",
-            Self::Completed { .. } => "completed",
-            Self::Failed { .. } => "failed",
-            Self::Cancelled => "cancelled",
-        }
-    }
-}
-
-impl JobEvent {
-    /// Whether this event ends the job.
-    pub fn is_final(&self) -> bool {
-        matches!(
-            self.kind,
-            JobEventKind::Completed { .. } | JobEventKind::Failed { .. } | JobEventKind::Cancelled
-        )
     }
 }
 
@@ -474,57 +378,6 @@ pub struct JobRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", oai(skip_serializing_if_is_none))]
     pub waiting_reason: Option<WaitingReason>,
-}
-
-/// Why a queued job waits. Travels as the sentence its `Display` writes (`no node for driver
-/// cuda: none connected trains on it`, `all worker slots busy`), which is what users read; the
-/// sentence is parsed back only here, so code decides on the variant, never on the text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(into = "String", try_from = "String")]
-pub enum WaitingReason {
-    /// No connected, undrained node trains on the job's driver: nothing can take it now.
-    NoNode {
-        /// The job's driver.
-        driver: JobDriver,
-    },
-    /// Nodes for the driver exist, and every worker slot of theirs is busy.
-    SlotsBusy,
-}
-
-const NO_NODE_PREFIX: &str = "no node for driver ";
-const NO_NODE_SUFFIX: &str = ": none connected trains on it";
-const SLOTS_BUSY: &str = "all worker slots busy";
-
-impl std::fmt::Display for WaitingReason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            WaitingReason::NoNode { driver } => {
-                write!(f, "{NO_NODE_PREFIX}{}{NO_NODE_SUFFIX}", driver.as_str())
-            }
-            WaitingReason::SlotsBusy => f.write_str(SLOTS_BUSY),
-        }
-    }
-}
-
-impl From<WaitingReason> for String {
-    fn from(r: WaitingReason) -> Self {
-        r.to_string()
-    }
-}
-
-impl TryFrom<String> for WaitingReason {
-    type Error = String;
-
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        if s == SLOTS_BUSY {
-            return Ok(WaitingReason::SlotsBusy);
-        }
-        s.strip_prefix(NO_NODE_PREFIX)
-            .and_then(|rest| rest.strip_suffix(NO_NODE_SUFFIX))
-            .and_then(JobDriver::parse)
-            .map(|driver| WaitingReason::NoNode { driver })
-            .ok_or_else(|| format!("unknown waiting reason {s:?}"))
-    }
 }
 
 /// Registry endpoint names for jobs and models, relative to [`crate::subjects::REGISTRY_V1`].
@@ -649,28 +502,6 @@ mod tests {
         for kind in kinds {
             assert_eq!(serde_json::to_value(&kind).unwrap()["type"], kind.name());
         }
-    }
-
-    #[test]
-    fn waiting_reasons_travel_as_their_sentence_and_come_back() {
-        for r in [
-            WaitingReason::NoNode {
-                driver: JobDriver::Rocm,
-            },
-            WaitingReason::SlotsBusy,
-        ] {
-            let v = serde_json::to_value(r).unwrap();
-            assert_eq!(v, serde_json::Value::String(r.to_string()));
-            assert_eq!(serde_json::from_value::<WaitingReason>(v).unwrap(), r);
-        }
-        assert_eq!(
-            WaitingReason::NoNode {
-                driver: JobDriver::Cuda
-            }
-            .to_string(),
-            "no node for driver cuda: none connected trains on it"
-        );
-        assert!(serde_json::from_str::<WaitingReason>("\"soon\"").is_err());
     }
 
     #[test]

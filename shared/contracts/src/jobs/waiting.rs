@@ -1,0 +1,83 @@
+//! [`WaitingReason`]: why a queued job waits, as users read it and as code decides on it.
+
+use serde::{Deserialize, Serialize};
+
+use super::JobDriver;
+
+/// Why a queued job waits. Travels as the sentence its `Display` writes (`no node for driver
+/// cuda: none connected trains on it`, `all worker slots busy`), which is what users read; the
+/// sentence is parsed back only here, so code decides on the variant, never on the text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub enum WaitingReason {
+    /// No connected, undrained node trains on the job's driver: nothing can take it now.
+    NoNode {
+        /// The job's driver.
+        driver: JobDriver,
+    },
+    /// Nodes for the driver exist, and every worker slot of theirs is busy.
+    SlotsBusy,
+}
+
+const NO_NODE_PREFIX: &str = "no node for driver ";
+const NO_NODE_SUFFIX: &str = ": none connected trains on it";
+const SLOTS_BUSY: &str = "all worker slots busy";
+
+impl std::fmt::Display for WaitingReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WaitingReason::NoNode { driver } => {
+                write!(f, "{NO_NODE_PREFIX}{}{NO_NODE_SUFFIX}", driver.as_str())
+            }
+            WaitingReason::SlotsBusy => f.write_str(SLOTS_BUSY),
+        }
+    }
+}
+
+impl From<WaitingReason> for String {
+    fn from(r: WaitingReason) -> Self {
+        r.to_string()
+    }
+}
+
+impl TryFrom<String> for WaitingReason {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        if s == SLOTS_BUSY {
+            return Ok(WaitingReason::SlotsBusy);
+        }
+        s.strip_prefix(NO_NODE_PREFIX)
+            .and_then(|rest| rest.strip_suffix(NO_NODE_SUFFIX))
+            .and_then(JobDriver::parse)
+            .map(|driver| WaitingReason::NoNode { driver })
+            .ok_or_else(|| format!("unknown waiting reason {s:?}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waiting_reasons_travel_as_their_sentence_and_come_back() {
+        for r in [
+            WaitingReason::NoNode {
+                driver: JobDriver::Rocm,
+            },
+            WaitingReason::SlotsBusy,
+        ] {
+            let v = serde_json::to_value(r).unwrap();
+            assert_eq!(v, serde_json::Value::String(r.to_string()));
+            assert_eq!(serde_json::from_value::<WaitingReason>(v).unwrap(), r);
+        }
+        assert_eq!(
+            WaitingReason::NoNode {
+                driver: JobDriver::Cuda
+            }
+            .to_string(),
+            "no node for driver cuda: none connected trains on it"
+        );
+        assert!(serde_json::from_str::<WaitingReason>("\"soon\"").is_err());
+    }
+}
