@@ -18,6 +18,7 @@ use gantry_contracts::registry::{
 };
 use gantry_contracts::subjects;
 use gantry_runtime::nats;
+use gantry_runtime::retry;
 use nvml_wrapper::Nvml;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::{watch, Notify};
@@ -151,7 +152,7 @@ impl Node {
             busy_changed: Arc::new(Notify::new()),
             plan,
         };
-        let mut backoff = Duration::from_millis(250);
+        let mut backoff = retry::Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
         loop {
             if let Some(reg) = node.register_once().await? {
                 node.node_id = reg.node_id.clone();
@@ -162,11 +163,9 @@ impl Node {
                 );
                 return Ok(node);
             }
-            tokio::select! {
-                _ = shutdown.cancelled() => return Err(JoinError::Stopped),
-                _ = tokio::time::sleep(backoff) => {}
+            if !retry::pause(shutdown, backoff.next_wait()).await {
+                return Err(JoinError::Stopped);
             }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
         }
     }
 

@@ -21,6 +21,7 @@ use async_nats::Client;
 use futures::StreamExt;
 use gantry_contracts::jobs::{self as contract, JobDriver, TrainJob, CANCEL_SUBJECTS, JOBS_STREAM};
 use gantry_contracts::registry::Driver;
+use gantry_runtime::retry;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::{AbortOnDropHandle, TaskTracker};
@@ -254,9 +255,8 @@ impl Workers {
                     error = format!("{e:#}"),
                     "pulling jobs failed; retrying"
                 );
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                if !retry::pause(&shutdown, Duration::from_secs(1)).await {
+                    break;
                 }
                 let _ = gantry_runtime::jetstream::ensure(&self.inner.js).await;
             }
@@ -380,17 +380,13 @@ impl Workers {
     }
 
     async fn follow_cancels(self, shutdown: CancellationToken) {
-        let mut sub = loop {
-            match self.inner.client.subscribe(CANCEL_SUBJECTS).await {
-                Ok(s) => break s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "subscribing to cancels failed; retrying");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    }
-                }
-            }
+        let client = self.inner.client.clone();
+        let Some(mut sub) = retry::until_ready("subscribing to cancels", &shutdown, || {
+            client.subscribe(CANCEL_SUBJECTS)
+        })
+        .await
+        else {
+            return;
         };
         loop {
             let msg = tokio::select! {
