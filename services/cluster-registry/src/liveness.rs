@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use futures::StreamExt;
-use gantry_contracts::registry::{Heartbeat, NodeControl, RegistryEvent};
+use gantry_contracts::registry::{check_size, Heartbeat, NodeControl, RegistryEvent};
 use gantry_contracts::subjects;
 use gantry_runtime::retry;
 use tokio_util::sync::CancellationToken;
@@ -80,10 +80,15 @@ async fn follow_heartbeats(
         let Some(subject_id) = msg.subject.split('.').nth(2) else {
             continue;
         };
-        let mut hb: Heartbeat = match serde_json::from_slice(&msg.payload) {
+        let hb = check_size("a heartbeat", msg.payload.len())
+            .and_then(|()| {
+                serde_json::from_slice::<Heartbeat>(&msg.payload).map_err(|e| e.to_string())
+            })
+            .and_then(|hb| hb.check().map(|()| hb));
+        let mut hb = match hb {
             Ok(hb) => hb,
             Err(e) => {
-                tracing::debug!(subject = %msg.subject, error = %e, "ignoring a malformed heartbeat");
+                tracing::warn!(node_id = subject_id, error = %e, "ignoring a malformed or oversized heartbeat");
                 continue;
             }
         };
@@ -167,6 +172,10 @@ async fn follow_events(
             _ = shutdown.cancelled() => break,
             m = sub.next() => match m { Some(m) => m, None => break },
         };
+        if let Err(e) = check_size("an announcement", msg.payload.len()) {
+            tracing::warn!(error = %e, "ignoring an oversized registry announcement");
+            continue;
+        }
         let event: RegistryEvent = match serde_json::from_slice(&msg.payload) {
             Ok(e) => e,
             Err(e) => {
@@ -176,7 +185,10 @@ async fn follow_events(
         };
         match event {
             RegistryEvent::NodeRegistered { record } => {
-                match serde_json::from_value::<NodeRecord>(record) {
+                let record = serde_json::from_value::<NodeRecord>(record)
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.check().map(|()| r));
+                match record {
                     Ok(record) => {
                         let mut view = registry.view();
                         let same = view
@@ -186,7 +198,7 @@ async fn follow_events(
                             view.register(record, now());
                         }
                     }
-                    Err(e) => tracing::warn!(error = %e, "ignoring an undecodable node record"),
+                    Err(e) => tracing::warn!(error = %e, "ignoring an unusable node record"),
                 }
             }
             RegistryEvent::NodeSettings { node_id, settings } => {

@@ -211,11 +211,7 @@ impl Registry {
     /// `nodes.register`: a trainer joins (again) with its token.
     pub async fn register(&self, req: RegisterNode) -> Result<Registered, RegistryError> {
         let hostname = NodeName::parse(&req.hostname).map_err(RegistryError::BadRequest)?;
-        if req.workers == 0 || req.workers > 256 {
-            return Err(RegistryError::BadRequest(
-                "workers must be between 1 and 256".into(),
-            ));
-        }
+        req.check().map_err(RegistryError::BadRequest)?;
         let secret = req.token.trim();
         if secret.is_empty() {
             return Err(RegistryError::Unauthorized(

@@ -83,6 +83,26 @@ pub struct NodeRecord {
     pub completed_jobs: u64,
 }
 
+impl NodeRecord {
+    /// Within the bounds every node message is held to (a record announced by another replica
+    /// is checked like a registration).
+    pub fn check(&self) -> Result<(), String> {
+        use gantry_contracts::registry::{check_text, check_workers};
+        check_workers(self.workers)?;
+        for (field, value) in [
+            ("node_id", &self.node_id),
+            ("hostname", &self.hostname),
+            ("token_name", &self.token_name),
+            ("token_prefix", &self.token_prefix),
+            ("ip_address", &self.ip_address),
+            ("version", &self.version),
+        ] {
+            check_text(field, value)?;
+        }
+        self.inventory.check()
+    }
+}
+
 /// What heartbeats change, as stored (`node_state`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StateDoc {

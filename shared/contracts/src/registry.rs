@@ -82,8 +82,10 @@ macro_rules! eq_wire_name {
 eq_wire_name!(Driver);
 
 // After `eq_wire_name!`, which `process` uses.
+mod bounds;
 mod listing;
 mod process;
+pub use bounds::*;
 pub use listing::*;
 pub use process::*;
 
