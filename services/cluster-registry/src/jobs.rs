@@ -14,7 +14,6 @@ use gantry_contracts::jobs::{
     self, FailJob, JobDriver, JobEvent, JobEventKind, JobList, JobQuery, JobRecord, JobRef,
     JobStatus, WaitingReason,
 };
-use gantry_contracts::registry::process_status;
 use gantry_contracts::subjects;
 use gantry_runtime::events::EventPublisher;
 use gantry_runtime::nats;
@@ -262,24 +261,8 @@ impl Jobs {
 
     /// Why a job for `driver` would wait now, or `None` when a node could take it.
     fn waiting_reason(&self, driver: JobDriver) -> Option<WaitingReason> {
-        let view = self.registry.view();
-        let serving: Vec<_> = view
-            .nodes()
-            .filter(|n| n.connected && !n.revoked && !n.record.settings.draining)
-            .filter(|n| driver == JobDriver::Any || n.driver.as_str() == driver.as_str())
-            .filter(|n| {
-                !n.processes
-                    .iter()
-                    .all(|p| p.status == process_status::UNAVAILABLE)
-            })
-            .collect();
-        if serving.is_empty() {
-            return Some(WaitingReason::NoNode { driver });
-        }
-        if serving.iter().all(|n| n.workers_available() == 0) {
-            return Some(WaitingReason::SlotsBusy);
-        }
-        None
+        let settled = self.registry.is_settled();
+        self.registry.view().waiting_reason(driver, settled)
     }
 
     /// `jobs.cancel`: someone else's job is `not_found`, a job that is over a `conflict`.

@@ -2,7 +2,7 @@
 //! and draining. The view they read is kept by [`crate::liveness`].
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
 use async_nats::Client;
@@ -40,6 +40,10 @@ struct Inner {
     store: Store,
     view: Mutex<View>,
     restored: AtomicBool,
+    /// When the view was restored, and how long a heartbeat interval is: see
+    /// [`Registry::is_settled`].
+    restored_at: OnceLock<Instant>,
+    interval: f64,
     started: Instant,
 }
 
@@ -69,6 +73,8 @@ impl Registry {
                 store,
                 view: Mutex::new(View::new(timing)),
                 restored: AtomicBool::new(false),
+                restored_at: OnceLock::new(),
+                interval: timing.interval,
                 started: Instant::now(),
             }),
         }
@@ -100,7 +106,17 @@ impl Registry {
         let mut view = self.view();
         view.restore(&tokens, records, states, now());
         self.inner.restored.store(true, Ordering::Release);
+        let _ = self.inner.restored_at.set(Instant::now());
         Ok(view.len())
+    }
+
+    /// True once the view was restored and a full heartbeat interval has passed since, so every
+    /// live node has been heard: only then does "no node serves this driver" mean it.
+    pub fn is_settled(&self) -> bool {
+        self.inner
+            .restored_at
+            .get()
+            .is_some_and(|t| t.elapsed().as_secs_f64() >= self.inner.interval)
     }
 
     fn ensure_restored(&self) -> Result<(), RegistryError> {

@@ -11,6 +11,8 @@ use gantry_contracts::registry::{
     NodeControl, NodeSettings, Process,
 };
 
+use gantry_contracts::jobs::{JobDriver, WaitingReason};
+
 use crate::store::{NodeRecord, StateDoc, TokenDoc};
 
 /// A node's last-seen time alone is written at most this often (other changes at the next
@@ -463,6 +465,34 @@ impl View {
                 n.dirty = true;
             }
         }
+    }
+
+    /// Why a job for `driver` would wait now, or `None` when a node could take it. `settled`:
+    /// the view has heard every live node since it was restored; before that, an empty answer
+    /// says nothing about the cluster, so the job waits as [`WaitingReason::Settling`].
+    pub fn waiting_reason(&self, driver: JobDriver, settled: bool) -> Option<WaitingReason> {
+        let serving: Vec<&Node> = self
+            .nodes
+            .values()
+            .filter(|n| n.connected && !n.revoked && !n.record.settings.draining)
+            .filter(|n| driver == JobDriver::Any || n.driver.as_str() == driver.as_str())
+            .filter(|n| {
+                !n.processes
+                    .iter()
+                    .all(|p| p.status == process_status::UNAVAILABLE)
+            })
+            .collect();
+        if serving.is_empty() {
+            return Some(if settled {
+                WaitingReason::NoNode { driver }
+            } else {
+                WaitingReason::Settling
+            });
+        }
+        if serving.iter().all(|n| n.workers_available() == 0) {
+            return Some(WaitingReason::SlotsBusy);
+        }
+        None
     }
 
     /// The nodes the listings show (connected, or disconnected within the retention), by

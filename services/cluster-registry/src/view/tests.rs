@@ -209,3 +209,44 @@ fn only_changed_nodes_are_flushed_and_idle_ones_every_thirty_seconds() {
     v.heartbeat(&hb, 131.0);
     assert_eq!(v.take_dirty().len(), 1);
 }
+
+#[test]
+fn an_unsettled_view_never_says_no_node() {
+    let v = View::new(T);
+    assert_eq!(
+        v.waiting_reason(JobDriver::Cuda, false),
+        Some(WaitingReason::Settling)
+    );
+    assert_eq!(
+        v.waiting_reason(JobDriver::Cuda, true),
+        Some(WaitingReason::NoNode {
+            driver: JobDriver::Cuda
+        })
+    );
+}
+
+#[test]
+fn a_connected_cpu_node_takes_cpu_and_any_jobs_but_not_cuda_ones() {
+    let mut v = View::new(T);
+    v.register(record("n1", "a", 1), 100.0);
+    assert_eq!(v.waiting_reason(JobDriver::Cpu, true), None);
+    assert_eq!(v.waiting_reason(JobDriver::Any, true), None);
+    assert_eq!(
+        v.waiting_reason(JobDriver::Cuda, true),
+        Some(WaitingReason::NoNode {
+            driver: JobDriver::Cuda
+        })
+    );
+}
+
+#[test]
+fn a_drained_node_serves_no_driver() {
+    let mut v = View::new(T);
+    let mut r = record("n1", "a", 1);
+    r.settings.draining = true;
+    v.register(r, 100.0);
+    assert!(matches!(
+        v.waiting_reason(JobDriver::Cpu, true),
+        Some(WaitingReason::NoNode { .. })
+    ));
+}

@@ -17,11 +17,15 @@ pub enum WaitingReason {
     },
     /// Nodes for the driver exist, and every worker slot of theirs is busy.
     SlotsBusy,
+    /// The registry started moments ago and has not yet heard every node's heartbeat, so it
+    /// cannot tell whether a node serves the driver: never a reason to give up on the job.
+    Settling,
 }
 
 const NO_NODE_PREFIX: &str = "no node for driver ";
 const NO_NODE_SUFFIX: &str = ": none connected trains on it";
 const SLOTS_BUSY: &str = "all worker slots busy";
+const SETTLING: &str = "the registry is still hearing from the nodes";
 
 impl std::fmt::Display for WaitingReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -30,6 +34,7 @@ impl std::fmt::Display for WaitingReason {
                 write!(f, "{NO_NODE_PREFIX}{}{NO_NODE_SUFFIX}", driver.as_str())
             }
             WaitingReason::SlotsBusy => f.write_str(SLOTS_BUSY),
+            WaitingReason::Settling => f.write_str(SETTLING),
         }
     }
 }
@@ -44,8 +49,10 @@ impl TryFrom<String> for WaitingReason {
     type Error = String;
 
     fn try_from(s: String) -> Result<Self, Self::Error> {
-        if s == SLOTS_BUSY {
-            return Ok(WaitingReason::SlotsBusy);
+        match s.as_str() {
+            SLOTS_BUSY => return Ok(WaitingReason::SlotsBusy),
+            SETTLING => return Ok(WaitingReason::Settling),
+            _ => {}
         }
         s.strip_prefix(NO_NODE_PREFIX)
             .and_then(|rest| rest.strip_suffix(NO_NODE_SUFFIX))
@@ -66,6 +73,7 @@ mod tests {
                 driver: JobDriver::Rocm,
             },
             WaitingReason::SlotsBusy,
+            WaitingReason::Settling,
         ] {
             let v = serde_json::to_value(r).unwrap();
             assert_eq!(v, serde_json::Value::String(r.to_string()));
