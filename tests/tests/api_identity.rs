@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use gantry_contracts::auth::MAX_TOKENS;
 use gantry_testing::{TestStack, ADMIN_PASSWORD, ADMIN_TOKEN};
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
@@ -391,6 +392,49 @@ async fn users_are_created_and_changed_with_clear_errors() {
             v["error"]["message"].as_str().unwrap().contains("75"),
             "{v}"
         );
+        // Changes past the bounds are refused whole, and the balance stays a whole number.
+        for extreme in [i64::MAX, i64::MIN, MAX_TOKENS + 1] {
+            let (status, v) = patch(json!({"tokens_delta": extreme})).await;
+            assert_error(status, &v, StatusCode::BAD_REQUEST, "bad_request");
+            assert!(
+                v["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("tokens_delta"),
+                "{v}"
+            );
+        }
+        let (status, v) = patch(json!({"tokens_delta": MAX_TOKENS})).await;
+        assert_error(status, &v, StatusCode::CONFLICT, "conflict");
+        let (status, list) = body(
+            http()
+                .get(format!("{base}/admin/api/users"))
+                .bearer_auth(ADMIN_TOKEN)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{list}");
+        let listed = list["users"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|u| u["id"] == bob["id"])
+            .unwrap();
+        assert_eq!(listed["tokens"], 75, "{listed}");
+        // A job listing offset past what the store can count is a bad request, not a failure.
+        let (status, v) = body(
+            http()
+                .get(format!("{base}/admin/api/jobs?offset={}", u64::MAX))
+                .bearer_auth(ADMIN_TOKEN)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+
         let (status, v) = patch(json!({"role": "admin"})).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(v["role"], "admin");

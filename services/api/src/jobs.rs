@@ -243,8 +243,8 @@ impl JobsApi {
             validator(minimum(value = "1"), maximum(value = "500"))
         )]
         limit: Query<u64>,
-        /// Jobs to skip (default: 0)
-        #[oai(default)]
+        /// Jobs to skip (default: 0, at most 10^15)
+        #[oai(default, validator(maximum(value = "1000000000000000")))]
         offset: Query<u64>,
     ) -> ApiResult<Json<JobListOut>> {
         let who = self.who(req, &auth, true).await?;
@@ -270,8 +270,8 @@ impl JobsApi {
             validator(minimum(value = "1"), maximum(value = "500"))
         )]
         limit: Query<u64>,
-        /// Jobs to skip (default: 0)
-        #[oai(default)]
+        /// Jobs to skip (default: 0, at most 10^15)
+        #[oai(default, validator(maximum(value = "1000000000000000")))]
         offset: Query<u64>,
     ) -> ApiResult<Json<JobListOut>> {
         let who = self.who(req, &auth, false).await?;

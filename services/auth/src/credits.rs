@@ -20,7 +20,7 @@
 
 use std::time::{Duration, Instant};
 
-use gantry_contracts::auth::{CreditChange, CreditResult, Role};
+use gantry_contracts::auth::{CreditChange, CreditResult, Role, MAX_TOKENS};
 use gantry_runtime::secrets;
 use mongodb::bson::{doc, Document};
 use mongodb::options::ReturnDocument;
@@ -186,8 +186,11 @@ async fn finish(store: &Store, entry: LedgerDoc) -> AuthResult<Outcome> {
         }
     } else {
         let mut filter = doc! { "_id": entry.user_id, mark.clone(): { "$exists": false } };
+        // Never below 0, never above MAX_TOKENS (deltas are bounded, so neither side wraps).
         if entry.delta < 0 {
             filter.insert("tokens", doc! { "$gte": -entry.delta });
+        } else {
+            filter.insert("tokens", doc! { "$lte": MAX_TOKENS - entry.delta });
         }
         let update = doc! { "$inc": { "tokens": entry.delta }, "$set": { mark.clone(): now_ms() } };
         let after = store
@@ -278,6 +281,16 @@ impl Store {
     }
 }
 
+/// A charge or refund moves 1 to [`MAX_TOKENS`] tokens.
+fn check_amount(amount: i64) -> AuthResult<()> {
+    if !(1..=MAX_TOKENS).contains(&amount) {
+        return Err(AuthError::BadRequest(format!(
+            "amount must be between 1 and {MAX_TOKENS} tokens"
+        )));
+    }
+    Ok(())
+}
+
 /// `credits.charge`: take `amount` tokens once per key; admins pay nothing (the key is still
 /// recorded, so a repeat is a replay).
 pub async fn charge(app: App, req: CreditChange) -> AuthResult<CreditResult> {
@@ -287,11 +300,7 @@ pub async fn charge(app: App, req: CreditChange) -> AuthResult<CreditResult> {
 /// [`charge`] against a store.
 pub async fn charge_in(store: &Store, req: CreditChange) -> AuthResult<CreditResult> {
     let key = IdempotencyKey::parse(&req.key)?;
-    if req.amount <= 0 {
-        return Err(AuthError::BadRequest(
-            "amount must be a positive number of tokens".into(),
-        ));
-    }
+    check_amount(req.amount)?;
     let reason = validate_reason(&req.reason, "charge")?;
     let user = store
         .user(req.user_id)
@@ -341,11 +350,7 @@ pub async fn refund(app: App, req: CreditChange) -> AuthResult<CreditResult> {
 /// [`refund`] against a store.
 pub async fn refund_in(store: &Store, req: CreditChange) -> AuthResult<CreditResult> {
     let key = IdempotencyKey::parse(&req.key)?;
-    if req.amount <= 0 {
-        return Err(AuthError::BadRequest(
-            "amount must be a positive number of tokens".into(),
-        ));
-    }
+    check_amount(req.amount)?;
     let reason = validate_reason(&req.reason, "refund")?;
     let not_found = || {
         AuthError::NotFound(format!(
@@ -405,6 +410,11 @@ pub async fn adjust(
     actor_id: Option<i64>,
 ) -> AuthResult<i64> {
     let reason = validate_reason(reason, "adjusted by an admin")?;
+    if !(-MAX_TOKENS..=MAX_TOKENS).contains(&delta) {
+        return Err(AuthError::BadRequest(format!(
+            "tokens_delta must be between -{MAX_TOKENS} and {MAX_TOKENS}"
+        )));
+    }
     let new = entry(
         &LedgerKey::adjustment(),
         user_id,
@@ -416,9 +426,12 @@ pub async fn adjust(
     );
     match apply(store, new).await? {
         Outcome::Applied { balance } | Outcome::Replayed { balance, .. } => Ok(balance),
-        Outcome::Refused { balance } => Err(AuthError::Conflict(format!(
+        Outcome::Refused { balance } if delta < 0 => Err(AuthError::Conflict(format!(
             "balance is {balance} tokens; cannot remove {}",
             delta.abs()
+        ))),
+        Outcome::Refused { balance } => Err(AuthError::Conflict(format!(
+            "balance is {balance} tokens; adding {delta} would pass the limit of {MAX_TOKENS}"
         ))),
     }
 }

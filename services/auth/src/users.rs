@@ -1,6 +1,6 @@
 //! `users.list`, `users.get`, `users.create`, `users.update`.
 
-use gantry_contracts::auth::{CreateUser, Role, UpdateUser, User, UserList, UserRef};
+use gantry_contracts::auth::{CreateUser, Role, UpdateUser, User, UserList, UserRef, MAX_TOKENS};
 use gantry_runtime::secrets;
 use mongodb::bson::{doc, Document};
 use serde::de::IgnoredAny;
@@ -84,8 +84,10 @@ pub async fn create(app: App, req: CreateUser) -> AuthResult<User> {
     let email = Email::parse(&req.email)?;
     let password = Password::parse(&req.password)?;
     let tokens = req.tokens.unwrap_or(0);
-    if tokens < 0 {
-        return Err(AuthError::BadRequest("tokens must be 0 or more".into()));
+    if !(0..=MAX_TOKENS).contains(&tokens) {
+        return Err(AuthError::BadRequest(format!(
+            "tokens must be between 0 and {MAX_TOKENS}"
+        )));
     }
     let store = app.store();
     if let Some(conflict) = taken(store, &username, &email).await? {

@@ -222,7 +222,8 @@ impl Jobs {
             .jobs()
             .find(filter)
             .sort(doc! { "created_ms": -1 })
-            .skip(q.offset)
+            // The store takes a signed count; past i64 there is nothing to list anyway.
+            .skip(q.offset.min(i64::MAX as u64))
             .limit(limit as i64)
             .await?
             .try_collect()

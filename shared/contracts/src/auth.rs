@@ -3,6 +3,10 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+/// The most credit tokens a balance may hold, and the largest single change of one. Well inside
+/// what JSON numbers carry exactly (2^53), so no client and no store ever rounds a balance.
+pub const MAX_TOKENS: i64 = 1_000_000_000_000_000;
+
 /// A user's role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
