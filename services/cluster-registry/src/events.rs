@@ -1,6 +1,11 @@
 //! The registry's background work on jobs: the durable job event consumer (shared by every
 //! replica, one event in flight), the max-deliveries advisory (one replica handles each), and the
 //! settled announcements every replica follows to keep its node counters in step.
+//!
+//! An event that cannot be applied comes back with growing waits; after `GANTRY_EVENT_MAX_DELIVER`
+//! deliveries (or at once, when it cannot even be read) it moves to the dead-letter stream
+//! ([`DEAD_EVENTS_STREAM`](gantry_contracts::jobs::DEAD_EVENTS_STREAM)) with the reason, is
+//! counted and logged, and the events behind it go on: one poison event never stalls every job.
 
 use std::time::Duration;
 
@@ -28,7 +33,12 @@ struct Advisory {
 }
 
 /// Consume job events durably and follow the advisories and announcements, until `shutdown`.
-pub async fn start(jobs: Jobs, shutdown: CancellationToken, tracker: &TaskTracker) {
+pub async fn start(
+    jobs: Jobs,
+    max_deliver: u32,
+    shutdown: CancellationToken,
+    tracker: &TaskTracker,
+) {
     tracker.spawn(async move {
         let js = jetstream::new(jobs.registry().client().clone());
         if !gantry_runtime::jetstream::ensure_with_retry(&js, &shutdown).await {
@@ -44,7 +54,7 @@ pub async fn start(jobs: Jobs, shutdown: CancellationToken, tracker: &TaskTracke
         ));
         let completions = tokio::spawn(follow_completions(jobs.clone(), shutdown.clone()));
         while !shutdown.is_cancelled() {
-            if let Err(e) = consume(&jobs, &js, &shutdown).await {
+            if let Err(e) = consume(&jobs, &js, max_deliver, &shutdown).await {
                 tracing::warn!(
                     error = format!("{e:#}"),
                     "job event consumer stopped; restarting"
@@ -118,6 +128,7 @@ async fn follow_completions(jobs: Jobs, stop: CancellationToken) {
 async fn consume(
     jobs: &Jobs,
     js: &jetstream::Context,
+    max_deliver: u32,
     stop: &CancellationToken,
 ) -> anyhow::Result<()> {
     let stream = js.get_stream(EVENTS_STREAM).await?;
@@ -154,8 +165,8 @@ async fn consume(
         let event = match serde_json::from_slice::<JobEvent>(&msg.payload) {
             Ok(event) => event,
             Err(e) => {
-                tracing::warn!(error = %e, "unreadable job event dropped");
-                let _ = msg.ack().await;
+                let why = format!("unreadable: {e}");
+                give_up(js, &msg, "unreadable", &why).await;
                 continue;
             }
         };
@@ -181,6 +192,16 @@ async fn consume(
             // comes back, later each time, and holds up the events behind it.
             Err(e) => {
                 let delivered = msg.info().map(|i| i.delivered).unwrap_or(1).max(1);
+                if delivered >= i64::from(max_deliver) {
+                    give_up(
+                        js,
+                        &msg,
+                        kind,
+                        &format!("{e} (after {delivered} deliveries)"),
+                    )
+                    .await;
+                    continue;
+                }
                 let wait = Duration::from_secs(1u64 << (delivered - 1).min(5));
                 if delivered >= 5 {
                     tracing::error!(error = %e, delivered, "a job event keeps failing; job events wait behind it");
@@ -191,4 +212,57 @@ async fn consume(
             }
         }
     }
+}
+
+/// Move an event the registry cannot apply to the dead-letter stream, with its headers and the
+/// reason, then take it off the event stream so the events behind it go on. If the dead letter
+/// cannot be stored, the event comes back instead: it is never lost.
+async fn give_up(js: &jetstream::Context, msg: &jetstream::Message, kind: &str, why: &str) {
+    let job_id = msg
+        .subject
+        .rsplit('.')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let mut headers = msg.headers.clone().unwrap_or_default();
+    headers.insert("Gantry-Dead-Reason", truncate(why, 1024));
+    headers.insert("Gantry-Dead-Subject", msg.subject.as_str());
+    let stored = async {
+        js.publish_with_headers(
+            jobs::dead_event_subject(&job_id),
+            headers,
+            msg.payload.clone(),
+        )
+        .await?
+        .await
+    };
+    match stored.await {
+        Ok(_) => {
+            gantry_runtime::metrics::REGISTRY_DEAD_EVENTS
+                .with_label_values(&[kind])
+                .inc();
+            tracing::error!(
+                job_id,
+                kind,
+                reason = why,
+                "a job event was moved to the dead-letter stream; the events behind it go on"
+            );
+            let _ = msg.ack_with(AckKind::Term).await;
+        }
+        Err(e) => {
+            tracing::error!(job_id, error = %e, "could not store a dead letter; the event comes back");
+            let _ = msg
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
+                .await;
+        }
+    }
+}
+
+/// At most `max` bytes of `s`, cut at a character boundary.
+fn truncate(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }

@@ -50,6 +50,16 @@ pub const JOBS_STREAM_SUBJECTS: [&str; 2] = ["gantry.jobs.train.*", "gantry.jobs
 pub const EVENTS_STREAM: &str = "GANTRY_EVENTS";
 /// Subjects of [`EVENTS_STREAM`].
 pub const EVENTS_STREAM_SUBJECTS: [&str; 1] = ["gantry.events.job.*"];
+/// Stream of job events the registry could not apply after `GANTRY_EVENT_MAX_DELIVER`
+/// deliveries (dead letters), kept 30 days for an operator; subjects
+/// `gantry.dead.events.job.<job_id>`.
+pub const DEAD_EVENTS_STREAM: &str = "GANTRY_DEAD_EVENTS";
+/// Subjects of [`DEAD_EVENTS_STREAM`].
+pub const DEAD_EVENTS_STREAM_SUBJECTS: [&str; 1] = ["gantry.dead.events.job.*"];
+/// Subject a dead letter of `job_id`'s events is kept under.
+pub fn dead_event_subject(job_id: &str) -> String {
+    format!("gantry.dead.events.job.{job_id}")
+}
 /// The registry's durable consumer of [`EVENTS_STREAM`] (`max_ack_pending` 1: in order).
 pub const EVENTS_CONSUMER: &str = "registry-job-events";
 /// Object store of dataset snapshots, keyed by content hash (`<sha256>.tar`).

@@ -54,6 +54,9 @@ pub struct Config {
     pub workers: u32,
     /// `GANTRY_HEARTBEAT_INTERVAL` seconds (default 5).
     pub heartbeat_interval: Duration,
+    /// `GANTRY_EVENT_MAX_DELIVER`: deliveries of a job event the registry cannot apply before
+    /// it goes to the dead-letter stream (default 10).
+    pub event_max_deliver: u32,
     /// `GANTRY_HEARTBEAT_MISSES` before a node is disconnected (default 3).
     pub heartbeat_misses: u32,
     /// `GANTRY_NODE_RETENTION` seconds a disconnected node stays listed (default 86400).
@@ -197,6 +200,7 @@ impl Config {
                 (number("GANTRY_HEARTBEAT_INTERVAL", 5.0f64, 0.05, 3600.0)? * 1000.0) as u64,
             ),
             heartbeat_misses: number("GANTRY_HEARTBEAT_MISSES", 3u32, 1, 1000)?,
+            event_max_deliver: number("GANTRY_EVENT_MAX_DELIVER", 10u32, 2, 1000)?,
             node_retention: Duration::from_secs(number(
                 "GANTRY_NODE_RETENTION",
                 86_400u64,

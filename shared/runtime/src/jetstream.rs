@@ -1,4 +1,5 @@
-//! JetStream set-up shared by the api, the registry and the trainers: the job and event streams,
+//! JetStream set-up shared by the api, the registry and the trainers: the job, event and
+//! dead-letter streams,
 //! the per-driver job consumers and the object stores. Every service ensures them at start-up;
 //! creating what exists already changes nothing.
 
@@ -7,8 +8,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer, object_store, stream};
 use gantry_contracts::jobs::{
-    self, JobDriver, ACK_WAIT_SECS, DATASETS_BUCKET, EVENTS_STREAM, EVENTS_STREAM_SUBJECTS,
-    JOBS_STREAM, JOBS_STREAM_SUBJECTS, MAX_DELIVER, MODELS_BUCKET,
+    self, JobDriver, ACK_WAIT_SECS, DATASETS_BUCKET, DEAD_EVENTS_STREAM,
+    DEAD_EVENTS_STREAM_SUBJECTS, EVENTS_STREAM, EVENTS_STREAM_SUBJECTS, JOBS_STREAM,
+    JOBS_STREAM_SUBJECTS, MAX_DELIVER, MODELS_BUCKET,
 };
 
 /// The job stream's configuration: a work queue, deduplicated by job id for ten minutes.
@@ -33,6 +35,21 @@ pub fn events_stream() -> stream::Config {
             .collect(),
         retention: stream::RetentionPolicy::Limits,
         max_age: Duration::from_secs(7 * 24 * 3600),
+        storage: stream::StorageType::File,
+        ..Default::default()
+    }
+}
+
+/// The dead-letter stream's configuration: job events the registry gave up on, kept 30 days.
+pub fn dead_events_stream() -> stream::Config {
+    stream::Config {
+        name: DEAD_EVENTS_STREAM.into(),
+        subjects: DEAD_EVENTS_STREAM_SUBJECTS
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        retention: stream::RetentionPolicy::Limits,
+        max_age: Duration::from_secs(30 * 24 * 3600),
         storage: stream::StorageType::File,
         ..Default::default()
     }
@@ -64,6 +81,9 @@ pub async fn ensure(js: &jetstream::Context) -> anyhow::Result<()> {
     js.get_or_create_stream(events_stream())
         .await
         .context("creating the GANTRY_EVENTS stream")?;
+    js.get_or_create_stream(dead_events_stream())
+        .await
+        .context("creating the GANTRY_DEAD_EVENTS stream")?;
     for driver in JobDriver::ALL {
         jobs.get_or_create_consumer(&jobs::train_consumer(driver), train_consumer(driver))
             .await

@@ -71,6 +71,16 @@ pub static REGISTRY_NODES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     .expect("gantry_registry_nodes registers once")
 });
 
+/// `gantry_registry_dead_events_total{type}`: job events given up on and dead-lettered.
+pub static REGISTRY_DEAD_EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "gantry_registry_dead_events_total",
+        "Job events this replica gave up on and moved to the dead-letter stream, by type.",
+        &["type"]
+    )
+    .expect("gantry_registry_dead_events_total registers once")
+});
+
 /// `gantry_registry_job_events_total{type}`: job events applied (of every replica, each counts its own).
 pub static REGISTRY_JOB_EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
@@ -139,6 +149,7 @@ pub fn init_api() {
 pub fn init_registry() {
     LazyLock::force(&REGISTRY_NODES);
     LazyLock::force(&REGISTRY_JOB_EVENTS);
+    LazyLock::force(&REGISTRY_DEAD_EVENTS);
     LazyLock::force(&REGISTRY_JOBS_ENDED);
 }
 
