@@ -88,11 +88,10 @@ impl SessionApi {
         let form = match body {
             LoginBody::Json(Json(f)) | LoginBody::Form(Form(f)) => f,
         };
-        let client = req
-            .remote_addr()
-            .as_socket_addr()
-            .map(|a| a.ip().to_string())
-            .unwrap_or_default();
+        let client = self.0.client_address(
+            req.remote_addr().as_socket_addr().map(|a| a.ip()),
+            req.header("x-forwarded-for"),
+        );
         let resp: msg::LoginResponse = nats::request(
             &self.0.nats,
             subjects::auth(ep::LOGIN),

@@ -1,5 +1,7 @@
 //! What every handler shares.
 
+use std::net::IpAddr;
+
 use gantry_runtime::Config;
 
 use crate::auth::Authenticator;
@@ -16,6 +18,8 @@ pub struct AppState {
     pub data_root: DataRoot,
     /// Mark the session cookie `Secure` (the public URL is https).
     pub secure_cookies: bool,
+    /// `GANTRY_TRUSTED_PROXIES`: whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Vec<IpAddr>,
 }
 
 impl AppState {
@@ -29,8 +33,39 @@ impl AppState {
                 .public_url
                 .as_deref()
                 .is_some_and(|u| u.starts_with("https://")),
+            trusted_proxies: config.trusted_proxies.clone(),
         })
     }
+
+    /// The address a request comes from: the TCP peer, or, when the peer is a trusted proxy,
+    /// the nearest address in `X-Forwarded-For` that is not one (proxies append, so whatever a
+    /// client wrote itself stands further left and is never taken past an untrusted hop).
+    pub fn client_address(&self, peer: Option<IpAddr>, forwarded_for: Option<&str>) -> String {
+        client_address(peer, forwarded_for, &self.trusted_proxies)
+    }
+}
+
+fn client_address(peer: Option<IpAddr>, forwarded_for: Option<&str>, trusted: &[IpAddr]) -> String {
+    let Some(peer) = peer else {
+        return String::new();
+    };
+    if !trusted.contains(&peer) {
+        return peer.to_string();
+    }
+    let hops = forwarded_for
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .rev();
+    for hop in hops {
+        match hop.parse::<IpAddr>() {
+            Ok(ip) if trusted.contains(&ip) => continue,
+            Ok(ip) => return ip.to_string(),
+            // Something no proxy of ours wrote: stop at the last address we can vouch for.
+            Err(_) => break,
+        }
+    }
+    peer.to_string()
 }
 
 impl AppState {
@@ -46,5 +81,41 @@ impl AppState {
             req,
         )
         .await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::client_address;
+    use std::net::IpAddr;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn without_trusted_proxies_the_peer_counts_whatever_the_header_says() {
+        assert_eq!(
+            client_address(Some(ip("10.0.0.1")), Some("1.2.3.4"), &[]),
+            "10.0.0.1"
+        );
+    }
+
+    #[test]
+    fn behind_a_trusted_proxy_the_nearest_untrusted_hop_counts() {
+        let trusted = [ip("10.0.0.1"), ip("10.0.0.2")];
+        let peer = Some(ip("10.0.0.1"));
+        assert_eq!(
+            client_address(peer, Some("203.0.113.7, 10.0.0.2"), &trusted),
+            "203.0.113.7"
+        );
+        // A client that forges an address ahead of its own is still seen as itself.
+        assert_eq!(
+            client_address(peer, Some("1.1.1.1, 198.51.100.9"), &trusted),
+            "198.51.100.9"
+        );
+        // No header, or one that says nothing usable: the proxy itself.
+        assert_eq!(client_address(peer, None, &trusted), "10.0.0.1");
+        assert_eq!(client_address(peer, Some("junk"), &trusted), "10.0.0.1");
     }
 }

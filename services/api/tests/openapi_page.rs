@@ -25,6 +25,7 @@ async fn spec() -> Value {
         nats,
         data_root: DataRoot::new("/data"),
         secure_cookies: false,
+        trusted_proxies: Vec::new(),
     };
     let text = api_service(state, std::time::Duration::from_secs(1)).spec();
     if let Ok(path) = std::env::var("GANTRY_DUMP_OPENAPI") {

@@ -16,7 +16,7 @@ use crate::store::Store;
 pub struct Settings {
     /// Inactivity after which a session expires (`GANTRY_SESSION_TTL` seconds, default 12 h).
     pub session_ttl: Duration,
-    /// Failed logins allowed per username within [`Settings::failure_window`].
+    /// Failed logins allowed per username from one client within [`Settings::failure_window`].
     pub max_failures_per_user: u64,
     /// Failed logins allowed per client within [`Settings::failure_window`].
     pub max_failures_per_client: u64,

@@ -1,8 +1,11 @@
 //! `login` and `logout`, session verification with sliding expiry, and the failed-login limiter.
 //!
 //! The limiter keeps its state in the store (several replicas share it): every login attempt
-//! first writes an attempt document, then counts the attempts of the same username and of the
-//! same client within the window, its own included. Over the limit, the attempt is withdrawn and
+//! first writes an attempt document, then counts the attempts of the same username from the same
+//! client, and of the same client for any username, within the window, its own included. Keying
+//! by username and client together means nobody can lock an account for its owner by guessing
+//! from elsewhere; the api takes the client address from `X-Forwarded-For` only behind a trusted
+//! proxy (`GANTRY_TRUSTED_PROXIES`), so behind an ingress users are still told apart. Over the limit, the attempt is withdrawn and
 //! refused with 429 before the password is even checked; a failed attempt stays as a failure; a
 //! successful one is withdrawn together with the username's earlier failures. Writing before
 //! counting means concurrent guesses cannot all slip under the limit at once.
@@ -44,10 +47,14 @@ pub fn cache_seconds(expires_at_ms: i64, now: i64, max: Duration) -> u64 {
 }
 
 impl Store {
-    async fn count_attempts(&self, field: &str, value: &str, since_ms: i64) -> anyhow::Result<u64> {
+    async fn count_attempts(&self, fields: &[(&str, &str)], since_ms: i64) -> anyhow::Result<u64> {
         use anyhow::Context as _;
+        let mut filter = doc! { "at_ms": { "$gt": since_ms } };
+        for (field, value) in fields {
+            filter.insert(*field, *value);
+        }
         self.failures
-            .count_documents(doc! { field: value, "at_ms": { "$gt": since_ms } })
+            .count_documents(filter)
             .await
             .context("counting failed logins")
     }
@@ -81,11 +88,15 @@ pub async fn login(app: App, req: LoginRequest) -> AuthResult<LoginResponse> {
             .map_err(|e| anyhow::Error::new(e).context("withdrawing a login attempt"))
     };
     let since = now - settings.failure_window.as_millis() as i64;
-    let by_user = store.count_attempts("username", &username, since).await?;
+    // Keyed by username and client together: guesses from one address never lock the account
+    // for its owner elsewhere. Without a client address, by username alone.
+    let by_user = store
+        .count_attempts(&[("username", &username), ("client", &client)], since)
+        .await?;
     let by_client = if client.is_empty() {
         0
     } else {
-        store.count_attempts("client", &client, since).await?
+        store.count_attempts(&[("client", &client)], since).await?
     };
     if by_user > settings.max_failures_per_user || by_client > settings.max_failures_per_client {
         withdraw().await?;
@@ -115,10 +126,10 @@ pub async fn login(app: App, req: LoginRequest) -> AuthResult<LoginResponse> {
         (true, Some(user)) => user,
         _ => return Err(AuthError::Unauthorized(BAD_LOGIN.into())),
     };
-    // The password was right: the attempt and the username's earlier failures are forgiven.
+    // The password was right: this client's attempts for the username are forgiven.
     store
         .failures
-        .delete_many(doc! { "username": &username })
+        .delete_many(doc! { "username": &username, "client": &client })
         .await
         .map_err(|e| anyhow::Error::new(e).context("clearing failed logins"))?;
     if !user.active {

@@ -26,6 +26,10 @@ pub struct Config {
     pub http_addr: SocketAddr,
     /// `GANTRY_PUBLIC_URL`: the address users reach, for cookies and same-origin checks.
     pub public_url: Option<String>,
+    /// `GANTRY_TRUSTED_PROXIES`: comma-separated addresses of the proxies in front of the api
+    /// (an ingress); a request from one of them is attributed to the address its
+    /// `X-Forwarded-For` names (default: none, so the TCP peer counts).
+    pub trusted_proxies: Vec<std::net::IpAddr>,
     /// `GANTRY_HEALTH_ADDR`: health server of non-api services (default: an ephemeral port).
     pub health_addr: SocketAddr,
     /// `NATS_URL` (default `nats://127.0.0.1:4222`).
@@ -172,8 +176,19 @@ impl Config {
                 Err("letters, digits, '_' and '-' only, at most 40".into())
             }
         })?;
+        let trusted_proxies = parse_with("GANTRY_TRUSTED_PROXIES", Vec::new(), false, |v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|a| !a.is_empty())
+                .map(|a| {
+                    a.parse::<std::net::IpAddr>()
+                        .map_err(|_| format!("{a:?} is not an IP address"))
+                })
+                .collect()
+        })?;
         Ok(Self {
             http_addr: addr("GANTRY_HTTP_ADDR", "127.0.0.1:8080")?,
+            trusted_proxies,
             public_url,
             health_addr: addr("GANTRY_HEALTH_ADDR", "127.0.0.1:0")?,
             nats_url: url(
