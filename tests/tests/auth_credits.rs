@@ -215,11 +215,16 @@ async fn a_refund_is_applied_once_and_only_for_an_applied_charge() {
             (r.tokens_used, r.remaining_tokens, r.replayed),
             (100, 300, true)
         );
-        // Charging the key again is a replay of the original charge: no new charge.
-        let c: CreditResult = stack
-            .auth_ok(ep::CREDITS_CHARGE, &change(user.id, 100, "job-x"))
+        // Charging the refunded key again is refused: replaying its old charge would take
+        // nothing and let the work run free (a retried submission after its refund).
+        let refused = stack
+            .auth_fails(
+                ep::CREDITS_CHARGE,
+                &change(user.id, 100, "job-x"),
+                ErrorCode::Conflict,
+            )
             .await;
-        assert!(c.replayed);
+        assert!(refused.contains("was refunded"), "{refused}");
         assert_eq!(stack.auth_balance(user.id).await, 300);
     })
     .await;

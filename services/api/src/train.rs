@@ -235,7 +235,9 @@ impl TrainApi {
         }
         let job_id = job_id(p.user.id, idem.as_deref());
 
-        // A retried submission: the same job, never a second charge.
+        // A retried submission: the same job, never a second charge. It goes on only when the
+        // registry says there is no such job; any other failure answers as it is (a retry during
+        // a registry outage must not charge, queue or refund anything twice).
         if idem.is_some() {
             let existing: Result<JobRecord, _> = nats::request(
                 &self.state.nats,
@@ -246,7 +248,11 @@ impl TrainApi {
                 },
             )
             .await;
-            if let Ok(job) = existing {
+            let existing = match existing {
+                Err(e) if e.code == ErrorCode::NotFound => None,
+                other => Some(other?),
+            };
+            if let Some(job) = existing {
                 let me = self.me(&p).await;
                 let sub = Submitted {
                     status_url: format!("{status_base}/{job_id}"),

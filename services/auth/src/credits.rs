@@ -302,6 +302,14 @@ pub async fn charge_in(store: &Store, req: CreditChange) -> AuthResult<CreditRes
     let key = IdempotencyKey::parse(&req.key)?;
     check_amount(req.amount)?;
     let reason = validate_reason(&req.reason, "charge")?;
+    // A key is charged once and refunded at most once: charging it again after its refund
+    // would replay the old charge without taking anything, for work that is then done free.
+    if store.find_entry(key.refund().as_ref()).await?.is_some() {
+        return Err(AuthError::Conflict(format!(
+            "the charge with key '{}' was refunded; submit again with a new key",
+            req.key
+        )));
+    }
     let user = store
         .user(req.user_id)
         .await?
