@@ -73,13 +73,54 @@ impl fmt::Display for SnapshotHash {
     }
 }
 
-/// One file of a dataset: its path inside the archive (`class/image.png`) and where to read it.
+/// One file of a dataset: its path inside the archive (`class/image.png`), where to read it, and
+/// the file as it was when checked.
 #[derive(Debug, Clone)]
 pub struct DatasetFile {
     /// Relative path with `/` separators: `<class>/<file>`.
     pub relative: String,
     /// The file on disk.
     pub source: std::path::PathBuf,
+    /// The file that was checked ([`open_plain`]): [`pack`] packs only that same file.
+    pub seen: FileIdentity,
+}
+
+/// Which file an open handle is, and how long: device, inode and length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileIdentity {
+    dev: u64,
+    ino: u64,
+    /// Last status change: a file made under a freed inode number differs here.
+    ctime: (i64, i64),
+    /// Its length in bytes when opened.
+    pub len: u64,
+}
+
+/// Open `path` for reading only if it is a plain file: a symbolic link in its last component is
+/// not followed, and a FIFO or a device is refused without blocking on it. Returns the handle
+/// and which file it is, so a later open can tell whether the path still names the same file.
+pub fn open_plain(path: &Path) -> std::io::Result<(std::fs::File, FileIdentity)> {
+    use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a plain file",
+        ));
+    }
+    Ok((
+        file,
+        FileIdentity {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+            len: meta.len(),
+        },
+    ))
 }
 
 struct HashingWriter<W: Write> {
@@ -112,9 +153,15 @@ pub fn pack(files: &mut [DatasetFile], out: &Path) -> anyhow::Result<SnapshotHas
         let mut builder = tar::Builder::new(&mut writer);
         builder.mode(tar::HeaderMode::Deterministic);
         for f in files.iter() {
-            let mut src = std::fs::File::open(&f.source)
-                .with_context(|| format!("reading {}", f.relative))?;
-            let len = src.metadata()?.len();
+            let (src, now) =
+                open_plain(&f.source).with_context(|| format!("reading {}", f.relative))?;
+            // The same file that was checked, at the same length: one swapped for another file,
+            // a link or a device since, or grown, is refused rather than packed.
+            if now != f.seen {
+                bail!("{} changed while the dataset was being read", f.relative);
+            }
+            let len = now.len;
+            let mut src = src.take(len);
             let mut header = tar::Header::new_gnu();
             header.set_size(len);
             header.set_mode(0o644);
@@ -195,9 +242,14 @@ mod tests {
         let files = |order: &[(&str, &str)]| -> Vec<DatasetFile> {
             order
                 .iter()
-                .map(|(c, n)| DatasetFile {
-                    relative: format!("{c}/{n}"),
-                    source: src.path().join(c).join(n),
+                .map(|(c, n)| {
+                    let source = src.path().join(c).join(n);
+                    let (_, seen) = open_plain(&source).unwrap();
+                    DatasetFile {
+                        relative: format!("{c}/{n}"),
+                        source,
+                        seen,
+                    }
                 })
                 .collect()
         };
@@ -235,5 +287,39 @@ mod tests {
             std::fs::read_to_string(dest.path().join("cats/c.png")).unwrap(),
             "333"
         );
+    }
+
+    #[test]
+    fn a_file_swapped_after_its_check_is_refused_and_links_and_fifos_are_not_plain_files() {
+        let src = tempfile::tempdir().unwrap();
+        let image = src.path().join("a.png");
+        std::fs::write(&image, "1").unwrap();
+        // Held open, as a reader of it would, so its inode number is not reused at once.
+        let (_held, seen) = open_plain(&image).unwrap();
+        // Replaced by another file under the same name: another inode.
+        std::fs::remove_file(&image).unwrap();
+        std::fs::write(&image, "1").unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let mut files = vec![DatasetFile {
+            relative: "cats/a.png".into(),
+            source: image.clone(),
+            seen,
+        }];
+        let err = pack(&mut files, &out.path().join("x.tar")).unwrap_err();
+        assert!(format!("{err:#}").contains("changed"), "{err:#}");
+
+        let outside = src.path().join("outside.png");
+        std::fs::write(&outside, "secret").unwrap();
+        let link = src.path().join("link.png");
+        std::os::unix::fs::symlink(&outside, &link).unwrap();
+        assert!(open_plain(&link).is_err(), "a link is never followed");
+        let fifo = src.path().join("fifo.png");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        assert!(
+            open_plain(&fifo).is_err(),
+            "a FIFO is refused without blocking"
+        );
+        assert!(open_plain(&src.path().join("missing.png")).is_err());
     }
 }

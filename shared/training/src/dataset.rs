@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::error::DatasetError;
 pub use crate::hash::{content_hash, ContentHash};
-pub use crate::images::{check_file, check_header};
+pub use crate::images::{check_file, check_header, check_open_file};
 pub use crate::limits::{DatasetLimits, IMAGE_SIZE_RANGE};
 pub use crate::listing::{ImageFile, Listing, IMAGE_EXTENSIONS};
 pub use crate::preprocess::{preprocess_image, Normalization};

@@ -8,7 +8,7 @@
 //! (and charges for) is one the trainer can load. Needs no libtorch.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Cursor, Seek};
+use std::io::{BufRead, BufReader, Cursor, Read, Seek};
 use std::path::Path;
 
 use image::{ImageFormat, ImageReader};
@@ -36,8 +36,25 @@ pub fn check_file(
 ) -> Result<(u32, u32), DatasetError> {
     let opened = File::open(file).map_err(|e| ImageProblem::Bad(e.to_string()));
     opened
-        .and_then(|f| probe(BufReader::new(f), limits))
+        .and_then(|f| check_opened(f, limits))
         .map_err(|p| p.into_error(path.to_owned(), limits))
+}
+
+/// [`check_file`] on a file its caller opened (without following links, say): the header is
+/// read from that handle, so it is the same file the caller goes on to use.
+pub fn check_open_file(
+    file: &mut File,
+    path: &str,
+    limits: &DatasetLimits,
+) -> Result<(u32, u32), DatasetError> {
+    check_opened(file, limits).map_err(|p| p.into_error(path.to_owned(), limits))
+}
+
+fn check_opened(
+    file: impl Read + Seek,
+    limits: &DatasetLimits,
+) -> Result<(u32, u32), ImageProblem> {
+    probe(BufReader::new(file), limits)
 }
 
 /// Why one image could not be used; turned into a [`DatasetError`] with its path.

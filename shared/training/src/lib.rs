@@ -65,8 +65,8 @@ pub mod weights;
 
 pub use card::{EpochMetrics, ModelCard, TrainingSummary};
 pub use dataset::{
-    check_file, check_header, content_hash, preprocess_image, ContentHash, Dataset, DatasetError,
-    DatasetLimits, Listing, LoadOptions, Normalization, Split,
+    check_file, check_header, check_open_file, content_hash, preprocess_image, ContentHash,
+    Dataset, DatasetError, DatasetLimits, Listing, LoadOptions, Normalization, Split,
 };
 
 #[cfg(feature = "torch")]

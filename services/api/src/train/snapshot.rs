@@ -3,7 +3,7 @@
 //! named by its content.
 
 use gantry_runtime::dataset::{self, DatasetFile};
-use gantry_training::dataset::{check_file, DatasetLimits, Listing};
+use gantry_training::dataset::{check_open_file, DatasetLimits, Listing};
 
 use crate::data_path::DataRoot;
 use crate::error::{ApiError, ApiResult};
@@ -41,8 +41,16 @@ pub(super) fn prepare(root: &DataRoot, train_path: &str) -> ApiResult<Snapshot> 
                 f.relative_path
             )));
         }
-        // The trainer's own header rules: what passes here loads there.
-        check_file(&path, &f.relative_path, &limits)
+        // Opened once, as a plain file (no link followed, no FIFO or device waited on), and
+        // checked by the trainer's own header rules from that handle: what passes here loads
+        // there, and packing takes only this same file.
+        let (mut file, seen) = dataset::open_plain(&path).map_err(|e| {
+            ApiError::bad_request(format!(
+                "`{}` is not a readable plain file: {e}",
+                f.relative_path
+            ))
+        })?;
+        check_open_file(&mut file, &f.relative_path, &limits)
             .map_err(|e| ApiError::bad_request(e.to_string()))?;
         readable[f.class] += 1;
         files.push(DatasetFile {
@@ -52,6 +60,7 @@ pub(super) fn prepare(root: &DataRoot, train_path: &str) -> ApiResult<Snapshot> 
                 strip_class(&f.relative_path)
             ),
             source: path,
+            seen,
         });
     }
     if let Some(i) = readable.iter().position(|n| *n == 0) {
