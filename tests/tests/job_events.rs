@@ -1,14 +1,18 @@
-//! The registry's job event consumer: an event it can never apply goes to the dead-letter stream
-//! after `GANTRY_EVENT_MAX_DELIVER` deliveries, counted and logged with its reason, and the
-//! events behind it apply.
+//! The registry's job event consumer and reconciler: an event it can never apply goes to the
+//! dead-letter stream after `GANTRY_EVENT_MAX_DELIVER` deliveries, counted and logged with its
+//! reason, and the events behind it apply; a refund that was given up on is settled by the
+//! reconciler once auth is back, exactly once.
 
 use std::time::Duration;
 
 use chrono::Utc;
+use gantry_contracts::auth::CreditResult;
 use gantry_contracts::jobs::{
-    self, JobDriver, JobEvent, JobEventKind, JobRecord, JobRef, TrainJob, TrainParams,
-    DEAD_EVENTS_STREAM,
+    self, FailJob, FailureKind, JobDriver, JobEvent, JobEventKind, JobRecord, JobRef, TrainJob,
+    TrainParams, DEAD_EVENTS_STREAM,
 };
+use gantry_contracts::subjects::auth as auth_ep;
+use gantry_testing::auth::change;
 use gantry_testing::{metric, wait_until, TestStack};
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -120,6 +124,98 @@ MongoClient(sys.argv[1])[sys.argv[2]].jobs.insert_one({"_id": "poison", "created
             metric(
                 &metrics,
                 "gantry_registry_dead_events_total{type=\"started\"}"
+            ),
+            1.0,
+            "{metrics}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_refund_that_failed_and_was_given_up_is_settled_by_the_reconciler() {
+    TestStack::run(LIMIT, |mut stack| async move {
+        stack
+            .short_heartbeats()
+            .set_env("GANTRY_EVENT_MAX_DELIVER", "2")
+            .set_env("GANTRY_RECONCILE_INTERVAL", "0.5");
+        stack
+            .start_services(&["gantry-auth", "gantry-registry"])
+            .await;
+        let user = stack.auth_user("paula", 300).await;
+        let _: CreditResult = stack
+            .auth_ok(auth_ep::CREDITS_CHARGE, &change(user.id, 100, "stranded"))
+            .await;
+        assert_eq!(stack.auth_balance(user.id).await, 200);
+
+        // Auth goes away; the job is withdrawn meanwhile: its refund fails, and so does every
+        // redelivery of its event, which is then given up.
+        stack.kill9("gantry-auth");
+        let job = TrainJob {
+            job_id: "stranded".into(),
+            user_id: user.id,
+            output_model: "M".into(),
+            description: String::new(),
+            driver: JobDriver::Cpu,
+            dataset_hash: "0".repeat(64),
+            classes: vec!["a".into(), "b".into()],
+            params: TrainParams::default(),
+            submitted_at: Utc::now(),
+        };
+        let _: JobRecord = stack
+            .registry_call(
+                jobs::subjects::JOBS_CREATE,
+                &JobRecord::queued(&job, "/d", 100),
+            )
+            .await
+            .unwrap();
+        let failed: JobRecord = stack
+            .registry_call(
+                jobs::subjects::JOBS_FAIL,
+                &FailJob {
+                    job_id: "stranded".into(),
+                    error: "could not queue".into(),
+                    kind: FailureKind::System,
+                },
+            )
+            .await
+            .unwrap();
+        assert!(failed.refund_due && !failed.refunded, "{failed:?}");
+        let js = async_nats::jetstream::new(stack.client().clone());
+        let given_up = wait_until(Duration::from_secs(30), || async {
+            js.get_stream(DEAD_EVENTS_STREAM)
+                .await
+                .ok()?
+                .get_last_raw_message_by_subject(&jobs::dead_event_subject("stranded"))
+                .await
+                .ok()
+        })
+        .await;
+        assert!(given_up.is_some(), "the failed event was never given up");
+
+        // Auth is back: nothing but the reconciler will look at this job again.
+        stack.start_services(&["gantry-auth"]).await;
+        let refunded = wait_until(Duration::from_secs(30), || async {
+            let job: JobRecord = stack
+                .registry_call(
+                    jobs::subjects::JOBS_GET,
+                    &JobRef {
+                        job_id: "stranded".into(),
+                        user_id: None,
+                    },
+                )
+                .await
+                .ok()?;
+            job.refunded.then_some(job)
+        })
+        .await;
+        assert!(refunded.is_some(), "the reconciler never refunded the job");
+        assert_eq!(stack.auth_balance(user.id).await, 300, "refunded once");
+        let metrics = stack.registry().metrics().await;
+        assert_eq!(
+            metric(
+                &metrics,
+                "gantry_registry_reconciled_total{what=\"refund\"}"
             ),
             1.0,
             "{metrics}"

@@ -48,6 +48,9 @@ enum Outcome {
     Refused(JobRecord, Refused),
 }
 
+/// Most jobs one reconciler round settles.
+const RECONCILE_BATCH: i64 = 500;
+
 /// How many times a write lost to a concurrent one is decided again before giving up.
 const WRITE_ATTEMPTS: usize = 8;
 
@@ -331,6 +334,37 @@ impl Jobs {
         }
         self.announce_settled(&job).await;
         (job, done)
+    }
+
+    /// Settle every job that is over with its refund still due (the reconciler's round): each is
+    /// refunded once (auth keys refunds by job) and announced. Returns how many were refunded.
+    pub async fn settle_refunds_due(&self) -> Result<usize, RegistryError> {
+        let docs: Vec<JobDoc> = self
+            .jobs()
+            .find(doc! {
+                "status": { "$in": ["failed", "cancelled"] },
+                "refund_due": true,
+                "refunded": { "$ne": true },
+                "tokens_charged": { "$gt": 0_i64 },
+            })
+            .limit(RECONCILE_BATCH)
+            .await?
+            .try_collect()
+            .await?;
+        let mut refunded = 0;
+        for d in docs {
+            if lifecycle::settlement(&d.record).is_some_and(|s| s.refund) {
+                let (job, _) = self.settle(d.record).await;
+                if job.refunded {
+                    refunded += 1;
+                    gantry_runtime::metrics::REGISTRY_RECONCILED
+                        .with_label_values(&["refund"])
+                        .inc();
+                    tracing::info!(job_id = job.job_id, "reconciler refunded a job");
+                }
+            }
+        }
+        Ok(refunded)
     }
 
     /// [`Self::settle`], asking for the event again when a step is left undone.

@@ -13,6 +13,8 @@
 //!   events, settle (refunds, announcements); carries out what [`lifecycle`] decides.
 //! - [`models`]: model versions: numbering, listing, withdrawing, crediting nodes, weights.
 //! - [`events`]: the durable job event consumer, the max-deliveries advisory, completions.
+//! - [`reconcile`]: one replica at a time (a key-value lease) settles what no event will:
+//!   refunds still due.
 //! - [`liveness`]: restore from the store, follow heartbeats and announcements, expire silent
 //!   nodes, batch-write heartbeat state.
 //! - [`view`]: the in-memory view, pure and clock-driven.
@@ -27,6 +29,7 @@ pub mod jobs;
 pub mod lifecycle;
 pub mod liveness;
 pub mod models;
+pub mod reconcile;
 pub mod registry;
 pub mod startup;
 pub mod store;

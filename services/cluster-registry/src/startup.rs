@@ -89,14 +89,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     endpoints
         .add(ep::DRAIN, |r: Registry, q| async move { r.drain(q).await })
         .await?;
-    serve_jobs(
-        &group,
-        &registry,
-        config.event_max_deliver,
-        &shutdown,
-        &tracker,
-    )
-    .await?;
+    serve_jobs(&group, &registry, &config, &shutdown, &tracker).await?;
     tracing::info!("registry endpoints up");
 
     shutdown.cancelled().await;
@@ -112,13 +105,25 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 async fn serve_jobs(
     group: &async_nats::service::Group,
     registry: &Registry,
-    event_max_deliver: u32,
+    config: &Config,
     shutdown: &CancellationToken,
     tracker: &TaskTracker,
 ) -> anyhow::Result<()> {
     use gantry_contracts::jobs::subjects as ep;
     let jobs = Jobs::new(registry.clone());
-    crate::events::start(jobs.clone(), event_max_deliver, shutdown.clone(), tracker).await;
+    crate::events::start(
+        jobs.clone(),
+        config.event_max_deliver,
+        shutdown.clone(),
+        tracker,
+    )
+    .await;
+    crate::reconcile::start(
+        jobs.clone(),
+        config.reconcile_interval,
+        shutdown.clone(),
+        tracker,
+    );
     let models = Endpoints::new(group, jobs.models().clone(), shutdown, tracker);
     let jobs = Endpoints::new(group, jobs, shutdown, tracker);
     jobs.add(

@@ -61,6 +61,8 @@ pub struct Config {
     /// `GANTRY_EVENT_MAX_DELIVER`: deliveries of a job event the registry cannot apply before
     /// it goes to the dead-letter stream (default 10).
     pub event_max_deliver: u32,
+    /// `GANTRY_RECONCILE_INTERVAL` seconds between the reconciler's rounds (default 60).
+    pub reconcile_interval: Duration,
     /// `GANTRY_HEARTBEAT_MISSES` before a node is disconnected (default 3).
     pub heartbeat_misses: u32,
     /// `GANTRY_NODE_RETENTION` seconds a disconnected node stays listed (default 86400).
@@ -216,6 +218,9 @@ impl Config {
             ),
             heartbeat_misses: number("GANTRY_HEARTBEAT_MISSES", 3u32, 1, 1000)?,
             event_max_deliver: number("GANTRY_EVENT_MAX_DELIVER", 10u32, 2, 1000)?,
+            reconcile_interval: Duration::from_millis(
+                (number("GANTRY_RECONCILE_INTERVAL", 60.0f64, 0.2, 86_400.0)? * 1000.0) as u64,
+            ),
             node_retention: Duration::from_secs(number(
                 "GANTRY_NODE_RETENTION",
                 86_400u64,

@@ -71,6 +71,16 @@ pub static REGISTRY_NODES: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     .expect("gantry_registry_nodes registers once")
 });
 
+/// `gantry_registry_reconciled_total{what}`: what the reconciler settled that nothing else would.
+pub static REGISTRY_RECONCILED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "gantry_registry_reconciled_total",
+        "Jobs the reconciler settled, by what it did.",
+        &["what"]
+    )
+    .expect("gantry_registry_reconciled_total registers once")
+});
+
 /// `gantry_registry_dead_events_total{type}`: job events given up on and dead-lettered.
 pub static REGISTRY_DEAD_EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
@@ -150,6 +160,7 @@ pub fn init_registry() {
     LazyLock::force(&REGISTRY_NODES);
     LazyLock::force(&REGISTRY_JOB_EVENTS);
     LazyLock::force(&REGISTRY_DEAD_EVENTS);
+    LazyLock::force(&REGISTRY_RECONCILED);
     LazyLock::force(&REGISTRY_JOBS_ENDED);
 }
 
