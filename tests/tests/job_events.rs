@@ -31,6 +31,42 @@ fn started(job_id: &str) -> JobEvent {
     }
 }
 
+/// Record a queued CPU job `job_id` of `user_id`, charged `tokens`, as the api would.
+async fn record_job(stack: &TestStack, job_id: &str, user_id: i64, tokens: i64) {
+    let job = TrainJob {
+        job_id: job_id.into(),
+        user_id,
+        output_model: "M".into(),
+        description: String::new(),
+        driver: JobDriver::Cpu,
+        dataset_hash: "0".repeat(64),
+        classes: vec!["a".into(), "b".into()],
+        params: TrainParams::default(),
+        submitted_at: Utc::now(),
+    };
+    let _: JobRecord = stack
+        .registry_call(
+            jobs::subjects::JOBS_CREATE,
+            &JobRecord::queued(&job, "/d", tokens),
+        )
+        .await
+        .expect("record the job");
+}
+
+/// The registry's record of `job_id`, when it answers.
+async fn read_job(stack: &TestStack, job_id: &str) -> Option<JobRecord> {
+    stack
+        .registry_call(
+            jobs::subjects::JOBS_GET,
+            &JobRef {
+                job_id: job_id.into(),
+                user_id: None,
+            },
+        )
+        .await
+        .ok()
+}
+
 #[tokio::test]
 async fn an_event_that_never_applies_is_dead_lettered_and_the_events_behind_it_apply() {
     TestStack::run(LIMIT, |mut stack| async move {
@@ -48,24 +84,7 @@ MongoClient(sys.argv[1])[sys.argv[2]].jobs.insert_one({"_id": "poison", "created
                 &[],
             )
             .await;
-        let good = TrainJob {
-            job_id: "good".into(),
-            user_id: 1,
-            output_model: "M".into(),
-            description: String::new(),
-            driver: JobDriver::Cpu,
-            dataset_hash: "0".repeat(64),
-            classes: vec!["a".into(), "b".into()],
-            params: TrainParams::default(),
-            submitted_at: Utc::now(),
-        };
-        let _: JobRecord = stack
-            .registry_call(
-                jobs::subjects::JOBS_CREATE,
-                &JobRecord::queued(&good, "/d", 0),
-            )
-            .await
-            .expect("record the good job");
+        record_job(&stack, "good", 1, 0).await;
 
         let js = async_nats::jetstream::new(stack.client().clone());
         for event in [started("poison"), started("good")] {
@@ -81,17 +100,9 @@ MongoClient(sys.argv[1])[sys.argv[2]].jobs.insert_one({"_id": "poison", "created
 
         // The good job's start applies once the poison event is out of the way.
         let running = wait_until(Duration::from_secs(60), || async {
-            let job: JobRecord = stack
-                .registry_call(
-                    jobs::subjects::JOBS_GET,
-                    &JobRef {
-                        job_id: "good".into(),
-                        user_id: None,
-                    },
-                )
+            read_job(&stack, "good")
                 .await
-                .ok()?;
-            (job.status == jobs::JobStatus::Running).then_some(job)
+                .filter(|job| job.status == jobs::JobStatus::Running)
         })
         .await;
         let running = running.expect("the event behind the poison one never applied");
@@ -151,24 +162,7 @@ async fn a_refund_that_failed_and_was_given_up_is_settled_by_the_reconciler() {
         // Auth goes away; the job is withdrawn meanwhile: its refund fails, and so does every
         // redelivery of its event, which is then given up.
         stack.kill9("gantry-auth");
-        let job = TrainJob {
-            job_id: "stranded".into(),
-            user_id: user.id,
-            output_model: "M".into(),
-            description: String::new(),
-            driver: JobDriver::Cpu,
-            dataset_hash: "0".repeat(64),
-            classes: vec!["a".into(), "b".into()],
-            params: TrainParams::default(),
-            submitted_at: Utc::now(),
-        };
-        let _: JobRecord = stack
-            .registry_call(
-                jobs::subjects::JOBS_CREATE,
-                &JobRecord::queued(&job, "/d", 100),
-            )
-            .await
-            .unwrap();
+        record_job(&stack, "stranded", user.id, 100).await;
         let failed: JobRecord = stack
             .registry_call(
                 jobs::subjects::JOBS_FAIL,
@@ -196,17 +190,9 @@ async fn a_refund_that_failed_and_was_given_up_is_settled_by_the_reconciler() {
         // Auth is back: nothing but the reconciler will look at this job again.
         stack.start_services(&["gantry-auth"]).await;
         let refunded = wait_until(Duration::from_secs(30), || async {
-            let job: JobRecord = stack
-                .registry_call(
-                    jobs::subjects::JOBS_GET,
-                    &JobRef {
-                        job_id: "stranded".into(),
-                        user_id: None,
-                    },
-                )
+            read_job(&stack, "stranded")
                 .await
-                .ok()?;
-            job.refunded.then_some(job)
+                .filter(|job| job.refunded)
         })
         .await;
         assert!(refunded.is_some(), "the reconciler never refunded the job");
