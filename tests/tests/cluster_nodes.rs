@@ -463,7 +463,13 @@ async fn two_registry_replicas_each_keep_the_whole_view() {
         stack.kill9("gantry-registry");
         let node = stack
             .wait_node("node-f", JOIN, "listed by the second replica", |n| {
-                n.connected && n.driver_preference == Some(Driver::Rocm)
+                // The preference comes from the announcement, the process status from the
+                // node's next heartbeat: wait for both.
+                n.connected
+                    && n.driver_preference == Some(Driver::Rocm)
+                    && n.processes
+                        .first()
+                        .is_some_and(|p| p.status == "unavailable")
             })
             .await;
         assert_eq!(node.processes[0].status, "unavailable");
