@@ -17,6 +17,8 @@ use crate::jobs::Jobs;
 pub const LEASE_BUCKET: &str = "gantry-registry-leases";
 /// The lease's key.
 const LEASE_KEY: &str = "reconciler";
+/// How long giving the lease up at shutdown may take.
+const RELEASE_WITHIN: Duration = Duration::from_secs(2);
 
 /// Who holds the lease, as this replica tries to take or keep it.
 struct Lease {
@@ -71,15 +73,21 @@ impl Lease {
         }
     }
 
-    /// Give the lease up (on shutdown), so another replica takes over at once.
+    /// Give the lease up (on shutdown), so another replica takes over at once. Bounded: with
+    /// NATS gone the lease simply expires, and SIGTERM must still stop the process promptly.
     async fn release(&self) {
-        if let Ok(Some(e)) = self.kv.entry(LEASE_KEY).await {
-            if e.value == self.me.as_bytes() {
-                let _ = self
-                    .kv
-                    .delete_expect_revision(LEASE_KEY, Some(e.revision))
-                    .await;
+        let give_up = async {
+            if let Ok(Some(e)) = self.kv.entry(LEASE_KEY).await {
+                if e.value == self.me.as_bytes() {
+                    let _ = self
+                        .kv
+                        .delete_expect_revision(LEASE_KEY, Some(e.revision))
+                        .await;
+                }
             }
+        };
+        if tokio::time::timeout(RELEASE_WITHIN, give_up).await.is_err() {
+            tracing::warn!("could not give the reconciler's lease up; it expires on its own");
         }
     }
 }
@@ -96,12 +104,20 @@ pub fn start(jobs: Jobs, interval: Duration, shutdown: CancellationToken, tracke
             return;
         };
         loop {
-            if lease.hold().await && jobs.registry().is_settled() {
-                match jobs.settle_refunds_due().await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(jobs = n, "reconciler settled jobs left unsettled"),
-                    Err(e) => tracing::warn!(error = %e, "reconciling jobs failed; tried again next round"),
+            let round = async {
+                if lease.hold().await && jobs.registry().is_settled() {
+                    match jobs.settle_refunds_due().await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(jobs = n, "reconciler settled jobs left unsettled"),
+                        Err(e) => tracing::warn!(error = %e, "reconciling jobs failed; tried again next round"),
+                    }
                 }
+            };
+            // A round waiting on a NATS that is gone must not hold up shutdown; every write in
+            // it is conditional, so one cut short is simply done again by the next holder.
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = round => {}
             }
             if !retry::pause(&shutdown, interval).await {
                 break;
