@@ -103,7 +103,7 @@ async fn a_bad_token_makes_the_trainer_exit_non_zero_quickly_with_a_clear_messag
         assert!(!status.success());
         assert!(started.elapsed() < Duration::from_secs(15));
         let out = trainer.output();
-        assert!(out.contains("unknown cluster token"), "{out}");
+        assert!(out.contains("unknown or revoked cluster token"), "{out}");
         assert!(!out.contains(&bogus), "the token was echoed:\n{out}");
     })
     .await;

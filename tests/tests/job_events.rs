@@ -89,7 +89,7 @@ MongoClient(sys.argv[1])[sys.argv[2]].jobs.insert_one({"_id": "poison", "created
         let js = async_nats::jetstream::new(stack.client().clone());
         for event in [started("poison"), started("good")] {
             js.publish(
-                jobs::event_subject(&event.job_id),
+                jobs::event_subject("node-1", &event.job_id),
                 serde_json::to_vec(&event).unwrap().into(),
             )
             .await

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use gantry_contracts::jobs::{JobEvent, JobEventKind};
+use gantry_contracts::jobs::{self, JobEvent, JobEventKind};
 use gantry_testing::{send, TestStack, ADMIN_TOKEN};
 use reqwest::StatusCode;
 use serde_json::json;
@@ -121,7 +121,7 @@ async fn a_job_whose_trainer_dies_is_redelivered_and_resumes_after_its_last_chec
         stack.shapes("shapes", 100, 5);
         let mut watch = stack
             .client()
-            .subscribe("gantry.events.job.*")
+            .subscribe(jobs::EVENTS_STREAM_SUBJECTS[0])
             .await
             .unwrap();
         let id = stack

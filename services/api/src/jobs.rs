@@ -123,7 +123,7 @@ impl JobsApi {
         })?;
         let consumer = stream
             .create_consumer(consumer::push::OrderedConfig {
-                filter_subject: jobs::event_subject(&job.job_id),
+                filter_subject: jobs::job_events(&job.job_id),
                 deliver_policy: DeliverPolicy::All,
                 deliver_subject: self.0.nats.new_inbox(),
                 ..Default::default()

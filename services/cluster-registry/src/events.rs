@@ -138,7 +138,7 @@ async fn consume(
     let consumer: consumer::PullConsumer = stream
         .create_consumer(consumer::pull::Config {
             durable_name: Some(EVENTS_CONSUMER.into()),
-            filter_subject: "gantry.events.job.*".into(),
+            filter_subject: jobs::EVENTS_STREAM_SUBJECTS[0].into(),
             ack_policy: consumer::AckPolicy::Explicit,
             ack_wait: Duration::from_secs(30),
             max_ack_pending: 1,
@@ -162,8 +162,17 @@ async fn consume(
         };
         let span = tracing::info_span!("job.event", subject = %msg.subject);
         gantry_runtime::telemetry::set_parent_from(&span, msg.headers.as_ref());
+        let Some(sender) = jobs::event_sender(&msg.subject).map(str::to_owned) else {
+            give_up(js, &msg, "unreadable", "the subject names no sender").await;
+            continue;
+        };
         let event = match serde_json::from_slice::<JobEvent>(&msg.payload) {
-            Ok(event) => event,
+            Ok(event) if msg.subject.ends_with(&format!(".job.{}", event.job_id)) => event,
+            Ok(_) => {
+                let why = "the event's job is not its subject's";
+                give_up(js, &msg, "unreadable", why).await;
+                continue;
+            }
             Err(e) => {
                 let why = format!("unreadable: {e}");
                 give_up(js, &msg, "unreadable", &why).await;
@@ -173,7 +182,7 @@ async fn consume(
         let kind = event.kind.name();
         // Bounded well inside the ack wait, so an event is never redelivered to another
         // replica while this one still applies it.
-        let applied = tokio::time::timeout(APPLY_LIMIT, jobs.apply(event))
+        let applied = tokio::time::timeout(APPLY_LIMIT, jobs.apply(&sender, event))
             .instrument(span)
             .await
             .unwrap_or_else(|_| {

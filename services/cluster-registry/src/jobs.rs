@@ -66,7 +66,10 @@ impl Jobs {
     /// Over the registry's connections and view.
     pub fn new(registry: Registry) -> Self {
         let models = Models::new(registry.clone());
-        let events = EventPublisher::new(jetstream::new(registry.client().clone()));
+        let events = EventPublisher::new(
+            jetstream::new(registry.client().clone()),
+            jobs::REGISTRY_SENDER,
+        );
         Self {
             registry,
             models,
@@ -432,10 +435,23 @@ impl Jobs {
     /// Apply one event from a trainer. Events of an older delivery (a node that lost its lease)
     /// change nothing; an event for a job that is over repeats what follows from its end
     /// ([`Self::settle`]), which finishes any step that failed the first time.
-    pub async fn apply(&self, event: JobEvent) -> Result<(), RegistryError> {
+    pub async fn apply(&self, sender: &str, event: JobEvent) -> Result<(), RegistryError> {
         let Some(current) = self.load(&event.job_id).await? else {
             return Ok(());
         };
+        // Who sent it (the server checked the subject against the sender's permissions) must
+        // be who may: the registry for its own events, else the node holding the job.
+        if let Err(refused) = lifecycle::check_sender(&current, &event, sender) {
+            tracing::warn!(
+                job_id = current.job_id,
+                node_id = sender,
+                delivery = event.delivery,
+                event = event.kind.name(),
+                ?refused,
+                "refused a job event from a node that may not send it"
+            );
+            return Ok(());
+        }
         // Weights a refused completion uploaded: the key is derived from the job and delivery,
         // never taken from the event, so a forged event cannot name another object.
         let late_weights = match &event.kind {

@@ -23,6 +23,7 @@
 //!   `gantry_runtime::secrets`).
 //! - [`error`]: the error enum and its mapping to service failures.
 
+pub mod callout;
 pub mod error;
 pub mod events;
 pub mod jobs;

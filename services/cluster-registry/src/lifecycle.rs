@@ -169,6 +169,30 @@ pub fn delivery_weights(job_id: &str, delivery: u64) -> Option<String> {
     issued_delivery(delivery).then(|| jobs::weights_key(job_id, delivery))
 }
 
+/// Whether `sender` (from the event's subject) may send `event` about `job`: the registry only
+/// its own events (delivery 0); a node only events of a delivery the queue made, and, once a node
+/// has started the job, only that node, except with a `Started` of a later delivery (the queue
+/// gave the job to it). A `Started` must name its sender.
+pub fn check_sender(job: &JobRecord, event: &JobEvent, sender: &str) -> Result<(), Refused> {
+    if sender == jobs::REGISTRY_SENDER {
+        return if event.delivery == 0 {
+            Ok(())
+        } else {
+            Err(Refused::NotOwner)
+        };
+    }
+    if !issued_delivery(event.delivery) {
+        return Err(Refused::UnknownDelivery(event.delivery));
+    }
+    let holder = job.node_id.as_deref();
+    match &event.kind {
+        JobEventKind::Started { node_id, .. } if node_id != sender => Err(Refused::NotOwner),
+        JobEventKind::Started { .. } if event.delivery > job.delivery => Ok(()),
+        _ if holder.is_some_and(|h| h != sender) => Err(Refused::NotOwner),
+        _ => Ok(()),
+    }
+}
+
 /// What to carry out once the write of a changed record wins.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Effects {

@@ -31,6 +31,31 @@ enum Command {
         #[arg(long, default_value_t = 60)]
         wait: u64,
     },
+    /// Generate the NATS server's configuration, every role's key, the auth callout's signing
+    /// key and a local CA into DIR (existing keys are kept), and print the configuration's path.
+    BusConfig {
+        /// Where the files go.
+        #[arg(long)]
+        dir: std::path::PathBuf,
+        /// The address the server listens on.
+        #[arg(long, default_value = "127.0.0.1:4222")]
+        listen: String,
+        /// JetStream's storage directory (default: DIR/jetstream).
+        #[arg(long)]
+        store_dir: Option<std::path::PathBuf>,
+        /// Names and addresses the server certificate is valid for (repeatable).
+        #[arg(long = "host", default_values_t = ["127.0.0.1".to_string(), "localhost".to_string()])]
+        hosts: Vec<String>,
+        /// Plain TCP instead of TLS.
+        #[arg(long)]
+        no_tls: bool,
+        /// Also make an `inspector` user with every permission (tests, break-glass).
+        #[arg(long)]
+        inspector: bool,
+        /// The server's HTTP monitoring port.
+        #[arg(long)]
+        http_port: Option<u16>,
+    },
     /// Keep a usable cluster token in FILE: reuse the one there while the registry lists it as
     /// active, else create one named NAME and write it there (mode 0600). For deploy/local/up.sh.
     EnsureToken {
@@ -63,6 +88,35 @@ async fn main() -> ExitCode {
                 }
             }
         }
+        Command::BusConfig {
+            dir,
+            listen,
+            store_dir,
+            hosts,
+            no_tls,
+            inspector,
+            http_port,
+        } => {
+            let setup = gantry_bus::setup::Setup {
+                store_dir: store_dir.unwrap_or_else(|| dir.join("jetstream")),
+                dir,
+                listen,
+                hosts,
+                tls: !no_tls,
+                inspector,
+                http_port,
+            };
+            match gantry_bus::setup::write(&setup) {
+                Ok(layout) => {
+                    println!("{}", layout.config().display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("gantry-registry: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::EnsureToken { name, file, wait } => {
             match ensure_token(&name, &file, Duration::from_secs(wait)).await {
                 Ok(()) => ExitCode::SUCCESS,
@@ -76,15 +130,26 @@ async fn main() -> ExitCode {
 }
 
 async fn connect(deadline: Instant) -> Result<async_nats::Client, String> {
-    let url = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+    let config = gantry_runtime::Config::from_env().map_err(|e| e.to_string())?;
+    let client = nats::connect(&config, gantry_contracts::services::REGISTRY)
+        .await
+        .map_err(|e| format!("cannot reach NATS at {}: {e}", config.nats_url))?;
+    // The client connects in the background; wait for it until the deadline.
     retry::until_deadline(
         "connecting to NATS",
         deadline,
         |_| true,
-        || async_nats::connect(url.as_str()),
+        || async {
+            if nats::is_connected(&client) {
+                Ok(())
+            } else {
+                Err(format!("not connected to {}", config.nats_url))
+            }
+        },
     )
     .await
-    .map_err(|e| format!("cannot reach NATS at {url}: {e}"))
+    .map_err(|e| format!("cannot reach NATS at {}: {e}", config.nats_url))?;
+    Ok(client)
 }
 
 /// A request to the registry, retried while no registry answers (until `deadline`).

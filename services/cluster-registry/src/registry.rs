@@ -45,6 +45,8 @@ struct Inner {
     restored_at: OnceLock<Instant>,
     interval: f64,
     started: Instant,
+    /// A system-account connection, to disconnect the nodes of a revoked token.
+    system: OnceLock<Client>,
 }
 
 fn listed_token(t: &TokenDoc) -> ClusterToken {
@@ -76,6 +78,7 @@ impl Registry {
                 restored_at: OnceLock::new(),
                 interval: timing.interval,
                 started: Instant::now(),
+                system: OnceLock::new(),
             }),
         }
     }
@@ -217,6 +220,7 @@ impl Registry {
         }
         self.announce(&RegistryEvent::TokenRevoked { token_id: token.id })
             .await;
+        self.disconnect_token_nodes(token.id).await;
         Ok(listed_token(&token))
     }
 
@@ -224,16 +228,8 @@ impl Registry {
     // Nodes
     // -----------------------------------------------------------------------------------------
 
-    /// `nodes.register`: a trainer joins (again) with its token.
-    pub async fn register(&self, req: RegisterNode) -> Result<Registered, RegistryError> {
-        let hostname = NodeName::parse(&req.hostname).map_err(RegistryError::BadRequest)?;
-        req.check().map_err(RegistryError::BadRequest)?;
-        let secret = req.token.trim();
-        if secret.is_empty() {
-            return Err(RegistryError::Unauthorized(
-                "a cluster token is required (GANTRY_CLUSTER_TOKEN)".into(),
-            ));
-        }
+    /// The active cluster token whose secret is `secret`, or why it does not admit anyone.
+    pub async fn admitted_token(&self, secret: &str) -> Result<TokenDoc, RegistryError> {
         let hash = secrets::digest(secret);
         let token = self.store().token_by_hash(&hash).await?;
         let token = match token {
@@ -251,6 +247,46 @@ impl Registry {
                 token.name
             )));
         }
+        Ok(token)
+    }
+
+    /// Use `client` (a system-account connection) to disconnect revoked nodes.
+    pub fn set_system_client(&self, client: Client) {
+        let _ = self.inner.system.set(client);
+    }
+
+    /// Disconnect every connection of a node admitted with the token `token_id`, on every
+    /// server. Without a system-account connection this does nothing (the nodes are told to
+    /// leave, and their credentials expire after `GANTRY_NODE_SESSION`).
+    async fn disconnect_token_nodes(&self, token_id: i64) {
+        let Some(system) = self.inner.system.get() else {
+            return;
+        };
+        match crate::callout::disconnect(system, &crate::callout::token_user_prefix(token_id)).await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                token_id,
+                connections = n,
+                "disconnected the nodes of a revoked token"
+            ),
+            Err(e) => {
+                tracing::warn!(token_id, error = %e, "could not disconnect the nodes of a revoked token")
+            }
+        }
+    }
+
+    /// `nodes.register`: a trainer joins (again) with its token.
+    pub async fn register(&self, req: RegisterNode) -> Result<Registered, RegistryError> {
+        let hostname = NodeName::parse(&req.hostname).map_err(RegistryError::BadRequest)?;
+        req.check().map_err(RegistryError::BadRequest)?;
+        let secret = req.token.trim();
+        if secret.is_empty() {
+            return Err(RegistryError::Unauthorized(
+                "a cluster token is required (GANTRY_CLUSTER_TOKEN)".into(),
+            ));
+        }
+        let token = self.admitted_token(secret).await?;
         let node_id = tokens::node_id(hostname.as_ref(), token.id);
         let record = NodeRecord {
             node_id: node_id.clone(),

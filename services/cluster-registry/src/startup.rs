@@ -41,6 +41,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
     let tracker = TaskTracker::new();
     crate::liveness::start(registry.clone(), shutdown.clone(), &tracker).await?;
+    crate::callout::start(&registry, &config, &shutdown, &tracker).await?;
 
     let service = nats::start_service(
         &client,

@@ -78,7 +78,7 @@ impl JobRunner {
         let js = jetstream::new(client.clone());
         Self {
             checkpoints: Checkpoints::new(js.clone()),
-            events: EventPublisher::new(js.clone()),
+            events: EventPublisher::new(js.clone(), config.node_id.clone()),
             client,
             js,
             config: Arc::new(config),

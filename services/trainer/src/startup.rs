@@ -9,12 +9,16 @@ use gantry_contracts::registry::NodeName;
 use gantry_contracts::services;
 use gantry_runtime::health::{self, Readiness};
 use gantry_runtime::{nats, Config};
+use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 
 use crate::cache;
 use crate::inventory;
 use crate::node::{self, JoinError, Node, NodeConfig};
 use crate::worker::{self, WorkerConfig, Workers};
+
+/// Authorization violations in a row, while joining, after which the trainer gives up.
+const JOIN_REFUSALS: u32 = 3;
 
 /// The node name: `GANTRY_NODE_NAME`, else the hostname.
 pub fn node_name(config: &Config) -> anyhow::Result<NodeName> {
@@ -56,7 +60,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         host_memory_gb = inv.host_memory_gb, cpus = inv.cpus, "inventory"
     );
 
-    let client = nats::connect(&config, services::TRAINER).await?;
+    let (client, refusals) =
+        nats::connect_node(&config, hostname.as_ref(), token.expose_secret()).await?;
     let joined = Arc::new(AtomicBool::new(false));
     let ready = joined.clone();
     let readiness = Readiness::nats(client.clone()).with_check(move || {
@@ -82,7 +87,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(inv.cpus.max(1) as usize);
-    let result = match Node::join(client.clone(), node_config, inv, nvml, &shutdown).await {
+    // The bus says no to an unknown or revoked token only as an authorization violation; a few
+    // in a row while joining mean the token will not do (after joining, a refusal may be a
+    // registry restarting, and the node keeps trying).
+    let join = tokio::select! {
+        joined = Node::join(client.clone(), node_config, inv, nvml, &shutdown) => joined,
+        _ = refusals.reached(JOIN_REFUSALS) => Err(JoinError::Refused(
+            "the bus refused this node's connection: an unknown or revoked cluster token \
+             (check GANTRY_CLUSTER_TOKEN, or ask an admin for a new one)"
+                .into(),
+        )),
+    };
+    let result = match join {
         Ok(node) => {
             joined.store(true, Ordering::Release);
             let workers = Workers::new(

@@ -216,10 +216,9 @@ impl Workers {
 
     /// Pull and train until `shutdown`; then stop the jobs in flight, hand their messages back and
     /// return within [`SHUTDOWN_GRACE`] (plus a pull).
+    /// The streams and consumers are the registry's and the api's to create (a node may only
+    /// read them); until they exist, pulls fail and are retried.
     pub async fn run(self, mut plan: watch::Receiver<WorkerPlan>, shutdown: CancellationToken) {
-        if !gantry_runtime::jetstream::ensure_with_retry(&self.inner.js, &shutdown).await {
-            return;
-        }
         let cancels =
             AbortOnDropHandle::new(tokio::spawn(self.clone().follow_cancels(shutdown.clone())));
         let tracker = TaskTracker::new();
@@ -258,7 +257,6 @@ impl Workers {
                 if !retry::pause(&shutdown, Duration::from_secs(1)).await {
                     break;
                 }
-                let _ = gantry_runtime::jetstream::ensure(&self.inner.js).await;
             }
         }
 

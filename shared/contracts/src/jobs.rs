@@ -46,10 +46,11 @@ pub use crate::models::{
 pub const JOBS_STREAM: &str = "GANTRY_JOBS";
 /// Subjects of [`JOBS_STREAM`].
 pub const JOBS_STREAM_SUBJECTS: [&str; 2] = ["gantry.jobs.train.*", "gantry.jobs.analyze.*"];
-/// Stream of job events; subjects `gantry.events.job.<job_id>`.
+/// Stream of job events; subjects `gantry.events.node.<node_id>.job.<job_id>`: the sending node
+/// is in the subject, so the server's permissions decide who may send for which node.
 pub const EVENTS_STREAM: &str = "GANTRY_EVENTS";
 /// Subjects of [`EVENTS_STREAM`].
-pub const EVENTS_STREAM_SUBJECTS: [&str; 1] = ["gantry.events.job.*"];
+pub const EVENTS_STREAM_SUBJECTS: [&str; 1] = ["gantry.events.node.*.job.*"];
 /// Stream of job events the registry could not apply after `GANTRY_EVENT_MAX_DELIVER`
 /// deliveries (dead letters), kept 30 days for an operator; subjects
 /// `gantry.dead.events.job.<job_id>`.
@@ -136,9 +137,31 @@ pub fn train_consumer(driver: JobDriver) -> String {
     format!("train-{}", driver.as_str())
 }
 
-/// Subject of a job's events.
-pub fn event_subject(job_id: &str) -> String {
-    format!("gantry.events.job.{job_id}")
+/// Subject of the events `node_id` sends about `job_id`.
+pub fn event_subject(node_id: &str, job_id: &str) -> String {
+    format!("gantry.events.node.{node_id}.job.{job_id}")
+}
+
+/// The sender the registry's own events (delivery 0) name in their subject; never a node id
+/// (those are 32 hex digits).
+pub const REGISTRY_SENDER: &str = "registry";
+
+/// Every event subject of `node_id` (what a node may publish to).
+pub fn node_events(node_id: &str) -> String {
+    format!("gantry.events.node.{node_id}.job.*")
+}
+
+/// Every event subject of `job_id`, whichever node sent them (a consumer's filter).
+pub fn job_events(job_id: &str) -> String {
+    format!("gantry.events.node.*.job.{job_id}")
+}
+
+/// The node an event subject names, if it is one.
+pub fn event_sender(subject: &str) -> Option<&str> {
+    let rest = subject.strip_prefix("gantry.events.node.")?;
+    let (node, job) = rest.split_once(".job.")?;
+    (!node.is_empty() && !node.contains('.') && !job.is_empty() && !job.contains('.'))
+        .then_some(node)
 }
 
 /// Core NATS subject on which the registry announces a job's [`JobRecord`] once the job is
@@ -517,7 +540,10 @@ mod tests {
     #[test]
     fn subjects_do_not_overlap_between_streams() {
         assert_eq!(train_subject(JobDriver::Cuda), "gantry.jobs.train.cuda");
-        assert!(event_subject("x").starts_with("gantry.events.job."));
+        assert!(event_subject("n", "x").starts_with("gantry.events.node.n.job."));
+        assert_eq!(event_sender(&event_subject("n1", "j1")), Some("n1"));
+        assert_eq!(event_sender("gantry.events.node..job.j"), None);
+        assert_eq!(event_sender("gantry.events.job.j"), None);
         // Core NATS announcements stay out of both streams.
         for core in [cancel_subject("x"), settled_subject("x")] {
             assert!(

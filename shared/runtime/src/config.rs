@@ -34,6 +34,24 @@ pub struct Config {
     pub health_addr: SocketAddr,
     /// `NATS_URL` (default `nats://127.0.0.1:4222`).
     pub nats_url: String,
+    /// `GANTRY_NATS_NKEY_FILE`: the nkey seed this service's role connects with (api, auth,
+    /// registry). Trainers connect with their cluster token instead.
+    pub nats_nkey_file: Option<PathBuf>,
+    /// `GANTRY_NATS_CA_FILE`: the CA certificate the NATS server's certificate is checked
+    /// against; when set, the connection must be TLS.
+    pub nats_ca_file: Option<PathBuf>,
+    /// `GANTRY_NATS_CERT_FILE` and `GANTRY_NATS_KEY_FILE`: a client certificate and its key, for
+    /// servers that verify clients.
+    pub nats_client_cert: Option<(PathBuf, PathBuf)>,
+    /// `GANTRY_CALLOUT_ISSUER_FILE`: the account nkey seed the registry signs the users of
+    /// admitted nodes with (the server's `auth_callout.issuer`). Unset: no callout is served.
+    pub callout_issuer_file: Option<PathBuf>,
+    /// `GANTRY_NATS_SYSTEM_NKEY_FILE`: the registry's system-account nkey seed, to disconnect
+    /// the nodes of a revoked cluster token.
+    pub nats_system_nkey_file: Option<PathBuf>,
+    /// `GANTRY_NODE_SESSION` seconds a node's bus credentials last before it must present its
+    /// cluster token again (default 3600).
+    pub node_session: Duration,
     /// `MONGODB_URI` (default `mongodb://127.0.0.1:27017`).
     pub mongodb_uri: String,
     /// `GANTRY_DB_PREFIX` (default `gantry_`): database names are `<prefix><service>`.
@@ -146,6 +164,25 @@ fn url(name: &'static str, default: &str, schemes: &[&str]) -> Result<String, Co
     })
 }
 
+/// A file that must exist, when the variable is set.
+fn file(name: &'static str) -> Result<Option<PathBuf>, ConfigError> {
+    match var(name) {
+        None => Ok(None),
+        Some(v) => {
+            let path = PathBuf::from(v.trim());
+            if path.is_file() {
+                Ok(Some(path))
+            } else {
+                Err(ConfigError {
+                    var: name,
+                    value: v,
+                    reason: "no such file".into(),
+                })
+            }
+        }
+    }
+}
+
 impl Config {
     /// Read the process environment.
     pub fn from_env() -> Result<Self, ConfigError> {
@@ -198,6 +235,30 @@ impl Config {
                 "nats://127.0.0.1:4222",
                 &["nats", "tls", "ws", "wss"],
             )?,
+            nats_nkey_file: file("GANTRY_NATS_NKEY_FILE")?,
+            nats_ca_file: file("GANTRY_NATS_CA_FILE")?,
+            nats_client_cert: match (
+                file("GANTRY_NATS_CERT_FILE")?,
+                file("GANTRY_NATS_KEY_FILE")?,
+            ) {
+                (Some(c), Some(k)) => Some((c, k)),
+                (None, None) => None,
+                _ => {
+                    return Err(ConfigError {
+                        var: "GANTRY_NATS_CERT_FILE",
+                        value: String::new(),
+                        reason: "GANTRY_NATS_CERT_FILE and GANTRY_NATS_KEY_FILE go together".into(),
+                    })
+                }
+            },
+            callout_issuer_file: file("GANTRY_CALLOUT_ISSUER_FILE")?,
+            nats_system_nkey_file: file("GANTRY_NATS_SYSTEM_NKEY_FILE")?,
+            node_session: Duration::from_secs(number(
+                "GANTRY_NODE_SESSION",
+                3600u64,
+                10,
+                30 * 86_400,
+            )?),
             mongodb_uri: url(
                 "MONGODB_URI",
                 "mongodb://127.0.0.1:27017",

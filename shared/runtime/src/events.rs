@@ -47,12 +47,17 @@ impl Retry {
 #[derive(Clone)]
 pub struct EventPublisher {
     js: jetstream::Context,
+    sender: String,
 }
 
 impl EventPublisher {
-    /// A publisher over `js`.
-    pub fn new(js: jetstream::Context) -> Self {
-        Self { js }
+    /// A publisher over `js` whose events name `sender` (a node id, or
+    /// [`gantry_contracts::jobs::REGISTRY_SENDER`]) in their subject.
+    pub fn new(js: jetstream::Context, sender: impl Into<String>) -> Self {
+        Self {
+            js,
+            sender: sender.into(),
+        }
     }
 
     /// The event `kind` of `job_id` from `delivery` (0 for the api and registry), stamped now.
@@ -70,7 +75,7 @@ impl EventPublisher {
         let payload = serde_json::to_vec(event)?;
         self.js
             .publish_with_headers(
-                event_subject(&event.job_id),
+                event_subject(&self.sender, &event.job_id),
                 traced_headers(),
                 payload.into(),
             )

@@ -78,9 +78,16 @@ pub async fn ensure(js: &jetstream::Context) -> anyhow::Result<()> {
         .get_or_create_stream(jobs_stream())
         .await
         .context("creating the GANTRY_JOBS stream")?;
-    js.get_or_create_stream(events_stream())
+    let mut events = js
+        .get_or_create_stream(events_stream())
         .await
         .context("creating the GANTRY_EVENTS stream")?;
+    // Streams made before events named their node in the subject take the new subjects.
+    if events.info().await?.config.subjects != events_stream().subjects {
+        js.update_stream(events_stream())
+            .await
+            .context("updating the GANTRY_EVENTS stream's subjects")?;
+    }
     js.get_or_create_stream(dead_events_stream())
         .await
         .context("creating the GANTRY_DEAD_EVENTS stream")?;

@@ -4,6 +4,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use gantry_bus::setup::{Layout, Setup};
+use gantry_bus::Role;
 use tempfile::TempDir;
 
 use crate::util::{free_port, tool, wait_for_port};
@@ -15,29 +17,78 @@ fn kill(child: &mut Option<Child>) {
     }
 }
 
-/// `nats-server` with JetStream, on a free port, storing under a temporary directory.
+/// `nats-server` with JetStream, on a free port, storing under a temporary directory, configured
+/// exactly as a deployment is (`gantry-registry bus-config`): TLS, every role with its own key
+/// and permissions, nodes admitted by the registry's auth callout. The test itself connects as
+/// the `inspector`, which may do anything.
 pub struct Nats {
     /// The client port.
     pub port: u16,
     dir: TempDir,
+    layout: Layout,
     child: Option<Child>,
 }
 
 impl Nats {
     /// Start and wait until it accepts connections.
     pub async fn start() -> Self {
+        let dir = TempDir::new().unwrap();
+        let port = free_port();
+        let layout = gantry_bus::setup::write(&Setup {
+            dir: dir.path().join("bus"),
+            listen: format!("127.0.0.1:{port}"),
+            store_dir: dir.path().join("js"),
+            hosts: vec!["127.0.0.1".into(), "localhost".into()],
+            tls: true,
+            inspector: true,
+            http_port: None,
+        })
+        .expect("generate the NATS configuration");
         let mut nats = Self {
-            port: free_port(),
-            dir: TempDir::new().unwrap(),
+            port,
+            dir,
+            layout,
             child: None,
         };
         nats.restart().await;
         nats
     }
 
-    /// `nats://127.0.0.1:<port>`.
+    /// `nats://127.0.0.1:<port>` (TLS is required by the server).
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Where the keys, certificates and configuration are.
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// The variables a service of `role` connects with (the registry also gets the callout's
+    /// issuer key and its system-account key).
+    pub fn env_for(&self, role: Option<Role>) -> Vec<(String, String)> {
+        let path = |p: std::path::PathBuf| p.display().to_string();
+        let mut env = vec![
+            ("NATS_URL".to_owned(), self.url()),
+            ("GANTRY_NATS_CA_FILE".to_owned(), path(self.layout.ca())),
+        ];
+        if let Some(role) = role {
+            env.push((
+                "GANTRY_NATS_NKEY_FILE".into(),
+                path(self.layout.role_seed(role)),
+            ));
+        }
+        if role == Some(Role::Registry) {
+            env.push((
+                "GANTRY_CALLOUT_ISSUER_FILE".into(),
+                path(self.layout.issuer_seed()),
+            ));
+            env.push((
+                "GANTRY_NATS_SYSTEM_NKEY_FILE".into(),
+                path(self.layout.system_seed()),
+            ));
+        }
+        env
     }
 
     /// Kill the server (its data stays).
@@ -50,15 +101,8 @@ impl Nats {
         self.stop();
         let log = std::fs::File::create(self.dir.path().join("nats.log")).unwrap();
         let child = Command::new(tool("nats-server"))
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
-            .arg(self.dir.path().join("js"))
+            .arg("-c")
+            .arg(self.layout.config())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -70,11 +114,31 @@ impl Nats {
         );
     }
 
-    /// A plain client for the test itself.
-    pub async fn client(&self) -> async_nats::Client {
-        async_nats::connect(self.url())
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("nats.log")).unwrap_or_default()
+    }
+
+    /// Options trusting the server's CA, for a connection of the test's choosing.
+    pub fn options(&self) -> async_nats::ConnectOptions {
+        async_nats::ConnectOptions::new()
+            .require_tls(true)
+            .add_root_certificates(self.layout.ca())
+    }
+
+    /// A client with the nkey seed in `seed_file`.
+    pub async fn client_with_seed(&self, seed_file: &std::path::Path) -> async_nats::Client {
+        let seed = std::fs::read_to_string(seed_file).unwrap();
+        self.options()
+            .nkey(seed.trim().to_owned())
+            .connect(self.url())
             .await
             .expect("connect to test NATS")
+    }
+
+    /// The test's own client: the inspector, which may do anything.
+    pub async fn client(&self) -> async_nats::Client {
+        self.client_with_seed(&self.layout.inspector_seed()).await
     }
 }
 

@@ -107,7 +107,7 @@ impl TestStack {
         let stream = js.get_stream(EVENTS_STREAM).await.expect("events stream");
         let consumer = stream
             .create_consumer(consumer::pull::Config {
-                filter_subject: jobs::event_subject(id),
+                filter_subject: jobs::job_events(id),
                 ack_policy: consumer::AckPolicy::None,
                 inactive_threshold: Duration::from_secs(30),
                 ..Default::default()

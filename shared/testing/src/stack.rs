@@ -108,7 +108,7 @@ impl TestStack {
     /// The variables a service of this stack starts with.
     pub fn env(&self) -> BTreeMap<String, String> {
         let mut env = BTreeMap::new();
-        env.insert("NATS_URL".into(), self.nats.url());
+        env.extend(self.nats.env_for(None));
         env.insert("MONGODB_URI".into(), self.store.uri());
         env.insert("GANTRY_DB_PREFIX".into(), self.prefix.clone());
         env.insert(
@@ -135,6 +135,7 @@ impl TestStack {
             "GANTRY_HEALTH_ADDR"
         };
         env.insert(var.into(), format!("127.0.0.1:{port}"));
+        env.extend(self.nats.env_for(gantry_bus::Role::of_service(bin)));
         for (k, v) in extra {
             env.insert((*k).into(), (*v).into());
         }
@@ -226,7 +227,7 @@ impl TestStack {
     pub async fn create_token_cli(&self, name: &str) -> String {
         let out = tokio::process::Command::new(bin_dir().join("gantry-registry"))
             .args(["create-token", name, "--wait", "60"])
-            .env("NATS_URL", self.nats.url())
+            .envs(self.nats.env_for(Some(gantry_bus::Role::Registry)))
             .stdin(std::process::Stdio::null())
             .output()
             .await

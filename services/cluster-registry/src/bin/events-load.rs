@@ -177,7 +177,10 @@ async fn main() -> anyhow::Result<()> {
     for step in 0..args.events_per_job {
         for id in &ids {
             let payload = serde_json::to_vec(&event(id, step, args.events_per_job))?;
-            acks.push(js.publish(jobs::event_subject(id), payload.into()).await?);
+            acks.push(
+                js.publish(jobs::event_subject("load-node-id", id), payload.into())
+                    .await?,
+            );
         }
     }
     for ack in acks {

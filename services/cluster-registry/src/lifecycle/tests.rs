@@ -416,3 +416,108 @@ fn job_ids_are_bounded_and_plain() {
     assert!(!valid_job_id("a.b"));
     assert!(!valid_job_id(&"a".repeat(MAX_JOB_ID + 1)));
 }
+
+fn event(delivery: u64, kind: JobEventKind) -> JobEvent {
+    JobEvent {
+        job_id: "job-1".into(),
+        delivery,
+        at: Utc::now(),
+        kind,
+    }
+}
+
+fn started_by(node_id: &str, delivery: u64) -> JobEvent {
+    event(
+        delivery,
+        JobEventKind::Started {
+            node: "n".into(),
+            node_id: node_id.into(),
+            driver: "cpu".into(),
+            resumed_from_epoch: 0,
+        },
+    )
+}
+
+fn running_on(node_id: &str, delivery: u64) -> JobRecord {
+    let mut job = queued(10);
+    job.status = JobStatus::Running;
+    job.node_id = Some(node_id.into());
+    job.delivery = delivery;
+    job
+}
+
+#[test]
+fn only_the_node_holding_a_job_sends_its_events() {
+    let job = running_on("node-a", 1);
+    let cancelled = event(1, JobEventKind::Cancelled);
+    assert_eq!(check_sender(&job, &cancelled, "node-a"), Ok(()));
+    assert_eq!(
+        check_sender(&job, &cancelled, "node-b"),
+        Err(Refused::NotOwner)
+    );
+    let failed = event(
+        1,
+        JobEventKind::Failed {
+            error: "x".into(),
+            kind: FailureKind::Crash,
+        },
+    );
+    assert_eq!(
+        check_sender(&job, &failed, "node-b"),
+        Err(Refused::NotOwner)
+    );
+}
+
+#[test]
+fn a_started_names_its_sender_and_takes_the_job_only_on_a_later_delivery() {
+    let job = running_on("node-a", 1);
+    // Another node claiming the same delivery.
+    assert_eq!(
+        check_sender(&job, &started_by("node-b", 1), "node-b"),
+        Err(Refused::NotOwner)
+    );
+    // The queue redelivered it to node-b.
+    assert_eq!(
+        check_sender(&job, &started_by("node-b", 2), "node-b"),
+        Ok(())
+    );
+    // A Started naming a node other than its sender.
+    assert_eq!(
+        check_sender(&job, &started_by("node-a", 2), "node-b"),
+        Err(Refused::NotOwner)
+    );
+    // A queued job is anyone's to start.
+    assert_eq!(
+        check_sender(&queued(1), &started_by("node-c", 1), "node-c"),
+        Ok(())
+    );
+}
+
+#[test]
+fn nodes_cannot_send_the_registrys_deliveries_nor_made_up_ones() {
+    let job = running_on("node-a", 1);
+    assert_eq!(
+        check_sender(&job, &event(0, JobEventKind::Cancelled), "node-a"),
+        Err(Refused::UnknownDelivery(0))
+    );
+    assert_eq!(
+        check_sender(&job, &event(u64::MAX, JobEventKind::Cancelled), "node-a"),
+        Err(Refused::UnknownDelivery(u64::MAX))
+    );
+    assert_eq!(
+        check_sender(
+            &job,
+            &event(0, JobEventKind::Cancelled),
+            jobs::REGISTRY_SENDER
+        ),
+        Ok(())
+    );
+    assert_eq!(
+        check_sender(
+            &job,
+            &event(1, JobEventKind::Cancelled),
+            jobs::REGISTRY_SENDER
+        ),
+        Err(Refused::NotOwner)
+    );
+}

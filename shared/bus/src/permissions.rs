@@ -1,0 +1,359 @@
+//! What each role may do on the bus: the one table the server configuration (for the service
+//! roles) and the registry's auth callout (for nodes) are both built from.
+//!
+//! The rules, as the server enforces them:
+//! - only auth subscribes to `gantry.auth.v1.*` requests, only the registry to
+//!   `gantry.registry.v1.*` requests and node heartbeats; the api answers nothing;
+//! - only the registry publishes job and node control;
+//! - every role has its own reply inbox prefix and may read only that, so no role can read
+//!   another's replies (a login's session, a verify's principal);
+//! - a node may publish only on its own subjects (`gantry.node.<id>.heartbeat`,
+//!   `gantry.events.node.<id>.job.*`) and reads only its own control subject and inbox.
+
+use gantry_contracts::{auth, jobs, subjects};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+/// The account every Gantry connection lives in.
+pub const ACCOUNT: &str = "GANTRY";
+/// The server's system account (the registry kicks revoked nodes through it).
+pub const SYSTEM_ACCOUNT: &str = "SYS";
+
+/// A service role with its own credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    /// `gantry-auth`.
+    Auth,
+    /// `gantry-registry` (also its command line, `gantry-registry create-token`).
+    Registry,
+    /// `gantry-api`.
+    Api,
+    /// An operator's monitoring: `$SRV.PING`, `$SRV.INFO`, `$SRV.STATS` and nothing else.
+    Monitor,
+}
+
+impl Role {
+    /// Every role.
+    pub const ALL: [Role; 4] = [Role::Auth, Role::Registry, Role::Api, Role::Monitor];
+
+    /// Short name: file names and inbox prefixes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Auth => "auth",
+            Role::Registry => "registry",
+            Role::Api => "api",
+            Role::Monitor => "monitor",
+        }
+    }
+
+    /// The role a service binary connects as.
+    pub fn of_service(service: &str) -> Option<Role> {
+        match service {
+            "gantry-auth" => Some(Role::Auth),
+            "gantry-registry" => Some(Role::Registry),
+            "gantry-api" => Some(Role::Api),
+            _ => None,
+        }
+    }
+}
+
+/// Publish and subscribe permissions of one connection.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Permissions {
+    /// Subjects it may publish to.
+    pub publish: Vec<String>,
+    /// Subjects under `publish` it still may not publish to.
+    pub publish_deny: Vec<String>,
+    /// Subjects it may subscribe to.
+    pub subscribe: Vec<String>,
+    /// Whether it may answer requests it received (publish once to their reply subject).
+    pub responses: bool,
+}
+
+/// The reply inbox prefix of a service role.
+pub fn inbox_prefix(role: Role) -> String {
+    format!("_INBOX_{}", role.name())
+}
+
+/// The reply inbox prefix of a node joining with `token` as `hostname`. Derived from the token,
+/// so only its holder knows it and the registry's callout can grant it without asking.
+pub fn node_inbox(token: &str, hostname: &str) -> String {
+    let digest = Sha256::digest(format!("gantry-node-inbox\0{token}\0{hostname}").as_bytes());
+    format!("_INBOX_N{}", &hex::encode(digest)[..24])
+}
+
+/// `$SRV` discovery subjects of the micro service `service`.
+fn micro(service: &str) -> Vec<String> {
+    vec![
+        "$SRV.*".into(),
+        format!("$SRV.*.{service}"),
+        format!("$SRV.*.{service}.*"),
+    ]
+}
+
+fn own(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| (*s).to_owned()).collect()
+}
+
+/// What a service role may do.
+pub fn role(role: Role) -> Permissions {
+    let inbox = format!("{}.>", inbox_prefix(role));
+    let auth_requests = format!("{}.>", subjects::AUTH_V1);
+    let registry_requests = format!("{}.>", subjects::REGISTRY_V1);
+    match role {
+        Role::Auth => Permissions {
+            publish: own(&[auth::REVOCATIONS]),
+            publish_deny: vec![],
+            subscribe: [vec![auth_requests, inbox], micro("gantry-auth")].concat(),
+            responses: true,
+        },
+        Role::Registry => Permissions {
+            publish: own(&[
+                // Its own endpoints, for `gantry-registry create-token`.
+                &registry_requests,
+                &subjects::auth(subjects::auth::CREDITS_REFUND),
+                subjects::REGISTRY_EVENTS,
+                "gantry.node.*.control",
+                jobs::CANCEL_SUBJECTS,
+                jobs::SETTLED_SUBJECTS,
+                "gantry.jobs.>",
+                "gantry.dead.>",
+                // Its own job events (delivery 0), for their followers.
+                &format!("gantry.events.node.{}.job.*", jobs::REGISTRY_SENDER),
+                // It owns JetStream: streams, consumers, the object stores, its lease bucket.
+                "$JS.>",
+                "$KV.>",
+                "$O.>",
+            ]),
+            publish_deny: vec![],
+            subscribe: [
+                vec![
+                    registry_requests,
+                    subjects::NODE_HEARTBEATS.into(),
+                    subjects::REGISTRY_EVENTS.into(),
+                    jobs::SETTLED_SUBJECTS.into(),
+                    jobs::MAX_DELIVERIES_ADVISORY.into(),
+                    crate::callout::SUBJECT.into(),
+                    inbox,
+                ],
+                micro("gantry-registry"),
+            ]
+            .concat(),
+            responses: true,
+        },
+        Role::Api => Permissions {
+            publish: own(&[
+                &auth_requests,
+                &registry_requests,
+                "gantry.jobs.train.*",
+                "gantry.jobs.analyze.*",
+                // Datasets in, models out, job events for its streams.
+                "$JS.API.>",
+                "$JS.FC.>",
+                &format!("$O.{}.>", jobs::DATASETS_BUCKET),
+            ]),
+            // Requests only: announcements are auth's and the registry's.
+            publish_deny: own(&[
+                &format!("{}.events.>", subjects::AUTH_V1),
+                &format!("{}.events.>", subjects::REGISTRY_V1),
+            ]),
+            subscribe: [
+                vec![
+                    auth::REVOCATIONS.into(),
+                    jobs::SETTLED_SUBJECTS.into(),
+                    inbox,
+                ],
+                micro("gantry-api"),
+            ]
+            .concat(),
+            responses: true,
+        },
+        Role::Monitor => Permissions {
+            publish: own(&["$SRV.>"]),
+            publish_deny: vec![],
+            subscribe: vec![inbox],
+            responses: false,
+        },
+    }
+}
+
+/// JetStream API subjects that read the object store `bucket`.
+fn read_objects(bucket: &str) -> Vec<String> {
+    let stream = format!("OBJ_{bucket}");
+    vec![
+        format!("$JS.API.STREAM.INFO.{stream}"),
+        format!("$JS.API.STREAM.MSG.GET.{stream}"),
+        format!("$JS.API.DIRECT.GET.{stream}.>"),
+        format!("$JS.API.CONSUMER.CREATE.{stream}"),
+        format!("$JS.API.CONSUMER.CREATE.{stream}.>"),
+        format!("$JS.API.CONSUMER.DELETE.{stream}.>"),
+        format!("$JS.API.CONSUMER.INFO.{stream}.>"),
+        format!("$JS.FC.{stream}.>"),
+    ]
+}
+
+/// What the node `node_id` may do, given the inbox prefix it connects with.
+pub fn node(node_id: &str, inbox: &str) -> Permissions {
+    let jobs_stream = jobs::JOBS_STREAM;
+    let mut publish = vec![
+        subjects::node_heartbeat(node_id),
+        subjects::registry(subjects::registry::REGISTER),
+        subjects::registry(jobs::subjects::JOBS_GET),
+        jobs::node_events(node_id),
+        format!("$JS.API.STREAM.INFO.{jobs_stream}"),
+        format!("$JS.API.CONSUMER.INFO.{jobs_stream}.*"),
+        format!("$JS.API.CONSUMER.MSG.NEXT.{jobs_stream}.*"),
+        format!("$JS.ACK.{jobs_stream}.>"),
+        format!("$O.{}.C.>", jobs::MODELS_BUCKET),
+        format!("$O.{}.M.>", jobs::MODELS_BUCKET),
+        format!("$JS.API.STREAM.PURGE.OBJ_{}", jobs::MODELS_BUCKET),
+    ];
+    publish.extend(read_objects(jobs::DATASETS_BUCKET));
+    publish.extend(read_objects(jobs::MODELS_BUCKET));
+    Permissions {
+        publish,
+        publish_deny: vec![],
+        subscribe: [
+            vec![
+                subjects::node_control(node_id),
+                jobs::CANCEL_SUBJECTS.into(),
+                format!("{inbox}.>"),
+            ],
+            micro("gantry-trainer"),
+        ]
+        .concat(),
+        responses: true,
+    }
+}
+
+/// Whether `subject` is matched by the NATS pattern `pattern` (`*` one token, `>` the rest).
+pub fn matches(pattern: &str, subject: &str) -> bool {
+    let mut p = pattern.split('.');
+    let mut s = subject.split('.');
+    loop {
+        match (p.next(), s.next()) {
+            (Some(">"), Some(_)) => return true,
+            (Some("*"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+impl Permissions {
+    /// Whether these permissions let a connection publish to `subject` (not counting replies).
+    pub fn may_publish(&self, subject: &str) -> bool {
+        self.publish.iter().any(|p| matches(p, subject))
+            && !self.publish_deny.iter().any(|p| matches(p, subject))
+    }
+
+    /// Whether these permissions let a connection subscribe to `subject`.
+    pub fn may_subscribe(&self, subject: &str) -> bool {
+        self.subscribe.iter().any(|p| matches(p, subject))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NODE: &str = "0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn only_auth_reads_auth_requests_and_only_the_registry_reads_registry_requests() {
+        for r in Role::ALL {
+            let p = role(r);
+            assert_eq!(
+                p.may_subscribe("gantry.auth.v1.verify"),
+                r == Role::Auth,
+                "{r:?}"
+            );
+            assert_eq!(
+                p.may_subscribe("gantry.auth.v1.login"),
+                r == Role::Auth,
+                "{r:?}"
+            );
+            assert_eq!(
+                p.may_subscribe("gantry.registry.v1.nodes.register"),
+                r == Role::Registry,
+                "{r:?}"
+            );
+            assert_eq!(
+                p.may_subscribe("gantry.node.x.heartbeat"),
+                r == Role::Registry,
+                "{r:?}"
+            );
+            assert_eq!(
+                p.may_subscribe(crate::callout::SUBJECT),
+                r == Role::Registry,
+                "{r:?}"
+            );
+        }
+        let node = node(NODE, "_INBOX_Nabc");
+        for s in [
+            "gantry.auth.v1.verify",
+            "gantry.auth.v1.login",
+            "gantry.registry.v1.nodes.register",
+            "gantry.node.other.heartbeat",
+            "gantry.node.other.control",
+            crate::callout::SUBJECT,
+            "_INBOX_api.x",
+            "_INBOX.x",
+        ] {
+            assert!(!node.may_subscribe(s), "a node may subscribe to {s}");
+        }
+    }
+
+    #[test]
+    fn only_the_registry_publishes_control_and_nodes_only_their_own_subjects() {
+        for s in [
+            "gantry.node.x.control",
+            "gantry.control.job.j.cancel",
+            "gantry.status.job.j",
+        ] {
+            for r in Role::ALL {
+                assert_eq!(role(r).may_publish(s), r == Role::Registry, "{r:?} {s}");
+            }
+            assert!(!node(NODE, "_INBOX_Nabc").may_publish(s), "node {s}");
+        }
+        let n = node(NODE, "_INBOX_Nabc");
+        assert!(n.may_publish(&subjects::node_heartbeat(NODE)));
+        assert!(n.may_publish(&jobs::event_subject(NODE, "job1")));
+        assert!(!n.may_publish(&subjects::node_heartbeat("other")));
+        assert!(!n.may_publish(&jobs::event_subject("other", "job1")));
+        assert!(!n.may_publish("gantry.auth.v1.tokens.create"));
+        assert!(!n.may_publish("gantry.registry.v1.cluster_tokens.revoke"));
+        assert!(!n.may_publish("$JS.API.STREAM.DELETE.GANTRY_JOBS"));
+        assert!(!n.may_publish("$JS.API.STREAM.PURGE.GANTRY_JOBS"));
+        assert!(!n.may_publish("gantry.jobs.train.cuda"));
+    }
+
+    #[test]
+    fn the_api_requests_but_announces_nothing() {
+        let api = role(Role::Api);
+        assert!(api.may_publish("gantry.auth.v1.verify"));
+        assert!(api.may_publish("gantry.registry.v1.jobs.create"));
+        assert!(!api.may_publish(auth::REVOCATIONS));
+        assert!(!api.may_publish(subjects::REGISTRY_EVENTS));
+        assert!(api.may_subscribe(auth::REVOCATIONS));
+    }
+
+    #[test]
+    fn node_inboxes_differ_by_token_and_host() {
+        let a = node_inbox("tok-a", "host");
+        assert_eq!(a, node_inbox("tok-a", "host"));
+        assert_ne!(a, node_inbox("tok-b", "host"));
+        assert_ne!(a, node_inbox("tok-a", "other"));
+        assert!(a.starts_with("_INBOX_N") && !a.contains('.'));
+    }
+
+    #[test]
+    fn subject_patterns_match_like_the_server() {
+        assert!(matches("a.*.c", "a.b.c"));
+        assert!(!matches("a.*.c", "a.b.d"));
+        assert!(matches("a.>", "a.b.c"));
+        assert!(!matches("a.>", "a"));
+        assert!(!matches("a.b", "a.b.c"));
+    }
+}
