@@ -20,6 +20,9 @@ export GANTRY_STATE_DIR="${GANTRY_STATE_DIR:-$GANTRY_REPO/.gantry}"
 state_value() { sed -n "s/^$1=//p" "$GANTRY_STATE_DIR/env" 2>/dev/null | tail -1; }
 export NATS_URL="${NATS_URL:-$(state_value NATS_URL)}"
 [ -n "$NATS_URL" ] || die "NATS_URL is unset and $GANTRY_STATE_DIR/env has none: is the stack up?"
+# The node trusts the stack's CA; it needs no key of its own, only the cluster token.
+ca="$(state_value GANTRY_NATS_CA_FILE)"
+if [ -z "${GANTRY_NATS_CA_FILE:-}" ] && [ -n "$ca" ]; then export GANTRY_NATS_CA_FILE="$ca"; fi
 if [ -z "${GANTRY_CLUSTER_TOKEN:-}" ] && [ -s "$GANTRY_STATE_DIR/cluster_token" ]; then
     GANTRY_CLUSTER_TOKEN="$(cat "$GANTRY_STATE_DIR/cluster_token")"
 fi

@@ -49,11 +49,28 @@ wait_port() { # port, what
 }
 
 if [ -z "${NATS_URL:-}" ]; then
+    # Locked down exactly as production: TLS from a local CA, a key per role with its
+    # permissions, nodes admitted by their cluster token through the registry's auth callout.
+    # Generated once into the state directory (keys are kept on later runs).
     port="${GANTRY_NATS_PORT:-4222}"
-    start nats nats-server -a 127.0.0.1 -p "$port" -js -sd "$GANTRY_STATE_DIR/nats"
+    BUS="$GANTRY_STATE_DIR/bus"
+    "$BIN/gantry-registry" bus-config --dir "$BUS" --listen "127.0.0.1:$port" \
+        --store-dir "$GANTRY_STATE_DIR/nats" >/dev/null || die "could not generate the NATS configuration"
+    start nats nats-server -c "$BUS/nats-server.conf"
     wait_port "$port" nats-server
     export NATS_URL="nats://127.0.0.1:$port"
+    export GANTRY_NATS_CA_FILE="$BUS/tls/ca.pem"
 fi
+# Each role's key, when the stack's own NATS (or the caller's GANTRY_BUS_DIR) has them.
+BUS="${BUS:-${GANTRY_BUS_DIR:-}}"
+role_env() { # role: the variables its service connects with
+    [ -n "$BUS" ] || return 0
+    echo "GANTRY_NATS_NKEY_FILE=$BUS/keys/$1.nk"
+    if [ "$1" = registry ]; then
+        echo "GANTRY_CALLOUT_ISSUER_FILE=$BUS/keys/callout-issuer.nk"
+        echo "GANTRY_NATS_SYSTEM_NKEY_FILE=$BUS/keys/registry-system.nk"
+    fi
+}
 if [ -z "${MONGODB_URI:-}" ]; then
     port="${GANTRY_STORE_PORT:-27017}"
     mkdir -p "$GANTRY_STATE_DIR/store"
@@ -88,9 +105,12 @@ host="${GANTRY_HTTP_ADDR%:*}"; [ "$host" = 0.0.0.0 ] && host=127.0.0.1
 API_URL="${GANTRY_PUBLIC_URL:-http://$host:${GANTRY_HTTP_ADDR##*:}}"
 
 # Each service keeps its own OTEL_SERVICE_NAME, whatever the caller set.
-start auth env OTEL_SERVICE_NAME=gantry-auth "$BIN/gantry-auth"
-start registry env OTEL_SERVICE_NAME=gantry-registry "$BIN/gantry-registry"
-start api env OTEL_SERVICE_NAME=gantry-api "$BIN/gantry-api"
+# shellcheck disable=SC2046
+start auth env OTEL_SERVICE_NAME=gantry-auth $(role_env auth) "$BIN/gantry-auth"
+# shellcheck disable=SC2046
+start registry env OTEL_SERVICE_NAME=gantry-registry $(role_env registry) "$BIN/gantry-registry"
+# shellcheck disable=SC2046
+start api env OTEL_SERVICE_NAME=gantry-api $(role_env api) "$BIN/gantry-api"
 
 ready=""
 for _ in $(seq 1 300); do
@@ -103,6 +123,8 @@ umask 077
 cat >"$GANTRY_STATE_DIR/env" <<ENV
 GANTRY_API_URL=$API_URL
 NATS_URL=$NATS_URL
+GANTRY_NATS_CA_FILE=${GANTRY_NATS_CA_FILE:-}
+GANTRY_BUS_DIR=$BUS
 MONGODB_URI=$MONGODB_URI
 GANTRY_DATA_ROOT=$GANTRY_DATA_ROOT
 GANTRY_ADMIN_USER=$GANTRY_ADMIN_USER
@@ -112,7 +134,8 @@ umask 022
 
 # --- cluster (issue 4): a cluster token named `local`, kept in the state dir, and one local
 # trainer node joining with it. deploy/local/trainer.sh starts more.
-"$BIN/gantry-registry" ensure-token local --file "$GANTRY_STATE_DIR/cluster_token" \
+# shellcheck disable=SC2046
+env $(role_env registry) "$BIN/gantry-registry" ensure-token local --file "$GANTRY_STATE_DIR/cluster_token" \
     || die "could not create the local cluster token (see $GANTRY_STATE_DIR/logs/registry.log)"
 mkdir -p "$GANTRY_STATE_DIR/nodes/local/cache"
 start trainer env OTEL_SERVICE_NAME=gantry-trainer GANTRY_NODE_NAME=local \

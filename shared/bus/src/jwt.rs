@@ -82,7 +82,7 @@ pub fn decode(token: &str, issuer_prefix: char, now: i64) -> Result<Value, JwtEr
         )));
     }
     let key = KeyPair::from_public_key(iss).map_err(|e| JwtError::Signature(e.to_string()))?;
-    key.verify(token[..header.len() + 1 + payload.len()].as_bytes(), &sig)
+    key.verify(&token.as_bytes()[..header.len() + 1 + payload.len()], &sig)
         .map_err(|e| JwtError::Signature(e.to_string()))?;
     if let Some(exp) = claims["exp"].as_i64() {
         if exp > 0 && exp < now {
