@@ -16,6 +16,7 @@ use gantry_contracts::jobs::{
 use gantry_contracts::registry::{ClusterToken, RegisterNode, Registered, RevokeClusterToken};
 use gantry_contracts::subjects::{self, registry as ep};
 use gantry_testing::{wait_until, TestStack};
+use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 const LIMIT: Duration = Duration::from_secs(240);
@@ -274,6 +275,30 @@ async fn the_api_credentials_cannot_answer_auth_or_registry_requests() {
         }
         // The services themselves still answer.
         stack.create_token("still-works").await;
+
+        // An operator's monitoring key reaches $SRV and nothing else.
+        let seed = std::fs::read_to_string(stack.nats.layout().role_seed(Role::Monitor)).unwrap();
+        let (monitor, mut events) = watched(
+            stack
+                .nats
+                .options()
+                .nkey(seed.trim().to_owned())
+                .custom_inbox_prefix(gantry_bus::permissions::inbox_prefix(Role::Monitor)),
+            &url,
+        )
+        .await
+        .expect("the monitoring key connects");
+        let info = monitor
+            .request("$SRV.INFO.gantry-auth", "".into())
+            .await
+            .expect("$SRV.INFO answers the monitoring key");
+        let info: serde_json::Value = serde_json::from_slice(&info.payload).unwrap();
+        assert_eq!(info["name"], "gantry-auth");
+        monitor
+            .publish(subjects::auth(subjects::auth::USERS_LIST), "{}".into())
+            .await
+            .unwrap();
+        expect_event(&mut events, "Permissions Violation for Publish").await;
     })
     .await;
 }
@@ -418,6 +443,88 @@ async fn a_nodes_forged_events_change_nothing_and_are_logged_with_its_id() {
             .filter(|l| l.contains("refused a job event") && l.contains(&forger_id))
             .count();
         assert_eq!(refusals, 6, "{log}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_completion_whose_stored_weights_do_not_match_fails_the_job_and_lists_nothing() {
+    TestStack::run(LIMIT, |mut stack| async move {
+        stack.start_core().await;
+        let token = stack.create_token("sec").await;
+        let url = stack.nats.url();
+        let (node, _events) = watched(node_options(&stack, "gpu-w", &token.token), &url)
+            .await
+            .unwrap();
+        let node_id = register(&node, &token.token, "gpu-w").await;
+        let js = async_nats::jetstream::new(node.clone());
+        let job = TrainJob {
+            job_id: "weighed".into(),
+            user_id: 1,
+            output_model: "W".into(),
+            description: String::new(),
+            driver: JobDriver::Cpu,
+            dataset_hash: "0".repeat(64),
+            classes: vec!["a".into(), "b".into()],
+            params: TrainParams::default(),
+            submitted_at: Utc::now(),
+        };
+        let _: JobRecord = stack
+            .registry_call(
+                jobs::subjects::JOBS_CREATE,
+                &JobRecord::queued(&job, "/d", 0),
+            )
+            .await
+            .unwrap();
+        publish(&js, &node_id, &started("weighed", &node_id, 1)).await;
+
+        // The node stores some weights under the job's key, then reports other ones.
+        let key = jobs::weights_key("weighed", 1);
+        let store = js.get_object_store(jobs::MODELS_BUCKET).await.unwrap();
+        store
+            .put(key.as_str(), &mut &b"real weights"[..])
+            .await
+            .unwrap();
+        let other = b"other weights";
+        let mut card = gantry_contracts::models::ModelCard {
+            weights_sha256: hex::encode(Sha256::digest(other)),
+            weights_bytes: other.len() as u64,
+            ..Default::default()
+        };
+        card.classes = vec!["a".into(), "b".into()];
+        let completed = JobEventKind::Completed {
+            model: Box::new(ModelVersion {
+                name: "W".into(),
+                version: 0,
+                user_id: 1,
+                job_id: "weighed".into(),
+                weights_key: key.clone(),
+                card,
+                val_accuracy: 1.0,
+                created_at: Utc::now().into(),
+            }),
+        };
+        publish(&js, &node_id, &event("weighed", 1, completed)).await;
+
+        let job = wait_until(Duration::from_secs(20), || async {
+            let job = read_job(&stack, "weighed").await;
+            job.status.is_final().then_some(job)
+        })
+        .await
+        .expect("the job ends");
+        assert_eq!(job.status, JobStatus::Failed, "{job:?}");
+        assert!(job.model.is_none());
+        let gone = wait_until(Duration::from_secs(10), || async {
+            let info = store.info(key.as_str()).await;
+            info.is_ok_and(|i| i.deleted).then_some(())
+        })
+        .await;
+        assert!(gone.is_some(), "the mismatching weights are still stored");
+        let log = stack.registry().output();
+        assert!(
+            log.contains("refused a completion whose weights do not match"),
+            "{log}"
+        );
     })
     .await;
 }

@@ -11,8 +11,8 @@ use chrono::Utc;
 use futures::TryStreamExt;
 use gantry_contracts::auth::{CreditChange, CreditResult};
 use gantry_contracts::jobs::{
-    self, FailJob, JobDriver, JobEvent, JobEventKind, JobList, JobQuery, JobRecord, JobRef,
-    JobStatus, WaitingReason,
+    self, FailJob, FailureKind, JobDriver, JobEvent, JobEventKind, JobList, JobQuery, JobRecord,
+    JobRef, JobStatus, WaitingReason,
 };
 use gantry_contracts::subjects;
 use gantry_runtime::events::EventPublisher;
@@ -484,6 +484,38 @@ impl Jobs {
         }
         // A completion is listed under its version before the job reads completed, so whoever
         // sees the job completed can list and download its model.
+        // Its weights must be what the node reports (digest and size) before they are listed;
+        // if not, this delivery failed (the job is refunded) and the stored object goes.
+        if let JobEventKind::Completed { model } = &event.kind {
+            if let Err(why) = self.models.check_weights(model).await? {
+                tracing::warn!(
+                    job_id = current.job_id,
+                    node_id = sender,
+                    delivery = event.delivery,
+                    reason = why,
+                    "refused a completion whose weights do not match"
+                );
+                let failed = Transition::Failed {
+                    delivery: event.delivery,
+                    error: format!("the uploaded weights do not match the completion: {why}"),
+                    kind: FailureKind::Crash,
+                };
+                self.models.drop_weights(late_weights, None).await;
+                return match self.transition(&event.job_id, &failed).await {
+                    Ok(Outcome::Changed(job, effects)) => {
+                        match self.carry_out(job, effects).await {
+                            (_, true) => Ok(()),
+                            (job, false) => Err(RegistryError::Unavailable(format!(
+                                "job {} is not settled yet",
+                                job.job_id
+                            ))),
+                        }
+                    }
+                    Ok(Outcome::Refused(..)) | Err(RegistryError::NotFound(_)) => Ok(()),
+                    Err(e) => Err(e),
+                };
+            }
+        }
         let listed = match &event.kind {
             JobEventKind::Completed { model } => {
                 Some(self.models.list_version(&current, model).await?)

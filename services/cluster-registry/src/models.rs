@@ -7,6 +7,8 @@
 //! - `version_reservations`: `{_id: <job id>, version}`, the number a job's completion got.
 
 use async_nats::jetstream;
+use base64::engine::general_purpose::URL_SAFE;
+use base64::Engine as _;
 use chrono::Utc;
 use futures::TryStreamExt;
 use gantry_contracts::jobs::{
@@ -124,6 +126,48 @@ impl Models {
             self.models().insert_one(&d).await?;
         }
         Ok(())
+    }
+
+    /// Whether the stored weights of `model` have the digest and size its card reports:
+    /// `Ok(Err(why))` when not (or when they are missing), `Err` when the store cannot say now.
+    pub async fn check_weights(
+        &self,
+        model: &ModelVersion,
+    ) -> Result<Result<(), String>, RegistryError> {
+        let card = &model.card;
+        let Ok(expected) = hex::decode(&card.weights_sha256) else {
+            return Ok(Err("the digest is not hex".into()));
+        };
+        if expected.len() != 32 {
+            return Ok(Err("no SHA-256 digest was reported".into()));
+        }
+        let js = jetstream::new(self.registry.client().clone());
+        let store = gantry_runtime::jetstream::bucket_store(&js, jobs::MODELS_BUCKET)
+            .await
+            .map_err(|e| RegistryError::Unavailable(format!("{e:#}")))?;
+        let info = match store.info(&model.weights_key).await {
+            Ok(info) => info,
+            Err(e) if e.kind() == jetstream::object_store::InfoErrorKind::NotFound => {
+                return Ok(Err("no weights are stored under the job's key".into()))
+            }
+            Err(e) => {
+                return Err(RegistryError::Unavailable(format!(
+                    "reading the weights' digest: {e}"
+                )))
+            }
+        };
+        let stored = info.digest.unwrap_or_default();
+        let reported = format!("SHA-256={}", URL_SAFE.encode(&expected));
+        if stored != reported {
+            return Ok(Err(format!("stored digest {stored}, reported {reported}")));
+        }
+        if info.size as u64 != card.weights_bytes {
+            return Ok(Err(format!(
+                "stored {} bytes, reported {}",
+                info.size, card.weights_bytes
+            )));
+        }
+        Ok(Ok(()))
     }
 
     /// Withdraw a version whose job ended another way, and remove its weights.

@@ -34,6 +34,7 @@ use gantry_contracts::subjects;
 use gantry_runtime::dataset::SnapshotHash;
 use gantry_runtime::events::{EventPublisher, Retry};
 use gantry_runtime::{metrics, nats, telemetry};
+use sha2::Digest as _;
 use tokio::sync::mpsc;
 use tokio_util::task::AbortOnDropHandle;
 use tracing::Instrument;
@@ -248,10 +249,13 @@ impl JobRunner {
             return Outcome::Retry(format!("uploading the weights: {e:#}"));
         }
         let val_accuracy = model.card.final_val_accuracy().unwrap_or(0.0);
-        let card = match model_card(model.card, job, &snapshot, &self.config.node_name) {
+        let mut card = match model_card(model.card, job, &snapshot, &self.config.node_name) {
             Ok(card) => card,
             Err(e) => return Outcome::Retry(format!("writing the model card: {e}")),
         };
+        // What the registry checks the stored object against before listing the version.
+        card.weights_sha256 = hex::encode(sha2::Sha256::digest(&model.weights));
+        card.weights_bytes = model.weights.len() as u64;
         Outcome::Completed(Box::new(ModelVersion {
             name: job.output_model.clone(),
             version: 0,

@@ -68,6 +68,13 @@ pub struct ModelCard {
     pub job_id: String,
     /// Node that trained it.
     pub node: String,
+    /// SHA-256 of the weights file, in hex, as the node that uploaded it reports it; the
+    /// registry lists a version only when the stored weights have this digest and size.
+    #[serde(default)]
+    pub weights_sha256: String,
+    /// Size of the weights file in bytes.
+    #[serde(default)]
+    pub weights_bytes: u64,
 }
 
 /// Per-channel normalisation applied after scaling pixels to `[0, 1]`: `(x - mean) / std`.
