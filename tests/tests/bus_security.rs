@@ -480,7 +480,7 @@ async fn a_completion_whose_stored_weights_do_not_match_fails_the_job_and_lists_
 
         // The node stores some weights under the job's key, then reports other ones.
         let key = jobs::weights_key("weighed", 1);
-        let store = js.get_object_store(jobs::MODELS_BUCKET).await.unwrap();
+        let store = js.get_object_store(jobs::UPLOADS_BUCKET).await.unwrap();
         store
             .put(key.as_str(), &mut &b"real weights"[..])
             .await

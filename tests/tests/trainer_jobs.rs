@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
-use gantry_contracts::jobs::{self, JobEventKind, MODELS_BUCKET};
+use gantry_contracts::jobs::{self, JobEventKind, MODELS_BUCKET, UPLOADS_BUCKET};
 use gantry_contracts::registry::{ClusterNodes, Empty};
 use gantry_contracts::subjects;
 use gantry_testing::{
@@ -57,11 +57,11 @@ async fn a_submitted_job_is_trained_and_its_model_version_downloads_as_safetenso
         let id = stack.submit(json!({"output_model": "shapes", "train_path": "/shapes", "epochs": 2, "image_size": 32, "batch_size": 16}))
             .await;
         // What a node that lost its lease on a second delivery would have left behind.
-        let models = jetstream::new(stack.client().clone())
-            .get_object_store(MODELS_BUCKET)
+        let uploads = jetstream::new(stack.client().clone())
+            .get_object_store(UPLOADS_BUCKET)
             .await
-            .expect("models bucket");
-        models
+            .expect("uploads bucket");
+        uploads
             .put(
                 jobs::weights_key(&id, 2).as_str(),
                 &mut &b"stale weights"[..],
@@ -82,7 +82,7 @@ async fn a_submitted_job_is_trained_and_its_model_version_downloads_as_safetenso
         assert_eq!(model["job_id"], id.as_str());
         assert_eq!(model["weights_key"], jobs::weights_key(&id, 1));
         let dropped = wait_until(Duration::from_secs(10), || async {
-            let gone = match models.info(jobs::weights_key(&id, 2)).await {
+            let gone = match uploads.info(jobs::weights_key(&id, 2)).await {
                 Ok(info) => info.deleted,
                 Err(e) => e.kind() == async_nats::jetstream::object_store::InfoErrorKind::NotFound,
             };
@@ -90,6 +90,12 @@ async fn a_submitted_job_is_trained_and_its_model_version_downloads_as_safetenso
         })
         .await;
         assert!(dropped.is_some(), "the other delivery's weights were kept");
+        // The listed version's weights were copied into the models bucket, where only the
+        // registry writes.
+        let models = jetstream::new(stack.client().clone())
+            .get_object_store(MODELS_BUCKET)
+            .await
+            .expect("models bucket");
         assert!(models
             .info(jobs::weights_key(&id, 1))
             .await

@@ -484,10 +484,11 @@ impl Jobs {
         }
         // A completion is listed under its version before the job reads completed, so whoever
         // sees the job completed can list and download its model.
-        // Its weights must be what the node reports (digest and size) before they are listed;
-        // if not, this delivery failed (the job is refunded) and the stored object goes.
+        // Its weights must be what the node reports (digest and size) before they are copied
+        // where only the registry writes and listed; if not, this delivery failed (the job is
+        // refunded) and the upload goes.
         if let JobEventKind::Completed { model } = &event.kind {
-            if let Err(why) = self.models.check_weights(model).await? {
+            if let Err(why) = self.models.take_weights(model).await? {
                 tracing::warn!(
                     job_id = current.job_id,
                     node_id = sender,

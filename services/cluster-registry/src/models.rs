@@ -6,7 +6,7 @@
 //! - `counters`: `{_id: "model:<name>", n}` numbers a model's versions ([`Counter`]).
 //! - `version_reservations`: `{_id: <job id>, version}`, the number a job's completion got.
 
-use async_nats::jetstream;
+use async_nats::jetstream::{self, object_store};
 use base64::engine::general_purpose::URL_SAFE;
 use base64::Engine as _;
 use chrono::Utc;
@@ -128,9 +128,11 @@ impl Models {
         Ok(())
     }
 
-    /// Whether the stored weights of `model` have the digest and size its card reports:
-    /// `Ok(Err(why))` when not (or when they are missing), `Err` when the store cannot say now.
-    pub async fn check_weights(
+    /// Take a completion's weights into the models bucket: the upload under its key must have
+    /// the digest and size its card reports, and is then copied where only the registry writes
+    /// (and removed from the uploads). `Ok(Err(why))` when they do not match or are missing;
+    /// `Err` when the store cannot say now. Repeatable: weights already copied count.
+    pub async fn take_weights(
         &self,
         model: &ModelVersion,
     ) -> Result<Result<(), String>, RegistryError> {
@@ -141,31 +143,60 @@ impl Models {
         if expected.len() != 32 {
             return Ok(Err("no SHA-256 digest was reported".into()));
         }
+        let reported = format!("SHA-256={}", URL_SAFE.encode(&expected));
+        let matches = |info: &object_store::ObjectInfo| {
+            !info.deleted
+                && info.digest.as_deref() == Some(reported.as_str())
+                && info.size as u64 == card.weights_bytes
+        };
+        let unavailable = |what: &str, e: &dyn std::fmt::Display| {
+            RegistryError::Unavailable(format!("{what}: {e}"))
+        };
         let js = jetstream::new(self.registry.client().clone());
-        let store = gantry_runtime::jetstream::bucket_store(&js, jobs::MODELS_BUCKET)
+        let models = gantry_runtime::jetstream::bucket_store(&js, jobs::MODELS_BUCKET)
             .await
-            .map_err(|e| RegistryError::Unavailable(format!("{e:#}")))?;
-        let info = match store.info(&model.weights_key).await {
-            Ok(info) => info,
-            Err(e) if e.kind() == jetstream::object_store::InfoErrorKind::NotFound => {
+            .map_err(|e| unavailable("the models bucket", &e))?;
+        if models
+            .info(&model.weights_key)
+            .await
+            .is_ok_and(|i| matches(&i))
+        {
+            return Ok(Ok(()));
+        }
+        let uploads = gantry_runtime::jetstream::bucket_store(&js, jobs::UPLOADS_BUCKET)
+            .await
+            .map_err(|e| unavailable("the uploads bucket", &e))?;
+        let info = match uploads.info(&model.weights_key).await {
+            Ok(info) if !info.deleted => info,
+            Ok(_) => return Ok(Err("no weights are stored under the job's key".into())),
+            Err(e) if e.kind() == object_store::InfoErrorKind::NotFound => {
                 return Ok(Err("no weights are stored under the job's key".into()))
             }
-            Err(e) => {
-                return Err(RegistryError::Unavailable(format!(
-                    "reading the weights' digest: {e}"
-                )))
-            }
+            Err(e) => return Err(unavailable("reading the weights' digest", &e)),
         };
-        let stored = info.digest.unwrap_or_default();
-        let reported = format!("SHA-256={}", URL_SAFE.encode(&expected));
-        if stored != reported {
-            return Ok(Err(format!("stored digest {stored}, reported {reported}")));
-        }
-        if info.size as u64 != card.weights_bytes {
+        if !matches(&info) {
             return Ok(Err(format!(
-                "stored {} bytes, reported {}",
-                info.size, card.weights_bytes
+                "stored {} bytes with {}, reported {} bytes with {reported}",
+                info.size,
+                info.digest.unwrap_or_default(),
+                card.weights_bytes
             )));
+        }
+        let mut upload = uploads
+            .get(&model.weights_key)
+            .await
+            .map_err(|e| unavailable("reading the uploaded weights", &e))?;
+        let copied = models
+            .put(model.weights_key.as_str(), &mut upload)
+            .await
+            .map_err(|e| unavailable("copying the weights", &e))?;
+        if !matches(&copied) {
+            // Changed between the check and the copy: this copy never counts.
+            let _ = models.delete(&model.weights_key).await;
+            return Ok(Err("the upload changed while it was copied".into()));
+        }
+        if let Err(e) = uploads.delete(&model.weights_key).await {
+            tracing::warn!(key = model.weights_key, error = %e, "could not remove an upload that was copied");
         }
         Ok(Ok(()))
     }
@@ -224,17 +255,24 @@ impl Models {
             return;
         }
         let js = jetstream::new(self.registry.client().clone());
-        let Ok(store) = gantry_runtime::jetstream::bucket_store(&js, jobs::MODELS_BUCKET).await
-        else {
-            return;
-        };
-        for key in keys {
-            if store.info(&key).await.is_ok_and(|i| !i.deleted) {
-                match store.delete(&key).await {
-                    Ok(()) => {
-                        tracing::info!(key, "removed weights that belong to no model version")
+        for bucket in [jobs::MODELS_BUCKET, jobs::UPLOADS_BUCKET] {
+            let Ok(store) = gantry_runtime::jetstream::bucket_store(&js, bucket).await else {
+                continue;
+            };
+            for key in &keys {
+                if store.info(key).await.is_ok_and(|i| !i.deleted) {
+                    match store.delete(key).await {
+                        Ok(()) => {
+                            tracing::info!(
+                                key,
+                                bucket,
+                                "removed weights that belong to no model version"
+                            )
+                        }
+                        Err(e) => {
+                            tracing::warn!(key, bucket, error = %e, "could not remove unused weights")
+                        }
                     }
-                    Err(e) => tracing::warn!(key, error = %e, "could not remove unused weights"),
                 }
             }
         }

@@ -1,10 +1,10 @@
-//! Checkpoint I/O: a job's last checkpoint lives in the models bucket under
+//! Checkpoint I/O: a job's last checkpoint lives in the uploads bucket under
 //! [`checkpoint_key`], so whichever node runs the job next resumes from it. Read before training,
 //! written after every epoch, deleted once the job is over.
 
 use anyhow::Context as _;
 use async_nats::jetstream::{self, object_store::GetErrorKind, object_store::ObjectStore};
-use gantry_contracts::jobs::{checkpoint_key, MODELS_BUCKET};
+use gantry_contracts::jobs::{checkpoint_key, UPLOADS_BUCKET};
 use gantry_training::Checkpoint;
 use tokio::io::AsyncReadExt;
 
@@ -21,7 +21,7 @@ impl Checkpoints {
     }
 
     async fn store(&self) -> anyhow::Result<ObjectStore> {
-        gantry_runtime::jetstream::bucket_store(&self.js, MODELS_BUCKET).await
+        gantry_runtime::jetstream::bucket_store(&self.js, UPLOADS_BUCKET).await
     }
 
     /// The job's last checkpoint; `None` when it has none, or one this build cannot read (the
@@ -50,7 +50,7 @@ impl Checkpoints {
     /// Store `bytes` (a serialised [`Checkpoint`]) as the job's checkpoint.
     pub async fn write(&self, job_id: &str, bytes: &[u8]) -> anyhow::Result<()> {
         let key = checkpoint_key(job_id);
-        gantry_runtime::jetstream::put_object(&self.js, MODELS_BUCKET, &key, &mut &bytes[..]).await
+        gantry_runtime::jetstream::put_object(&self.js, UPLOADS_BUCKET, &key, &mut &bytes[..]).await
     }
 
     /// Remove the job's checkpoint, if any; a failure leaves it (it is only wasted space).

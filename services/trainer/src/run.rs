@@ -27,7 +27,7 @@ use chrono::Utc;
 use gantry_contracts::error::ErrorCode;
 use gantry_contracts::jobs::{
     self as contract, FailureKind, JobEventKind, JobRecord, JobRef, ModelVersion, TrainJob,
-    MAX_DELIVER, MODELS_BUCKET,
+    MAX_DELIVER, UPLOADS_BUCKET,
 };
 use gantry_contracts::registry::Driver;
 use gantry_contracts::subjects;
@@ -269,7 +269,8 @@ impl JobRunner {
     }
 
     async fn upload_weights(&self, key: &str, weights: &[u8]) -> anyhow::Result<()> {
-        gantry_runtime::jetstream::put_object(&self.js, MODELS_BUCKET, key, &mut &weights[..]).await
+        gantry_runtime::jetstream::put_object(&self.js, UPLOADS_BUCKET, key, &mut &weights[..])
+            .await
     }
 
     /// Carry out `outcome`: its event, then the message's ack, nak or term.

@@ -8,7 +8,8 @@
 //! - every role has its own reply inbox prefix and may read only that, so no role can read
 //!   another's replies (a login's session, a verify's principal);
 //! - a node may publish only on its own subjects (`gantry.node.<id>.heartbeat`,
-//!   `gantry.events.node.<id>.job.*`) and reads only its own control subject and inbox.
+//!   `gantry.events.node.<id>.job.*`) and reads only its own control subject and inbox; it
+//!   writes the uploads bucket, never the models bucket.
 
 use gantry_contracts::{auth, jobs, subjects};
 use serde::Serialize;
@@ -204,12 +205,15 @@ pub fn node(node_id: &str, inbox: &str) -> Permissions {
         format!("$JS.API.CONSUMER.INFO.{jobs_stream}.*"),
         format!("$JS.API.CONSUMER.MSG.NEXT.{jobs_stream}.*"),
         format!("$JS.ACK.{jobs_stream}.>"),
-        format!("$O.{}.C.>", jobs::MODELS_BUCKET),
-        format!("$O.{}.M.>", jobs::MODELS_BUCKET),
-        format!("$JS.API.STREAM.PURGE.OBJ_{}", jobs::MODELS_BUCKET),
+        // Its weights and checkpoints go to the uploads bucket (replacing an object purges its
+        // old chunks); the registry copies checked weights into the models bucket, which no
+        // node can write.
+        format!("$O.{}.C.>", jobs::UPLOADS_BUCKET),
+        format!("$O.{}.M.>", jobs::UPLOADS_BUCKET),
+        format!("$JS.API.STREAM.PURGE.OBJ_{}", jobs::UPLOADS_BUCKET),
     ];
     publish.extend(read_objects(jobs::DATASETS_BUCKET));
-    publish.extend(read_objects(jobs::MODELS_BUCKET));
+    publish.extend(read_objects(jobs::UPLOADS_BUCKET));
     Permissions {
         publish,
         publish_deny: vec![],
@@ -327,6 +331,11 @@ mod tests {
         assert!(!n.may_publish("$JS.API.STREAM.DELETE.GANTRY_JOBS"));
         assert!(!n.may_publish("$JS.API.STREAM.PURGE.GANTRY_JOBS"));
         assert!(!n.may_publish("gantry.jobs.train.cuda"));
+        // Listed models are the registry's alone.
+        assert!(!n.may_publish("$O.gantry-models.M.x"));
+        assert!(!n.may_publish("$JS.API.STREAM.PURGE.OBJ_gantry-models"));
+        assert!(!n.may_publish("$JS.API.DIRECT.GET.OBJ_gantry-models.x"));
+        assert!(n.may_publish("$O.gantry-uploads.C.x"));
     }
 
     #[test]

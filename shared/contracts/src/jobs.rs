@@ -65,8 +65,12 @@ pub fn dead_event_subject(job_id: &str) -> String {
 pub const EVENTS_CONSUMER: &str = "registry-job-events";
 /// Object store of dataset snapshots, keyed by content hash (`<sha256>.tar`).
 pub const DATASETS_BUCKET: &str = "gantry-datasets";
-/// Object store of model weights, cards and checkpoints.
+/// Object store of listed model versions' weights; only the registry writes it, copying a
+/// completion's weights from [`UPLOADS_BUCKET`] once their digest and size check out.
 pub const MODELS_BUCKET: &str = "gantry-models";
+/// Object store the nodes write to: each delivery's weights and each job's checkpoint. A node
+/// cannot write (or purge) [`MODELS_BUCKET`], so no node can touch a listed model.
+pub const UPLOADS_BUCKET: &str = "gantry-uploads";
 /// How long a trainer may go without acking before its job is redelivered, seconds. Trainers
 /// send in-progress acks at a third of this.
 pub const ACK_WAIT_SECS: u64 = 30;

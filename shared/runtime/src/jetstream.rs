@@ -10,7 +10,7 @@ use async_nats::jetstream::{self, consumer, object_store, stream};
 use gantry_contracts::jobs::{
     self, JobDriver, ACK_WAIT_SECS, DATASETS_BUCKET, DEAD_EVENTS_STREAM,
     DEAD_EVENTS_STREAM_SUBJECTS, EVENTS_STREAM, EVENTS_STREAM_SUBJECTS, JOBS_STREAM,
-    JOBS_STREAM_SUBJECTS, MAX_DELIVER, MODELS_BUCKET,
+    JOBS_STREAM_SUBJECTS, MAX_DELIVER, MODELS_BUCKET, UPLOADS_BUCKET,
 };
 
 /// The job stream's configuration: a work queue, deduplicated by job id for ten minutes.
@@ -96,7 +96,7 @@ pub async fn ensure(js: &jetstream::Context) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("creating the {} consumer", jobs::train_consumer(driver)))?;
     }
-    for bucket in [DATASETS_BUCKET, MODELS_BUCKET] {
+    for bucket in [DATASETS_BUCKET, MODELS_BUCKET, UPLOADS_BUCKET] {
         bucket_store(js, bucket).await?;
     }
     Ok(())

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer};
 use futures::StreamExt;
-use gantry_contracts::jobs::{self, JobEvent, EVENTS_STREAM, JOBS_STREAM, MODELS_BUCKET};
+use gantry_contracts::jobs::{self, JobEvent, EVENTS_STREAM, JOBS_STREAM, UPLOADS_BUCKET};
 use gantry_training::synthetic::{generate, SyntheticSpec};
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -162,13 +162,13 @@ impl TestStack {
         stream.info().await.expect("stream info").state.messages
     }
 
-    /// Whether the job's checkpoint is in the models bucket.
+    /// Whether the job's checkpoint is in the uploads bucket.
     pub async fn checkpoint_exists(&self, id: &str) -> bool {
         let js = jetstream::new(self.client.clone());
         let store = js
-            .get_object_store(MODELS_BUCKET)
+            .get_object_store(UPLOADS_BUCKET)
             .await
-            .expect("models bucket");
+            .expect("uploads bucket");
         store
             .info(jobs::checkpoint_key(id))
             .await

@@ -6,6 +6,7 @@
 //!
 //! Run through `bench/events_load.sh`, which starts NATS, the store and a release registry.
 
+use sha2::Digest as _;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -60,6 +61,9 @@ fn record(job_id: &str) -> JobRecord {
 }
 
 /// The `step`th of `n` events of a job.
+/// The weights every load job completes with.
+const WEIGHTS: &[u8] = b"load-test weights";
+
 fn event(job_id: &str, step: usize, n: usize) -> JobEvent {
     let kind = if step == 0 {
         JobEventKind::Started {
@@ -76,7 +80,11 @@ fn event(job_id: &str, step: usize, n: usize) -> JobEvent {
                 user_id: 1,
                 job_id: job_id.into(),
                 weights_key: jobs::weights_key(job_id, 1),
-                card: jobs::ModelCard::default(),
+                card: jobs::ModelCard {
+                    weights_sha256: hex::encode(sha2::Sha256::digest(WEIGHTS)),
+                    weights_bytes: WEIGHTS.len() as u64,
+                    ..Default::default()
+                },
                 val_accuracy: 0.9,
                 created_at: Utc::now().into(),
             }),
@@ -169,6 +177,15 @@ async fn main() -> anyhow::Result<()> {
         .into_iter()
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| anyhow::anyhow!("recording the jobs: {e}"))?;
+    // Each job's weights, as a trainer uploads them: the registry checks and copies them
+    // before it lists the version.
+    let uploads = gantry_runtime::jetstream::bucket_store(&js, jobs::UPLOADS_BUCKET).await?;
+    for id in &ids {
+        uploads
+            .put(jobs::weights_key(id, 1).as_str(), &mut &WEIGHTS[..])
+            .await
+            .map_err(|e| anyhow::anyhow!("uploading weights: {e}"))?;
+    }
 
     // Interleaved, as concurrently running jobs publish them.
     let total = args.jobs * args.events_per_job;
