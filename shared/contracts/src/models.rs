@@ -70,11 +70,15 @@ pub struct ModelCard {
     pub node: String,
     /// SHA-256 of the weights file, in hex, as the node that uploaded it reports it; the
     /// registry lists a version only when the stored weights have this digest and size.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub weights_sha256: String,
     /// Size of the weights file in bytes.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub weights_bytes: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Per-channel normalisation applied after scaling pixels to `[0, 1]`: `(x - mean) / std`.
