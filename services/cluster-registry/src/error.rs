@@ -23,7 +23,18 @@ pub enum RegistryError {
     Unavailable(String),
     /// Anything else (500).
     #[error(transparent)]
-    Unexpected(#[from] anyhow::Error),
+    Unexpected(anyhow::Error),
+}
+
+impl From<anyhow::Error> for RegistryError {
+    /// A store error keeps its meaning through the context added on the way (an unreachable
+    /// store is a 503 however deep it was met); anything else is unexpected.
+    fn from(e: anyhow::Error) -> Self {
+        match e.downcast::<mongodb::error::Error>() {
+            Ok(store) => store.into(),
+            Err(e) => RegistryError::Unexpected(e),
+        }
+    }
 }
 
 impl From<mongodb::error::Error> for RegistryError {

@@ -159,31 +159,47 @@ pub struct Store {
 impl Store {
     /// Start and wait until it accepts connections.
     pub async fn start() -> Self {
-        let dir = TempDir::new().unwrap();
-        let port = free_port();
-        let data: PathBuf = dir.path().join("data");
+        let mut store = Self {
+            port: free_port(),
+            dir: TempDir::new().unwrap(),
+            child: None,
+        };
+        store.restart().await;
+        store
+    }
+
+    /// Kill the server (its data stays).
+    pub fn stop(&mut self) {
+        kill(&mut self.child);
+    }
+
+    /// Start it again on the same port with the same data.
+    pub async fn restart(&mut self) {
+        self.stop();
+        let data: PathBuf = self.dir.path().join("data");
         std::fs::create_dir_all(&data).unwrap();
         let child = Command::new(tool("nx-27017"))
-            .args(["--host", "127.0.0.1", "-p", &port.to_string(), "--data-dir"])
+            .args([
+                "--host",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "--data-dir",
+            ])
             .arg(&data)
             .arg("--log-file")
-            .arg(dir.path().join("store.log"))
+            .arg(self.dir.path().join("store.log"))
             .arg("--pid-file")
-            .arg(dir.path().join("store.pid"))
+            .arg(self.dir.path().join("store.pid"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start nx-27017");
-        let store = Self {
-            port,
-            dir,
-            child: Some(child),
-        };
+        self.child = Some(child);
         assert!(
-            wait_for_port(port, Duration::from_secs(30)).await,
+            wait_for_port(self.port, Duration::from_secs(30)).await,
             "nx-27017 did not start"
         );
-        store
     }
 
     /// `mongodb://127.0.0.1:<port>/?directConnection=true`.

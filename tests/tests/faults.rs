@@ -1,0 +1,149 @@
+//! Faults an operator meets: NATS restarting mid-run, the store going away. Nothing acknowledged
+//! is lost, every service comes back by itself, and while a dependency is down every answer is a
+//! 503 with `Retry-After`, never a 500 or a hang.
+
+use std::time::{Duration, Instant};
+
+use gantry_testing::{kinds, wait_until, TestStack, ADMIN_TOKEN, READY};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+const LIMIT: Duration = Duration::from_secs(300);
+
+#[tokio::test]
+async fn nats_restarting_mid_run_loses_no_job_or_event_and_every_service_reconnects_by_itself() {
+    TestStack::run(LIMIT, |mut stack| async move {
+        stack.short_heartbeats();
+        stack.start_core().await;
+        let trainer = stack.join_trainer("steady").await;
+        stack.shapes("shapes", 40, 3);
+        let body = |name: &str| {
+            json!({"train_path": "/shapes", "epochs": 4, "image_size": 32, "output_model": name})
+        };
+        // One job running (one worker slot), one queued behind it.
+        let running = stack.submit(body("Through")).await;
+        let queued = stack.submit(body("Behind")).await;
+        stack
+            .wait_job(&running, Duration::from_secs(60), "running", |j| {
+                j["status"] == "running"
+            })
+            .await;
+
+        // NATS goes away (JetStream keeps its files) and comes back on the same port.
+        stack.nats.stop();
+        stack.nats.restart().await;
+        stack.reconnect().await;
+
+        for id in [&running, &queued] {
+            let job = stack.wait_final(id, Duration::from_secs(150)).await;
+            assert_eq!(job["status"], "completed", "{job:#}\n{}", stack.logs());
+            assert_eq!(job["model"]["version"], 1, "{job:#}");
+        }
+        // Each job's events are all there, once each: started first, completed last.
+        for id in [&running, &queued] {
+            let events = stack.events(id).await;
+            let k = kinds(&events);
+            assert_eq!(k.first(), Some(&"started"), "{k:?}");
+            assert_eq!(k.last(), Some(&"completed"), "{k:?}");
+            assert_eq!(k.iter().filter(|e| **e == "completed").count(), 1, "{k:?}");
+        }
+        // The same processes (the harness never restarts one), all ready again.
+        for svc in [stack.api(), stack.auth(), stack.registry(), &trainer] {
+            svc.wait_ready(READY).await;
+        }
+    })
+    .await;
+}
+
+/// `method path` as the admin, with `body` when given: status, `Retry-After`, JSON body.
+async fn call(
+    stack: &TestStack,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (StatusCode, Option<String>, Value) {
+    let mut req = stack
+        .http()
+        .request(method, stack.url(path))
+        .bearer_auth(ADMIN_TOKEN)
+        .timeout(Duration::from_secs(30));
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.expect("the api answers");
+    let status = resp.status();
+    let retry = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let v = resp.json().await.unwrap_or(Value::Null);
+    (status, retry, v)
+}
+
+#[tokio::test]
+async fn with_the_store_down_every_endpoint_answers_503_with_retry_after_and_no_acknowledged_write_is_lost(
+) {
+    TestStack::run(LIMIT, |mut stack| async move {
+        stack.start_core().await;
+        let (status, _, ivy) = call(
+            &stack,
+            reqwest::Method::POST,
+            "/admin/api/users",
+            Some(json!({"username": "ivy", "email": "ivy@example.com", "password": "ivy-password", "tokens": 5})),
+        )
+        .await;
+        assert!(status.is_success(), "{status} {ivy}");
+
+        stack.store.stop();
+        use reqwest::Method;
+        let cases = [
+            (Method::GET, "/admin/api/users", None),
+            (
+                Method::POST,
+                "/admin/api/users",
+                Some(json!({"username": "eve", "email": "eve@example.com", "password": "eve-password"})),
+            ),
+            (Method::GET, "/api/tokens", None),
+            (Method::GET, "/admin/api/jobs", None),
+            (Method::GET, "/admin/api/models", None),
+            (
+                Method::POST,
+                "/admin/api/cluster_tokens",
+                Some(json!({"name": "during-outage"})),
+            ),
+        ];
+        for (method, path, body) in cases {
+            let started = Instant::now();
+            let (status, retry, v) = call(&stack, method.clone(), path, body).await;
+            assert_eq!(
+                status,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "{method} {path}: {v}\n{}",
+                stack.logs()
+            );
+            assert!(retry.is_some(), "{method} {path}: no Retry-After");
+            assert_eq!(v["error"]["code"], "unavailable", "{method} {path}: {v}");
+            assert!(
+                started.elapsed() < Duration::from_secs(25),
+                "{method} {path} took {:?}",
+                started.elapsed()
+            );
+        }
+
+        stack.store.restart().await;
+        let back = wait_until(Duration::from_secs(60), || async {
+            let (status, _, v) = call(&stack, Method::GET, "/admin/api/users", None).await;
+            (status == StatusCode::OK).then_some(v)
+        })
+        .await
+        .expect("the api answers again once the store is back");
+        let names: Vec<&str> = back["users"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|u| u["username"].as_str()).collect())
+            .unwrap_or_default();
+        assert!(names.contains(&"ivy"), "{back}");
+        assert!(!names.contains(&"eve"), "a refused write was stored: {back}");
+    })
+    .await;
+}
