@@ -1,7 +1,8 @@
 //! The registry's job event consumer and reconciler: an event it can never apply goes to the
 //! dead-letter stream after `GANTRY_EVENT_MAX_DELIVER` deliveries, counted and logged with its
 //! reason, and the events behind it apply; a refund that was given up on is settled by the
-//! reconciler once auth is back, exactly once.
+//! reconciler once auth is back, exactly once; a job recorded but never queued is failed and
+//! refunded by the reconciler, once.
 
 use std::time::Duration;
 
@@ -206,6 +207,70 @@ async fn a_refund_that_failed_and_was_given_up_is_settled_by_the_reconciler() {
             1.0,
             "{metrics}"
         );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_job_recorded_but_never_queued_is_failed_and_refunded_by_the_reconciler_once() {
+    TestStack::run(LIMIT, |mut stack| async move {
+        stack
+            .short_heartbeats()
+            .set_env("GANTRY_RECONCILE_INTERVAL", "0.3")
+            .set_env("GANTRY_RECONCILE_GRACE", "1");
+        stack
+            .start_services(&["gantry-auth", "gantry-registry"])
+            .await;
+        let user = stack.auth_user("quinn", 300).await;
+        for id in ["orphan", "waiting"] {
+            let _: CreditResult = stack
+                .auth_ok(auth_ep::CREDITS_CHARGE, &change(user.id, 100, id))
+                .await;
+            record_job(&stack, id, user.id, 100).await;
+        }
+        // "waiting" is in the queue (no node yet); "orphan" never got there, as when the api
+        // stops between recording a job and queueing it.
+        let js = async_nats::jetstream::new(stack.client().clone());
+        let waiting = TrainJob {
+            job_id: "waiting".into(),
+            user_id: user.id,
+            output_model: "M".into(),
+            description: String::new(),
+            driver: JobDriver::Cpu,
+            dataset_hash: "0".repeat(64),
+            classes: vec!["a".into(), "b".into()],
+            params: TrainParams::default(),
+            submitted_at: Utc::now(),
+        };
+        js.publish(
+            jobs::train_subject(JobDriver::Cpu),
+            serde_json::to_vec(&waiting).unwrap().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+        let orphan = wait_until(Duration::from_secs(30), || async {
+            read_job(&stack, "orphan")
+                .await
+                .filter(|job| job.status.is_final() && job.refunded)
+        })
+        .await
+        .expect("the reconciler never settled the job that was never queued");
+        assert_eq!(orphan.status, jobs::JobStatus::Failed);
+        assert_eq!(stack.auth_balance(user.id).await, 200, "refunded once");
+        // The round that settled it looked at the queued job too (both were recorded together,
+        // past the grace) and left it alone.
+        let metrics = wait_until(Duration::from_secs(10), || async {
+            let m = stack.registry().metrics().await;
+            (metric(&m, "gantry_registry_reconciled_total{what=\"lost\"}") == 1.0).then_some(m)
+        })
+        .await
+        .expect("the settled job is counted");
+        let waiting = read_job(&stack, "waiting").await.unwrap();
+        assert_eq!(waiting.status, jobs::JobStatus::Queued, "{metrics}");
+        assert_eq!(stack.auth_balance(user.id).await, 200);
     })
     .await;
 }

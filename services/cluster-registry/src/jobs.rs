@@ -370,6 +370,117 @@ impl Jobs {
         Ok(refunded)
     }
 
+    /// Settle jobs nothing will ever finish (the reconciler's round): a queued or running job
+    /// untouched for `grace`, held by no connected node, whose queue message is gone (the api
+    /// stopped between recording and queueing it) or was delivered for the last time (its
+    /// max-deliveries advisory was missed). Each fails as exhausted and is refunded. Returns how
+    /// many.
+    pub async fn settle_lost_jobs(
+        &self,
+        grace: std::time::Duration,
+    ) -> Result<usize, RegistryError> {
+        let cutoff = Utc::now() - chrono::Duration::from_std(grace).unwrap_or_default();
+        let docs: Vec<JobDoc> = self
+            .jobs()
+            .find(doc! { "status": { "$in": ["queued", "running"] } })
+            .limit(RECONCILE_BATCH)
+            .await?
+            .try_collect()
+            .await?;
+        let candidates: Vec<JobRecord> = {
+            let view = self.registry.view();
+            docs.into_iter()
+                .map(|d| d.record)
+                .filter(|j| j.updated_at < cutoff)
+                .filter(|j| {
+                    !j.node_id
+                        .as_deref()
+                        .and_then(|n| view.node(n))
+                        .is_some_and(|n| n.connected)
+                })
+                .collect()
+        };
+        if candidates.is_empty() {
+            return Ok(0);
+        }
+        let Some(queued) = self.queued_job_ids().await? else {
+            return Ok(0);
+        };
+        let mut settled = 0;
+        for job in candidates {
+            let why = if !queued.contains(&job.job_id) {
+                "its queue message is gone"
+            } else if job.delivery >= jobs::MAX_DELIVER as u64 {
+                "its last delivery ended with its node"
+            } else {
+                continue;
+            };
+            let t = Transition::Exhausted {
+                deliveries: jobs::MAX_DELIVER,
+            };
+            let ended = self.end(&job.job_id, &t).await?;
+            if ended.status.is_final() {
+                settled += 1;
+                gantry_runtime::metrics::REGISTRY_RECONCILED
+                    .with_label_values(&["lost"])
+                    .inc();
+                tracing::warn!(
+                    job_id = job.job_id,
+                    reason = why,
+                    "reconciler failed a job nothing would finish, and refunded it"
+                );
+            }
+        }
+        Ok(settled)
+    }
+
+    /// The job ids of every message in the job queue; `None` when the queue is too long to scan
+    /// in one round (the next round tries again).
+    async fn queued_job_ids(
+        &self,
+    ) -> Result<Option<std::collections::HashSet<String>>, RegistryError> {
+        const MAX_SCAN: u64 = 100_000;
+        let unavailable = |e: &dyn std::fmt::Display| {
+            RegistryError::Unavailable(format!("reading the job queue: {e}"))
+        };
+        let js = jetstream::new(self.registry.client().clone());
+        let mut stream = js
+            .get_stream(jobs::JOBS_STREAM)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let state = stream
+            .info()
+            .await
+            .map_err(|e| unavailable(&e))?
+            .state
+            .clone();
+        if state.messages > MAX_SCAN {
+            tracing::warn!(
+                messages = state.messages,
+                "the job queue is too long for the reconciler to scan"
+            );
+            return Ok(None);
+        }
+        let mut ids = std::collections::HashSet::new();
+        if state.messages == 0 {
+            return Ok(Some(ids));
+        }
+        for seq in state.first_sequence..=state.last_sequence {
+            match stream.get_raw_message(seq).await {
+                Ok(msg) => {
+                    if let Ok(job) = serde_json::from_slice::<jobs::TrainJob>(&msg.payload) {
+                        ids.insert(job.job_id);
+                    }
+                }
+                // Acked (removed) or deleted: nothing there.
+                Err(e)
+                    if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {}
+                Err(e) => return Err(unavailable(&e)),
+            }
+        }
+        Ok(Some(ids))
+    }
+
     /// [`Self::settle`], asking for the event again when a step is left undone.
     async fn settle_or_retry(&self, job: JobRecord) -> Result<(), RegistryError> {
         let job_id = job.job_id.clone();

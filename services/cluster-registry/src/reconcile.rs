@@ -1,7 +1,9 @@
 //! The reconciler: one registry replica at a time (the holder of a lease in a JetStream key-value
 //! bucket) looks over the jobs every `GANTRY_RECONCILE_INTERVAL` and settles what no event will
 //! come back for: a job that is over with its refund still due (the refund and every retry of it
-//! failed while auth was away, say). What it fixes is counted in
+//! failed while auth was away, say), and a queued or running job untouched for
+//! `GANTRY_RECONCILE_GRACE`, held by no connected node, whose queue message is gone or was
+//! delivered for the last time (failed as exhausted, refunded). What it fixes is counted in
 //! `gantry_registry_reconciled_total` and logged.
 
 use std::time::Duration;
@@ -93,7 +95,13 @@ impl Lease {
 }
 
 /// Run the reconciler until `shutdown`.
-pub fn start(jobs: Jobs, interval: Duration, shutdown: CancellationToken, tracker: &TaskTracker) {
+pub fn start(
+    jobs: Jobs,
+    interval: Duration,
+    grace: Duration,
+    shutdown: CancellationToken,
+    tracker: &TaskTracker,
+) {
     tracker.spawn(async move {
         let js = jetstream::new(jobs.registry().client().clone());
         let Some(lease) = retry::until_ready("opening the reconciler's lease", &shutdown, || {
@@ -110,6 +118,11 @@ pub fn start(jobs: Jobs, interval: Duration, shutdown: CancellationToken, tracke
                         Ok(0) => {}
                         Ok(n) => tracing::info!(jobs = n, "reconciler settled jobs left unsettled"),
                         Err(e) => tracing::warn!(error = %e, "reconciling jobs failed; tried again next round"),
+                    }
+                    match jobs.settle_lost_jobs(grace).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(jobs = n, "reconciler settled jobs nothing would finish"),
+                        Err(e) => tracing::warn!(error = %e, "reconciling lost jobs failed; tried again next round"),
                     }
                 }
             };

@@ -122,6 +122,7 @@ async fn serve_jobs(
     crate::reconcile::start(
         jobs.clone(),
         config.reconcile_interval,
+        config.reconcile_grace,
         shutdown.clone(),
         tracker,
     );

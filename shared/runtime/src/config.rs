@@ -81,6 +81,9 @@ pub struct Config {
     pub event_max_deliver: u32,
     /// `GANTRY_RECONCILE_INTERVAL` seconds between the reconciler's rounds (default 60).
     pub reconcile_interval: Duration,
+    /// `GANTRY_RECONCILE_GRACE` seconds a queued or running job must be untouched before the
+    /// reconciler may find it lost (default 300).
+    pub reconcile_grace: Duration,
     /// `GANTRY_HEARTBEAT_MISSES` before a node is disconnected (default 3).
     pub heartbeat_misses: u32,
     /// `GANTRY_NODE_RETENTION` seconds a disconnected node stays listed (default 86400).
@@ -281,6 +284,9 @@ impl Config {
             event_max_deliver: number("GANTRY_EVENT_MAX_DELIVER", 10u32, 2, 1000)?,
             reconcile_interval: Duration::from_millis(
                 (number("GANTRY_RECONCILE_INTERVAL", 60.0f64, 0.2, 86_400.0)? * 1000.0) as u64,
+            ),
+            reconcile_grace: Duration::from_millis(
+                (number("GANTRY_RECONCILE_GRACE", 300.0f64, 0.2, 86_400.0)? * 1000.0) as u64,
             ),
             node_retention: Duration::from_secs(number(
                 "GANTRY_NODE_RETENTION",
