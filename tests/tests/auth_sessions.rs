@@ -11,7 +11,7 @@ use gantry_contracts::auth::{
 use gantry_contracts::error::ErrorCode;
 use gantry_contracts::subjects::auth as ep;
 use gantry_testing::auth::{bearer, session};
-use gantry_testing::{TestStack, READY};
+use gantry_testing::{wait_until, TestStack, READY};
 use serde_json::{json, Value};
 
 const LIMIT: Duration = Duration::from_secs(180);
@@ -141,6 +141,23 @@ async fn a_wrong_password_is_unauthorized_and_repeated_failures_are_too_many_req
         // with the right password...
         let f = stack
             .login("erin", "erin-password", "10.0.0.4")
+            .await
+            .unwrap_err();
+        assert_eq!(f.code, ErrorCode::TooManyRequests, "{f}");
+        assert!(f.message.contains("try again in"), "{f}");
+        // ...for a while only: once the back-off is over, the right password gets in from there
+        // too (the refused tries in between do not count).
+        let back = wait_until(Duration::from_secs(20), || async {
+            stack.login("erin", "erin-password", "10.0.0.4").await.ok()
+        })
+        .await;
+        assert!(back.is_some(), "the right password stayed locked out");
+        // The success forgave the earlier failures: five new ones use the allowance up again.
+        for _ in 0..5 {
+            let _ = stack.login("erin", "nope-nope", "10.0.0.4").await;
+        }
+        let f = stack
+            .login("erin", "nope-nope", "10.0.0.4")
             .await
             .unwrap_err();
         assert_eq!(f.code, ErrorCode::TooManyRequests, "{f}");

@@ -5,8 +5,11 @@
 //! client, and of the same client for any username, within the window, its own included. Keying
 //! by username and client together means nobody can lock an account for its owner by guessing
 //! from elsewhere; the api takes the client address from `X-Forwarded-For` only behind a trusted
-//! proxy (`GANTRY_TRUSTED_PROXIES`), so behind an ingress users are still told apart. Over the limit, the attempt is withdrawn and
-//! refused with 429 before the password is even checked; a failed attempt stays as a failure; a
+//! proxy (`GANTRY_TRUSTED_PROXIES`), so behind an ingress users are still told apart. Past a
+//! username's allowance from one client, each further try must wait longer after the last one
+//! (1 s, doubling, up to the window), and one that comes too early is withdrawn and refused with
+//! 429 before the password is even checked; past a client's allowance over all usernames, the
+//! client is refused for the window. A failed attempt stays as a failure; a
 //! successful one is withdrawn together with the username's earlier failures. Writing before
 //! counting means concurrent guesses cannot all slip under the limit at once.
 
@@ -23,6 +26,10 @@ use crate::store::{now_ms, FailureDoc, SessionDoc, Store};
 
 /// The one message for a wrong username or password: it must not tell which.
 const BAD_LOGIN: &str = "invalid username or password";
+
+/// The first wait after a username's allowance of failed logins from one client is used up;
+/// each further failure doubles it.
+const BACKOFF_BASE_MS: i64 = 1000;
 
 /// At most this many characters of a username or client address go into the limiter's records.
 const MAX_RECORDED: usize = 128;
@@ -47,6 +54,23 @@ pub fn cache_seconds(expires_at_ms: i64, now: i64, max: Duration) -> u64 {
 }
 
 impl Store {
+    /// When the latest attempt of `username` from `client` other than `except` was made.
+    async fn last_attempt(
+        &self,
+        username: &str,
+        client: &str,
+        except: ObjectId,
+    ) -> anyhow::Result<Option<i64>> {
+        use anyhow::Context as _;
+        let last = self
+            .failures
+            .find_one(doc! { "username": username, "client": client, "_id": { "$ne": except } })
+            .sort(doc! { "at_ms": -1 })
+            .await
+            .context("reading the last failed login")?;
+        Ok(last.map(|f| f.at_ms))
+    }
+
     async fn count_attempts(&self, fields: &[(&str, &str)], since_ms: i64) -> anyhow::Result<u64> {
         use anyhow::Context as _;
         let mut filter = doc! { "at_ms": { "$gt": since_ms } };
@@ -98,16 +122,36 @@ pub async fn login(app: App, req: LoginRequest) -> AuthResult<LoginResponse> {
     } else {
         store.count_attempts(&[("client", &client)], since).await?
     };
-    if by_user > settings.max_failures_per_user || by_client > settings.max_failures_per_client {
+    if by_client > settings.max_failures_per_client {
         withdraw().await?;
         tracing::warn!(
-            by_user,
             by_client,
-            "login refused: too many failed attempts"
+            "login refused: too many failed attempts from one client"
         );
         return Err(AuthError::TooManyRequests(
-            "too many failed logins; wait a few minutes and try again".into(),
+            "too many failed logins from this address; wait a few minutes and try again".into(),
         ));
+    }
+    // Past the allowance, each further try of this username from this client waits longer
+    // after the last one: 1 s, 2 s, 4 s ... up to the window. It is never a lockout: once the
+    // wait is over, the right password gets in.
+    if by_user > settings.max_failures_per_user {
+        let excess = (by_user - settings.max_failures_per_user - 1).min(20) as u32;
+        let wait_ms = (BACKOFF_BASE_MS << excess).min(settings.failure_window.as_millis() as i64);
+        let last = store.last_attempt(&username, &client, attempt_id).await?;
+        let left_ms = last.map_or(0, |t| t + wait_ms - now);
+        if left_ms > 0 {
+            withdraw().await?;
+            let secs = (left_ms + 999) / 1000;
+            tracing::warn!(
+                by_user,
+                wait_seconds = secs,
+                "login refused: backing off after failed attempts"
+            );
+            return Err(AuthError::TooManyRequests(format!(
+                "too many failed logins; try again in {secs} s"
+            )));
+        }
     }
 
     let user = store.user_by_name(&req.username).await?;
