@@ -287,3 +287,72 @@ async fn a_held_job_that_no_node_can_take_answers_503_and_is_refunded() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_thousand_concurrent_paid_submissions_never_overdraw_and_every_refusal_is_a_402() {
+    use futures::StreamExt;
+    const USERS: usize = 50;
+    const EACH: usize = 20;
+    const AFFORDABLE: i64 = 2;
+    const COST: i64 = 100;
+    TestStack::run(Duration::from_secs(600), |mut stack| async move {
+        stack.start_core().await;
+        stack.shapes("shapes", 5, 1);
+        let mut users = Vec::new();
+        for i in 0..USERS {
+            // Enough for two jobs and half a third.
+            users.push(
+                stack
+                    .user(&format!("payer{i}"), AFFORDABLE * COST + COST / 2)
+                    .await,
+            );
+        }
+        let url = format!("{}/api/train?wait=false", stack.base_url());
+        let submissions = users
+            .iter()
+            .flat_map(|(id, token)| std::iter::repeat_n((*id, token.clone()), EACH))
+            .map(|(id, token)| {
+                let req = stack
+                    .http()
+                    .post(&url)
+                    .bearer_auth(token)
+                    .json(&json!({"train_path": "/shapes"}));
+                async move { (id, send(req).await) }
+            });
+        let answers: Vec<(i64, (StatusCode, serde_json::Value))> =
+            futures::stream::iter(submissions)
+                .buffer_unordered(64)
+                .collect()
+                .await;
+        assert_eq!(answers.len(), USERS * EACH);
+
+        let mut accepted = std::collections::HashMap::<i64, i64>::new();
+        for (id, (status, v)) in &answers {
+            match *status {
+                StatusCode::ACCEPTED => *accepted.entry(*id).or_default() += 1,
+                StatusCode::PAYMENT_REQUIRED => {
+                    assert_eq!(v["error"]["code"], "insufficient_tokens", "{v}")
+                }
+                other => panic!("a submission answered {other}: {v}"),
+            }
+        }
+        for (id, _) in &users {
+            let n = accepted.get(id).copied().unwrap_or(0);
+            assert_eq!(n, AFFORDABLE, "user {id} got {n} jobs accepted");
+            let balance = stack.balance(*id).await;
+            assert_eq!(
+                balance,
+                COST / 2,
+                "user {id}: charges must equal accepted jobs"
+            );
+        }
+        // Every accepted job is recorded once, under its user.
+        let (_, jobs) = stack.admin_get("/admin/api/jobs?limit=1").await;
+        assert_eq!(
+            jobs["total"].as_i64(),
+            Some(USERS as i64 * AFFORDABLE),
+            "{jobs}"
+        );
+    })
+    .await;
+}
