@@ -7,11 +7,12 @@ use async_nats::jetstream::consumer::{self, DeliverPolicy};
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use gantry_contracts::auth::Principal;
+use gantry_contracts::error::ErrorCode;
 use gantry_contracts::jobs::{
     self, JobEvent, JobList, JobQuery, JobRecord, JobRef, JobStatus, ModelDetail, ModelList,
     ModelQuery, ModelRef,
 };
-use poem::Request;
+use poem::{Body, Request};
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::{Attachment, AttachmentType, EventStream, Json};
 use poem_openapi::{ApiResponse, Object, OpenApi};
@@ -39,7 +40,7 @@ pub struct JobListOut {
 pub enum Download {
     /// The safetensors file.
     #[oai(status = 200)]
-    File(Attachment<Vec<u8>>),
+    File(Attachment<Body>),
 }
 
 fn default_limit() -> u64 {
@@ -202,18 +203,29 @@ impl JobsApi {
             .find(|v| v.version == version)
             .ok_or_else(|| ApiError::not_found(format!("model {name} has no version {version}")))?;
         let js = async_nats::jetstream::new(self.0.nats.clone());
-        let store = gantry_runtime::jetstream::bucket_store(&js, jobs::MODELS_BUCKET)
+        let unavailable = |e: &dyn std::fmt::Display| {
+            tracing::warn!(error = %e, "model store unavailable");
+            ApiError::new(
+                ErrorCode::Unavailable,
+                "the model store is unreachable; try again shortly",
+            )
+        };
+        let store = js
+            .get_object_store(jobs::MODELS_BUCKET)
             .await
-            .map_err(ApiError::internal)?;
-        let mut object = store.get(&v.weights_key).await.map_err(|e| {
-            ApiError::not_found(format!("weights of {name} v{version} are missing: {e}"))
-        })?;
-        let mut bytes = Vec::new();
-        tokio::io::AsyncReadExt::read_to_end(&mut object, &mut bytes)
+            .map_err(|e| unavailable(&e))?;
+        let object = store
+            .get(&v.weights_key)
             .await
-            .map_err(ApiError::internal)?;
+            .map_err(|e| match e.kind() {
+                async_nats::jetstream::object_store::GetErrorKind::NotFound => {
+                    ApiError::not_found(format!("weights of {name} v{version} are missing"))
+                }
+                _ => unavailable(&e),
+            })?;
+        // Streamed as it arrives from the store: memory stays bounded however large the file.
         Ok(Download::File(
-            Attachment::new(bytes)
+            Attachment::new(Body::from_async_read(object))
                 .attachment_type(AttachmentType::Attachment)
                 .filename(format!("{name}-v{version}.safetensors")),
         ))
