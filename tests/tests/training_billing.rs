@@ -296,6 +296,8 @@ async fn a_thousand_concurrent_paid_submissions_never_overdraw_and_every_refusal
     const AFFORDABLE: i64 = 2;
     const COST: i64 = 100;
     TestStack::run(Duration::from_secs(600), |mut stack| async move {
+        // Money, not the packing bound, is what this is about.
+        stack.set_env("GANTRY_MAX_PACKING_PER_USER", "1000");
         stack.start_core().await;
         stack.shapes("shapes", 5, 1);
         let mut users = Vec::new();
@@ -352,6 +354,77 @@ async fn a_thousand_concurrent_paid_submissions_never_overdraw_and_every_refusal
             jobs["total"].as_i64(),
             Some(USERS as i64 * AFFORDABLE),
             "{jobs}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_users_open_event_streams_and_dataset_size_are_bounded_before_any_charge() {
+    TestStack::run(LIMIT, |mut stack| async move {
+        stack.shapes("shapes", 20, 1);
+        stack.shapes("tiny", 1, 2);
+        // A bound between the two datasets' sizes.
+        let size = |path: &str| -> u64 {
+            fn walk(dir: &std::path::Path) -> u64 {
+                std::fs::read_dir(dir)
+                    .unwrap()
+                    .map(|e| e.unwrap().path())
+                    .map(|p| {
+                        if p.is_dir() {
+                            walk(&p)
+                        } else {
+                            p.metadata().unwrap().len()
+                        }
+                    })
+                    .sum()
+            }
+            walk(&stack.data_root.path().join(path))
+        };
+        let (big, small) = (size("shapes"), size("tiny"));
+        assert!(big > small * 2, "{big} {small}");
+        let bound_gb = format!("{}", (big + small) as f64 / 2.0 / 1e9);
+        stack
+            .set_env("GANTRY_MAX_STREAMS_PER_USER", "2")
+            .set_env("GANTRY_MAX_DATASET_GB", &bound_gb);
+        stack.start_core().await;
+        let (id, token) = stack.user("streamer", 1000).await;
+        let submit = |path: &'static str| {
+            stack
+                .http()
+                .post(format!("{}/api/train?wait=false", stack.base_url()))
+                .bearer_auth(&token)
+                .json(&json!({ "train_path": path }))
+        };
+        // Over the bound: 413 before any charge.
+        let (status, v) = send(submit("/shapes")).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
+        assert_eq!(stack.balance(id).await, 1000);
+
+        // Open streams of a job that waits (no node): two may be open, a third is 429.
+        let (status, v) = send(submit("/tiny")).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{v}");
+        let job = v["job_id"].as_str().unwrap().to_owned();
+        let url = format!("{}/api/jobs/{job}/events", stack.base_url());
+        let open = || stack.http().get(&url).bearer_auth(&token).send();
+        let first = open().await.unwrap();
+        let second = open().await.unwrap();
+        assert_eq!(
+            (first.status(), second.status()),
+            (StatusCode::OK, StatusCode::OK)
+        );
+        let third = open().await.unwrap();
+        assert_eq!(third.status(), StatusCode::TOO_MANY_REQUESTS);
+        // Closing one frees its slot.
+        drop(first);
+        let again = wait_until(Duration::from_secs(30), || async {
+            let r = open().await.ok()?;
+            (r.status() == StatusCode::OK).then_some(r)
+        })
+        .await;
+        assert!(
+            again.is_some(),
+            "a closed stream's slot was never given back"
         );
     })
     .await;

@@ -19,6 +19,7 @@ use poem_openapi::{ApiResponse, Object, OpenApi};
 
 use crate::auth::Credentials;
 use crate::error::{ApiError, ApiResult};
+use crate::slots::Kind;
 use crate::state::AppState;
 use crate::tags::ApiTags;
 
@@ -115,6 +116,15 @@ impl JobsApi {
         job_id: String,
     ) -> ApiResult<EventStream<BoxStream<'static, serde_json::Value>>> {
         let job = self.get(user_id, job_id.clone()).await?;
+        // A user's open streams are bounded (admins' are not); the slot is held by the stream.
+        let slot = match user_id {
+            Some(uid) => Some(
+                self.0
+                    .slots
+                    .take(Kind::Stream, uid, self.0.limits.streams)?,
+            ),
+            None => None,
+        };
         let js = async_nats::jetstream::new(self.0.nats.clone());
         let stream = js.get_stream(jobs::EVENTS_STREAM).await.map_err(|e| {
             ApiError::new(
@@ -138,7 +148,8 @@ impl JobsApi {
                 m.ok()
                     .and_then(|m| serde_json::from_slice::<JobEvent>(&m.payload).ok())
             })
-            .scan(false, |done, e| {
+            .scan(false, move |done, e| {
+                let _held = &slot;
                 if *done {
                     return futures::future::ready(None);
                 }
@@ -154,7 +165,8 @@ impl JobsApi {
         } else {
             events.boxed()
         };
-        Ok(EventStream::new(events).keep_alive(std::time::Duration::from_secs(15)))
+        // A keep-alive every 5 s also finds a client that went away (and frees its slot).
+        Ok(EventStream::new(events).keep_alive(std::time::Duration::from_secs(5)))
     }
 
     async fn cancel(&self, user_id: Option<i64>, job_id: String) -> ApiResult<Json<JobRecord>> {

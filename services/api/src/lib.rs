@@ -22,6 +22,7 @@ pub mod docs;
 pub mod error;
 pub mod jobs;
 pub mod session;
+pub mod slots;
 pub mod startup;
 pub mod state;
 pub mod tags;

@@ -20,6 +20,23 @@ pub struct AppState {
     pub secure_cookies: bool,
     /// `GANTRY_TRUSTED_PROXIES`: whose `X-Forwarded-For` names the client.
     pub trusted_proxies: Vec<IpAddr>,
+    /// Per-user counters of packing, held submissions and event streams.
+    pub slots: crate::slots::UserSlots,
+    /// Their bounds, and the largest dataset, from the configuration.
+    pub limits: Limits,
+}
+
+/// Per-user bounds (`GANTRY_MAX_*`).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Datasets packed at once.
+    pub packing: u32,
+    /// Submissions held open at once.
+    pub held: u32,
+    /// Event streams open at once.
+    pub streams: u32,
+    /// Largest dataset, bytes.
+    pub dataset_bytes: u64,
 }
 
 impl AppState {
@@ -34,6 +51,13 @@ impl AppState {
                 .as_deref()
                 .is_some_and(|u| u.starts_with("https://")),
             trusted_proxies: config.trusted_proxies.clone(),
+            slots: Default::default(),
+            limits: Limits {
+                packing: config.max_packing_per_user,
+                held: config.max_held_per_user,
+                streams: config.max_streams_per_user,
+                dataset_bytes: config.max_dataset_bytes,
+            },
         })
     }
 

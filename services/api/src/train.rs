@@ -22,6 +22,7 @@ use sha2::{Digest, Sha256};
 use crate::auth::Credentials;
 use crate::data_path::DataRoot;
 use crate::error::{ApiError, ApiResult};
+use crate::slots::Kind;
 use crate::state::AppState;
 use crate::tags::ApiTags;
 
@@ -234,6 +235,14 @@ impl TrainApi {
             }
         }
         let job_id = job_id(p.user.id, idem.as_deref());
+        // Ordinary users' held submissions and packing are bounded per user (admins are not):
+        // over the bound, 429 before anything is done or charged.
+        let bounded = p.user.role != Role::Admin;
+        let limits = self.state.limits;
+        let _held = match (bounded, wait) {
+            (true, true) => Some(self.state.slots.take(Kind::Held, p.user.id, limits.held)?),
+            _ => None,
+        };
 
         // A retried submission: the same job, never a second charge. It goes on only when the
         // registry says there is no such job; any other failure answers as it is (a retry during
@@ -267,9 +276,19 @@ impl TrainApi {
         // Validate and pack before charging: bad data costs nothing.
         let root = self.state.data_root.clone();
         let train_path = body.train_path.clone();
-        let snapshot = tokio::task::spawn_blocking(move || prepare(&root, &train_path))
+        let packing = match bounded {
+            true => Some(
+                self.state
+                    .slots
+                    .take(Kind::Packing, p.user.id, limits.packing)?,
+            ),
+            false => None,
+        };
+        let max_bytes = limits.dataset_bytes;
+        let snapshot = tokio::task::spawn_blocking(move || prepare(&root, &train_path, max_bytes))
             .await
             .map_err(ApiError::internal)??;
+        drop(packing);
 
         let charge: CreditResult = nats::request(
             &self.state.nats,

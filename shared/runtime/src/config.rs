@@ -91,6 +91,16 @@ pub struct Config {
     /// `GANTRY_TRAIN_HOLD` seconds a training submission is held waiting for its job to end
     /// before it answers 202 (default 900).
     pub train_hold: Duration,
+    /// `GANTRY_MAX_PACKING_PER_USER`: datasets one user may have checked and packed at once
+    /// (default 2); more answer 429.
+    pub max_packing_per_user: u32,
+    /// `GANTRY_MAX_HELD_PER_USER`: submissions one user may have held open at once (default 4).
+    pub max_held_per_user: u32,
+    /// `GANTRY_MAX_STREAMS_PER_USER`: job event streams one user may have open (default 8).
+    pub max_streams_per_user: u32,
+    /// `GANTRY_MAX_DATASET_GB`: the largest dataset (sum of image files) a submission may
+    /// name (default 8); larger answers 413 before any charge.
+    pub max_dataset_bytes: u64,
     /// `GANTRY_SESSION_TTL` seconds of inactivity after which a session expires (default 43200,
     /// 12 h; 1 to 2592000).
     pub session_ttl: Duration,
@@ -297,6 +307,11 @@ impl Config {
             train_hold: Duration::from_millis(
                 (number("GANTRY_TRAIN_HOLD", 900.0f64, 0.1, 86_400.0)? * 1000.0) as u64,
             ),
+            max_packing_per_user: number("GANTRY_MAX_PACKING_PER_USER", 2u32, 1, 1024)?,
+            max_held_per_user: number("GANTRY_MAX_HELD_PER_USER", 4u32, 1, 10_000)?,
+            max_streams_per_user: number("GANTRY_MAX_STREAMS_PER_USER", 8u32, 1, 10_000)?,
+            max_dataset_bytes: (number("GANTRY_MAX_DATASET_GB", 8.0f64, 0.000_001, 10_000.0)? * 1e9)
+                as u64,
             session_ttl: Duration::from_secs(number(
                 "GANTRY_SESSION_TTL",
                 43_200u64,

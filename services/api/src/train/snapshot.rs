@@ -16,6 +16,12 @@ pub(super) struct Snapshot {
 }
 
 fn dataset_error(e: gantry_training::dataset::DatasetError) -> ApiError {
+    if let gantry_training::dataset::DatasetError::DatasetTooLarge { .. } = e {
+        return ApiError::new(
+            gantry_contracts::error::ErrorCode::PayloadTooLarge,
+            format!("train_path is too large to train on here: {e} (GANTRY_MAX_DATASET_GB)"),
+        );
+    }
     if e.is_data_error() {
         ApiError::bad_request(format!(
             "train_path is not a usable ImageFolder dataset: {e}"
@@ -26,9 +32,12 @@ fn dataset_error(e: gantry_training::dataset::DatasetError) -> ApiError {
 }
 
 /// Check `train_path` (path rules, ImageFolder layout, bounds, image headers) and pack it.
-pub(super) fn prepare(root: &DataRoot, train_path: &str) -> ApiResult<Snapshot> {
+pub(super) fn prepare(root: &DataRoot, train_path: &str, max_bytes: u64) -> ApiResult<Snapshot> {
     let dir = root.resolve_dir(train_path)?;
-    let limits = DatasetLimits::default();
+    let limits = DatasetLimits {
+        max_total_bytes: max_bytes,
+        ..DatasetLimits::default()
+    };
     let listing = Listing::scan(dir.real(), &limits).map_err(dataset_error)?;
     // Every image's header, before anything is decoded anywhere: refuse bombs and junk now.
     let mut readable = vec![0usize; listing.classes.len()];
