@@ -26,6 +26,13 @@ async fn spec() -> Value {
         data_root: DataRoot::new("/data"),
         secure_cookies: false,
         trusted_proxies: Vec::new(),
+        slots: Default::default(),
+        limits: gantry_api::state::Limits {
+            packing: 2,
+            held: 4,
+            streams: 8,
+            dataset_bytes: 1 << 30,
+        },
     };
     let text = api_service(state, std::time::Duration::from_secs(1)).spec();
     if let Ok(path) = std::env::var("GANTRY_DUMP_OPENAPI") {
