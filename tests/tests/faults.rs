@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use gantry_contracts::jobs::JobEvent;
 use gantry_testing::{kinds, wait_until, TestStack, ADMIN_TOKEN, READY};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -144,6 +145,57 @@ async fn with_the_store_down_every_endpoint_answers_503_with_retry_after_and_no_
             .unwrap_or_default();
         assert!(names.contains(&"ivy"), "{back}");
         assert!(!names.contains(&"eve"), "a refused write was stored: {back}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_registry_and_auth_killed_mid_run_lose_no_job_event_or_charge_and_double_none() {
+    TestStack::run(LIMIT, |mut stack| async move {
+        stack.short_heartbeats();
+        stack.start_core().await;
+        let _trainer = stack.join_trainer("steady").await;
+        stack.shapes("shapes", 40, 3);
+        let (user, token) = stack.user("payer", 1000).await;
+        let (status, v) = gantry_testing::send(
+            stack
+                .http()
+                .post(stack.url("/api/train?wait=false"))
+                .bearer_auth(&token)
+                .json(&json!({"train_path": "/shapes", "epochs": 15, "image_size": 48, "output_model": "Survivor"})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{v}");
+        let id = v["job_id"].as_str().unwrap().to_owned();
+        assert_eq!(stack.balance(user).await, 900);
+        stack
+            .wait_job(&id, Duration::from_secs(60), "running", |j| j["status"] == "running")
+            .await;
+
+        // Both die without a chance to clean up, mid-run, and come back.
+        stack.kill9("gantry-registry");
+        stack.kill9("gantry-auth");
+        let mid = stack.events(&id).await;
+        assert!(
+            !mid.iter().any(JobEvent::is_final),
+            "the job ended before the services were killed; make it longer"
+        );
+        stack
+            .start_services(&["gantry-auth", "gantry-registry"])
+            .await;
+
+        let job = stack.wait_final(&id, Duration::from_secs(150)).await;
+        assert_eq!(job["status"], "completed", "{job:#}\n{}", stack.logs());
+        assert_eq!(stack.balance(user).await, 900, "charged once, never refunded");
+        let (status, model) = stack.admin_get("/admin/api/models/Survivor").await;
+        assert_eq!(status, StatusCode::OK, "{model}");
+        assert_eq!(
+            model["versions"].as_array().map(Vec::len),
+            Some(1),
+            "one model version: {model}"
+        );
+        let k = kinds(&stack.events(&id).await);
+        assert_eq!(k.iter().filter(|e| **e == "completed").count(), 1, "{k:?}");
     })
     .await;
 }
