@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use gantry_contracts::jobs::JOBS_STREAM;
+use gantry_contracts::jobs::{self, JOBS_STREAM};
 use gantry_testing::{send, wait_until, TestStack};
 use gantry_training::synthetic::{generate, SyntheticSpec};
 use reqwest::StatusCode;
@@ -425,6 +425,62 @@ async fn a_users_open_event_streams_and_dataset_size_are_bounded_before_any_char
         assert!(
             again.is_some(),
             "a closed stream's slot was never given back"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn dataset_snapshots_no_waiting_job_uses_are_removed_after_their_retention() {
+    TestStack::run(LIMIT, |mut stack| async move {
+        stack
+            .set_env("GANTRY_DATASET_RETENTION", "1")
+            .set_env("GANTRY_RECONCILE_INTERVAL", "0.3");
+        stack.start_core().await;
+        stack.shapes("kept", 3, 1);
+        stack.shapes("gone", 3, 2);
+        let kept = stack
+            .submit(json!({"train_path": "/kept", "output_model": "K"}))
+            .await;
+        let gone = stack
+            .submit(json!({"train_path": "/gone", "output_model": "G"}))
+            .await;
+        let kept_hash = stack.job(&kept).await["dataset_hash"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let gone_hash = stack.job(&gone).await["dataset_hash"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert_ne!(kept_hash, gone_hash);
+        stack.cancel(&gone).await;
+
+        let js = async_nats::jetstream::new(stack.client().clone());
+        let store = js.get_object_store(jobs::DATASETS_BUCKET).await.unwrap();
+        let stored = |hash: &str| {
+            let key = jobs::dataset_key(hash);
+            let store = store.clone();
+            async move { store.info(key.as_str()).await.is_ok_and(|i| !i.deleted) }
+        };
+        let removed = wait_until(Duration::from_secs(30), || async {
+            (!stored(&gone_hash).await).then_some(())
+        })
+        .await;
+        assert!(removed.is_some(), "the cancelled job's snapshot was kept");
+        // Removed in the same round as it would have been: the waiting job's stays.
+        assert!(
+            stored(&kept_hash).await,
+            "a waiting job's snapshot was removed"
+        );
+        assert_eq!(stack.job(&kept).await["status"], "queued");
+        let metrics = stack.registry().metrics().await;
+        assert!(
+            gantry_testing::metric(
+                &metrics,
+                "gantry_registry_reconciled_total{what=\"dataset\"}"
+            ) >= 1.0,
+            "{metrics}"
         );
     })
     .await;

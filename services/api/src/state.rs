@@ -37,6 +37,8 @@ pub struct Limits {
     pub streams: u32,
     /// Largest dataset, bytes.
     pub dataset_bytes: u64,
+    /// How long an unused dataset snapshot is kept (`GANTRY_DATASET_RETENTION`).
+    pub dataset_retention: std::time::Duration,
 }
 
 impl AppState {
@@ -57,6 +59,7 @@ impl AppState {
                 held: config.max_held_per_user,
                 streams: config.max_streams_per_user,
                 dataset_bytes: config.max_dataset_bytes,
+                dataset_retention: config.dataset_retention,
             },
         })
     }

@@ -305,9 +305,19 @@ impl TrainApi {
         // Store the snapshot once per content hash.
         let js = async_nats::jetstream::new(self.state.nats.clone());
         let key = jobs::dataset_key(&snapshot.hash);
+        let retention = self.state.limits.dataset_retention;
         let stored = async {
             let store = gantry_runtime::jetstream::bucket_store(&js, jobs::DATASETS_BUCKET).await?;
-            if store.info(&key).await.is_err() {
+            // Stored again when missing, or old enough that the retention sweep may be about
+            // to remove it: a job never names a snapshot about to go.
+            let fresh = match store.info(&key).await {
+                Ok(info) if !info.deleted => info.modified.is_some_and(|m| {
+                    let age = chrono::Utc::now().timestamp() - m.unix_timestamp();
+                    age >= 0 && (age as u64) < retention.as_secs() / 2
+                }),
+                _ => false,
+            };
+            if !fresh {
                 let mut file = tokio::fs::File::open(snapshot.archive.path()).await?;
                 gantry_runtime::jetstream::put_object(&js, jobs::DATASETS_BUCKET, &key, &mut file)
                     .await?;

@@ -32,6 +32,7 @@ async fn spec() -> Value {
             held: 4,
             streams: 8,
             dataset_bytes: 1 << 30,
+            dataset_retention: std::time::Duration::from_secs(3600),
         },
     };
     let text = api_service(state, std::time::Duration::from_secs(1)).spec();

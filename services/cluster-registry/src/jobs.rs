@@ -434,6 +434,71 @@ impl Jobs {
         Ok(settled)
     }
 
+    /// Remove dataset snapshots that no queued or running job uses and that were last stored
+    /// longer than `retention` ago (the reconciler's round). The api stores a snapshot again
+    /// when it is half that old, so a new job never names one about to go. Returns how many.
+    pub async fn remove_unused_datasets(
+        &self,
+        retention: std::time::Duration,
+    ) -> Result<usize, RegistryError> {
+        const MAX_LISTED: usize = 100_000;
+        let unavailable = |e: &dyn std::fmt::Display| {
+            RegistryError::Unavailable(format!("reading the dataset store: {e}"))
+        };
+        let js = jetstream::new(self.registry.client().clone());
+        let store = gantry_runtime::jetstream::bucket_store(&js, jobs::DATASETS_BUCKET)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let cutoff = Utc::now().timestamp() - retention.as_secs() as i64;
+        let old_enough = |info: &jetstream::object_store::ObjectInfo| {
+            !info.deleted && info.modified.is_some_and(|m| m.unix_timestamp() < cutoff)
+        };
+        let mut old = Vec::new();
+        let mut listing = store.list().await.map_err(|e| unavailable(&e))?;
+        while let Some(info) = futures::StreamExt::next(&mut listing).await {
+            let info = info.map_err(|e| unavailable(&e))?;
+            if old_enough(&info) {
+                old.push(info.name);
+            }
+            if old.len() >= MAX_LISTED {
+                break;
+            }
+        }
+        if old.is_empty() {
+            return Ok(0);
+        }
+        let docs: Vec<JobDoc> = self
+            .jobs()
+            .find(doc! { "status": { "$in": ["queued", "running"] } })
+            .await?
+            .try_collect()
+            .await?;
+        let in_use: std::collections::HashSet<String> = docs
+            .into_iter()
+            .map(|d| jobs::dataset_key(&d.record.dataset_hash))
+            .collect();
+        let mut removed = 0;
+        for name in old.into_iter().filter(|n| !in_use.contains(n)) {
+            // Looked at again just before: stored anew meanwhile, it stays.
+            if !store.info(&name).await.is_ok_and(|i| old_enough(&i)) {
+                continue;
+            }
+            match store.delete(&name).await {
+                Ok(()) => {
+                    removed += 1;
+                    gantry_runtime::metrics::REGISTRY_RECONCILED
+                        .with_label_values(&["dataset"])
+                        .inc();
+                    tracing::info!(key = name, "removed a dataset snapshot no job uses");
+                }
+                Err(e) => {
+                    tracing::warn!(key = name, error = %e, "could not remove a dataset snapshot")
+                }
+            }
+        }
+        Ok(removed)
+    }
+
     /// The job ids of every message in the job queue; `None` when the queue is too long to scan
     /// in one round (the next round tries again).
     async fn queued_job_ids(

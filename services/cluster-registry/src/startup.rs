@@ -123,6 +123,7 @@ async fn serve_jobs(
         jobs.clone(),
         config.reconcile_interval,
         config.reconcile_grace,
+        config.dataset_retention,
         shutdown.clone(),
         tracker,
     );

@@ -84,6 +84,9 @@ pub struct Config {
     /// `GANTRY_RECONCILE_GRACE` seconds a queued or running job must be untouched before the
     /// reconciler may find it lost (default 300).
     pub reconcile_grace: Duration,
+    /// `GANTRY_DATASET_RETENTION` seconds a dataset snapshot no queued or running job uses is
+    /// kept after it was last stored (default 604800, 7 days).
+    pub dataset_retention: Duration,
     /// `GANTRY_HEARTBEAT_MISSES` before a node is disconnected (default 3).
     pub heartbeat_misses: u32,
     /// `GANTRY_NODE_RETENTION` seconds a disconnected node stays listed (default 86400).
@@ -297,6 +300,14 @@ impl Config {
             ),
             reconcile_grace: Duration::from_millis(
                 (number("GANTRY_RECONCILE_GRACE", 300.0f64, 0.2, 86_400.0)? * 1000.0) as u64,
+            ),
+            dataset_retention: Duration::from_millis(
+                (number(
+                    "GANTRY_DATASET_RETENTION",
+                    604_800.0f64,
+                    0.5,
+                    3650.0 * 86_400.0,
+                )? * 1000.0) as u64,
             ),
             node_retention: Duration::from_secs(number(
                 "GANTRY_NODE_RETENTION",
