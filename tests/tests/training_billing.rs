@@ -485,3 +485,38 @@ async fn dataset_snapshots_no_waiting_job_uses_are_removed_after_their_retention
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_full_dataset_store_refuses_new_snapshots_with_503_and_refunds() {
+    TestStack::run(LIMIT, |mut stack| async move {
+        stack.set_env("GANTRY_DATASETS_MAX_GB", "0.000001");
+        stack.start_core().await;
+        stack.shapes("shapes", 5, 1);
+        let (id, token) = stack.user("filler", 1000).await;
+        // The api bounds the store as it starts; wait until it has.
+        let js = async_nats::jetstream::new(stack.client().clone());
+        wait_until(Duration::from_secs(20), || async {
+            let mut s = js.get_stream("OBJ_gantry-datasets").await.ok()?;
+            (s.info().await.ok()?.config.max_bytes == 1000).then_some(())
+        })
+        .await
+        .expect("the dataset store was never bounded");
+        let resp = stack
+            .http()
+            .post(format!("{}/api/train?wait=false", stack.base_url()))
+            .bearer_auth(&token)
+            .json(&json!({"train_path": "/shapes"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(resp.headers().contains_key("retry-after"));
+        let v: serde_json::Value = resp.json().await.unwrap();
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains("full"),
+            "{v}"
+        );
+        assert_eq!(stack.balance(id).await, 1000, "refunded");
+    })
+    .await;
+}

@@ -28,9 +28,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let js = async_nats::jetstream::new(client.clone());
     {
         let (js, shutdown) = (js.clone(), shutdown.clone());
-        tokio::spawn(
-            async move { gantry_runtime::jetstream::ensure_with_retry(&js, &shutdown).await },
-        );
+        let limits = gantry_runtime::jetstream::BucketLimits::from_config(&config);
+        tokio::spawn(async move {
+            gantry_runtime::jetstream::ensure_with_retry(&js, &limits, &shutdown).await
+        });
     }
     let app = app::build(
         state,

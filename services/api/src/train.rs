@@ -326,18 +326,14 @@ impl TrainApi {
         }
         .await;
         if let Err(e) = stored {
-            tracing::error!(
-                error = format!("{e:#}"),
-                "storing the dataset snapshot failed"
-            );
-            return Err(self
-                .abort(
-                    p.user.id,
-                    &job_id,
-                    false,
-                    "the dataset could not be stored".into(),
-                )
-                .await);
+            let e = format!("{e:#}");
+            tracing::error!(error = e, "storing the dataset snapshot failed");
+            let what = if e.contains("maximum bytes") {
+                "the dataset store is full (GANTRY_DATASETS_MAX_GB)"
+            } else {
+                "the dataset could not be stored"
+            };
+            return Err(self.abort(p.user.id, &job_id, false, what.into()).await);
         }
 
         let job = TrainJob {

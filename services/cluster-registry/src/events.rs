@@ -36,12 +36,13 @@ struct Advisory {
 pub async fn start(
     jobs: Jobs,
     max_deliver: u32,
+    limits: gantry_runtime::jetstream::BucketLimits,
     shutdown: CancellationToken,
     tracker: &TaskTracker,
 ) {
     tracker.spawn(async move {
         let js = jetstream::new(jobs.registry().client().clone());
-        if !gantry_runtime::jetstream::ensure_with_retry(&js, &shutdown).await {
+        if !gantry_runtime::jetstream::ensure_with_retry(&js, &limits, &shutdown).await {
             return;
         }
         if let Err(e) = jobs.ensure_indexes().await {

@@ -115,6 +115,7 @@ async fn serve_jobs(
     crate::events::start(
         jobs.clone(),
         config.event_max_deliver,
+        gantry_runtime::jetstream::BucketLimits::from_config(config),
         shutdown.clone(),
         tracker,
     )

@@ -87,6 +87,13 @@ pub struct Config {
     /// `GANTRY_DATASET_RETENTION` seconds a dataset snapshot no queued or running job uses is
     /// kept after it was last stored (default 604800, 7 days).
     pub dataset_retention: Duration,
+    /// `GANTRY_DATASETS_MAX_GB`, `GANTRY_MODELS_MAX_GB`, `GANTRY_UPLOADS_MAX_GB`: the most each
+    /// object store holds (defaults 100, 100, 50); a full one refuses new objects.
+    pub datasets_max_bytes: u64,
+    /// See [`Config::datasets_max_bytes`].
+    pub models_max_bytes: u64,
+    /// See [`Config::datasets_max_bytes`].
+    pub uploads_max_bytes: u64,
     /// `GANTRY_HEARTBEAT_MISSES` before a node is disconnected (default 3).
     pub heartbeat_misses: u32,
     /// `GANTRY_NODE_RETENTION` seconds a disconnected node stays listed (default 86400).
@@ -309,6 +316,12 @@ impl Config {
                     3650.0 * 86_400.0,
                 )? * 1000.0) as u64,
             ),
+            datasets_max_bytes: (number("GANTRY_DATASETS_MAX_GB", 100.0f64, 0.000_001, 1e6)? * 1e9)
+                as u64,
+            models_max_bytes: (number("GANTRY_MODELS_MAX_GB", 100.0f64, 0.000_001, 1e6)? * 1e9)
+                as u64,
+            uploads_max_bytes: (number("GANTRY_UPLOADS_MAX_GB", 50.0f64, 0.000_001, 1e6)? * 1e9)
+                as u64,
             node_retention: Duration::from_secs(number(
                 "GANTRY_NODE_RETENTION",
                 86_400u64,

@@ -72,8 +72,62 @@ pub fn train_consumer(driver: JobDriver) -> consumer::pull::Config {
     }
 }
 
-/// Create (or find) both streams, the four training consumers and both object stores.
-pub async fn ensure(js: &jetstream::Context) -> anyhow::Result<()> {
+/// The most bytes each object store may hold (`GANTRY_*_MAX_GB`). A full store refuses new
+/// objects (its stream discards new messages): nothing already stored is ever evicted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BucketLimits {
+    /// Dataset snapshots.
+    pub datasets: u64,
+    /// Listed models' weights.
+    pub models: u64,
+    /// The nodes' uploads: weights and checkpoints.
+    pub uploads: u64,
+}
+
+impl BucketLimits {
+    /// From the configuration.
+    pub fn from_config(config: &crate::Config) -> Self {
+        Self {
+            datasets: config.datasets_max_bytes,
+            models: config.models_max_bytes,
+            uploads: config.uploads_max_bytes,
+        }
+    }
+}
+
+/// Give the object store `bucket` at most `max_bytes`, refusing new objects when full.
+async fn bound_bucket(js: &jetstream::Context, bucket: &str, max_bytes: u64) -> anyhow::Result<()> {
+    let name = format!("OBJ_{bucket}");
+    let mut stream = js
+        .get_stream(&name)
+        .await
+        .with_context(|| format!("finding {name}"))?;
+    let info = stream.info().await?;
+    let (mut config, used) = (info.config.clone(), info.state.bytes);
+    let max = i64::try_from(max_bytes).unwrap_or(i64::MAX);
+    if used > max_bytes {
+        // Lowering the bound below what is stored would make the server drop stored objects.
+        tracing::warn!(
+            stream = name,
+            used,
+            max_bytes,
+            "the object store holds more than its bound; the bound is left as it is"
+        );
+        return Ok(());
+    }
+    if config.max_bytes != max || config.discard != jetstream::stream::DiscardPolicy::New {
+        config.max_bytes = max;
+        config.discard = jetstream::stream::DiscardPolicy::New;
+        js.update_stream(config)
+            .await
+            .with_context(|| format!("bounding {name} to {max_bytes} bytes"))?;
+    }
+    Ok(())
+}
+
+/// Create (or find) the streams, the training consumers and the object stores (bounded as
+/// `limits` says).
+pub async fn ensure(js: &jetstream::Context, limits: &BucketLimits) -> anyhow::Result<()> {
     let jobs = js
         .get_or_create_stream(jobs_stream())
         .await
@@ -96,8 +150,13 @@ pub async fn ensure(js: &jetstream::Context) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("creating the {} consumer", jobs::train_consumer(driver)))?;
     }
-    for bucket in [DATASETS_BUCKET, MODELS_BUCKET, UPLOADS_BUCKET] {
+    for (bucket, max) in [
+        (DATASETS_BUCKET, limits.datasets),
+        (MODELS_BUCKET, limits.models),
+        (UPLOADS_BUCKET, limits.uploads),
+    ] {
         bucket_store(js, bucket).await?;
+        bound_bucket(js, bucket, max).await?;
     }
     Ok(())
 }
@@ -137,9 +196,10 @@ pub async fn put_object(
 /// [`ensure`] until it succeeds (NATS may come up after the service), or `shutdown` fires.
 pub async fn ensure_with_retry(
     js: &jetstream::Context,
+    limits: &BucketLimits,
     shutdown: &tokio_util::sync::CancellationToken,
 ) -> bool {
-    crate::retry::until_ready("JetStream set-up", shutdown, || ensure(js))
+    crate::retry::until_ready("JetStream set-up", shutdown, || ensure(js, limits))
         .await
         .is_some()
 }
