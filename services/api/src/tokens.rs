@@ -25,7 +25,8 @@ pub struct ApiTokenOut {
     pub prefix: String,
     /// When it was made (RFC 3339, UTC).
     pub created_at: String,
-    /// When it was last used, if ever.
+    /// When it was last used; absent if never.
+    #[oai(skip_serializing_if_is_none)]
     pub last_used_at: Option<String>,
 }
 

@@ -54,4 +54,4 @@ pub use jobs::{is_final, kinds};
 pub use logs::Logs;
 pub use service::ServiceProcess;
 pub use stack::{TestStack, ADMIN_PASSWORD, ADMIN_TOKEN, CORE, READY};
-pub use util::{free_port, metric, requests_per_replica, unique_prefix, wait_until};
+pub use util::{free_port, metric, requests_per_replica, tool, unique_prefix, wait_until};
