@@ -480,7 +480,12 @@ async fn a_completion_whose_stored_weights_do_not_match_fails_the_job_and_lists_
 
         // The node stores some weights under the job's key, then reports other ones.
         let key = jobs::weights_key("weighed", 1);
-        let store = js.get_object_store(jobs::UPLOADS_BUCKET).await.unwrap();
+        // The registry and api create the stores as they start.
+        let store = wait_until(Duration::from_secs(20), || async {
+            js.get_object_store(jobs::UPLOADS_BUCKET).await.ok()
+        })
+        .await
+        .expect("the uploads bucket was never created");
         store
             .put(key.as_str(), &mut &b"real weights"[..])
             .await

@@ -156,7 +156,16 @@ pub async fn ensure(js: &jetstream::Context, limits: &BucketLimits) -> anyhow::R
         (UPLOADS_BUCKET, limits.uploads),
     ] {
         bucket_store(js, bucket).await?;
-        bound_bucket(js, bucket, max).await?;
+        // A bound the server refuses (more than the JetStream storage it has, say) leaves the
+        // store bounded by that storage alone: said, not fatal.
+        if let Err(e) = bound_bucket(js, bucket, max).await {
+            tracing::warn!(
+                bucket,
+                max_bytes = max,
+                error = format!("{e:#}"),
+                "could not bound the object store"
+            );
+        }
     }
     Ok(())
 }
