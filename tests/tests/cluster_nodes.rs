@@ -461,16 +461,23 @@ async fn two_registry_replicas_each_keep_the_whole_view() {
 
         // Only the second answers now: it learned the node and its preference by itself.
         stack.kill9("gantry-registry");
+        // Bounded loosely: under a loaded machine the kill can lose the first replica's
+        // announcement, and the second learns from the node's own settings instead.
         let node = stack
-            .wait_node("node-f", JOIN, "listed by the second replica", |n| {
-                // The preference comes from the announcement, the process status from the
-                // node's next heartbeat: wait for both.
-                n.connected
-                    && n.driver_preference == Some(Driver::Rocm)
-                    && n.processes
-                        .first()
-                        .is_some_and(|p| p.status == "unavailable")
-            })
+            .wait_node(
+                "node-f",
+                Duration::from_secs(90),
+                "listed by the second replica",
+                |n| {
+                    // The preference comes from the announcement, the process status from the
+                    // node's next heartbeat: wait for both.
+                    n.connected
+                        && n.driver_preference == Some(Driver::Rocm)
+                        && n.processes
+                            .first()
+                            .is_some_and(|p| p.status == "unavailable")
+                },
+            )
             .await;
         assert_eq!(node.processes[0].status, "unavailable");
 

@@ -38,7 +38,11 @@ impl Nats {
             dir: dir.path().join("bus"),
             listen: format!("127.0.0.1:{port}"),
             store_dir: dir.path().join("js"),
-            hosts: vec!["127.0.0.1".into(), "localhost".into()],
+            hosts: vec![
+                "127.0.0.1".into(),
+                "localhost".into(),
+                crate::netns::HOST_ADDR.into(),
+            ],
             tls: true,
             inspector: true,
             http_port: None,

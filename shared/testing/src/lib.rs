@@ -43,6 +43,7 @@ pub mod cluster;
 pub mod infra;
 pub mod jobs;
 pub mod logs;
+pub mod netns;
 pub mod service;
 pub mod stack;
 pub mod util;

@@ -35,6 +35,17 @@ impl ServiceProcess {
     /// Start `bin` with exactly `env` (plus `PATH`/`HOME`/`LD_LIBRARY_PATH` from the test),
     /// writing its output to `log`. `port` is where it serves health.
     pub fn spawn(bin: &str, env: &BTreeMap<String, String>, port: u16, log: PathBuf) -> Self {
+        Self::spawn_wrapped(&[], bin, env, port, log)
+    }
+
+    /// The same, run through `wrapper` (e.g. `ip netns exec <ns>`): `wrapper... <bin path>`.
+    pub fn spawn_wrapped(
+        wrapper: &[String],
+        bin: &str,
+        env: &BTreeMap<String, String>,
+        port: u16,
+        log: PathBuf,
+    ) -> Self {
         let path = bin_dir().join(bin);
         assert!(
             path.is_file(),
@@ -42,7 +53,14 @@ impl ServiceProcess {
             path.display()
         );
         let out = std::fs::File::create(&log).unwrap();
-        let mut cmd = Command::new(&path);
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(&path);
+                c
+            }
+            None => Command::new(&path),
+        };
         cmd.env_clear();
         for keep in ["PATH", "HOME", "LD_LIBRARY_PATH", "TMPDIR"] {
             if let Ok(v) = std::env::var(keep) {

@@ -127,6 +127,16 @@ impl TestStack {
     /// holds it. The api gets `GANTRY_HTTP_ADDR`, the others `GANTRY_HEALTH_ADDR`, on a free
     /// port. Its output joins the test's report.
     pub fn spawn(&self, bin: &str, extra: &[(&str, &str)]) -> ServiceProcess {
+        self.spawn_wrapped(&[], bin, extra)
+    }
+
+    /// The same, run through `wrapper` (e.g. [`crate::netns::NetNs::wrapper`]).
+    pub fn spawn_wrapped(
+        &self,
+        wrapper: &[String],
+        bin: &str,
+        extra: &[(&str, &str)],
+    ) -> ServiceProcess {
         let port = free_port();
         let mut env = self.env();
         let var = if bin == "gantry-api" {
@@ -143,7 +153,7 @@ impl TestStack {
             Some(node) if bin == "gantry-trainer" => format!("{bin} {node}"),
             _ => bin.to_owned(),
         };
-        ServiceProcess::spawn(bin, &env, port, self.logs.file(&label))
+        ServiceProcess::spawn_wrapped(wrapper, bin, &env, port, self.logs.file(&label))
     }
 
     /// Start `bins` and wait until each is ready; the stack holds them (one per binary; more
