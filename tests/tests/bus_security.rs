@@ -11,10 +11,11 @@ use gantry_bus::permissions::node_inbox;
 use gantry_bus::Role;
 use gantry_contracts::jobs::{
     self, FailureKind, JobDriver, JobEvent, JobEventKind, JobRecord, JobRef, JobStatus,
-    ModelVersion, TrainJob, TrainParams,
+    ModelVersion, TrainJob,
 };
 use gantry_contracts::registry::{ClusterToken, RegisterNode, Registered, RevokeClusterToken};
 use gantry_contracts::subjects::{self, registry as ep};
+use gantry_testing::jobs::train_job;
 use gantry_testing::{wait_until, TestStack};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
@@ -362,24 +363,9 @@ async fn a_nodes_forged_events_change_nothing_and_are_logged_with_its_id() {
         let forger_js = async_nats::jetstream::new(forger.clone());
 
         // A job running on another node (node-a, delivery 1).
-        let job = TrainJob {
-            job_id: "held".into(),
-            user_id: 1,
-            output_model: "M".into(),
-            description: String::new(),
-            driver: JobDriver::Cpu,
-            dataset_hash: "0".repeat(64),
-            classes: vec!["a".into(), "b".into()],
-            params: TrainParams::default(),
-            submitted_at: Utc::now(),
-        };
-        let _: JobRecord = stack
-            .registry_call(
-                jobs::subjects::JOBS_CREATE,
-                &JobRecord::queued(&job, "/d", 0),
-            )
-            .await
-            .unwrap();
+        stack
+            .record_job(&train_job("held", 1, JobDriver::Cpu), 0)
+            .await;
         let inspector = async_nats::jetstream::new(stack.client().clone());
         publish(&inspector, "node-a", &started("held", "node-a", 1)).await;
         wait_until(Duration::from_secs(20), || async {
@@ -459,23 +445,10 @@ async fn a_completion_whose_stored_weights_do_not_match_fails_the_job_and_lists_
         let node_id = register(&node, &token.token, "gpu-w").await;
         let js = async_nats::jetstream::new(node.clone());
         let job = TrainJob {
-            job_id: "weighed".into(),
-            user_id: 1,
             output_model: "W".into(),
-            description: String::new(),
-            driver: JobDriver::Cpu,
-            dataset_hash: "0".repeat(64),
-            classes: vec!["a".into(), "b".into()],
-            params: TrainParams::default(),
-            submitted_at: Utc::now(),
+            ..train_job("weighed", 1, JobDriver::Cpu)
         };
-        let _: JobRecord = stack
-            .registry_call(
-                jobs::subjects::JOBS_CREATE,
-                &JobRecord::queued(&job, "/d", 0),
-            )
-            .await
-            .unwrap();
+        stack.record_job(&job, 0).await;
         publish(&js, &node_id, &started("weighed", &node_id, 1)).await;
 
         // The node stores some weights under the job's key, then reports other ones.
@@ -529,6 +502,116 @@ async fn a_completion_whose_stored_weights_do_not_match_fails_the_job_and_lists_
         assert!(
             log.contains("refused a completion whose weights do not match"),
             "{log}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_holders_completion_naming_foreign_weights_or_a_finished_job_deletes_nothing() {
+    TestStack::run(LIMIT, |mut stack| async move {
+        stack.start_core().await;
+        let token = stack.create_token("sec").await;
+        let url = stack.nats.url();
+        let (node, _events) = watched(node_options(&stack, "gpu-h", &token.token), &url)
+            .await
+            .unwrap();
+        let node_id = register(&node, &token.token, "gpu-h").await;
+        let js = async_nats::jetstream::new(node.clone());
+        let uploads = wait_until(Duration::from_secs(20), || async {
+            js.get_object_store(jobs::UPLOADS_BUCKET).await.ok()
+        })
+        .await
+        .expect("the uploads bucket was never created");
+        // Someone else's upload, which no event of this node may touch.
+        let victim = jobs::weights_key("someone-elses", 1);
+        uploads
+            .put(victim.as_str(), &mut &b"theirs"[..])
+            .await
+            .unwrap();
+
+        let job = TrainJob {
+            output_model: "Fin".into(),
+            ..train_job("fin", 1, JobDriver::Cpu)
+        };
+        stack.record_job(&job, 0).await;
+        publish(&js, &node_id, &started("fin", &node_id, 1)).await;
+        let completion = |key: &str, weights: &[u8]| {
+            let mut card = gantry_contracts::models::ModelCard {
+                weights_sha256: hex::encode(Sha256::digest(weights)),
+                weights_bytes: weights.len() as u64,
+                ..Default::default()
+            };
+            card.classes = vec!["a".into(), "b".into()];
+            JobEventKind::Completed {
+                model: Box::new(ModelVersion {
+                    name: "Fin".into(),
+                    version: 0,
+                    user_id: 1,
+                    job_id: "fin".into(),
+                    weights_key: key.to_owned(),
+                    card,
+                    val_accuracy: 1.0,
+                    created_at: Utc::now().into(),
+                }),
+            }
+        };
+        // While it runs: a completion pointing at someone else's weights changes nothing.
+        publish(
+            &js,
+            &node_id,
+            &event("fin", 1, completion(&victim, b"theirs")),
+        )
+        .await;
+        // Then the real one.
+        let own = jobs::weights_key("fin", 1);
+        uploads.put(own.as_str(), &mut &b"mine"[..]).await.unwrap();
+        publish(&js, &node_id, &event("fin", 1, completion(&own, b"mine"))).await;
+        let done = wait_until(Duration::from_secs(20), || async {
+            let job = read_job(&stack, "fin").await;
+            job.status.is_final().then_some(job)
+        })
+        .await
+        .expect("the job ends");
+        assert_eq!(done.status, JobStatus::Completed, "{done:?}");
+        assert_eq!(
+            done.model.as_ref().map(|m| m.weights_key.as_str()),
+            Some(own.as_str())
+        );
+
+        // Over: another completion, naming someone else's weights, changes and deletes nothing.
+        publish(
+            &js,
+            &node_id,
+            &event("fin", 1, completion(&victim, b"theirs")),
+        )
+        .await;
+        // The holder's marker after it: once applied (refused as over), the forgery was too.
+        publish(&js, &node_id, &event("fin", 1, JobEventKind::Cancelled)).await;
+        let log = wait_until(Duration::from_secs(20), || async {
+            let log = stack.registry().output();
+            (log.matches("event changes nothing").count() >= 3).then_some(log)
+        })
+        .await
+        .expect("the registry refused the late events");
+        let after = read_job(&stack, "fin").await;
+        assert_eq!(after.status, JobStatus::Completed, "{log}");
+        assert_eq!(after.model, done.model);
+        assert!(
+            uploads
+                .info(victim.as_str())
+                .await
+                .is_ok_and(|i| !i.deleted),
+            "someone else's upload was deleted"
+        );
+        let inspector = async_nats::jetstream::new(stack.client().clone());
+        let models = inspector
+            .get_object_store(jobs::MODELS_BUCKET)
+            .await
+            .unwrap();
+        assert!(
+            models.info(own.as_str()).await.is_ok_and(|i| !i.deleted),
+            "the listed version's weights were deleted"
         );
     })
     .await;

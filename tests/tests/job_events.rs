@@ -9,11 +9,12 @@ use std::time::Duration;
 use chrono::Utc;
 use gantry_contracts::auth::CreditResult;
 use gantry_contracts::jobs::{
-    self, FailJob, FailureKind, JobDriver, JobEvent, JobEventKind, JobRecord, JobRef, TrainJob,
-    TrainParams, DEAD_EVENTS_STREAM,
+    self, FailJob, FailureKind, JobDriver, JobEvent, JobEventKind, JobRecord, JobRef,
+    DEAD_EVENTS_STREAM,
 };
 use gantry_contracts::subjects::auth as auth_ep;
 use gantry_testing::auth::change;
+use gantry_testing::jobs::train_job;
 use gantry_testing::{metric, wait_until, TestStack};
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -34,24 +35,9 @@ fn started(job_id: &str) -> JobEvent {
 
 /// Record a queued CPU job `job_id` of `user_id`, charged `tokens`, as the api would.
 async fn record_job(stack: &TestStack, job_id: &str, user_id: i64, tokens: i64) {
-    let job = TrainJob {
-        job_id: job_id.into(),
-        user_id,
-        output_model: "M".into(),
-        description: String::new(),
-        driver: JobDriver::Cpu,
-        dataset_hash: "0".repeat(64),
-        classes: vec!["a".into(), "b".into()],
-        params: TrainParams::default(),
-        submitted_at: Utc::now(),
-    };
-    let _: JobRecord = stack
-        .registry_call(
-            jobs::subjects::JOBS_CREATE,
-            &JobRecord::queued(&job, "/d", tokens),
-        )
-        .await
-        .expect("record the job");
+    stack
+        .record_job(&train_job(job_id, user_id, JobDriver::Cpu), tokens)
+        .await;
 }
 
 /// The registry's record of `job_id`, when it answers.
@@ -231,17 +217,7 @@ async fn a_job_recorded_but_never_queued_is_failed_and_refunded_by_the_reconcile
         // "waiting" is in the queue (no node yet); "orphan" never got there, as when the api
         // stops between recording a job and queueing it.
         let js = async_nats::jetstream::new(stack.client().clone());
-        let waiting = TrainJob {
-            job_id: "waiting".into(),
-            user_id: user.id,
-            output_model: "M".into(),
-            description: String::new(),
-            driver: JobDriver::Cpu,
-            dataset_hash: "0".repeat(64),
-            classes: vec!["a".into(), "b".into()],
-            params: TrainParams::default(),
-            submitted_at: Utc::now(),
-        };
+        let waiting = train_job("waiting", user.id, JobDriver::Cpu);
         js.publish(
             jobs::train_subject(JobDriver::Cpu),
             serde_json::to_vec(&waiting).unwrap().into(),

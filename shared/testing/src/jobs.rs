@@ -15,6 +15,22 @@ use crate::api::send;
 use crate::stack::{TestStack, ADMIN_TOKEN};
 use crate::util::wait_until;
 
+/// A two-class job `job_id` of `user_id` on `driver`, naming no real dataset: for recording
+/// straight through the registry ([`TestStack::record_job`]), where no trainer will train it.
+pub fn train_job(job_id: &str, user_id: i64, driver: jobs::JobDriver) -> jobs::TrainJob {
+    jobs::TrainJob {
+        job_id: job_id.into(),
+        user_id,
+        output_model: "M".into(),
+        description: String::new(),
+        driver,
+        dataset_hash: "0".repeat(64),
+        classes: vec!["a".into(), "b".into()],
+        params: jobs::TrainParams::default(),
+        submitted_at: chrono::Utc::now(),
+    }
+}
+
 /// Whether a job read over HTTP has reached a final state.
 pub fn is_final(job: &Value) -> bool {
     matches!(
@@ -29,6 +45,17 @@ pub fn kinds(events: &[JobEvent]) -> Vec<&'static str> {
 }
 
 impl TestStack {
+    /// Record `job` as queued and charged `tokens`, straight through the registry, as the api
+    /// would (nothing is put in the queue).
+    pub async fn record_job(&self, job: &jobs::TrainJob, tokens: i64) -> jobs::JobRecord {
+        self.registry_call(
+            jobs::subjects::JOBS_CREATE,
+            &jobs::JobRecord::queued(job, "/d", tokens),
+        )
+        .await
+        .expect("record the job")
+    }
+
     /// Three classes of generated shapes (circle, square, triangle), `per_class` images each of
     /// 32 pixels in mixed formats, under `<data root>/<path>`.
     pub fn shapes(&self, path: &str, per_class: usize, seed: u64) {
