@@ -1,8 +1,8 @@
 //! The registry's job event consumer and reconciler: an event it can never apply goes to the
 //! dead-letter stream after `GANTRY_EVENT_MAX_DELIVER` deliveries, counted and logged with its
 //! reason, and the events behind it apply; a refund that was given up on is settled by the
-//! reconciler once auth is back, exactly once; a job recorded but never queued is failed and
-//! refunded by the reconciler, once.
+//! reconciler once auth is back, exactly once; a job recorded but never queued, and one whose
+//! last delivery ended with its node, are failed and refunded by the reconciler, once.
 
 use std::time::Duration;
 
@@ -247,6 +247,61 @@ async fn a_job_recorded_but_never_queued_is_failed_and_refunded_by_the_reconcile
         let waiting = read_job(&stack, "waiting").await.unwrap();
         assert_eq!(waiting.status, jobs::JobStatus::Queued, "{metrics}");
         assert_eq!(stack.auth_balance(user.id).await, 200);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_job_whose_last_delivery_ended_with_its_node_is_failed_and_refunded_by_the_reconciler() {
+    TestStack::run(LIMIT, |mut stack| async move {
+        stack
+            .short_heartbeats()
+            .set_env("GANTRY_RECONCILE_INTERVAL", "0.3")
+            .set_env("GANTRY_RECONCILE_GRACE", "1");
+        stack
+            .start_services(&["gantry-auth", "gantry-registry"])
+            .await;
+        let user = stack.auth_user("rosa", 300).await;
+        let _: CreditResult = stack
+            .auth_ok(auth_ep::CREDITS_CHARGE, &change(user.id, 100, "spent"))
+            .await;
+        record_job(&stack, "spent", user.id, 100).await;
+        // Its message is still in the queue, but the node that took it on the queue's last
+        // delivery is gone (it never heartbeats), and the max-deliveries advisory was missed.
+        let js = async_nats::jetstream::new(stack.client().clone());
+        js.publish(
+            jobs::train_subject(JobDriver::Cpu),
+            serde_json::to_vec(&train_job("spent", user.id, JobDriver::Cpu))
+                .unwrap()
+                .into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+        let last = JobEvent {
+            delivery: jobs::MAX_DELIVER as u64,
+            ..started("spent")
+        };
+        js.publish(
+            jobs::event_subject("node-1", "spent"),
+            serde_json::to_vec(&last).unwrap().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+        let settled = wait_until(Duration::from_secs(30), || async {
+            read_job(&stack, "spent")
+                .await
+                .filter(|job| job.status.is_final() && job.refunded)
+        })
+        .await
+        .expect("the reconciler never settled the exhausted job");
+        assert_eq!(settled.status, jobs::JobStatus::Failed);
+        assert_eq!(settled.delivery, jobs::MAX_DELIVER as u64);
+        assert_eq!(stack.auth_balance(user.id).await, 300, "refunded once");
     })
     .await;
 }
