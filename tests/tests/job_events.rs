@@ -305,3 +305,57 @@ async fn a_job_whose_last_delivery_ended_with_its_node_is_failed_and_refunded_by
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_charge_no_job_was_recorded_for_is_refunded_by_the_reconciler_once() {
+    TestStack::run(LIMIT, |mut stack| async move {
+        stack
+            .short_heartbeats()
+            .set_env("GANTRY_RECONCILE_INTERVAL", "0.3")
+            .set_env("GANTRY_RECONCILE_GRACE", "1");
+        stack
+            .start_services(&["gantry-auth", "gantry-registry"])
+            .await;
+        let user = stack.auth_user("sam", 300).await;
+        // "orphaned" was charged and then the api stopped; "kept" got its job, queued.
+        for key in ["orphaned", "kept"] {
+            let _: CreditResult = stack
+                .auth_ok(auth_ep::CREDITS_CHARGE, &change(user.id, 100, key))
+                .await;
+        }
+        assert_eq!(stack.auth_balance(user.id).await, 100);
+        record_job(&stack, "kept", user.id, 100).await;
+        let js = async_nats::jetstream::new(stack.client().clone());
+        js.publish(
+            jobs::train_subject(JobDriver::Cpu),
+            serde_json::to_vec(&train_job("kept", user.id, JobDriver::Cpu))
+                .unwrap()
+                .into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+        let metrics = wait_until(Duration::from_secs(30), || async {
+            let m = stack.registry().metrics().await;
+            (metric(&m, "gantry_registry_reconciled_total{what=\"charge\"}") == 1.0).then_some(m)
+        })
+        .await
+        .expect("the reconciler never refunded the charge with no job");
+        assert_eq!(stack.auth_balance(user.id).await, 200, "{metrics}");
+        let kept = read_job(&stack, "kept").await.unwrap();
+        assert_eq!(kept.status, jobs::JobStatus::Queued);
+        assert!(!kept.refunded);
+        // Charging the refunded key again is refused: the work cannot be had for free.
+        let again = stack
+            .auth_fails(
+                auth_ep::CREDITS_CHARGE,
+                &change(user.id, 100, "orphaned"),
+                gantry_contracts::error::ErrorCode::Conflict,
+            )
+            .await;
+        assert!(again.contains("refunded"), "{again}");
+    })
+    .await;
+}

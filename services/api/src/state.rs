@@ -39,6 +39,9 @@ pub struct Limits {
     pub dataset_bytes: u64,
     /// How long an unused dataset snapshot is kept (`GANTRY_DATASET_RETENTION`).
     pub dataset_retention: std::time::Duration,
+    /// The longest a submission may take from its charge to recording its job: half of
+    /// `GANTRY_RECONCILE_GRACE`, after which the reconciler refunds a charge with no job.
+    pub record_deadline: std::time::Duration,
 }
 
 impl AppState {
@@ -60,6 +63,7 @@ impl AppState {
                 streams: config.max_streams_per_user,
                 dataset_bytes: config.max_dataset_bytes,
                 dataset_retention: config.dataset_retention,
+                record_deadline: config.reconcile_grace / 2,
             },
         })
     }

@@ -301,6 +301,7 @@ impl TrainApi {
             },
         )
         .await?;
+        let charged_at = std::time::Instant::now();
 
         // Store the snapshot once per content hash.
         let js = async_nats::jetstream::new(self.state.nats.clone());
@@ -352,6 +353,17 @@ impl TrainApi {
             gantry_api_display(&self.state.data_root, &body.train_path),
             charge.tokens_used,
         );
+        // Past this the reconciler may refund the charge as one with no job: record nothing.
+        if charged_at.elapsed() > self.state.limits.record_deadline {
+            return Err(self
+                .abort(
+                    p.user.id,
+                    &job_id,
+                    false,
+                    "storing the dataset took too long".into(),
+                )
+                .await);
+        }
         if let Err(e) = nats::request::<_, JobRecord>(
             &self.state.nats,
             subjects::registry(jobs::subjects::JOBS_CREATE),

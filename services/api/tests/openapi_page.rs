@@ -33,6 +33,7 @@ async fn spec() -> Value {
             streams: 8,
             dataset_bytes: 1 << 30,
             dataset_retention: std::time::Duration::from_secs(3600),
+            record_deadline: std::time::Duration::from_secs(150),
         },
     };
     let text = api_service(state, std::time::Duration::from_secs(1)).spec();

@@ -20,7 +20,9 @@
 
 use std::time::{Duration, Instant};
 
-use gantry_contracts::auth::{CreditChange, CreditResult, Role, MAX_TOKENS};
+use gantry_contracts::auth::{
+    CreditChange, CreditResult, Role, UnsettledCharge, UnsettledCharges, UnsettledQuery, MAX_TOKENS,
+};
 use gantry_runtime::secrets;
 use mongodb::bson::{doc, Document};
 use mongodb::options::ReturnDocument;
@@ -353,6 +355,69 @@ pub async fn charge_in(store: &Store, req: CreditChange) -> AuthResult<CreditRes
 /// `amount`), once.
 pub async fn refund(app: App, req: CreditChange) -> AuthResult<CreditResult> {
     refund_in(app.store(), req).await
+}
+
+/// Most charges one `credits.unsettled` answers.
+const MAX_UNSETTLED: u32 = 1000;
+/// Widest window of one `credits.unsettled`, milliseconds (7 days).
+const MAX_UNSETTLED_WINDOW_MS: i64 = 7 * 86_400_000;
+
+/// `credits.unsettled`: charges applied in the window that took tokens and were not refunded.
+pub async fn unsettled(app: App, q: UnsettledQuery) -> AuthResult<UnsettledCharges> {
+    use futures::TryStreamExt;
+    if q.until_ms <= q.since_ms || q.until_ms - q.since_ms > MAX_UNSETTLED_WINDOW_MS {
+        return Err(AuthError::BadRequest(
+            "the window must be non-empty and at most 7 days".into(),
+        ));
+    }
+    if !(1..=MAX_UNSETTLED).contains(&q.limit) {
+        return Err(AuthError::BadRequest(format!(
+            "limit must be 1 to {MAX_UNSETTLED}"
+        )));
+    }
+    let store = app.store();
+    let ctx = |what: &'static str| move |e| anyhow::Error::new(e).context(what);
+    let charges: Vec<LedgerDoc> = store
+        .ledger
+        .find(doc! {
+            "kind": "charge",
+            "state": "applied",
+            "delta": { "$lt": 0_i64 },
+            "created_at_ms": { "$gte": q.since_ms, "$lt": q.until_ms },
+        })
+        .sort(doc! { "created_at_ms": 1 })
+        .limit(i64::from(q.limit))
+        .await
+        .map_err(ctx("listing charges"))?
+        .try_collect()
+        .await
+        .map_err(ctx("listing charges"))?;
+    let refund_keys: Vec<String> = charges
+        .iter()
+        .map(|c| format!("refund:{}", c.key))
+        .collect();
+    let refunded: std::collections::HashSet<String> = store
+        .ledger
+        .find(doc! { "key": { "$in": &refund_keys } })
+        .await
+        .map_err(ctx("listing refunds"))?
+        .try_collect::<Vec<LedgerDoc>>()
+        .await
+        .map_err(ctx("listing refunds"))?
+        .into_iter()
+        .filter_map(|r| r.key.strip_prefix("refund:").map(str::to_owned))
+        .collect();
+    Ok(UnsettledCharges {
+        charges: charges
+            .into_iter()
+            .filter(|c| !refunded.contains(&c.key))
+            .map(|c| UnsettledCharge {
+                key: c.key,
+                user_id: c.user_id,
+                amount: c.amount,
+            })
+            .collect(),
+    })
 }
 
 /// [`refund`] against a store.

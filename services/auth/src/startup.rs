@@ -99,6 +99,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     endpoints.add(ep::TOKENS_REVOKE, tokens::revoke).await?;
     endpoints.add(ep::CREDITS_CHARGE, credits::charge).await?;
     endpoints.add(ep::CREDITS_REFUND, credits::refund).await?;
+    endpoints
+        .add(ep::CREDITS_UNSETTLED, credits::unsettled)
+        .await?;
 
     let background = TaskTracker::new();
     background.spawn(start_when_store_answers(

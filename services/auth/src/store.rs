@@ -273,6 +273,11 @@ impl Store {
                 index(doc! { "key": 1 }, "key_unique", true),
                 index(doc! { "user_id": 1 }, "user_id", false),
                 index(doc! { "state": 1 }, "state", false),
+                index(
+                    doc! { "kind": 1, "created_at_ms": 1 },
+                    "kind_created",
+                    false,
+                ),
             ])
             .await
             .context("creating the ledger indexes")?;

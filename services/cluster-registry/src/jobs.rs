@@ -9,7 +9,7 @@
 use async_nats::jetstream;
 use chrono::Utc;
 use futures::TryStreamExt;
-use gantry_contracts::auth::{CreditChange, CreditResult};
+use gantry_contracts::auth::{CreditChange, CreditResult, UnsettledCharges, UnsettledQuery};
 use gantry_contracts::jobs::{
     self, FailJob, FailureKind, JobDriver, JobEvent, JobEventKind, JobList, JobQuery, JobRecord,
     JobRef, JobStatus, WaitingReason,
@@ -497,6 +497,77 @@ impl Jobs {
             }
         }
         Ok(removed)
+    }
+
+    /// Refund charges no job was recorded for (the api stopped between charging and recording;
+    /// it never records a job later than half the grace after its charge): charges made in
+    /// the day before `grace` ago whose key names no job. Each is refunded once (auth keys
+    /// refunds by the charge's key). Returns how many.
+    pub async fn refund_orphan_charges(
+        &self,
+        grace: std::time::Duration,
+    ) -> Result<usize, RegistryError> {
+        let until_ms = Utc::now().timestamp_millis() - grace.as_millis() as i64;
+        let query = UnsettledQuery {
+            since_ms: until_ms - 86_400_000,
+            until_ms,
+            limit: 1000,
+        };
+        let unsettled: UnsettledCharges = nats::request(
+            self.registry.client(),
+            subjects::auth(subjects::auth::CREDITS_UNSETTLED),
+            &query,
+        )
+        .await
+        .map_err(|e| RegistryError::Unavailable(format!("listing charges: {e}")))?;
+        if unsettled.charges.is_empty() {
+            return Ok(0);
+        }
+        let keys: Vec<&str> = unsettled.charges.iter().map(|c| c.key.as_str()).collect();
+        let known: std::collections::HashSet<String> = self
+            .jobs()
+            .find(doc! { "_id": { "$in": &keys } })
+            .await?
+            .try_collect::<Vec<JobDoc>>()
+            .await?
+            .into_iter()
+            .map(|d| d.id)
+            .collect();
+        let mut refunded = 0;
+        for c in unsettled
+            .charges
+            .into_iter()
+            .filter(|c| !known.contains(&c.key))
+        {
+            let r: Result<CreditResult, _> = nats::request(
+                self.registry.client(),
+                subjects::auth(subjects::auth::CREDITS_REFUND),
+                &CreditChange {
+                    user_id: c.user_id,
+                    amount: c.amount,
+                    key: c.key.clone(),
+                    reason: "no job was recorded for this charge".into(),
+                },
+            )
+            .await;
+            match r {
+                Ok(_) => {
+                    refunded += 1;
+                    gantry_runtime::metrics::REGISTRY_RECONCILED
+                        .with_label_values(&["charge"])
+                        .inc();
+                    tracing::warn!(
+                        key = c.key,
+                        user_id = c.user_id,
+                        "reconciler refunded a charge no job was recorded for"
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(key = c.key, error = %e, "refunding a charge with no job failed; tried again next round")
+                }
+            }
+        }
+        Ok(refunded)
     }
 
     /// The job ids of every message in the job queue; `None` when the queue is too long to scan

@@ -3,7 +3,8 @@
 //! come back for: a job that is over with its refund still due (the refund and every retry of it
 //! failed while auth was away, say), and a queued or running job untouched for
 //! `GANTRY_RECONCILE_GRACE`, held by no connected node, whose queue message is gone or was
-//! delivered for the last time (failed as exhausted, refunded); and dataset snapshots no queued
+//! delivered for the last time (failed as exhausted, refunded); charges made more than the
+//! grace ago that no job was recorded for (refunded); and dataset snapshots no queued
 //! or running job uses, older than `GANTRY_DATASET_RETENTION`. What it fixes is counted in
 //! `gantry_registry_reconciled_total` and logged.
 
@@ -125,6 +126,9 @@ pub fn start(
                         Ok(0) => {}
                         Ok(n) => tracing::info!(jobs = n, "reconciler settled jobs nothing would finish"),
                         Err(e) => tracing::warn!(error = %e, "reconciling lost jobs failed; tried again next round"),
+                    }
+                    if let Err(e) = jobs.refund_orphan_charges(grace).await {
+                        tracing::warn!(error = %e, "refunding charges with no job failed; tried again next round");
                     }
                     if let Err(e) = jobs.remove_unused_datasets(retention).await {
                         tracing::warn!(error = %e, "removing unused dataset snapshots failed; tried again next round");

@@ -113,6 +113,7 @@ pub fn role(role: Role) -> Permissions {
                 // Its own endpoints, for `gantry-registry create-token`.
                 &registry_requests,
                 &subjects::auth(subjects::auth::CREDITS_REFUND),
+                &subjects::auth(subjects::auth::CREDITS_UNSETTLED),
                 subjects::REGISTRY_EVENTS,
                 "gantry.node.*.control",
                 jobs::CANCEL_SUBJECTS,

@@ -234,6 +234,36 @@ pub struct CreditChange {
     pub reason: String,
 }
 
+/// `credits.unsettled` request: charges applied in `[since_ms, until_ms)` (at most 7 days
+/// apart) that were not refunded, at most `limit` (1 to 1000).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UnsettledQuery {
+    /// Window start, milliseconds since the epoch.
+    pub since_ms: i64,
+    /// Window end (exclusive).
+    pub until_ms: i64,
+    /// Most charges answered.
+    pub limit: u32,
+}
+
+/// One charge that was not refunded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UnsettledCharge {
+    /// Its idempotency key (a job's id, for training).
+    pub key: String,
+    /// Whose.
+    pub user_id: i64,
+    /// Tokens asked for.
+    pub amount: i64,
+}
+
+/// `credits.unsettled` reply, oldest first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UnsettledCharges {
+    /// The charges.
+    pub charges: Vec<UnsettledCharge>,
+}
+
 /// `credits.charge` / `credits.refund` reply.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CreditResult {

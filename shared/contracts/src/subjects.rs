@@ -32,6 +32,9 @@ pub mod auth {
     pub const CREDITS_CHARGE: &str = "credits.charge";
     /// [`crate::auth::CreditChange`] → [`crate::auth::CreditResult`].
     pub const CREDITS_REFUND: &str = "credits.refund";
+    /// Charges made in a time window and not refunded: [`crate::auth::UnsettledQuery`] ->
+    /// [`crate::auth::UnsettledCharges`] (the registry's reconciler refunds those without a job).
+    pub const CREDITS_UNSETTLED: &str = "credits.unsettled";
 }
 
 /// Registry endpoint names, relative to [`REGISTRY_V1`]. Requests go to any replica (one queue
