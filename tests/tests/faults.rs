@@ -199,3 +199,85 @@ async fn the_registry_and_auth_killed_mid_run_lose_no_job_event_or_charge_and_do
     })
     .await;
 }
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn oversized_bodies_header_floods_and_slow_clients_leave_the_api_up_and_its_memory_bounded() {
+    use tokio::io::AsyncWriteExt;
+    TestStack::run(LIMIT, |mut stack| async move {
+        stack.start_core().await;
+        let api = stack.api();
+        let addr = stack.base_url().trim_start_matches("http://").to_owned();
+        let before = rss_kib(api.pid());
+
+        // 300 slow clients: a request line, then nothing.
+        let mut slow = Vec::new();
+        for _ in 0..300 {
+            if let Ok(mut s) = tokio::net::TcpStream::connect(&addr).await {
+                let _ = s
+                    .write_all(b"POST /api/auth/login HTTP/1.1\r\nHost: x\r\n")
+                    .await;
+                slow.push(s);
+            }
+        }
+        // Header floods: many large headers on one request.
+        for _ in 0..5 {
+            if let Ok(mut s) = tokio::net::TcpStream::connect(&addr).await {
+                let mut req = b"GET /admin/api/users HTTP/1.1\r\nHost: x\r\n".to_vec();
+                for i in 0..2000 {
+                    req.extend_from_slice(
+                        format!("X-Flood-{i}: {}\r\n", "a".repeat(1000)).as_bytes(),
+                    );
+                }
+                req.extend_from_slice(b"\r\n");
+                let _ = s.write_all(&req).await;
+            }
+        }
+        // Oversized bodies, announced and not.
+        let big = vec![b'x'; 8 << 20];
+        let (status, _) = gantry_testing::send(
+            stack
+                .http()
+                .post(stack.url("/admin/api/train"))
+                .bearer_auth(ADMIN_TOKEN)
+                .header("content-type", "application/json")
+                .body(big.clone()),
+        )
+        .await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        let chunked = reqwest::Body::wrap_stream(futures::stream::iter(
+            (0..64).map(|_| Ok::<_, std::io::Error>(vec![b' '; 256 << 10])),
+        ));
+        let (status, _) = gantry_testing::send(
+            stack
+                .http()
+                .post(stack.url("/admin/api/train"))
+                .bearer_auth(ADMIN_TOKEN)
+                .header("content-type", "application/json")
+                .body(chunked),
+        )
+        .await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+
+        // Still answering, memory bounded, while the slow clients hang on.
+        api.wait_ready(READY).await;
+        let (status, _) = stack.admin_get("/admin/api/users").await;
+        assert_eq!(status, StatusCode::OK);
+        let after = rss_kib(api.pid());
+        assert!(
+            after < before + 64 * 1024,
+            "the api grew from {before} KiB to {after} KiB"
+        );
+        drop(slow);
+    })
+    .await;
+}
