@@ -281,3 +281,76 @@ async fn oversized_bodies_header_floods_and_slow_clients_leave_the_api_up_and_it
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_trainer_killed_between_its_last_step_and_its_completion_is_finished_by_another_once() {
+    use futures::StreamExt;
+    TestStack::run(LIMIT, |mut stack| async move {
+        stack.short_heartbeats();
+        stack.start_core().await;
+        let mut doomed = stack.join_trainer("doomed").await;
+        stack.shapes("shapes", 40, 3);
+        let (user, token) = stack.user("payer", 1000).await;
+        let (status, v) = gantry_testing::send(
+            stack
+                .http()
+                .post(stack.url("/api/train?wait=false"))
+                .bearer_auth(&token)
+                .json(&json!({"train_path": "/shapes", "epochs": 3, "image_size": 48, "output_model": "Upload"})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{v}");
+        let id = v["job_id"].as_str().unwrap().to_owned();
+
+        // Killed the moment its last training step is reported: what follows (evaluation, the
+        // weights' upload, the completion) is cut short.
+        let mut live = stack
+            .client()
+            .subscribe(gantry_contracts::jobs::job_events(&id))
+            .await
+            .unwrap();
+        let last_step = tokio::time::timeout(Duration::from_secs(120), async {
+            while let Some(msg) = live.next().await {
+                if let Ok(e) = serde_json::from_slice::<JobEvent>(&msg.payload) {
+                    if let gantry_contracts::jobs::JobEventKind::Progress { step, total_steps, .. } = e.kind {
+                        if step == total_steps {
+                            return true;
+                        }
+                    }
+                }
+            }
+            false
+        })
+        .await
+        .unwrap_or(false);
+        doomed.kill9();
+        assert!(last_step, "the last step was never reported");
+
+        let _rescuer = stack.join_trainer("rescuer").await;
+        let job = stack.wait_final(&id, Duration::from_secs(150)).await;
+        assert_eq!(job["status"], "completed", "{job:#}\n{}", stack.logs());
+        assert_eq!(job["node"], "rescuer", "the killed node finished first: {job:#}");
+        assert_eq!(stack.balance(user).await, 900, "charged once");
+        let (_, model) = stack.admin_get("/admin/api/models/Upload").await;
+        assert_eq!(model["versions"].as_array().map(Vec::len), Some(1), "{model}");
+        let events = stack.events(&id).await;
+        let k = kinds(&events);
+        assert_eq!(k.iter().filter(|e| **e == "completed").count(), 1, "{k:?}");
+        // Whatever the killed delivery uploaded is not kept beside the listed weights.
+        let listed = job["model"]["weights_key"].as_str().unwrap().to_owned();
+        let uploads = async_nats::jetstream::new(stack.client().clone())
+            .get_object_store(gantry_contracts::jobs::UPLOADS_BUCKET)
+            .await
+            .unwrap();
+        let first = gantry_contracts::jobs::weights_key(&id, 1);
+        if listed != first {
+            let gone = wait_until(Duration::from_secs(10), || async {
+                let info = uploads.info(first.as_str()).await;
+                (info.is_err() || info.is_ok_and(|i| i.deleted)).then_some(())
+            })
+            .await;
+            assert!(gone.is_some(), "the killed delivery's upload was kept");
+        }
+    })
+    .await;
+}
