@@ -30,8 +30,14 @@ async fn nats_restarting_mid_run_loses_no_job_or_event_and_every_service_reconne
             })
             .await;
 
-        // NATS goes away (JetStream keeps its files) and comes back on the same port.
+        // NATS goes away (JetStream keeps its files) and comes back on the same port. While
+        // it is away the api answers 503 with Retry-After, within its request timeout.
         stack.nats.stop();
+        let started = Instant::now();
+        let (status, retry, v) = call(&stack, reqwest::Method::GET, "/admin/api/jobs", None).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+        assert!(retry.is_some(), "no Retry-After: {v}");
+        assert!(started.elapsed() < Duration::from_secs(25), "{:?}", started.elapsed());
         stack.nats.restart().await;
         stack.reconnect().await;
 
