@@ -40,9 +40,18 @@ async fn nats_restarting_mid_run_loses_no_job_or_event_and_every_service_reconne
         assert!(started.elapsed() < Duration::from_secs(25), "{:?}", started.elapsed());
         stack.nats.restart().await;
         stack.reconnect().await;
+        // Each service comes back by itself; until it has, the api may still answer 503.
+        for svc in [stack.api(), stack.auth(), stack.registry()] {
+            svc.wait_ready(Duration::from_secs(30)).await;
+        }
 
         for id in [&running, &queued] {
-            let job = stack.wait_final(id, Duration::from_secs(150)).await;
+            let job = wait_until(Duration::from_secs(150), || async {
+                let (status, job) = stack.admin_get(&format!("/admin/api/jobs/{id}")).await;
+                (status == StatusCode::OK && gantry_testing::is_final(&job)).then_some(job)
+            })
+            .await
+            .unwrap_or_else(|| panic!("job {id} never ended\n{}", stack.logs()));
             assert_eq!(job["status"], "completed", "{job:#}\n{}", stack.logs());
             assert_eq!(job["model"]["version"], 1, "{job:#}");
         }
