@@ -55,10 +55,12 @@ async fn a_node_cut_off_mid_job_is_gone_within_three_heartbeats_and_its_job_resu
         stack
             .wait_node("cut", Duration::from_secs(20), "gone", |n| !n.connected)
             .await;
+        // Three heartbeats, plus the sweep's own period and this test's polling, with room for a
+        // loaded machine.
         let gone_after = cut_at.elapsed();
         let three = Duration::from_secs_f64(INTERVAL * f64::from(MISSES));
         assert!(
-            gone_after < three + Duration::from_secs(2),
+            gone_after < three + Duration::from_secs(4),
             "marked gone after {gone_after:?}, three heartbeats are {three:?}"
         );
 
