@@ -73,14 +73,15 @@ async fn a_charge_is_refunded_when_the_queue_refuses_the_job() {
         .expect("the job stream was never created");
         js.delete_stream(JOBS_STREAM).await.unwrap();
 
-        let (status, v) = send(
+        let submit = || {
             stack
                 .http()
                 .post(format!("{}/api/train", stack.base_url()))
                 .bearer_auth(&token)
-                .json(&json!({"train_path": "/shapes"})),
-        )
-        .await;
+                .header("Idempotency-Key", "retry-me")
+                .json(&json!({"train_path": "/shapes"}))
+        };
+        let (status, v) = send(submit()).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{v}");
         assert!(
             v["error"]["message"].as_str().unwrap().contains("refunded"),
@@ -100,6 +101,29 @@ async fn a_charge_is_refunded_when_the_queue_refuses_the_job() {
             "not left queued: {jobs}"
         );
         assert_eq!(jobs["jobs"][0]["refunded"], true);
+        let first = jobs["jobs"][0]["job_id"].clone();
+
+        // Retrying with the same key, as the 503 invites, never trains for free: the answer is
+        // the job as it ended, nothing is charged, queued or refunded again.
+        let (status, again) = send(submit()).await;
+        let first = first.as_str().unwrap();
+        assert!(
+            again["job_id"] == first
+                || again.to_string().contains(first)
+                || status == StatusCode::CONFLICT,
+            "{status} {again}"
+        );
+        assert_ne!(status, StatusCode::ACCEPTED, "{again}");
+        assert_eq!(stack.balance(id).await, 1000);
+        let (_, jobs) = send(
+            stack
+                .http()
+                .get(format!("{}/api/jobs", stack.base_url()))
+                .bearer_auth(&token),
+        )
+        .await;
+        assert_eq!(jobs["total"], 1, "{jobs}");
+        assert_eq!(jobs["jobs"][0]["status"], "failed");
     })
     .await;
 }
