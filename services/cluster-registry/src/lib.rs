@@ -27,6 +27,7 @@ pub mod callout;
 pub mod error;
 pub mod events;
 pub mod jobs;
+pub mod kick;
 pub mod lifecycle;
 pub mod liveness;
 pub mod models;

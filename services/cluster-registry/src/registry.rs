@@ -262,8 +262,7 @@ impl Registry {
         let Some(system) = self.inner.system.get() else {
             return;
         };
-        match crate::callout::disconnect(system, &crate::callout::token_user_prefix(token_id)).await
-        {
+        match crate::kick::disconnect(system, &crate::kick::token_user_prefix(token_id)).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(
                 token_id,

@@ -9,7 +9,7 @@ use crate::jwt::{self, JwtError};
 use crate::permissions::{Permissions, ACCOUNT};
 
 /// Where the server asks (in the callout's account).
-pub const SUBJECT: &str = "$SYS.REQ.USER.AUTH";
+pub use crate::permissions::CALLOUT_SUBJECT as SUBJECT;
 
 /// Longest cluster token or connection name considered.
 const MAX_FIELD: usize = 512;

@@ -15,6 +15,9 @@ use gantry_contracts::{auth, jobs, subjects};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+/// Where the server asks the registry to admit a client (the auth callout, in [`ACCOUNT`]).
+pub const CALLOUT_SUBJECT: &str = "$SYS.REQ.USER.AUTH";
+
 /// The account every Gantry connection lives in.
 pub const ACCOUNT: &str = "GANTRY";
 /// The server's system account (the registry kicks revoked nodes through it).
@@ -135,7 +138,7 @@ pub fn role(role: Role) -> Permissions {
                     subjects::REGISTRY_EVENTS.into(),
                     jobs::SETTLED_SUBJECTS.into(),
                     jobs::MAX_DELIVERIES_ADVISORY.into(),
-                    crate::callout::SUBJECT.into(),
+                    CALLOUT_SUBJECT.into(),
                     inbox,
                 ],
                 micro("gantry-registry"),
@@ -290,7 +293,7 @@ mod tests {
                 "{r:?}"
             );
             assert_eq!(
-                p.may_subscribe(crate::callout::SUBJECT),
+                p.may_subscribe(CALLOUT_SUBJECT),
                 r == Role::Registry,
                 "{r:?}"
             );
@@ -302,7 +305,7 @@ mod tests {
             "gantry.registry.v1.nodes.register",
             "gantry.node.other.heartbeat",
             "gantry.node.other.control",
-            crate::callout::SUBJECT,
+            CALLOUT_SUBJECT,
             "_INBOX_api.x",
             "_INBOX.x",
         ] {
