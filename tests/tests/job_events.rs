@@ -216,16 +216,8 @@ async fn a_job_recorded_but_never_queued_is_failed_and_refunded_by_the_reconcile
         }
         // "waiting" is in the queue (no node yet); "orphan" never got there, as when the api
         // stops between recording a job and queueing it.
-        let js = async_nats::jetstream::new(stack.client().clone());
         let waiting = train_job("waiting", user.id, JobDriver::Cpu);
-        js.publish(
-            jobs::train_subject(JobDriver::Cpu),
-            serde_json::to_vec(&waiting).unwrap().into(),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+        stack.queue_job(&waiting).await;
 
         let orphan = wait_until(Duration::from_secs(30), || async {
             read_job(&stack, "orphan")
@@ -269,16 +261,9 @@ async fn a_job_whose_last_delivery_ended_with_its_node_is_failed_and_refunded_by
         // Its message is still in the queue, but the node that took it on the queue's last
         // delivery is gone (it never heartbeats), and the max-deliveries advisory was missed.
         let js = async_nats::jetstream::new(stack.client().clone());
-        js.publish(
-            jobs::train_subject(JobDriver::Cpu),
-            serde_json::to_vec(&train_job("spent", user.id, JobDriver::Cpu))
-                .unwrap()
-                .into(),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+        stack
+            .queue_job(&train_job("spent", user.id, JobDriver::Cpu))
+            .await;
         let last = JobEvent {
             delivery: jobs::MAX_DELIVER as u64,
             ..started("spent")
@@ -325,17 +310,9 @@ async fn a_charge_no_job_was_recorded_for_is_refunded_by_the_reconciler_once() {
         }
         assert_eq!(stack.auth_balance(user.id).await, 100);
         record_job(&stack, "kept", user.id, 100).await;
-        let js = async_nats::jetstream::new(stack.client().clone());
-        js.publish(
-            jobs::train_subject(JobDriver::Cpu),
-            serde_json::to_vec(&train_job("kept", user.id, JobDriver::Cpu))
-                .unwrap()
-                .into(),
-        )
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+        stack
+            .queue_job(&train_job("kept", user.id, JobDriver::Cpu))
+            .await;
 
         let metrics = wait_until(Duration::from_secs(30), || async {
             let m = stack.registry().metrics().await;

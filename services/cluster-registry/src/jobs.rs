@@ -5,6 +5,10 @@
 //!
 //! Collection `jobs` of `<prefix>registry`: one document per job, `_id` = job id, written whole
 //! (replace) so booleans stay booleans.
+//!
+//! Longer than most modules because the reconciler's rounds (refunds due, lost jobs, charges
+//! with no job, unused datasets) live here beside the writes they repeat: each needs the job
+//! collection and the same conditional transitions.
 
 use async_nats::jetstream;
 use chrono::Utc;

@@ -45,6 +45,19 @@ pub fn kinds(events: &[JobEvent]) -> Vec<&'static str> {
 }
 
 impl TestStack {
+    /// Put `job` in the job queue on its driver's subject, as the api does after recording it.
+    pub async fn queue_job(&self, job: &jobs::TrainJob) {
+        jetstream::new(self.client.clone())
+            .publish(
+                jobs::train_subject(job.driver),
+                serde_json::to_vec(job).unwrap().into(),
+            )
+            .await
+            .expect("publish the job")
+            .await
+            .expect("the queue stores the job");
+    }
+
     /// Record `job` as queued and charged `tokens`, straight through the registry, as the api
     /// would (nothing is put in the queue).
     pub async fn record_job(&self, job: &jobs::TrainJob, tokens: i64) -> jobs::JobRecord {
