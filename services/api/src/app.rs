@@ -93,29 +93,45 @@ pub fn build(
         .around(move |ep, mut req| {
             let known = known.clone();
             async move {
-            let started = std::time::Instant::now();
-            let method = req.method().to_string();
-            let route = gantry_runtime::metrics::route_label(req.uri().path(), &known);
-            let span = tracing::info_span!("http.request", method = %req.method(), path = %req.uri().path(), otel.kind = "server", status = tracing::field::Empty);
-            gantry_runtime::telemetry::set_parent_from_http(&span, req.headers());
-            let resp = async move {
-                limit_body(&mut req).await?;
-                ep.call(req).await.map(IntoResponse::into_response)
-            }
-            .instrument(span.clone())
-            .await;
-            let resp = match resp {
-                Ok(r) => r,
-                Err(err) if err.is_from_response() => err.into_response(),
-                Err(err) => envelope(err),
-            };
-            span.record("status", resp.status().as_u16());
-            let status = resp.status().as_u16().to_string();
-            gantry_runtime::metrics::HTTP_REQUESTS.with_label_values(&[method.as_str(), route.as_str(), status.as_str()]).inc();
-            gantry_runtime::metrics::HTTP_REQUEST_SECONDS
-                .with_label_values(&[method.as_str(), route.as_str()])
-                .observe(started.elapsed().as_secs_f64());
-            Ok(resp)
+                let started = std::time::Instant::now();
+                let method = req.method().to_string();
+                let route = gantry_runtime::metrics::route_label(req.uri().path(), &known);
+                // HTTP server span, named and described as the semantic conventions ask.
+                let span = tracing::info_span!(
+                    "http.request",
+                    otel.name = format!("{method} {route}"),
+                    otel.kind = "server",
+                    http.request.method = %method,
+                    http.route = %route,
+                    url.path = %req.uri().path(),
+                    url.scheme = "http",
+                    http.response.status_code = tracing::field::Empty,
+                    otel.status_code = tracing::field::Empty,
+                );
+                gantry_runtime::telemetry::set_parent_from_http(&span, req.headers());
+                let resp = async move {
+                    limit_body(&mut req).await?;
+                    ep.call(req).await.map(IntoResponse::into_response)
+                }
+                .instrument(span.clone())
+                .await;
+                let resp = match resp {
+                    Ok(r) => r,
+                    Err(err) if err.is_from_response() => err.into_response(),
+                    Err(err) => envelope(err),
+                };
+                span.record("http.response.status_code", resp.status().as_u16());
+                if resp.status().is_server_error() {
+                    span.record("otel.status_code", "ERROR");
+                }
+                let status = resp.status().as_u16().to_string();
+                gantry_runtime::metrics::HTTP_REQUESTS
+                    .with_label_values(&[method.as_str(), route.as_str(), status.as_str()])
+                    .inc();
+                gantry_runtime::metrics::HTTP_REQUEST_SECONDS
+                    .with_label_values(&[method.as_str(), route.as_str()])
+                    .observe(started.elapsed().as_secs_f64());
+                Ok(resp)
             }
         })
 }

@@ -18,6 +18,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::types::Example;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 use sha2::{Digest, Sha256};
+use tracing::Instrument;
 
 use crate::auth::Credentials;
 use crate::data_path::DataRoot;
@@ -394,15 +395,29 @@ impl TrainApi {
         } else {
             None
         };
-        let mut headers = nats::traced_headers();
-        headers.insert("Nats-Msg-Id", job_id.as_str());
+        let subject = jobs::train_subject(driver);
         let payload = serde_json::to_vec(&job).map_err(ApiError::internal)?;
+        // The producer span: the trainer's job span is its child, through the message's
+        // `traceparent`, on whichever node and delivery takes it.
+        let span = tracing::info_span!(
+            "jobs.publish",
+            otel.name = format!("send {subject}"),
+            otel.kind = "producer",
+            messaging.system = "nats",
+            messaging.destination.name = %subject,
+            messaging.operation.type = "send",
+            messaging.operation.name = "publish",
+            messaging.message.id = %job_id,
+        );
         let published = async {
-            js.publish_with_headers(jobs::train_subject(driver), headers, payload.into())
+            let mut headers = nats::traced_headers();
+            headers.insert("Nats-Msg-Id", job_id.as_str());
+            js.publish_with_headers(subject.clone(), headers, payload.into())
                 .await?
                 .await?;
             anyhow::Ok(())
         }
+        .instrument(span)
         .await;
         if let Err(e) = published {
             tracing::error!(error = format!("{e:#}"), "publishing the job failed");

@@ -166,6 +166,13 @@ impl Jobs {
                 .publish(jobs::cancel_subject(&job.job_id), "".into())
                 .await;
         }
+        if effects.first_start {
+            // Dispatch latency: from the job's record to a node's `started`.
+            let waited = (chrono::Utc::now() - job.created_at)
+                .num_milliseconds()
+                .max(0);
+            gantry_runtime::metrics::REGISTRY_DISPATCH_SECONDS.observe(waited as f64 / 1000.0);
+        }
         if effects.ended {
             gantry_runtime::metrics::REGISTRY_JOBS_ENDED
                 .with_label_values(&[job.status.as_str()])

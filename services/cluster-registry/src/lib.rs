@@ -13,6 +13,7 @@
 //!   events, settle (refunds, announcements); carries out what [`lifecycle`] decides.
 //! - [`models`]: model versions: numbering, listing, withdrawing, crediting nodes, weights.
 //! - [`events`]: the durable job event consumer, the max-deliveries advisory, completions.
+//! - [`queue`]: the training queue's depth per driver, for `gantry_queue_jobs`.
 //! - [`reconcile`]: one replica at a time (a key-value lease) settles what no event will:
 //!   refunds still due.
 //! - [`liveness`]: restore from the store, follow heartbeats and announcements, expire silent
@@ -31,6 +32,7 @@ pub mod kick;
 pub mod lifecycle;
 pub mod liveness;
 pub mod models;
+pub mod queue;
 pub mod reconcile;
 pub mod registry;
 pub mod startup;

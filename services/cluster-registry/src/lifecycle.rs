@@ -202,6 +202,8 @@ pub struct Effects {
     pub stop_trainers: bool,
     /// Publish this on the job's event subject, for its followers (trainers publish their own).
     pub publish: Option<JobEventKind>,
+    /// A node started the job for the first time: how long it waited is measured from here.
+    pub first_start: bool,
 }
 
 /// Whether `t` would change `job`, without changing it: the guard [`apply`] starts with.
@@ -269,6 +271,7 @@ pub fn apply(job: &mut JobRecord, t: &Transition) -> Result<Effects, Refused> {
     let mut effects = Effects::default();
     match t {
         Transition::Started { node, node_id, .. } => {
+            effects.first_start = job.status == JobStatus::Queued && job.node_id.is_none();
             job.status = JobStatus::Running;
             job.node = Some(node.clone());
             job.node_id = Some(node_id.clone());

@@ -128,6 +128,12 @@ async fn serve_jobs(
         shutdown.clone(),
         tracker,
     );
+    crate::queue::start(
+        registry.client().clone(),
+        config.heartbeat_interval,
+        shutdown.clone(),
+        tracker,
+    );
     let models = Endpoints::new(group, jobs.models().clone(), shutdown, tracker);
     let jobs = Endpoints::new(group, jobs, shutdown, tracker);
     jobs.add(

@@ -7,8 +7,8 @@
 use std::collections::{HashMap, HashSet};
 
 use gantry_contracts::registry::{
-    plan_processes, process_status, ClusterClient, ClusterNode, Driver, Heartbeat, MasterStats,
-    NodeControl, NodeSettings, Process,
+    plan_processes, process_status, ClusterClient, ClusterNode, Driver, GpuStats, Heartbeat,
+    MasterStats, NodeControl, NodeSettings, Process,
 };
 
 use gantry_contracts::jobs::{JobDriver, WaitingReason};
@@ -63,6 +63,10 @@ pub struct Node {
     pub uptime_seconds: f64,
     /// GPU memory in use, MiB.
     pub gpu_memory_used_mib: Option<u64>,
+    /// Each GPU's live figures, as last reported (kept in memory only: they change every beat).
+    pub gpu_stats: Vec<GpuStats>,
+    /// Why it fails its health check, as last reported.
+    pub unhealthy: Option<String>,
     /// Changed since the last flush.
     pub dirty: bool,
     /// The `last_seen` last written.
@@ -77,6 +81,7 @@ impl Node {
             &record.inventory.gpu_info,
             &record.settings,
             &vec![None; record.workers as usize],
+            None,
         );
         Self {
             record,
@@ -90,6 +95,8 @@ impl Node {
             driver,
             uptime_seconds: 0.0,
             gpu_memory_used_mib: None,
+            gpu_stats: Vec::new(),
+            unhealthy: None,
             dirty: true,
             persisted_last_seen: 0.0,
             last_push: f64::NEG_INFINITY,
@@ -195,6 +202,12 @@ impl Node {
             gpu_devices: inv.gpus.clone(),
             driver_version: inv.driver_version.clone(),
             processes: self.processes.clone(),
+            gpu_stats: if self.connected {
+                self.gpu_stats.clone()
+            } else {
+                Vec::new()
+            },
+            unhealthy: self.unhealthy.clone().filter(|_| self.connected),
         }
     }
 
@@ -332,6 +345,7 @@ impl View {
                         &node.record.inventory.gpu_info,
                         &node.record.settings,
                         &vec![None; node.record.workers as usize],
+                        None,
                     );
                     node.driver = driver;
                     node.processes = processes;
@@ -385,6 +399,8 @@ impl View {
         }
         node.uptime_seconds = hb.uptime_seconds;
         node.gpu_memory_used_mib = hb.gpu_memory_used_mib;
+        node.gpu_stats = hb.gpu_stats.clone();
+        node.unhealthy = hb.unhealthy.clone();
         if now - node.persisted_last_seen >= LAST_SEEN_PERSIST_SECS {
             node.dirty = true;
         }
@@ -471,11 +487,16 @@ impl View {
     /// the view has heard every live node since it was restored; before that, an empty answer
     /// says nothing about the cluster, so the job waits as [`WaitingReason::Settling`].
     pub fn waiting_reason(&self, driver: JobDriver, settled: bool) -> Option<WaitingReason> {
-        let serving: Vec<&Node> = self
+        let for_driver: Vec<&Node> = self
             .nodes
             .values()
             .filter(|n| n.connected && !n.revoked && !n.record.settings.draining)
             .filter(|n| driver == JobDriver::Any || n.driver.as_str() == driver.as_str())
+            .collect();
+        let serving: Vec<&Node> = for_driver
+            .iter()
+            .copied()
+            .filter(|n| n.unhealthy.is_none())
             .filter(|n| {
                 !n.processes
                     .iter()
@@ -483,7 +504,10 @@ impl View {
             })
             .collect();
         if serving.is_empty() {
-            return Some(if settled {
+            return Some(if for_driver.iter().any(|n| n.unhealthy.is_some()) {
+                // They may recover: the job waits rather than being given up.
+                WaitingReason::Unhealthy { driver }
+            } else if settled {
                 WaitingReason::NoNode { driver }
             } else {
                 WaitingReason::Settling

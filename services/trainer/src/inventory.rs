@@ -25,7 +25,7 @@ fn libtorch_is_hip() -> bool {
 }
 
 /// Run a tool with a deadline; its stdout when it exits 0.
-fn run_tool(program: &str, args: &[&str], timeout: Duration) -> Option<String> {
+pub(crate) fn run_tool(program: &str, args: &[&str], timeout: Duration) -> Option<String> {
     let mut child = Command::new(program)
         .args(args)
         .stdin(Stdio::null())
@@ -274,20 +274,6 @@ pub fn detect(nvml: Option<&Nvml>) -> Inventory {
         cpus,
         notes,
     }
-}
-
-/// GPU memory in use over all NVIDIA devices, MiB, when NVML can tell.
-pub fn gpu_memory_used_mib(nvml: Option<&Nvml>) -> Option<u64> {
-    let nvml = nvml?;
-    let count = nvml.device_count().ok()?;
-    if count == 0 {
-        return None;
-    }
-    let mut used = 0;
-    for i in 0..count {
-        used += nvml.device_by_index(i).ok()?.memory_info().ok()?.used;
-    }
-    Some(used / (1024 * 1024))
 }
 
 #[cfg(test)]

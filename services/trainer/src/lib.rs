@@ -6,6 +6,7 @@
 //! ## Layout
 //! - [`startup`]: inventory, connect, register the micro service, serve health, join, run.
 //! - [`inventory`]: CUDA/ROCm devices (tch, NVML, rocm-smi), host memory and CPUs.
+//! - [`health`]: live GPU figures (NVML, rocm-smi) and the node's health check.
 //! - [`node`]: joining, heartbeats, control messages (driver, drain, leave), re-registering.
 //! - [`worker`]: the pull loop and the worker slots; cancels reach a job through its
 //!   [`control`] flags.
@@ -22,6 +23,7 @@
 pub mod cache;
 pub mod checkpoint;
 pub mod control;
+pub mod health;
 pub mod inventory;
 pub mod node;
 pub mod outcome;

@@ -16,6 +16,8 @@ enum Command {
     Run,
     /// Print this machine's GPU inventory as JSON and exit.
     Inventory,
+    /// Print one reading of every GPU's live figures (what heartbeats carry) as JSON and exit.
+    GpuStats,
 }
 
 fn main() -> ExitCode {
@@ -40,6 +42,21 @@ async fn cli_main() -> ExitCode {
     match Cli::parse().command.unwrap_or(Command::Run) {
         Command::Run => {
             gantry_runtime::run_service("gantry-trainer", gantry_trainer::startup::run).await
+        }
+        Command::GpuStats => {
+            let nvml = gantry_trainer::inventory::open_nvml().ok();
+            let inv = gantry_trainer::inventory::detect(nvml.as_ref());
+            let stats = gantry_trainer::health::read(nvml.as_ref(), &inv.gpus);
+            match serde_json::to_string_pretty(&stats) {
+                Ok(json) => {
+                    println!("{json}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("gantry-trainer: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Inventory => {
             let nvml = gantry_trainer::inventory::open_nvml();

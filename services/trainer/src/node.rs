@@ -19,9 +19,10 @@ use gantry_contracts::registry::{
 use gantry_contracts::subjects;
 use gantry_runtime::nats;
 use gantry_runtime::retry;
-use nvml_wrapper::Nvml;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::{watch, Notify};
+
+use crate::health::Health;
 use tokio_util::sync::CancellationToken;
 
 /// What the workers do now: which backend's jobs they take, and whether they take any.
@@ -65,7 +66,6 @@ pub struct Node {
     client: Client,
     config: NodeConfig,
     inventory: Inventory,
-    nvml: Option<Arc<Nvml>>,
     started: Instant,
     node_id: String,
     settings: NodeSettings,
@@ -73,6 +73,8 @@ pub struct Node {
     busy: Arc<Mutex<Vec<Option<String>>>>,
     /// Woken by the job consumers when a slot is taken or freed: heartbeat at once.
     busy_changed: Arc<Notify>,
+    /// The GPUs' figures and the node's health check, as last read.
+    health: watch::Receiver<Health>,
     plan: watch::Sender<WorkerPlan>,
 }
 
@@ -132,7 +134,7 @@ impl Node {
         client: Client,
         config: NodeConfig,
         inventory: Inventory,
-        nvml: Option<Arc<Nvml>>,
+        health: watch::Receiver<Health>,
         shutdown: &CancellationToken,
     ) -> Result<Self, JoinError> {
         let workers = config.workers as usize;
@@ -144,12 +146,12 @@ impl Node {
             client,
             config,
             inventory,
-            nvml,
             started: Instant::now(),
             node_id: String::new(),
             settings: NodeSettings::default(),
             busy: Arc::new(Mutex::new(vec![None; workers])),
             busy_changed: Arc::new(Notify::new()),
+            health,
             plan,
         };
         let mut backoff = retry::Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
@@ -195,14 +197,16 @@ impl Node {
         if settings.settings_version < self.settings.settings_version {
             return;
         }
-        let (driver, processes) = plan_processes(&self.inventory.gpu_info, &settings, &[None]);
+        let (driver, processes) =
+            plan_processes(&self.inventory.gpu_info, &settings, &[None], None);
         let unavailable = processes.first().is_some_and(|p| p.reason.is_some());
         if let Some(reason) = processes.first().and_then(|p| p.reason.clone()) {
             tracing::warn!(%reason, "the chosen driver is not available here; workers are unavailable");
         }
+        let healthy = self.health.borrow().unhealthy.is_none();
         let plan = WorkerPlan {
             driver,
-            accepting: !settings.draining && !unavailable,
+            accepting: !settings.draining && !unavailable && healthy,
         };
         if *self.plan.borrow() != plan || self.settings != settings {
             tracing::info!(
@@ -216,16 +220,30 @@ impl Node {
 
     fn heartbeat(&self, stopping: bool) -> Heartbeat {
         let busy = self.busy.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let (driver, processes) = plan_processes(&self.inventory.gpu_info, &self.settings, &busy);
+        let health = self.health.borrow().clone();
+        let (driver, processes) = plan_processes(
+            &self.inventory.gpu_info,
+            &self.settings,
+            &busy,
+            health.unhealthy.as_deref(),
+        );
         Heartbeat {
             node_id: self.node_id.clone(),
             busy_slots: busy.iter().filter(|b| b.is_some()).count() as u32,
-            gpu_memory_used_mib: crate::inventory::gpu_memory_used_mib(self.nvml.as_deref()),
+            // From the monitor's last reading: a heartbeat never waits on the driver.
+            gpu_memory_used_mib: health
+                .gpus
+                .iter()
+                .map(|g| g.memory_used_mib)
+                .sum::<Option<u64>>()
+                .filter(|_| !health.gpus.is_empty()),
             processes,
             driver,
             settings: self.settings.clone(),
             uptime_seconds: self.started.elapsed().as_secs_f64(),
             stopping,
+            gpu_stats: health.gpus,
+            unhealthy: health.unhealthy,
         }
     }
 
@@ -274,6 +292,16 @@ impl Node {
         loop {
             tokio::select! {
                 _ = busy_changed.notified() => self.send_heartbeat(false).await,
+                changed = self.health.changed() => {
+                    if changed.is_err() {
+                        anyhow::bail!("the health monitor stopped");
+                    }
+                    // Passing or failing the health check opens or closes the node to new jobs:
+                    // the workers and the registry hear it now, not at the next tick.
+                    let settings = self.settings.clone();
+                    self.apply(settings);
+                    self.send_heartbeat(false).await;
+                }
                 _ = shutdown.cancelled() => {
                     self.send_heartbeat(true).await;
                     let _ = tokio::time::timeout(Duration::from_secs(2), self.client.flush()).await;

@@ -97,8 +97,21 @@ impl JobRunner {
         control: Arc<JobControl>,
     ) {
         let delivery = msg.info().map(|i| i.delivered.max(1) as u64).unwrap_or(1);
+        // The consumer span, a child of the api's publish through the message's `traceparent`:
+        // every delivery of the job, on any node, joins the same trace.
         let span = tracing::info_span!(
-            "train.job", job_id = %job.job_id, delivery, model = %job.output_model, backend = %backend, otel.kind = "consumer"
+            "train.job",
+            otel.name = format!("process {}", msg.subject),
+            otel.kind = "consumer",
+            messaging.system = "nats",
+            messaging.destination.name = %msg.subject,
+            messaging.operation.type = "process",
+            messaging.message.id = %job.job_id,
+            job_id = %job.job_id,
+            delivery,
+            model = %job.output_model,
+            backend = %backend,
+            gantry.node.id = %self.config.node_id,
         );
         telemetry::set_parent_from(&span, msg.headers.as_ref());
         async move {
@@ -172,8 +185,9 @@ impl JobRunner {
                 job.dataset_hash
             ));
         };
+        let fetch = tracing::info_span!("dataset.fetch", snapshot = %snapshot);
         let dataset = tokio::select! {
-            d = self.cache.get(&snapshot) => d,
+            d = self.cache.get(&snapshot).instrument(fetch) => d,
             _ = control.interrupted() => return Outcome::interrupted(control).unwrap_or(Outcome::HandedBack),
         };
         // The lease keeps the snapshot in the cache until this job is done with it.
@@ -187,7 +201,12 @@ impl JobRunner {
             }
             Err(e @ CacheError::Other(_)) => return Outcome::Retry(e.to_string()),
         };
-        let resume = match self.checkpoints.read(&job.job_id).await {
+        let resume = match self
+            .checkpoints
+            .read(&job.job_id)
+            .instrument(tracing::info_span!("checkpoint.read"))
+            .await
+        {
             Ok(c) => c,
             Err(e) => return Outcome::Retry(format!("reading the checkpoint: {e:#}")),
         };
@@ -269,7 +288,9 @@ impl JobRunner {
     }
 
     async fn upload_weights(&self, key: &str, weights: &[u8]) -> anyhow::Result<()> {
+        let span = tracing::info_span!("weights.upload", bytes = weights.len(), key);
         gantry_runtime::jetstream::put_object(&self.js, UPLOADS_BUCKET, key, &mut &weights[..])
+            .instrument(span)
             .await
     }
 
@@ -387,7 +408,11 @@ async fn publish_updates(
                 let metrics = gantry_training::Checkpoint::from_bytes(&bytes)
                     .ok()
                     .and_then(|c| c.metrics.last().map(epoch_metrics));
-                match (checkpoints.write(&job_id, &bytes).await, metrics) {
+                let stored = checkpoints
+                    .write(&job_id, &bytes)
+                    .instrument(tracing::info_span!("checkpoint.save", epoch))
+                    .await;
+                match (stored, metrics) {
                     (Ok(()), Some(metrics)) if !control.is_cancelled() => {
                         tracing::info!(
                             epoch,

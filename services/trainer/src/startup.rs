@@ -13,6 +13,7 @@ use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 
 use crate::cache;
+use crate::health::Monitor;
 use crate::inventory;
 use crate::node::{self, JoinError, Node, NodeConfig};
 use crate::worker::{self, WorkerConfig, Workers};
@@ -75,6 +76,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     )
     .await?;
 
+    // The first reading (and the operator's first check) before joining: a node that fails
+    // its health check never takes a job.
+    let gpu_health = Monitor {
+        nvml,
+        gpus: inv.gpus.clone(),
+        node: hostname.to_string(),
+        every: config.heartbeat_interval,
+        command: config.health_check.clone(),
+        command_every: config.health_check_interval,
+    }
+    .start(shutdown.clone())
+    .await;
     let node_config = NodeConfig {
         hostname: node_config_name,
         ip_address: node::local_ip(&config.nats_url),
@@ -91,7 +104,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     // in a row while joining mean the token will not do (after joining, a refusal may be a
     // registry restarting, and the node keeps trying).
     let join = tokio::select! {
-        joined = Node::join(client.clone(), node_config, inv, nvml, &shutdown) => joined,
+        joined = Node::join(client.clone(), node_config, inv, gpu_health, &shutdown) => joined,
         _ = refusals.reached(JOIN_REFUSALS) => Err(JoinError::Refused(
             "the bus refused this node's connection: an unknown or revoked cluster token \
              (check GANTRY_CLUSTER_TOKEN, or ask an admin for a new one)"

@@ -5,7 +5,7 @@ use poem_openapi::types::Example;
 
 use crate::registry::{
     ClusterClient, ClusterClients, ClusterNode, ClusterNodes, ClusterToken, ClusterTokenList,
-    Driver, GpuDevice, GpuInfo, MasterStats, Process, ProcessStatus, SetDriverResult,
+    Driver, GpuDevice, GpuInfo, GpuStats, MasterStats, Process, ProcessStatus, SetDriverResult,
 };
 
 fn gpu_info() -> GpuInfo {
@@ -106,6 +106,21 @@ impl Example for ClusterNodes {
                 }],
                 driver_version: Some("580.65.06".into()),
                 processes: vec![],
+                gpu_stats: vec![GpuStats {
+                    index: 0,
+                    backend: Driver::Cuda,
+                    utilization_percent: Some(97.0),
+                    memory_used_mib: Some(6144),
+                    memory_total_mib: Some(8192),
+                    temperature_c: Some(71.0),
+                    power_draw_w: Some(201.5),
+                    power_limit_w: Some(220.0),
+                    ecc_corrected: None,
+                    ecc_uncorrected: None,
+                    mig_enabled: None,
+                    lost: false,
+                }],
+                unhealthy: None,
             }],
             next_offset: None,
         }

@@ -83,9 +83,11 @@ eq_wire_name!(Driver);
 
 // After `eq_wire_name!`, which `process` uses.
 mod bounds;
+mod gpu_stats;
 mod listing;
 mod process;
 pub use bounds::*;
+pub use gpu_stats::*;
 pub use listing::*;
 pub use process::*;
 
@@ -393,6 +395,13 @@ pub struct Heartbeat {
     pub settings: NodeSettings,
     /// Seconds since the trainer started.
     pub uptime_seconds: f64,
+    /// Each GPU's live figures (empty on a node without GPUs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpu_stats: Vec<GpuStats>,
+    /// Why the node fails its health check (a GPU's, or the operator's `GANTRY_HEALTH_CHECK`):
+    /// while set, it takes no new job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unhealthy: Option<String>,
     /// True in the last heartbeat of a trainer shutting down: show it disconnected at once.
     #[serde(
         default,

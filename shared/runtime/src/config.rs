@@ -76,6 +76,11 @@ pub struct Config {
     pub workers: u32,
     /// `GANTRY_HEARTBEAT_INTERVAL` seconds (default 5).
     pub heartbeat_interval: Duration,
+    /// `GANTRY_HEALTH_CHECK`: a trainer's own health check, a command run with `sh -c`; when it
+    /// exits non-zero the node takes no new job, its output's first line saying why.
+    pub health_check: Option<String>,
+    /// `GANTRY_HEALTH_CHECK_INTERVAL` seconds between runs of `GANTRY_HEALTH_CHECK` (default 60).
+    pub health_check_interval: Duration,
     /// `GANTRY_EVENT_MAX_DELIVER`: deliveries of a job event the registry cannot apply before
     /// it goes to the dead-letter stream (default 10).
     pub event_max_deliver: u32,
@@ -299,6 +304,10 @@ impl Config {
             workers: number("GANTRY_WORKERS", 1u32, 1, 256)?,
             heartbeat_interval: Duration::from_millis(
                 (number("GANTRY_HEARTBEAT_INTERVAL", 5.0f64, 0.05, 3600.0)? * 1000.0) as u64,
+            ),
+            health_check: var("GANTRY_HEALTH_CHECK"),
+            health_check_interval: Duration::from_millis(
+                (number("GANTRY_HEALTH_CHECK_INTERVAL", 60.0f64, 0.1, 86_400.0)? * 1000.0) as u64,
             ),
             heartbeat_misses: number("GANTRY_HEARTBEAT_MISSES", 3u32, 1, 1000)?,
             event_max_deliver: number("GANTRY_EVENT_MAX_DELIVER", 10u32, 2, 1000)?,

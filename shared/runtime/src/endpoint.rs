@@ -139,7 +139,15 @@ pub async fn serve<Req, Resp, F, Fut>(
             r = endpoint.next() => match r { Some(r) => r, None => break },
         };
         let handler = handler.clone();
-        let span = tracing::info_span!("nats.handle", endpoint = name, otel.kind = "server");
+        let span = tracing::info_span!(
+            "nats.handle",
+            otel.name = format!("process {}", request.message.subject),
+            otel.kind = "server",
+            endpoint = name,
+            messaging.system = "nats",
+            messaging.destination.name = %request.message.subject,
+            messaging.operation.type = "process",
+        );
         telemetry::set_parent_from(&span, request.message.headers.as_ref());
         tracker.spawn(
             async move {

@@ -47,18 +47,19 @@ where
     F: FnOnce(Config, CancellationToken) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
-    let _telemetry = telemetry::init(name);
+    let telemetry = telemetry::init(name);
     let config = match Config::from_env() {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "bad configuration");
             eprintln!("{name}: configuration error: {e}");
+            telemetry.shutdown().await;
             return ExitCode::from(2);
         }
     };
     let shutdown = shutdown::on_signal();
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "{name} starting");
-    match serve(config, shutdown).await {
+    let code = match serve(config, shutdown).await {
         Ok(()) => {
             tracing::info!("{name} stopped");
             ExitCode::SUCCESS
@@ -68,5 +69,8 @@ where
             eprintln!("{name}: {e:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    // The spans of the last requests leave before the process does.
+    telemetry.shutdown().await;
+    code
 }

@@ -9,8 +9,9 @@ use std::collections::HashSet;
 use std::sync::LazyLock;
 
 use prometheus::{
-    register_gauge, register_histogram_vec, register_int_counter_vec, register_int_gauge,
-    register_int_gauge_vec, Gauge, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, TextEncoder,
+    register_gauge, register_gauge_vec, register_histogram, register_histogram_vec,
+    register_int_counter_vec, register_int_gauge, register_int_gauge_vec, Gauge, GaugeVec,
+    Histogram, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, TextEncoder,
 };
 
 /// Seconds buckets for request latencies: 1 ms to 30 s.
@@ -112,6 +113,30 @@ pub static REGISTRY_JOBS_ENDED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("gantry_registry_jobs_ended_total registers once")
 });
 
+/// `gantry_registry_dispatch_seconds`: from a job's record to the first `started` from a node.
+pub static REGISTRY_DISPATCH_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        "gantry_registry_dispatch_seconds",
+        "Time from a job's record to a node's first started event (queue wait and dispatch).",
+        vec![
+            0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0,
+            3600.0
+        ]
+    )
+    .expect("gantry_registry_dispatch_seconds registers once")
+});
+
+/// `gantry_queue_jobs{driver, state}`: training jobs in each driver's queue, `waiting` for a
+/// node or `delivered` to one.
+pub static QUEUE_JOBS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register_int_gauge_vec!(
+        "gantry_queue_jobs",
+        "Training jobs in each driver's queue: waiting for a node, or delivered to one.",
+        &["driver", "state"]
+    )
+    .expect("gantry_queue_jobs registers once")
+});
+
 /// `gantry_trainer_jobs_running`.
 pub static TRAINER_JOBS_RUNNING: LazyLock<IntGauge> = LazyLock::new(|| {
     register_int_gauge!(
@@ -162,10 +187,59 @@ pub fn init_registry() {
     LazyLock::force(&REGISTRY_DEAD_EVENTS);
     LazyLock::force(&REGISTRY_RECONCILED);
     LazyLock::force(&REGISTRY_JOBS_ENDED);
+    LazyLock::force(&REGISTRY_DISPATCH_SECONDS);
+    LazyLock::force(&QUEUE_JOBS);
 }
+
+/// `gantry_gpu_*{node, gpu}`: a trainer's GPUs as its last reading found them (NVML or
+/// `rocm-smi`). A figure the driver could not give is left out rather than shown as 0.
+pub struct GpuMetrics {
+    /// `gantry_gpu_utilization_percent`.
+    pub utilization: GaugeVec,
+    /// `gantry_gpu_memory_used_bytes`.
+    pub memory_used: GaugeVec,
+    /// `gantry_gpu_memory_total_bytes`.
+    pub memory_total: GaugeVec,
+    /// `gantry_gpu_temperature_celsius`.
+    pub temperature: GaugeVec,
+    /// `gantry_gpu_power_watts`.
+    pub power: GaugeVec,
+    /// `gantry_gpu_power_limit_watts`.
+    pub power_limit: GaugeVec,
+    /// `gantry_gpu_ecc_errors{kind}`: ECC errors since the driver loaded, `corrected` or
+    /// `uncorrected`.
+    pub ecc_errors: GaugeVec,
+    /// `gantry_gpu_mig_enabled`: 1 when Multi-Instance GPU mode is on.
+    pub mig_enabled: GaugeVec,
+    /// `gantry_gpu_healthy`: 0 when the GPU fails the built-in health check.
+    pub healthy: GaugeVec,
+    /// `gantry_node_healthy{node}`: 0 while the node fails a health check and takes no job.
+    pub node_healthy: GaugeVec,
+}
+
+/// The trainer's GPU gauges.
+pub static GPU: LazyLock<GpuMetrics> = LazyLock::new(|| {
+    let gauge = |name: &str, help: &str, labels: &[&str]| {
+        register_gauge_vec!(name, help, labels).expect("a GPU gauge registers once")
+    };
+    let per_gpu = ["node", "gpu"];
+    GpuMetrics {
+        utilization: gauge("gantry_gpu_utilization_percent", "GPU busy time over the driver's last sample period, percent.", &per_gpu),
+        memory_used: gauge("gantry_gpu_memory_used_bytes", "GPU memory in use, bytes.", &per_gpu),
+        memory_total: gauge("gantry_gpu_memory_total_bytes", "GPU memory in all, bytes.", &per_gpu),
+        temperature: gauge("gantry_gpu_temperature_celsius", "GPU core temperature, degrees Celsius.", &per_gpu),
+        power: gauge("gantry_gpu_power_watts", "GPU power draw, watts.", &per_gpu),
+        power_limit: gauge("gantry_gpu_power_limit_watts", "GPU enforced power limit, watts.", &per_gpu),
+        ecc_errors: gauge("gantry_gpu_ecc_errors", "GPU ECC errors since the driver loaded, by kind (corrected, uncorrected).", &["node", "gpu", "kind"]),
+        mig_enabled: gauge("gantry_gpu_mig_enabled", "1 when the GPU runs in Multi-Instance GPU mode.", &per_gpu),
+        healthy: gauge("gantry_gpu_healthy", "0 when the GPU fails the built-in health check (lost, or uncorrectable ECC errors).", &per_gpu),
+        node_healthy: gauge("gantry_node_healthy", "0 while the node fails a health check (a GPU's or GANTRY_HEALTH_CHECK) and takes no new job.", &["node"]),
+    }
+});
 
 /// Register the trainer's metrics.
 pub fn init_trainer() {
+    LazyLock::force(&GPU);
     LazyLock::force(&TRAINER_JOBS_RUNNING);
     LazyLock::force(&TRAINER_JOBS);
     LazyLock::force(&TRAINER_SAMPLES_PER_SECOND);
@@ -204,9 +278,78 @@ pub fn render() -> String {
         .unwrap_or_else(|e| format!("# encoding the metrics failed: {e}\n"))
 }
 
+/// Every metric family Gantry's services can export, by name (whether or not a service has
+/// recorded a sample yet).
+pub fn family_names() -> std::collections::BTreeSet<String> {
+    use prometheus::core::Collector;
+    let gpu = &*GPU;
+    let collectors: [&dyn Collector; 25] = [
+        &*NATS_REQUESTS,
+        &*NATS_REQUEST_SECONDS,
+        &*HTTP_REQUESTS,
+        &*HTTP_REQUEST_SECONDS,
+        &*REGISTRY_NODES,
+        &*REGISTRY_RECONCILED,
+        &*REGISTRY_DEAD_EVENTS,
+        &*REGISTRY_JOB_EVENTS,
+        &*REGISTRY_JOBS_ENDED,
+        &*REGISTRY_DISPATCH_SECONDS,
+        &*QUEUE_JOBS,
+        &*TRAINER_JOBS_RUNNING,
+        &*TRAINER_JOBS,
+        &*TRAINER_SAMPLES_PER_SECOND,
+        &*TRAINER_CACHE_BYTES,
+        &gpu.utilization,
+        &gpu.memory_used,
+        &gpu.memory_total,
+        &gpu.temperature,
+        &gpu.power,
+        &gpu.power_limit,
+        &gpu.ecc_errors,
+        &gpu.mig_enabled,
+        &gpu.healthy,
+        &gpu.node_healthy,
+    ];
+    collectors
+        .iter()
+        .flat_map(|c| c.desc())
+        .map(|d| d.fq_name.clone())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_dashboard_asks_only_for_metrics_the_services_export() {
+        let exported = family_names();
+        let text = include_str!("../../../deploy/observability/grafana/dashboards/gantry.json");
+        let dashboard: serde_json::Value =
+            serde_json::from_str(text).expect("the dashboard is JSON");
+        let mut asked = 0;
+        for panel in dashboard["panels"].as_array().unwrap() {
+            for target in panel["targets"].as_array().into_iter().flatten() {
+                let expr = target["expr"].as_str().unwrap();
+                for name in expr
+                    .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .filter(|w| w.starts_with("gantry_"))
+                {
+                    let family = ["_bucket", "_sum", "_count"]
+                        .iter()
+                        .find_map(|s| name.strip_suffix(s))
+                        .unwrap_or(name);
+                    assert!(
+                        exported.contains(family),
+                        "panel {:?} asks for {name}, which no service exports",
+                        panel["title"]
+                    );
+                    asked += 1;
+                }
+            }
+        }
+        assert!(asked >= 15, "the dashboard asks for {asked} series");
+    }
 
     #[test]
     fn routes_keep_known_segments_and_fold_the_rest() {

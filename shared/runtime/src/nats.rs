@@ -185,7 +185,15 @@ pub async fn request<Req: Serialize, Resp: DeserializeOwned>(
     subject: String,
     req: &Req,
 ) -> Result<Resp, ServiceFailure> {
-    let span = tracing::info_span!("nats.request", subject = %subject, otel.kind = "client");
+    let span = tracing::info_span!(
+        "nats.request",
+        otel.name = format!("send {subject}"),
+        otel.kind = "client",
+        messaging.system = "nats",
+        messaging.destination.name = %subject,
+        messaging.operation.type = "send",
+        messaging.operation.name = "request",
+    );
     async move {
         let payload = serde_json::to_vec(req).map_err(|e| {
             ServiceFailure::new(ErrorCode::Internal, format!("encoding request: {e}"))

@@ -35,6 +35,7 @@
 //! - [`logs`]: [`Logs`], the services' output kept for failure reports.
 //! - [`infra`]: [`Nats`](infra::Nats) and [`Store`](infra::Store).
 //! - [`service`]: [`ServiceProcess`](service::ServiceProcess), a running service binary.
+//! - [`otlp`]: [`OtlpReceiver`](otlp::OtlpReceiver), a real OTLP trace receiver (HTTP and gRPC).
 //! - [`util`]: free ports, unique database prefixes, polling, metrics.
 
 pub mod api;
@@ -44,6 +45,7 @@ pub mod infra;
 pub mod jobs;
 pub mod logs;
 pub mod netns;
+pub mod otlp;
 pub mod service;
 pub mod stack;
 pub mod util;

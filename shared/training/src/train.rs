@@ -72,6 +72,9 @@ fn run(
 ) -> Result<TrainedModel, TrainError> {
     let mut session = TrainingSession::start(config, data, device, resume)?;
     for epoch in session.remaining_epochs() {
+        // A child of the caller's span (the trainer's job span): one per epoch in the trace.
+        let _span = tracing::info_span!("train.epoch", otel.name = format!("epoch {epoch}"), epoch)
+            .entered();
         let trained = session.train_epoch(epoch, progress)?;
         let val_accuracy = session.evaluate()?;
         session.record(&trained, val_accuracy);

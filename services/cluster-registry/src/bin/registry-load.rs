@@ -188,7 +188,8 @@ async fn main() -> anyhow::Result<()> {
             .map(|(i, r)| {
                 let inv = inventory(*i);
                 let settings = NodeSettings::default();
-                let (driver, processes) = plan_processes(&inv.gpu_info, &settings, &[None, None]);
+                let (driver, processes) =
+                    plan_processes(&inv.gpu_info, &settings, &[None, None], None);
                 let hb = Heartbeat {
                     node_id: r.node_id.clone(),
                     busy_slots: 0,
@@ -198,6 +199,8 @@ async fn main() -> anyhow::Result<()> {
                     settings,
                     uptime_seconds: 0.0,
                     stopping: false,
+                    gpu_stats: Vec::new(),
+                    unhealthy: None,
                 };
                 (subjects::node_heartbeat(&r.node_id), hb)
             })

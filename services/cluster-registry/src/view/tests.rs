@@ -46,6 +46,8 @@ fn beat(view: &View, id: &str) -> Heartbeat {
         settings: node.record.settings.clone(),
         uptime_seconds: 1.0,
         stopping: false,
+        gpu_stats: Vec::new(),
+        unhealthy: None,
     }
 }
 
@@ -249,4 +251,33 @@ fn a_drained_node_serves_no_driver() {
         v.waiting_reason(JobDriver::Cpu, true),
         Some(WaitingReason::NoNode { .. })
     ));
+}
+
+#[test]
+fn nodes_failing_their_health_check_make_a_job_wait_for_them_and_are_listed_with_why() {
+    let mut v = View::new(T);
+    v.register(record("n1", "a", 1), 100.0);
+    let mut hb = beat(&v, "n1");
+    hb.unhealthy = Some("CUDA GPU 0 has 2 uncorrectable ECC errors".into());
+    v.heartbeat(&hb, 101.0);
+    // They may recover: not "no node", which would give the job up.
+    assert_eq!(
+        v.waiting_reason(JobDriver::Cpu, true),
+        Some(WaitingReason::Unhealthy {
+            driver: JobDriver::Cpu
+        })
+    );
+    let (_, nodes) = v.cluster_nodes(101.0, 5.0);
+    assert_eq!(
+        nodes[0].unhealthy.as_deref(),
+        Some("CUDA GPU 0 has 2 uncorrectable ECC errors")
+    );
+    // A healthy node beside it serves the driver.
+    v.register(record("n2", "b", 1), 101.0);
+    assert_eq!(v.waiting_reason(JobDriver::Cpu, true), None);
+    // Healthy again.
+    hb.unhealthy = None;
+    v.heartbeat(&hb, 102.0);
+    let (_, nodes) = v.cluster_nodes(102.0, 5.0);
+    assert!(nodes.iter().all(|n| n.unhealthy.is_none()));
 }

@@ -15,6 +15,12 @@ pub enum WaitingReason {
         /// The job's driver.
         driver: JobDriver,
     },
+    /// The connected nodes for the driver all fail their health check (a GPU's, or the
+    /// operator's); each says why in its processes. They may recover, so the job waits.
+    Unhealthy {
+        /// The job's driver.
+        driver: JobDriver,
+    },
     /// Nodes for the driver exist, and every worker slot of theirs is busy.
     SlotsBusy,
     /// The registry started moments ago and has not yet heard every node's heartbeat, so it
@@ -24,6 +30,8 @@ pub enum WaitingReason {
 
 const NO_NODE_PREFIX: &str = "no node for driver ";
 const NO_NODE_SUFFIX: &str = ": none connected trains on it";
+const UNHEALTHY_SUFFIX: &str =
+    ": the nodes that train on it fail their health check (their processes say why)";
 const SLOTS_BUSY: &str = "all worker slots busy";
 const SETTLING: &str = "the registry is still hearing from the nodes";
 
@@ -32,6 +40,9 @@ impl std::fmt::Display for WaitingReason {
         match self {
             WaitingReason::NoNode { driver } => {
                 write!(f, "{NO_NODE_PREFIX}{}{NO_NODE_SUFFIX}", driver.as_str())
+            }
+            WaitingReason::Unhealthy { driver } => {
+                write!(f, "{NO_NODE_PREFIX}{}{UNHEALTHY_SUFFIX}", driver.as_str())
             }
             WaitingReason::SlotsBusy => f.write_str(SLOTS_BUSY),
             WaitingReason::Settling => f.write_str(SETTLING),
@@ -54,11 +65,18 @@ impl TryFrom<String> for WaitingReason {
             SETTLING => return Ok(WaitingReason::Settling),
             _ => {}
         }
-        s.strip_prefix(NO_NODE_PREFIX)
-            .and_then(|rest| rest.strip_suffix(NO_NODE_SUFFIX))
-            .and_then(JobDriver::parse)
-            .map(|driver| WaitingReason::NoNode { driver })
-            .ok_or_else(|| format!("unknown waiting reason {s:?}"))
+        let rest = s.strip_prefix(NO_NODE_PREFIX);
+        let driver = |suffix: &str| {
+            rest.and_then(|r| r.strip_suffix(suffix))
+                .and_then(JobDriver::parse)
+        };
+        if let Some(driver) = driver(NO_NODE_SUFFIX) {
+            return Ok(WaitingReason::NoNode { driver });
+        }
+        if let Some(driver) = driver(UNHEALTHY_SUFFIX) {
+            return Ok(WaitingReason::Unhealthy { driver });
+        }
+        Err(format!("unknown waiting reason {s:?}"))
     }
 }
 
@@ -71,6 +89,9 @@ mod tests {
         for r in [
             WaitingReason::NoNode {
                 driver: JobDriver::Rocm,
+            },
+            WaitingReason::Unhealthy {
+                driver: JobDriver::Cuda,
             },
             WaitingReason::SlotsBusy,
             WaitingReason::Settling,

@@ -89,6 +89,10 @@ impl Heartbeat {
         if self.busy_slots > MAX_WORKERS || self.processes.len() > MAX_WORKERS as usize {
             return Err(format!("more than {MAX_WORKERS} workers"));
         }
+        if self.gpu_stats.len() > MAX_GPUS {
+            return Err(format!("more than {MAX_GPUS} GPUs"));
+        }
+        check_text("unhealthy", self.unhealthy.as_deref().unwrap_or_default())?;
         self.processes.iter().try_for_each(Process::check)
     }
 }

@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{tolerant_bool, Driver, GpuDevice, GpuInfo, Process};
+use super::{tolerant_bool, Driver, GpuDevice, GpuInfo, GpuStats, Process};
 
 /// `clients.list` / `nodes.list` request. Both fields optional: `{}` asks for the first page.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -150,6 +150,12 @@ pub struct ClusterNode {
     /// Added: one per worker.
     // As in the clients listing.
     pub processes: Vec<Process>,
+    /// Added: each GPU's live figures, from its last heartbeat.
+    #[serde(default)]
+    pub gpu_stats: Vec<GpuStats>,
+    /// Added: why it fails its health check and takes no new job; null when healthy.
+    #[serde(default)]
+    pub unhealthy: Option<String>,
 }
 
 /// Every node with the cluster's totals.

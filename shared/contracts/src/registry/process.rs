@@ -83,12 +83,15 @@ pub mod process_status {
 /// not yet sent a heartbeat.
 ///
 /// - A preferred backend the node lacks makes every worker `unavailable`, with the reason.
+/// - A node failing its health check (`unhealthy`, the reason) takes nothing new: its idle
+///   workers are `unavailable` saying why; a busy one finishes its job.
 /// - Drained workers are `draining` (a busy one keeps its model: it finishes it).
 /// - Otherwise a worker is `busy` with its model, or `active` (ready).
 pub fn plan_processes(
     gpu_info: &GpuInfo,
     settings: &NodeSettings,
     busy: &[Option<String>],
+    unhealthy: Option<&str>,
 ) -> (Driver, Vec<Process>) {
     let (driver, missing) = match settings.driver_preference {
         Some(d) if gpu_info.has(d) => (d, None),
@@ -106,6 +109,9 @@ pub fn plan_processes(
         .map(|model| {
             let (status, reason) = match (&missing, settings.draining, model) {
                 (Some(r), _, _) => (process_status::UNAVAILABLE, Some(r.clone())),
+                (None, _, None) if unhealthy.is_some() => {
+                    (process_status::UNAVAILABLE, unhealthy.map(health_reason))
+                }
                 (None, true, _) => (process_status::DRAINING, None),
                 (None, false, Some(_)) => (process_status::BUSY, None),
                 (None, false, None) => (process_status::ACTIVE, None),
@@ -120,6 +126,11 @@ pub fn plan_processes(
         })
         .collect();
     (driver, processes)
+}
+
+/// A process's `reason` on a node that fails its health check.
+pub fn health_reason(why: &str) -> String {
+    format!("the node failed its health check: {why}")
 }
 
 /// A worker's weight in the listings.
@@ -157,7 +168,7 @@ mod tests {
             driver_preference: Some(Driver::Cuda),
             ..Default::default()
         };
-        let (driver, procs) = plan_processes(&cpu, &settings, &[None, None]);
+        let (driver, procs) = plan_processes(&cpu, &settings, &[None, None], None);
         assert_eq!(driver, Driver::Cuda);
         assert_eq!(procs.len(), 2);
         assert!(procs
@@ -171,17 +182,34 @@ mod tests {
     }
 
     #[test]
+    fn an_unhealthy_node_takes_nothing_new_and_says_why_while_a_busy_worker_finishes() {
+        let cpu = GpuInfo {
+            available_backends: vec![Driver::Cpu],
+            ..Default::default()
+        };
+        let settings = NodeSettings::default();
+        let why = Some("CUDA GPU 0 has 3 uncorrectable ECC errors");
+        let (_, procs) = plan_processes(&cpu, &settings, &[Some("m".into()), None], why);
+        assert_eq!(procs[0].status, ProcessStatus::Busy);
+        assert_eq!(procs[1].status, ProcessStatus::Unavailable);
+        assert_eq!(
+            procs[1].reason.as_deref(),
+            Some("the node failed its health check: CUDA GPU 0 has 3 uncorrectable ECC errors")
+        );
+    }
+
+    #[test]
     fn drained_workers_show_draining_and_busy_ones_keep_their_model() {
         let cpu = GpuInfo {
             available_backends: vec![Driver::Cpu],
             ..Default::default()
         };
         let mut settings = NodeSettings::default();
-        let (_, procs) = plan_processes(&cpu, &settings, &[Some("m".into()), None]);
+        let (_, procs) = plan_processes(&cpu, &settings, &[Some("m".into()), None], None);
         assert_eq!(procs[0].status, ProcessStatus::Busy);
         assert_eq!(procs[1].status, ProcessStatus::Active);
         settings.draining = true;
-        let (_, procs) = plan_processes(&cpu, &settings, &[Some("m".into()), None]);
+        let (_, procs) = plan_processes(&cpu, &settings, &[Some("m".into()), None], None);
         assert!(procs.iter().all(|p| p.status == ProcessStatus::Draining));
         assert_eq!(procs[0].model.as_deref(), Some("m"));
     }
