@@ -163,6 +163,26 @@ async fn a_paying_user_is_charged_once_per_idempotency_key() {
         .await;
         assert!(s2 == StatusCode::OK || s2 == StatusCode::ACCEPTED, "{v2}");
         assert_eq!(v2["job_id"], v1["job_id"]);
+        // The same key with a different request is refused, and charges nothing.
+        let mut other = body.clone();
+        other["epochs"] = json!(2);
+        let (s3, v3) = send(
+            stack
+                .http()
+                .post(format!("{}/api/train", stack.base_url()))
+                .bearer_auth(&token)
+                .header("Idempotency-Key", "k-1")
+                .json(&other),
+        )
+        .await;
+        assert_eq!(s3, StatusCode::UNPROCESSABLE_ENTITY, "{v3}");
+        assert!(
+            v3["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("different request"),
+            "{v3}"
+        );
         let job_id = v1["job_id"].as_str().unwrap();
         stack
             .wait_job(job_id, Duration::from_secs(300), "completed", |j| {

@@ -13,7 +13,7 @@ use gantry_contracts::jobs::{
     ModelQuery, ModelRef,
 };
 use poem::{Body, Request};
-use poem_openapi::param::{Path, Query};
+use poem_openapi::param::{Header, Path, Query};
 use poem_openapi::payload::{Attachment, AttachmentType, EventStream, Json};
 use poem_openapi::{ApiResponse, Object, OpenApi};
 
@@ -49,6 +49,7 @@ fn default_limit() -> u64 {
 }
 
 /// Jobs and models.
+#[derive(Clone)]
 pub struct JobsApi(pub AppState);
 
 /// Whose things a request may see: `None` for admins on admin paths.
@@ -109,11 +110,14 @@ impl JobsApi {
             .await
     }
 
-    /// The job's events as SSE: everything stored so far, then live, ending after the final one.
+    /// The job's events as SSE: everything stored so far (or after `last_event_id`), then live,
+    /// ending right after the final one. Each event's `id:` is its sequence number in the event
+    /// stream and its `event:` its type; a `completed` event names the version as listed.
     async fn events(
         &self,
         user_id: Option<i64>,
         job_id: String,
+        last_event_id: Option<u64>,
     ) -> ApiResult<EventStream<BoxStream<'static, serde_json::Value>>> {
         let job = self.get(user_id, job_id.clone()).await?;
         // A user's open streams are bounded (admins' are not); the slot is held by the stream.
@@ -132,10 +136,17 @@ impl JobsApi {
                 format!("event stream unavailable: {e}"),
             )
         })?;
+        let deliver_policy = match last_event_id {
+            // Resume after the last event the client saw.
+            Some(seq) => DeliverPolicy::ByStartSequence {
+                start_sequence: seq.saturating_add(1),
+            },
+            None => DeliverPolicy::All,
+        };
         let consumer = stream
             .create_consumer(consumer::push::OrderedConfig {
                 filter_subject: jobs::job_events(&job.job_id),
-                deliver_policy: DeliverPolicy::All,
+                deliver_policy,
                 deliver_subject: self.0.nats.new_inbox(),
                 ..Default::default()
             })
@@ -143,30 +154,72 @@ impl JobsApi {
             .map_err(ApiError::internal)?;
         let messages = consumer.messages().await.map_err(ApiError::internal)?;
         let already_final = job.status.is_final();
-        let events = messages
-            .filter_map(|m| async move {
-                m.ok()
-                    .and_then(|m| serde_json::from_slice::<JobEvent>(&m.payload).ok())
-            })
-            .scan(false, move |done, e| {
-                let _held = &slot;
-                if *done {
-                    return futures::future::ready(None);
-                }
-                *done = e.is_final();
-                futures::future::ready(Some(serde_json::to_value(e).unwrap_or_default()))
-            });
-        // A job that ended before any event was stored (e.g. cancelled while queued) still ends
-        // the stream: stop when the stream goes quiet after the history.
-        let events: BoxStream<'static, serde_json::Value> = if already_final {
+        let events = messages.filter_map(|m| async move {
+            let m = m.ok()?;
+            let seq = m.info().ok()?.stream_sequence;
+            let event = serde_json::from_slice::<JobEvent>(&m.payload).ok()?;
+            Some((seq, event))
+        });
+        // A job that ended before any event was stored (e.g. cancelled while queued), or one whose
+        // final event the client has seen already, still ends the stream: stop when it goes quiet
+        // after the history.
+        let events: BoxStream<'static, (u64, JobEvent)> = if already_final {
             events
                 .take_until(tokio::time::sleep(std::time::Duration::from_secs(2)))
                 .boxed()
         } else {
             events.boxed()
         };
+        let api = self.clone();
+        // Ends as soon as the final event is sent, not when a next one would come.
+        let events =
+            futures::stream::unfold((events, false, slot), move |(mut events, done, slot)| {
+                let api = api.clone();
+                async move {
+                    if done {
+                        return None;
+                    }
+                    let (seq, event) = events.next().await?;
+                    let done = event.is_final();
+                    let value = api.listed(user_id, seq, event).await;
+                    Some((value, (events, done, slot)))
+                }
+            });
         // A keep-alive every 5 s also finds a client that went away (and frees its slot).
-        Ok(EventStream::new(events).keep_alive(std::time::Duration::from_secs(5)))
+        Ok(EventStream::new(events.boxed())
+            .to_event(|v| {
+                let mut event = poem::web::sse::Event::message(v.to_string());
+                if let Some(kind) = v["type"].as_str() {
+                    event = event.event_type(kind);
+                }
+                if let Some(seq) = v["seq"].as_u64() {
+                    event = event.id(seq.to_string());
+                }
+                event
+            })
+            .keep_alive(std::time::Duration::from_secs(5)))
+    }
+
+    /// An event as the stream sends it: with its `seq`, and for `completed` the model as the
+    /// registry listed it (the trainer's own event cannot know the version number). The listing
+    /// follows the event by moments; when it takes longer, the event goes as the trainer sent it.
+    async fn listed(&self, user_id: Option<i64>, seq: u64, event: JobEvent) -> serde_json::Value {
+        let job_id = event.job_id.clone();
+        let mut value = serde_json::to_value(&event).unwrap_or_default();
+        value["seq"] = seq.into();
+        if !matches!(event.kind, jobs::JobEventKind::Completed { .. }) {
+            return value;
+        }
+        for _ in 0..40 {
+            if let Ok(job) = self.get(user_id, job_id.clone()).await {
+                if let Some(model) = job.model.filter(|m| m.version > 0) {
+                    value["model"] = serde_json::to_value(model).unwrap_or_default();
+                    return value;
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+        value
     }
 
     async fn cancel(&self, user_id: Option<i64>, job_id: String) -> ApiResult<Json<JobRecord>> {
@@ -341,7 +394,9 @@ impl JobsApi {
     /// Follow a job
     ///
     /// Server-sent events: the job's history first, then live progress (epoch, step, loss,
-    /// accuracies, samples/s, ETA), ending after it completes, fails or is cancelled.
+    /// accuracies, samples/s, ETA), ending right after it completes, fails or is cancelled.
+    /// Each event's `id:` is its sequence number (also its `seq` field) and its `event:` its
+    /// type; send `Last-Event-ID` to resume after it. `completed` names the listed version.
     #[oai(
         path = "/admin/api/jobs/:id/events",
         method = "get",
@@ -354,9 +409,12 @@ impl JobsApi {
         auth: Credentials,
         /// Job id
         id: Path<String>,
+        /// Resume after this event (its `id:`), as browsers send it when they reconnect
+        #[oai(name = "Last-Event-ID")]
+        last_event_id: Header<Option<u64>>,
     ) -> ApiResult<EventStream<BoxStream<'static, serde_json::Value>>> {
         let who = self.who(req, &auth, true).await?;
-        self.events(who, id.0).await
+        self.events(who, id.0, last_event_id.0).await
     }
 
     /// Follow one of your jobs
@@ -372,9 +430,12 @@ impl JobsApi {
         auth: Credentials,
         /// Job id
         id: Path<String>,
+        /// Resume after this event (its `id:`), as browsers send it when they reconnect
+        #[oai(name = "Last-Event-ID")]
+        last_event_id: Header<Option<u64>>,
     ) -> ApiResult<EventStream<BoxStream<'static, serde_json::Value>>> {
         let who = self.who(req, &auth, false).await?;
-        self.events(who, id.0).await
+        self.events(who, id.0, last_event_id.0).await
     }
 
     /// Cancel a job

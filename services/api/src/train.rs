@@ -263,6 +263,22 @@ impl TrainApi {
                 other => Some(other?),
             };
             if let Some(job) = existing {
+                // The same key with another request is a client's mistake, not a retry.
+                let same = job.output_model == body.output_model
+                    && job.description == body.description
+                    && job.driver == driver
+                    && job.params == params
+                    && job.train_path
+                        == gantry_api_display(&self.state.data_root, &body.train_path);
+                if !same {
+                    return Err(ApiError::new(
+                        ErrorCode::Unprocessable,
+                        format!(
+                            "Idempotency-Key was already used for a different request (job {job_id}); \
+                             send this request with a new key"
+                        ),
+                    ));
+                }
                 let me = self.me(&p).await;
                 let sub = Submitted {
                     status_url: format!("{status_base}/{job_id}"),

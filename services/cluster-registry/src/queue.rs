@@ -25,8 +25,11 @@ pub fn start(
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            // Bounded, so a bus that is away cannot stall shutdown.
-            let _ = tokio::time::timeout(every.max(Duration::from_secs(1)), sample(&js)).await;
+            // Bounded, and given up at shutdown: a bus that is away must not hold up the exit.
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::timeout(every.max(Duration::from_secs(1)), sample(&js)) => {}
+            }
         }
     });
 }

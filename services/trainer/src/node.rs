@@ -289,12 +289,15 @@ impl Node {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut was_connected = true;
         let busy_changed = self.busy_changed.clone();
+        let mut monitored = true;
         loop {
             tokio::select! {
                 _ = busy_changed.notified() => self.send_heartbeat(false).await,
-                changed = self.health.changed() => {
+                changed = self.health.changed(), if monitored => {
                     if changed.is_err() {
-                        anyhow::bail!("the health monitor stopped");
+                        // The monitor stops at shutdown, which the arm above handles.
+                        monitored = false;
+                        continue;
                     }
                     // Passing or failing the health check opens or closes the node to new jobs:
                     // the workers and the registry hear it now, not at the next tick.
