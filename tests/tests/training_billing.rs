@@ -152,6 +152,15 @@ async fn a_paying_user_is_charged_once_per_idempotency_key() {
         assert_eq!(v1["tokens_used"], 100);
         assert_eq!(v1["remaining_tokens"], 900);
         assert!(v1["status_url"].as_str().unwrap().starts_with("/api/jobs/"));
+        // The charge shows at once to the user, though their token was verified a moment ago.
+        let (_, me) = send(
+            stack
+                .http()
+                .get(format!("{}/api/auth/me", stack.base_url()))
+                .bearer_auth(&token),
+        )
+        .await;
+        assert_eq!(me["tokens"], 900, "{me}");
         let (s2, v2) = send(
             stack
                 .http()

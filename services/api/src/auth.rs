@@ -119,13 +119,25 @@ impl Authenticator {
 
     /// The caller, whatever their role. Cookie-authenticated writes must pass the same-origin check.
     pub async fn principal(&self, creds: &Credentials, req: &Request) -> ApiResult<Principal> {
+        self.verify(creds, req, false).await
+    }
+
+    /// The caller as auth knows them now, never from the cache: for answers that show the
+    /// user's own record (its balance changes with every charge).
+    pub async fn principal_now(&self, creds: &Credentials, req: &Request) -> ApiResult<Principal> {
+        self.verify(creds, req, true).await
+    }
+
+    async fn verify(&self, creds: &Credentials, req: &Request, fresh: bool) -> ApiResult<Principal> {
         if matches!(creds, Credentials::Session(_)) {
             self.check_origin(req)?;
         }
         let key = creds.cache_key();
-        if let Some(c) = self.cache.lock().unwrap().get(&key) {
-            if c.until > Instant::now() {
-                return Ok(c.principal.clone());
+        if !fresh {
+            if let Some(c) = self.cache.lock().unwrap().get(&key) {
+                if c.until > Instant::now() {
+                    return Ok(c.principal.clone());
+                }
             }
         }
         let principal: Principal = nats::request(

@@ -142,7 +142,7 @@ impl SessionApi {
 
     /// Who am I
     ///
-    /// The user the credential belongs to.
+    /// The user the credential belongs to, as auth has it now (a charge shows at once).
     #[oai(
         path = "/api/auth/me",
         method = "get",
@@ -150,7 +150,7 @@ impl SessionApi {
         operation_id = "me"
     )]
     async fn me(&self, req: &Request, auth: Credentials) -> ApiResult<Json<UserOut>> {
-        let p = self.0.auth.principal(&auth, req).await?;
+        let p = self.0.auth.principal_now(&auth, req).await?;
         Ok(Json(p.user.into()))
     }
 }
