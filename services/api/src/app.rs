@@ -87,14 +87,17 @@ pub fn build(
             .chain(docs::PATHS)
             .chain(gantry_runtime::health::PATHS),
     ));
+    let allowed = std::sync::Arc::new(allowed_methods(&docs.spec));
     let route = docs::add_routes(Route::new(), docs);
     gantry_runtime::health::add_routes(route, readiness)
         .nest("/", service)
         .around(move |ep, mut req| {
             let known = known.clone();
+            let allowed = allowed.clone();
             async move {
                 let started = std::time::Instant::now();
                 let method = req.method().to_string();
+                let path = req.uri().path().to_owned();
                 let route = gantry_runtime::metrics::route_label(req.uri().path(), &known);
                 // HTTP server span, named and described as the semantic conventions ask.
                 let span = tracing::info_span!(
@@ -115,11 +118,14 @@ pub fn build(
                 }
                 .instrument(span.clone())
                 .await;
-                let resp = match resp {
+                let mut resp = match resp {
                     Ok(r) => r,
                     Err(err) if err.is_from_response() => err.into_response(),
                     Err(err) => envelope(err),
                 };
+                if resp.status() == StatusCode::METHOD_NOT_ALLOWED {
+                    resp = method_not_allowed(&allowed, &path);
+                }
                 span.record("http.response.status_code", resp.status().as_u16());
                 if resp.status().is_server_error() {
                     span.record("otel.status_code", "ERROR");
@@ -134,6 +140,57 @@ pub fn build(
                 Ok(resp)
             }
         })
+}
+
+/// Each documented path template, as segments (`{id}` matching any one), with its methods.
+type AllowedMethods = Vec<(Vec<String>, Vec<String>)>;
+
+fn allowed_methods(spec: &serde_json::Value) -> AllowedMethods {
+    spec["paths"]
+        .as_object()
+        .map(|paths| {
+            paths
+                .iter()
+                .map(|(template, item)| {
+                    let segments = template.split('/').map(str::to_owned).collect();
+                    let methods = item
+                        .as_object()
+                        .map(|ops| ops.keys().map(|m| m.to_uppercase()).collect())
+                        .unwrap_or_default();
+                    (segments, methods)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// 405 in the envelope, with `Allow` listing the methods the path has.
+fn method_not_allowed(allowed: &AllowedMethods, path: &str) -> Response {
+    let segments: Vec<&str> = path.split('/').collect();
+    let mut methods: Vec<String> = allowed
+        .iter()
+        .filter(|(template, _)| {
+            template.len() == segments.len()
+                && template
+                    .iter()
+                    .zip(&segments)
+                    .all(|(t, s)| t == s || (t.starts_with('{') && t.ends_with('}')))
+        })
+        .flat_map(|(_, m)| m.iter().cloned())
+        .collect();
+    methods.sort();
+    methods.dedup();
+    let list = methods.join(", ");
+    let mut resp = poem::web::Json(serde_json::json!({ "error": {
+        "code": "method_not_allowed",
+        "message": format!("method not allowed on this endpoint; it allows {list}"),
+    }}))
+    .with_status(StatusCode::METHOD_NOT_ALLOWED)
+    .into_response();
+    if let Ok(value) = list.parse() {
+        resp.headers_mut().insert(poem::http::header::ALLOW, value);
+    }
+    resp
 }
 
 /// Refuse a body over [`MAX_BODY_BYTES`] with 413: by its `Content-Length` when it has one, else

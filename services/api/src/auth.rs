@@ -128,7 +128,12 @@ impl Authenticator {
         self.verify(creds, req, true).await
     }
 
-    async fn verify(&self, creds: &Credentials, req: &Request, fresh: bool) -> ApiResult<Principal> {
+    async fn verify(
+        &self,
+        creds: &Credentials,
+        req: &Request,
+        fresh: bool,
+    ) -> ApiResult<Principal> {
         if matches!(creds, Credentials::Session(_)) {
             self.check_origin(req)?;
         }

@@ -97,6 +97,9 @@ impl ApiError {
             ErrorCode::TooManyRequests => Self::TooManyRequests(b, "60".into()),
             ErrorCode::Internal => Self::Internal(b),
             ErrorCode::Unavailable => Self::Unavailable(b, "5".into()),
+            // Only the router answers 405 (`app::method_not_allowed`, with `Allow`); a service
+            // reply carrying this code would be a bug.
+            ErrorCode::MethodNotAllowed => Self::Internal(b),
         }
     }
 
@@ -145,7 +148,8 @@ fn code_for(status: StatusCode) -> ErrorCode {
         401 => ErrorCode::Unauthorized,
         402 => ErrorCode::InsufficientTokens,
         403 => ErrorCode::Forbidden,
-        404 | 405 => ErrorCode::NotFound,
+        404 => ErrorCode::NotFound,
+        405 => ErrorCode::MethodNotAllowed,
         409 => ErrorCode::Conflict,
         413 => ErrorCode::PayloadTooLarge,
         415 => ErrorCode::UnsupportedMediaType,

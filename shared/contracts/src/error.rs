@@ -16,6 +16,8 @@ pub enum ErrorCode {
     Forbidden,
     /// No such thing (404).
     NotFound,
+    /// The endpoint exists but not with this method (405); `Allow` lists the ones it has.
+    MethodNotAllowed,
     /// It exists already, or the state forbids the change (409).
     Conflict,
     /// The body is too large (413).
@@ -41,6 +43,7 @@ impl ErrorCode {
             Self::InsufficientTokens => 402,
             Self::Forbidden => 403,
             Self::NotFound => 404,
+            Self::MethodNotAllowed => 405,
             Self::Conflict => 409,
             Self::PayloadTooLarge => 413,
             Self::UnsupportedMediaType => 415,
@@ -59,6 +62,7 @@ impl ErrorCode {
             Self::InsufficientTokens => "insufficient_tokens",
             Self::Forbidden => "forbidden",
             Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
             Self::Conflict => "conflict",
             Self::PayloadTooLarge => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
