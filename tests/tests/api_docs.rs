@@ -182,6 +182,20 @@ async fn the_admin_page_renders_each_endpoint_with_curl_examples_for_this_host()
             .await
             .unwrap();
         assert_eq!(docs.status(), StatusCode::OK);
+        // Every link on the page resolves, as a browser resolves it against the page's URL.
+        let page = reqwest::Url::parse(&format!("{base}/admin/api")).unwrap();
+        let links: Vec<&str> = html
+            .split("href=\"")
+            .skip(1)
+            .filter_map(|rest| rest.split('"').next())
+            .filter(|l| !l.starts_with('#') && !l.starts_with("http"))
+            .collect();
+        assert!(links.len() >= 3, "{links:?}");
+        for link in links {
+            let url = page.join(link).unwrap();
+            let status = reqwest::get(url.clone()).await.unwrap().status();
+            assert_eq!(status, StatusCode::OK, "the page's link {link:?} ({url}) answers {status}");
+        }
     })
     .await;
 }

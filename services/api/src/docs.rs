@@ -259,7 +259,7 @@ pub fn render_page(spec: &Value, host_url: &str) -> String {
         "<div class=\"note\"><h3>Admin Authentication Required</h3><p>All endpoints require admin authentication via \
          login session or admin API token (Bearer token in Authorization header).</p></div>\n",
     );
-    html.push_str("<p class=\"links\"><a href=\"docs\">Swagger UI</a> · <a href=\"openapi.json\">openapi.json</a> · <a href=\"openapi.yaml\">openapi.yaml</a></p>\n");
+    html.push_str("<p class=\"links\"><a href=\"/admin/api/docs\">Swagger UI</a> · <a href=\"/admin/api/openapi.json\">openapi.json</a> · <a href=\"/admin/api/openapi.yaml\">openapi.yaml</a></p>\n");
     for (method, path, op) in page_ops.iter().copied().chain(other_ops.iter().copied()) {
         let i = id(op);
         html.push_str(&format!(
