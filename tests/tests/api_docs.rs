@@ -194,7 +194,11 @@ async fn the_admin_page_renders_each_endpoint_with_curl_examples_for_this_host()
         for link in links {
             let url = page.join(link).unwrap();
             let status = reqwest::get(url.clone()).await.unwrap().status();
-            assert_eq!(status, StatusCode::OK, "the page's link {link:?} ({url}) answers {status}");
+            assert_eq!(
+                status,
+                StatusCode::OK,
+                "the page's link {link:?} ({url}) answers {status}"
+            );
         }
     })
     .await;

@@ -266,10 +266,17 @@ async fn a_drained_node_takes_nothing_until_undrained_and_a_cpu_node_never_takes
                 n.processes.iter().all(|p| p.status == "draining")
             })
             .await;
-        stack.drain("node-a", &token, false).await;
+        // With every node drained, a job waits, saying so.
         let id = stack
-            .submit(json!({"output_model": "later", "train_path": "/shapes", "epochs": 1, "image_size": 16}))
+            .submit(json!({"output_model": "later", "train_path": "/shapes", "epochs": 1, "image_size": 16, "driver": "cpu"}))
             .await;
+        let waiting = stack
+            .wait_job(&id, Duration::from_secs(30), "waiting on drained nodes", |j| {
+                j["waiting_reason"].as_str().is_some_and(|r| r.contains("are drained"))
+            })
+            .await;
+        assert_eq!(waiting["status"], "queued", "{waiting}");
+        stack.drain("node-a", &token, false).await;
         let job = stack.wait_final(&id, Duration::from_secs(120)).await;
         assert_eq!(job["status"], "completed", "{job:#}");
         assert_eq!(job["node"], "node-a", "{job}");

@@ -487,11 +487,16 @@ impl View {
     /// the view has heard every live node since it was restored; before that, an empty answer
     /// says nothing about the cluster, so the job waits as [`WaitingReason::Settling`].
     pub fn waiting_reason(&self, driver: JobDriver, settled: bool) -> Option<WaitingReason> {
-        let for_driver: Vec<&Node> = self
+        let connected: Vec<&Node> = self
             .nodes
             .values()
-            .filter(|n| n.connected && !n.revoked && !n.record.settings.draining)
+            .filter(|n| n.connected && !n.revoked)
             .filter(|n| driver == JobDriver::Any || n.driver.as_str() == driver.as_str())
+            .collect();
+        let for_driver: Vec<&Node> = connected
+            .iter()
+            .copied()
+            .filter(|n| !n.record.settings.draining)
             .collect();
         let serving: Vec<&Node> = for_driver
             .iter()
@@ -507,6 +512,9 @@ impl View {
             return Some(if for_driver.iter().any(|n| n.unhealthy.is_some()) {
                 // They may recover: the job waits rather than being given up.
                 WaitingReason::Unhealthy { driver }
+            } else if connected.iter().any(|n| n.record.settings.draining) {
+                // An admin's pause, not a missing node: the job waits for the undrain.
+                WaitingReason::Drained { driver }
             } else if settled {
                 WaitingReason::NoNode { driver }
             } else {

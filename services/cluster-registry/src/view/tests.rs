@@ -247,8 +247,15 @@ fn a_drained_node_serves_no_driver() {
     let mut r = record("n1", "a", 1);
     r.settings.draining = true;
     v.register(r, 100.0);
-    assert!(matches!(
+    assert_eq!(
         v.waiting_reason(JobDriver::Cpu, true),
+        Some(WaitingReason::Drained {
+            driver: JobDriver::Cpu
+        }),
+        "the job waits for the undrain, saying so"
+    );
+    assert!(matches!(
+        v.waiting_reason(JobDriver::Cuda, true),
         Some(WaitingReason::NoNode { .. })
     ));
 }

@@ -21,6 +21,12 @@ pub enum WaitingReason {
         /// The job's driver.
         driver: JobDriver,
     },
+    /// The connected nodes for the driver are all drained by an admin: they finish what they
+    /// run and take nothing new until undrained, so the job waits.
+    Drained {
+        /// The job's driver.
+        driver: JobDriver,
+    },
     /// Nodes for the driver exist, and every worker slot of theirs is busy.
     SlotsBusy,
     /// The registry started moments ago and has not yet heard every node's heartbeat, so it
@@ -32,6 +38,7 @@ const NO_NODE_PREFIX: &str = "no node for driver ";
 const NO_NODE_SUFFIX: &str = ": none connected trains on it";
 const UNHEALTHY_SUFFIX: &str =
     ": the nodes that train on it fail their health check (their processes say why)";
+const DRAINED_SUFFIX: &str = ": the nodes that train on it are drained (undrain one to run it)";
 const SLOTS_BUSY: &str = "all worker slots busy";
 const SETTLING: &str = "the registry is still hearing from the nodes";
 
@@ -43,6 +50,9 @@ impl std::fmt::Display for WaitingReason {
             }
             WaitingReason::Unhealthy { driver } => {
                 write!(f, "{NO_NODE_PREFIX}{}{UNHEALTHY_SUFFIX}", driver.as_str())
+            }
+            WaitingReason::Drained { driver } => {
+                write!(f, "{NO_NODE_PREFIX}{}{DRAINED_SUFFIX}", driver.as_str())
             }
             WaitingReason::SlotsBusy => f.write_str(SLOTS_BUSY),
             WaitingReason::Settling => f.write_str(SETTLING),
@@ -76,6 +86,9 @@ impl TryFrom<String> for WaitingReason {
         if let Some(driver) = driver(UNHEALTHY_SUFFIX) {
             return Ok(WaitingReason::Unhealthy { driver });
         }
+        if let Some(driver) = driver(DRAINED_SUFFIX) {
+            return Ok(WaitingReason::Drained { driver });
+        }
         Err(format!("unknown waiting reason {s:?}"))
     }
 }
@@ -92,6 +105,9 @@ mod tests {
             },
             WaitingReason::Unhealthy {
                 driver: JobDriver::Cuda,
+            },
+            WaitingReason::Drained {
+                driver: JobDriver::Any,
             },
             WaitingReason::SlotsBusy,
             WaitingReason::Settling,
