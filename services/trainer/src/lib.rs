@@ -6,6 +6,8 @@
 //! ## Layout
 //! - [`startup`]: inventory, connect, register the micro service, serve health, join, run.
 //! - [`inventory`]: CUDA/ROCm devices (tch, NVML, rocm-smi), host memory and CPUs.
+//! - [`drain`]: `gantry-trainer drain`, a stopping node draining itself and handing its jobs
+//!   back (a pod's `preStop` hook).
 //! - [`node`]: joining, heartbeats, control messages (driver, drain, leave), re-registering.
 //! - [`worker`]: the pull loop and the worker slots; cancels reach a job through its
 //!   [`control`] flags.
@@ -22,6 +24,7 @@
 pub mod cache;
 pub mod checkpoint;
 pub mod control;
+pub mod drain;
 pub mod inventory;
 pub mod node;
 pub mod outcome;
