@@ -23,7 +23,7 @@ status=0
 fail() { echo "FAIL $*" >&2; status=1; }
 
 out="$(mktemp -d)"
-trap 'rm -rf "$out"' EXIT
+trap 'rm -rf "$out" k8s/.validate-*' EXIT
 
 # --- render ------------------------------------------------------------------------------
 renders=()
