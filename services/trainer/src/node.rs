@@ -76,6 +76,8 @@ pub struct Node {
     /// The GPUs' figures and the node's health check, as last read.
     health: watch::Receiver<Health>,
     plan: watch::Sender<WorkerPlan>,
+    /// Woken when the registry asks for the jobs in flight back ([`NodeControl::HandBack`]).
+    hand_back: Arc<Notify>,
 }
 
 /// The address of the interface that routes to the NATS server (no packet is sent).
@@ -153,6 +155,7 @@ impl Node {
             busy_changed: Arc::new(Notify::new()),
             health,
             plan,
+            hand_back: Arc::new(Notify::new()),
         };
         let mut backoff = retry::Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
         loop {
@@ -190,6 +193,12 @@ impl Node {
     /// heartbeat tick.
     pub fn busy_changed(&self) -> Arc<Notify> {
         self.busy_changed.clone()
+    }
+
+    /// Notified when the registry asks for the jobs in flight back (the node drained itself to
+    /// stop): the job workers follow it ([`crate::worker::Workers::hand_back`]).
+    pub fn hand_back_requests(&self) -> Arc<Notify> {
+        self.hand_back.clone()
     }
 
     /// Take new settings when newer than the ones applied.
@@ -328,6 +337,10 @@ impl Node {
                         }
                         Ok(NodeControl::Leave { reason }) => {
                             anyhow::bail!("leaving the cluster: {reason}; this node's cluster token no longer works");
+                        }
+                        Ok(NodeControl::HandBack) => {
+                            tracing::info!("drained to stop: handing the jobs in flight back");
+                            self.hand_back.notify_one();
                         }
                         Ok(NodeControl::Reregister) => {
                             let node_id = self.node_id.clone();

@@ -126,6 +126,22 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 node.busy_slots(),
                 node.busy_changed(),
             );
+            let cache = cache_dir(&config, &hostname);
+            crate::drain::joined(&client, &cache, node.node_id()).await;
+            let hand_backs = node.hand_back_requests();
+            let handing = workers.clone();
+            let stop_following = shutdown.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = stop_following.cancelled() => break,
+                        _ = hand_backs.notified() => {
+                            let jobs = handing.hand_back();
+                            tracing::info!(jobs, "handing the jobs in flight back");
+                        }
+                    }
+                }
+            });
             let jobs = tokio::spawn(workers.run(node.plan(), shutdown.clone()));
             let result = node.run(shutdown.clone()).await;
             // Leaving on our own (token revoked) stops the jobs too: they are handed back.

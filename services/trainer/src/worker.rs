@@ -214,6 +214,21 @@ impl Workers {
         found
     }
 
+    /// Stop every job in flight and hand it back (nak at once; its last checkpoint stays for the
+    /// node that takes it next), without stopping the node: the registry asked, because the node
+    /// drained itself to stop ([`gantry_contracts::registry::NodeControl::HandBack`]). Returns how
+    /// many jobs were asked to stop.
+    pub fn hand_back(&self) -> usize {
+        let in_flight: Vec<Arc<JobControl>> = lock(&self.inner.running)
+            .values()
+            .map(|(_, c)| c.clone())
+            .collect();
+        for control in &in_flight {
+            control.stop();
+        }
+        in_flight.len()
+    }
+
     /// Pull and train until `shutdown`; then stop the jobs in flight, hand their messages back and
     /// return within [`SHUTDOWN_GRACE`] (plus a pull).
     /// The streams and consumers are the registry's and the api's to create (a node may only

@@ -8,8 +8,8 @@
 //! - every role has its own reply inbox prefix and may read only that, so no role can read
 //!   another's replies (a login's session, a verify's principal);
 //! - a node may publish only on its own subjects (`gantry.node.<id>.heartbeat`,
-//!   `gantry.events.node.<id>.job.*`) and reads only its own control subject and inbox; it
-//!   writes the uploads bucket, never the models bucket.
+//!   `gantry.node.<id>.drain`, `gantry.events.node.<id>.job.*`) and reads only its own control
+//!   and heartbeat subjects and its inbox; it writes the uploads bucket, never the models bucket.
 
 use gantry_contracts::{auth, jobs, subjects};
 use serde::Serialize;
@@ -135,6 +135,7 @@ pub fn role(role: Role) -> Permissions {
                 vec![
                     registry_requests,
                     subjects::NODE_HEARTBEATS.into(),
+                    subjects::NODE_DRAINS.into(),
                     subjects::REGISTRY_EVENTS.into(),
                     jobs::SETTLED_SUBJECTS.into(),
                     jobs::MAX_DELIVERIES_ADVISORY.into(),
@@ -202,6 +203,8 @@ pub fn node(node_id: &str, inbox: &str) -> Permissions {
     let jobs_stream = jobs::JOBS_STREAM;
     let mut publish = vec![
         subjects::node_heartbeat(node_id),
+        // Draining itself when it stops (`gantry-trainer drain`, a pod's preStop): itself only.
+        subjects::node_drain(node_id),
         subjects::registry(subjects::registry::REGISTER),
         subjects::registry(jobs::subjects::JOBS_GET),
         jobs::node_events(node_id),
@@ -224,6 +227,8 @@ pub fn node(node_id: &str, inbox: &str) -> Permissions {
         subscribe: [
             vec![
                 subjects::node_control(node_id),
+                // `gantry-trainer drain` waits on its own node's heartbeats for the hand-back.
+                subjects::node_heartbeat(node_id),
                 jobs::CANCEL_SUBJECTS.into(),
                 format!("{inbox}.>"),
             ],
@@ -340,6 +345,28 @@ mod tests {
         assert!(!n.may_publish("$JS.API.STREAM.PURGE.OBJ_gantry-models"));
         assert!(!n.may_publish("$JS.API.DIRECT.GET.OBJ_gantry-models.x"));
         assert!(n.may_publish("$O.gantry-uploads.C.x"));
+    }
+
+    #[test]
+    fn a_node_drains_only_itself_and_only_the_registry_serves_drains() {
+        let n = node(NODE, "_INBOX_Nabc");
+        assert!(n.may_publish(&subjects::node_drain(NODE)));
+        assert!(!n.may_publish(&subjects::node_drain("other")));
+        assert!(!n.may_publish(subjects::NODE_DRAINS));
+        assert!(!n.may_subscribe(&subjects::node_drain(NODE)));
+        // It follows its own heartbeats (the hand-back), nobody else's.
+        assert!(n.may_subscribe(&subjects::node_heartbeat(NODE)));
+        assert!(!n.may_subscribe(&subjects::node_heartbeat("other")));
+        assert!(!n.may_subscribe(subjects::NODE_HEARTBEATS));
+        for r in Role::ALL {
+            assert_eq!(
+                role(r).may_subscribe(&subjects::node_drain(NODE)),
+                r == Role::Registry,
+                "{r:?}"
+            );
+            // Drains come from the node itself; admins drain through `nodes.drain`.
+            assert!(!role(r).may_publish(&subjects::node_drain(NODE)), "{r:?}");
+        }
     }
 
     #[test]

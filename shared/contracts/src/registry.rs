@@ -427,6 +427,10 @@ pub enum NodeControl {
     },
     /// The registry does not know this node (e.g. its store was reset): register again.
     Reregister,
+    /// The node asked to be drained because it is stopping (`gantry-trainer drain`, a pod's
+    /// `preStop`): stop the jobs in flight now and hand them back (their last checkpoint stays
+    /// for the node that takes them next), instead of letting them finish as a drain does.
+    HandBack,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -469,6 +473,22 @@ pub struct Drain {
     pub token: Option<String>,
     /// True to drain, false to undrain (required).
     pub drain: Option<bool>,
+}
+
+/// A node's request to drain or undrain itself, on `gantry.node.<node_id>.drain`
+/// ([`crate::subjects::node_drain`]). Draining also hands the node's jobs in flight back
+/// ([`NodeControl::HandBack`]).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DrainSelf {
+    /// True to drain, false to undrain.
+    pub drain: bool,
+}
+
+/// The answer to [`DrainSelf`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DrainedSelf {
+    /// Whether the node was draining already (an admin drained it) before this request.
+    pub was_draining: bool,
 }
 
 // ---------------------------------------------------------------------------------------------

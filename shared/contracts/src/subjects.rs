@@ -90,3 +90,13 @@ pub fn node_heartbeat(node_id: &str) -> String {
 pub fn node_control(node_id: &str) -> String {
     format!("gantry.node.{node_id}.control")
 }
+
+/// Every node's own drain requests (the registry serves them in a queue group).
+pub const NODE_DRAINS: &str = "gantry.node.*.drain";
+
+/// Where a node asks the registry to drain (or undrain) itself: [`crate::registry::DrainSelf`],
+/// a request answered with [`crate::registry::DrainedSelf`]. The subject names the node, and the
+/// bus lets a node publish only on its own, so a node can drain nobody but itself.
+pub fn node_drain(node_id: &str) -> String {
+    format!("gantry.node.{node_id}.drain")
+}

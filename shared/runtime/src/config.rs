@@ -125,6 +125,114 @@ pub struct Config {
     /// `GANTRY_CACHE_MAX_GB`: the trainer's dataset cache budget (default 50); least recently
     /// used snapshots that no job is using are removed beyond it.
     pub cache_max_gb: f64,
+    /// `GANTRY_STREAM_REPLICAS`: how many servers of a NATS cluster keep each JetStream stream
+    /// and object store the api and the registry create (default 1, at most 5; 3 in production).
+    pub stream_replicas: usize,
+}
+
+const API: &str = "gantry-api";
+const AUTH: &str = "gantry-auth";
+const REGISTRY: &str = "gantry-registry";
+const TRAINER: &str = "gantry-trainer";
+const ALL: &[&str] = &[API, AUTH, REGISTRY, TRAINER];
+const ROLES: &[&str] = &[API, AUTH, REGISTRY];
+const STORE: &[&str] = &[AUTH, REGISTRY];
+const STREAMS: &[&str] = &[API, REGISTRY];
+
+/// One environment variable a Gantry binary reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Variable {
+    /// Its name.
+    pub name: &'static str,
+    /// The binaries that read it (`gantry-api`, `gantry-auth`, `gantry-registry`,
+    /// `gantry-trainer`).
+    pub read_by: &'static [&'static str],
+    /// A deployment must set it for these binaries: its default suits one machine only (a
+    /// loopback address, no credentials).
+    pub deployed_for: &'static [&'static str],
+}
+
+const fn v(name: &'static str, read_by: &'static [&'static str]) -> Variable {
+    Variable {
+        name,
+        read_by,
+        deployed_for: &[],
+    }
+}
+
+const fn needed(name: &'static str, read_by: &'static [&'static str]) -> Variable {
+    Variable {
+        name,
+        read_by,
+        deployed_for: read_by,
+    }
+}
+
+/// Every variable the binaries read: [`Config::from_env`]'s, telemetry's, and the few the
+/// libraries inside them read. Deployment manifests are checked against it (tests/tests/k8s.rs).
+pub const VARIABLES: &[Variable] = &[
+    needed("GANTRY_HTTP_ADDR", &[API]),
+    v("GANTRY_PUBLIC_URL", &[API]),
+    v("GANTRY_TRUSTED_PROXIES", &[API]),
+    needed("GANTRY_HEALTH_ADDR", &[AUTH, REGISTRY, TRAINER]),
+    needed("NATS_URL", ALL),
+    needed("GANTRY_NATS_NKEY_FILE", ROLES),
+    needed("GANTRY_NATS_CA_FILE", ALL),
+    v("GANTRY_NATS_CERT_FILE", ALL),
+    v("GANTRY_NATS_KEY_FILE", ALL),
+    needed("GANTRY_CALLOUT_ISSUER_FILE", &[REGISTRY]),
+    needed("GANTRY_NATS_SYSTEM_NKEY_FILE", &[REGISTRY]),
+    v("GANTRY_NODE_SESSION", &[REGISTRY]),
+    needed("MONGODB_URI", STORE),
+    v("GANTRY_DB_PREFIX", STORE),
+    v("GANTRY_DATA_ROOT", &[API]),
+    v("GANTRY_ADMIN_USER", &[AUTH]),
+    v("GANTRY_ADMIN_PASSWORD", &[AUTH]),
+    v("GANTRY_ADMIN_EMAIL", &[AUTH]),
+    v("GANTRY_ADMIN_API_TOKEN", &[AUTH]),
+    needed("GANTRY_CLUSTER_TOKEN", &[TRAINER]),
+    v("GANTRY_NODE_NAME", &[TRAINER]),
+    v("GANTRY_NODE_WEIGHT", &[TRAINER]),
+    v("GANTRY_WORKERS", &[TRAINER]),
+    v("GANTRY_HEARTBEAT_INTERVAL", &[REGISTRY, TRAINER]),
+    v("GANTRY_HEALTH_CHECK", &[TRAINER]),
+    v("GANTRY_HEALTH_CHECK_INTERVAL", &[TRAINER]),
+    v("GANTRY_EVENT_MAX_DELIVER", &[REGISTRY]),
+    v("GANTRY_RECONCILE_INTERVAL", &[REGISTRY]),
+    v("GANTRY_RECONCILE_GRACE", &[API, REGISTRY]),
+    v("GANTRY_DATASET_RETENTION", &[API, REGISTRY]),
+    v("GANTRY_DATASETS_MAX_GB", STREAMS),
+    v("GANTRY_MODELS_MAX_GB", STREAMS),
+    v("GANTRY_UPLOADS_MAX_GB", STREAMS),
+    v("GANTRY_STREAM_REPLICAS", STREAMS),
+    v("GANTRY_HEARTBEAT_MISSES", &[REGISTRY]),
+    v("GANTRY_NODE_RETENTION", &[REGISTRY]),
+    v("GANTRY_TRAIN_HOLD", &[API]),
+    v("GANTRY_MAX_PACKING_PER_USER", &[API]),
+    v("GANTRY_MAX_HELD_PER_USER", &[API]),
+    v("GANTRY_MAX_STREAMS_PER_USER", &[API]),
+    v("GANTRY_MAX_DATASET_GB", &[API]),
+    v("GANTRY_SESSION_TTL", &[AUTH]),
+    v("GANTRY_CACHE_DIR", &[TRAINER]),
+    v("GANTRY_CACHE_MAX_GB", &[TRAINER]),
+    // Telemetry (crate::telemetry).
+    v("RUST_LOG", ALL),
+    v("OTEL_SERVICE_NAME", ALL),
+    v("OTEL_EXPORTER_OTLP_ENDPOINT", ALL),
+    v("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", ALL),
+    v("OTEL_EXPORTER_OTLP_PROTOCOL", ALL),
+    v("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", ALL),
+    v("OTEL_TRACES_EXPORTER", ALL),
+    v("OTEL_SDK_DISABLED", ALL),
+    // The `host.name` of exported spans.
+    v("HOSTNAME", ALL),
+    // libtorch and CUDA keep their kernel caches under $HOME.
+    v("HOME", &[TRAINER]),
+];
+
+/// The variable `name`, if a binary reads it.
+pub fn variable(name: &str) -> Option<&'static Variable> {
+    VARIABLES.iter().find(|v| v.name == name)
 }
 
 fn var(name: &'static str) -> Option<String> {
@@ -353,11 +461,70 @@ impl Config {
             )?),
             cache_dir: var("GANTRY_CACHE_DIR").map(|d| PathBuf::from(d.trim())),
             cache_max_gb: number("GANTRY_CACHE_MAX_GB", 50.0f64, 0.0, 1_000_000.0)?,
+            stream_replicas: number("GANTRY_STREAM_REPLICAS", 1usize, 1, 5)?,
         })
     }
 
     /// The MongoDB database a service owns: `<prefix><service>`.
     pub fn database_name(&self, service: &str) -> String {
         format!("{}{}", self.db_prefix, service)
+    }
+}
+
+#[cfg(test)]
+mod variable_tests {
+    use super::*;
+
+    /// The quoted variable names in `source`: upper-case words with an underscore, in the
+    /// families Gantry reads.
+    fn names_in(source: &str) -> Vec<String> {
+        let mut found = Vec::new();
+        for piece in source.split('"').skip(1).step_by(2) {
+            let plain = !piece.is_empty()
+                && piece
+                    .chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+            let ours = ["GANTRY_", "NATS_URL", "MONGODB_", "OTEL_", "RUST_LOG"]
+                .iter()
+                .any(|p| piece.starts_with(p));
+            if plain && ours {
+                found.push(piece.to_owned());
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn every_variable_the_code_reads_is_listed() {
+        let source = include_str!("config.rs");
+        let code = source.split("#[cfg(test)]").next().unwrap();
+        let (before, list) = code.split_once("pub const VARIABLES").unwrap();
+        let (_, after) = list.split_once("\n];").unwrap();
+        let config = format!("{before}{after}");
+        let mut read = names_in(&config);
+        read.extend(names_in(include_str!("telemetry.rs")));
+        assert!(read.len() > 40, "{read:?}");
+        for name in read {
+            assert!(
+                variable(&name).is_some(),
+                "{name} is read but not in VARIABLES"
+            );
+        }
+    }
+
+    #[test]
+    fn the_list_names_each_variable_once_and_only_known_binaries() {
+        for (i, a) in VARIABLES.iter().enumerate() {
+            assert!(
+                VARIABLES[i + 1..].iter().all(|b| b.name != a.name),
+                "{}",
+                a.name
+            );
+            assert!(!a.read_by.is_empty(), "{}", a.name);
+            for b in a.read_by.iter().chain(a.deployed_for) {
+                assert!(ALL.contains(b), "{}: {b}", a.name);
+            }
+            assert!(a.deployed_for.iter().all(|b| a.read_by.contains(b)));
+        }
     }
 }

@@ -82,6 +82,9 @@ pub struct BucketLimits {
     pub models: u64,
     /// The nodes' uploads: weights and checkpoints.
     pub uploads: u64,
+    /// How many servers of a NATS cluster keep each stream and object store, when they are
+    /// created (`GANTRY_STREAM_REPLICAS`; 3 in production, 1 on a single server).
+    pub replicas: usize,
 }
 
 impl BucketLimits {
@@ -91,6 +94,7 @@ impl BucketLimits {
             datasets: config.datasets_max_bytes,
             models: config.models_max_bytes,
             uploads: config.uploads_max_bytes,
+            replicas: config.stream_replicas,
         }
     }
 }
@@ -127,22 +131,31 @@ async fn bound_bucket(js: &jetstream::Context, bucket: &str, max_bytes: u64) -> 
 
 /// Create (or find) the streams, the training consumers and the object stores (bounded as
 /// `limits` says).
+/// Streams that exist keep their replica count: change it with `nats stream edit --replicas`.
 pub async fn ensure(js: &jetstream::Context, limits: &BucketLimits) -> anyhow::Result<()> {
+    let replicated = |config: stream::Config| stream::Config {
+        num_replicas: limits.replicas.max(1),
+        ..config
+    };
     let jobs = js
-        .get_or_create_stream(jobs_stream())
+        .get_or_create_stream(replicated(jobs_stream()))
         .await
         .context("creating the GANTRY_JOBS stream")?;
     let mut events = js
-        .get_or_create_stream(events_stream())
+        .get_or_create_stream(replicated(events_stream()))
         .await
         .context("creating the GANTRY_EVENTS stream")?;
     // Streams made before events named their node in the subject take the new subjects.
-    if events.info().await?.config.subjects != events_stream().subjects {
-        js.update_stream(events_stream())
-            .await
-            .context("updating the GANTRY_EVENTS stream's subjects")?;
+    let info = events.info().await?;
+    if info.config.subjects != events_stream().subjects {
+        js.update_stream(stream::Config {
+            num_replicas: info.config.num_replicas,
+            ..events_stream()
+        })
+        .await
+        .context("updating the GANTRY_EVENTS stream's subjects")?;
     }
-    js.get_or_create_stream(dead_events_stream())
+    js.get_or_create_stream(replicated(dead_events_stream()))
         .await
         .context("creating the GANTRY_DEAD_EVENTS stream")?;
     for driver in JobDriver::ALL {
@@ -155,7 +168,7 @@ pub async fn ensure(js: &jetstream::Context, limits: &BucketLimits) -> anyhow::R
         (MODELS_BUCKET, limits.models),
         (UPLOADS_BUCKET, limits.uploads),
     ] {
-        bucket_store(js, bucket).await?;
+        bucket_store_with(js, bucket, limits.replicas).await?;
         // A bound the server refuses (more than the JetStream storage it has, say) leaves the
         // store bounded by that storage alone: said, not fatal.
         if let Err(e) = bound_bucket(js, bucket, max).await {
@@ -175,11 +188,21 @@ pub async fn bucket_store(
     js: &jetstream::Context,
     bucket: &str,
 ) -> anyhow::Result<object_store::ObjectStore> {
+    bucket_store_with(js, bucket, 1).await
+}
+
+/// An object store, created with `replicas` when missing.
+async fn bucket_store_with(
+    js: &jetstream::Context,
+    bucket: &str,
+    replicas: usize,
+) -> anyhow::Result<object_store::ObjectStore> {
     match js.get_object_store(bucket).await {
         Ok(store) => Ok(store),
         Err(_) => js
             .create_object_store(object_store::Config {
                 bucket: bucket.into(),
+                num_replicas: replicas.max(1),
                 ..Default::default()
             })
             .await

@@ -32,7 +32,7 @@ pub mod secrets;
 pub mod shutdown;
 pub mod telemetry;
 
-pub use config::{Config, ConfigError};
+pub use config::{Config, ConfigError, Variable, VARIABLES};
 
 use std::future::Future;
 use std::process::ExitCode;
