@@ -54,17 +54,7 @@ async fn cli_main() -> ExitCode {
         Command::GpuStats => {
             let nvml = gantry_trainer::inventory::open_nvml().ok();
             let inv = gantry_trainer::inventory::detect(nvml.as_ref());
-            let stats = gantry_trainer::health::read(nvml.as_ref(), &inv.gpus);
-            match serde_json::to_string_pretty(&stats) {
-                Ok(json) => {
-                    println!("{json}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("gantry-trainer: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            print_json(&gantry_trainer::health::read(nvml.as_ref(), &inv.gpus))
         }
         Command::Drain { timeout } => {
             let config = match gantry_runtime::Config::from_env() {
@@ -89,16 +79,21 @@ async fn cli_main() -> ExitCode {
             if let Err(e) = &nvml {
                 inv.notes.push(format!("NVML unavailable: {e}"));
             }
-            match serde_json::to_string_pretty(&inv) {
-                Ok(json) => {
-                    println!("{json}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("gantry-trainer: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            print_json(&inv)
+        }
+    }
+}
+
+/// Print `value` as pretty JSON on standard output.
+fn print_json(value: &impl serde::Serialize) -> ExitCode {
+    match serde_json::to_string_pretty(value) {
+        Ok(json) => {
+            println!("{json}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("gantry-trainer: {e}");
+            ExitCode::FAILURE
         }
     }
 }
