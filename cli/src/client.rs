@@ -76,6 +76,11 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 impl Client {
     /// A client of `base` (e.g. `http://127.0.0.1:8080`) sending `token` as its bearer token.
     pub fn new(base: &str, token: Option<String>) -> Result<Self> {
+        if !base.starts_with("http://") {
+            return Err(Error::msg(format!(
+                "{base}: give the server as http://HOST:PORT (this gantry speaks plain HTTP)"
+            )));
+        }
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .user_agent(concat!("gantry-cli/", env!("CARGO_PKG_VERSION")))

@@ -65,15 +65,38 @@ fn read_secret(prompt: &str, from_stdin: bool) -> Result<String> {
     } else {
         eprint!("{prompt}: ");
         std::io::stderr().flush()?;
-        let mut s = String::new();
-        stdin.lock().read_line(&mut s)?;
-        s
+        read_line_unechoed()?
     };
     let text = text.trim().to_owned();
     if text.is_empty() {
         return Err(Error::msg(format!("no {} given", prompt.to_lowercase())));
     }
     Ok(text)
+}
+
+/// One line from the terminal, not shown while it is typed.
+fn read_line_unechoed() -> Result<String> {
+    use std::os::fd::AsRawFd;
+    let stdin = std::io::stdin();
+    let fd = stdin.as_raw_fd();
+    // SAFETY: termios is plain data; tcgetattr fills it for a descriptor we hold open.
+    let mut saved: libc::termios = unsafe { std::mem::zeroed() };
+    let quiet = unsafe { libc::tcgetattr(fd, &mut saved) } == 0;
+    if quiet {
+        let mut t = saved;
+        t.c_lflag &= !libc::ECHO;
+        t.c_lflag |= libc::ECHONL;
+        // SAFETY: as above, with a termios read from this descriptor.
+        unsafe { libc::tcsetattr(fd, libc::TCSANOW, &t) };
+    }
+    let mut s = String::new();
+    let read = stdin.lock().read_line(&mut s);
+    if quiet {
+        // SAFETY: restores the settings read above.
+        unsafe { libc::tcsetattr(fd, libc::TCSANOW, &saved) };
+    }
+    read?;
+    Ok(s)
 }
 
 /// `POST /api/tokens` answers with the token as listed plus the whole token, this once.
@@ -1034,14 +1057,23 @@ fn nodes_table(nodes: &ClusterNodes) -> String {
         &rows,
     );
     out.push_str(&format!(
-        "{} nodes, {} connected, {} workers, {} active jobs, {} completed\n",
-        s.total_nodes,
+        "{}, {} connected, {}, {}, {} completed\n",
+        count(s.total_nodes, "node"),
         s.connected_nodes,
-        s.total_workers,
-        s.total_active_jobs,
+        count(s.total_workers, "worker"),
+        count(s.total_active_jobs, "active job"),
         s.total_completed_jobs
     ));
     out
+}
+
+/// `1 node`, `2 nodes`.
+fn count(n: u64, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
 }
 
 fn node_detail(n: &ClusterNode) -> String {

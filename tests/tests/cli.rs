@@ -282,7 +282,7 @@ async fn every_command_group_works_for_an_admin_and_prints_the_servers_message_w
             row.contains("connected") && row.contains("cpu") && row.contains("1/1"),
             "{table}"
         );
-        assert!(table.contains("1 nodes, 1 connected"), "{table}");
+        assert!(table.contains("1 node, 1 connected"), "{table}");
         let nodes: ClusterNodes =
             serde_json::from_value(admin.json(&["nodes", "list"]).await).unwrap();
         assert_eq!(nodes.nodes.len(), 1);
