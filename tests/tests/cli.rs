@@ -156,7 +156,7 @@ fn assert_aligned(table: &str, first_cell: &str, headers: &[&str]) {
 
 #[tokio::test]
 async fn every_command_group_works_for_an_admin_and_prints_the_servers_message_when_refused() {
-    TestStack::run(Duration::from_secs(300), |mut stack| async move {
+    TestStack::run(Duration::from_secs(480), |mut stack| async move {
         stack.short_heartbeats();
         stack.start_core().await;
         let _node = stack.join_trainer("cpu-node-1").await;
