@@ -160,7 +160,7 @@ cat <<MSG
     addresses  $GANTRY_STATE_DIR/env     logs  $GANTRY_STATE_DIR/logs
     cluster    token in $GANTRY_STATE_DIR/cluster_token; one trainer \`local\`; more: deploy/local/trainer.sh
     CLI        $BIN/gantry   (from this repository it finds this stack without login)
-    try        $BIN/gantry train /datasets/shapes --output-model Shapes --follow
+    try        $BIN/gantry train /datasets/shapes --output-model Shapes --epochs 25 --learning-rate 0.003 --image-size 32 --follow
 
   Stop with Ctrl-C (or SIGTERM).
 
