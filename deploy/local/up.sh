@@ -100,6 +100,12 @@ export GANTRY_ADMIN_API_TOKEN="${GANTRY_ADMIN_API_TOKEN:-$saved_token}"
 export GANTRY_ADMIN_EMAIL="${GANTRY_ADMIN_EMAIL:-admin@localhost}"
 export GANTRY_DATA_ROOT="${GANTRY_DATA_ROOT:-$GANTRY_STATE_DIR/data}"
 mkdir -p "$GANTRY_DATA_ROOT"
+# First run: an empty data root gets the example dataset (generated shapes, three classes), so
+# the README's training examples work as written.
+if [ -z "$(ls -A "$GANTRY_DATA_ROOT")" ]; then
+    "$BIN/gantry-trainer" example-dataset "$GANTRY_DATA_ROOT/datasets/shapes" \
+        || die "could not write the example dataset into $GANTRY_DATA_ROOT"
+fi
 export GANTRY_HTTP_ADDR="${GANTRY_HTTP_ADDR:-127.0.0.1:8080}"
 host="${GANTRY_HTTP_ADDR%:*}"; [ "$host" = 0.0.0.0 ] && host=127.0.0.1
 API_URL="${GANTRY_PUBLIC_URL:-http://$host:${GANTRY_HTTP_ADDR##*:}}"
@@ -153,6 +159,8 @@ cat <<MSG
     data root  $GANTRY_DATA_ROOT
     addresses  $GANTRY_STATE_DIR/env     logs  $GANTRY_STATE_DIR/logs
     cluster    token in $GANTRY_STATE_DIR/cluster_token; one trainer \`local\`; more: deploy/local/trainer.sh
+    CLI        $BIN/gantry   (from this repository it finds this stack without login)
+    try        $BIN/gantry train /datasets/shapes --output-model Shapes --epochs 25 --learning-rate 0.003 --image-size 32 --follow
 
   Stop with Ctrl-C (or SIGTERM).
 
