@@ -39,7 +39,7 @@ pub struct Cli {
 pub enum Command {
     /// Save the server URL and an API token for later commands
     #[command(after_help = "Examples:\n  \
-        gantry login --url https://gantry.example.com            # asks for the API token\n  \
+        gantry login --url http://gantry.internal:8080            # asks for the API token\n  \
         echo \"$TOKEN\" | gantry login --url http://127.0.0.1:8080 --token-stdin\n  \
         gantry login --url http://127.0.0.1:8080 --username admin   # asks for the password, makes a token\n  \
         gantry login --show\n  \
