@@ -113,9 +113,7 @@ async fn a_followed_job_streams_ids_and_types_ends_after_completion_names_the_li
         let version = job["model"]["version"].as_u64().unwrap();
         assert!(version >= 1, "{job}");
         assert_eq!(last.data["model"]["version"], version, "{last:?}");
-        let (status, _) = stack
-            .admin_get(&format!("/admin/api/models/Streamed"))
-            .await;
+        let (status, _) = stack.admin_get("/admin/api/models/Streamed").await;
         assert_eq!(status, 200);
         let resp = stack
             .http()

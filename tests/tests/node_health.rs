@@ -31,7 +31,7 @@ async fn a_node_failing_its_health_check_takes_no_job_says_why_and_takes_it_once
                 "sick-node",
                 &[
                     ("GANTRY_HEALTH_CHECK", check.as_str()),
-                    ("GANTRY_HEALTH_CHECK_INTERVAL", "0.3"),
+                    ("GANTRY_HEALTH_CHECK_INTERVAL", "1"),
                 ],
             )
             .await;

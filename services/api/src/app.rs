@@ -87,7 +87,18 @@ pub fn build(
             .chain(docs::PATHS)
             .chain(gantry_runtime::health::PATHS),
     ));
-    let allowed = std::sync::Arc::new(allowed_methods(&docs.spec));
+    let mut allowed = allowed_methods(&docs.spec);
+    // The documentation and health routes are outside the spec; they answer GET.
+    for path in docs::PATHS
+        .iter()
+        .chain(gantry_runtime::health::PATHS.iter())
+    {
+        allowed.push((
+            path.split('/').map(str::to_owned).collect(),
+            vec!["GET".to_owned()],
+        ));
+    }
+    let allowed = std::sync::Arc::new(allowed);
     let route = docs::add_routes(Route::new(), docs);
     gantry_runtime::health::add_routes(route, readiness)
         .nest("/", service)

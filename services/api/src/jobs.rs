@@ -48,6 +48,10 @@ fn default_limit() -> u64 {
     50
 }
 
+/// How long a stream waits for the registry to list a completed job's version before it sends
+/// the `completed` event as the trainer sent it.
+const LISTING_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Jobs and models.
 #[derive(Clone)]
 pub struct JobsApi(pub AppState);
@@ -210,14 +214,23 @@ impl JobsApi {
         if !matches!(event.kind, jobs::JobEventKind::Completed { .. }) {
             return value;
         }
-        for _ in 0..40 {
-            if let Ok(job) = self.get(user_id, job_id.clone()).await {
-                if let Some(model) = job.model.filter(|m| m.version > 0) {
-                    value["model"] = serde_json::to_value(model).unwrap_or_default();
-                    return value;
+        // At most this long in all, however slow the registry answers.
+        let listing = async {
+            loop {
+                if let Ok(job) = self.get(user_id, job_id.clone()).await {
+                    if let Some(model) = job.model.filter(|m| m.version > 0) {
+                        return model;
+                    }
+                    if job.status.is_final() {
+                        // Over without a listed version (a fenced or withdrawn completion).
+                        return std::future::pending().await;
+                    }
                 }
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
             }
-            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        };
+        if let Ok(model) = tokio::time::timeout(LISTING_WAIT, listing).await {
+            value["model"] = serde_json::to_value(model).unwrap_or_default();
         }
         value
     }

@@ -267,9 +267,8 @@ impl TrainApi {
                 let same = job.output_model == body.output_model
                     && job.description == body.description
                     && job.driver == driver
-                    && job.params == params
-                    && job.train_path
-                        == gantry_api_display(&self.state.data_root, &body.train_path);
+                    && same_params(&job.params, &params)
+                    && lexical(&job.train_path) == lexical(&body.train_path);
                 if !same {
                     return Err(ApiError::new(
                         ErrorCode::Unprocessable,
@@ -470,6 +469,26 @@ impl TrainApi {
         .await;
         user.map(|u| u.tokens).unwrap_or(p.user.tokens)
     }
+}
+
+/// A path as written, without `.` and repeated slashes, rooted: no filesystem is asked, so a
+/// retry compares the same after its dataset was moved.
+fn lexical(path: &str) -> String {
+    let parts: Vec<&str> = path
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect();
+    format!("/{}", parts.join("/"))
+}
+
+/// The same settings; the floats to within rounding, as they come back from the store.
+fn same_params(a: &TrainParams, b: &TrainParams) -> bool {
+    let close = |x: f64, y: f64| (x - y).abs() <= 1e-9 * x.abs().max(y.abs()).max(1e-12);
+    a.epochs == b.epochs
+        && a.batch_size == b.batch_size
+        && a.image_size == b.image_size
+        && close(a.learning_rate, b.learning_rate)
+        && close(a.validation_split, b.validation_split)
 }
 
 fn wants_async(prefer: &Option<String>) -> bool {

@@ -512,7 +512,13 @@ impl View {
             return Some(if for_driver.iter().any(|n| n.unhealthy.is_some()) {
                 // They may recover: the job waits rather than being given up.
                 WaitingReason::Unhealthy { driver }
-            } else if connected.iter().any(|n| n.record.settings.draining) {
+            } else if connected.iter().any(|n| {
+                n.record.settings.draining
+                    && !n
+                        .processes
+                        .iter()
+                        .all(|p| p.status == process_status::UNAVAILABLE)
+            }) {
                 // An admin's pause, not a missing node: the job waits for the undrain.
                 WaitingReason::Drained { driver }
             } else if settled {

@@ -47,19 +47,22 @@ pub struct Monitor {
     pub command: Option<String>,
     /// `GANTRY_HEALTH_CHECK_INTERVAL`.
     pub command_every: Duration,
+    /// How long the operator's check may run before it fails (and is killed).
+    pub command_limit: Duration,
 }
 
-/// Longest wait for the operator's check, whatever its interval.
-const COMMAND_LIMIT: Duration = Duration::from_secs(30);
+/// How long the operator's check may run: [`Monitor::command_limit`]'s usual value.
+pub const COMMAND_LIMIT: Duration = Duration::from_secs(30);
 
 impl Monitor {
     /// Read until `shutdown`, publishing each reading on the returned channel. The first
     /// reading is taken before this returns, so a node never joins before its first check.
     pub async fn start(self, shutdown: CancellationToken) -> watch::Receiver<Health> {
         let this = Arc::new(self);
+        let mut reader = Reader::default();
         let mut command_result = this.run_command().await;
-        let first = this.read_gpus().await.unwrap_or_default();
-        let first = this.judge(first, command_result.clone());
+        let first = this.read_gpus(&mut reader).await.unwrap_or_default();
+        let first = this.judge(first, &reader, command_result.clone());
         log_change(None, &first);
         let (tx, rx) = watch::channel(first);
         let monitor = this.clone();
@@ -71,19 +74,18 @@ impl Monitor {
             gpus_tick.tick().await;
             command_tick.tick().await;
             loop {
-                tokio::select! {
+                // The GPUs on their tick, the operator's check on its own; either re-judges.
+                let gpus = tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    _ = gpus_tick.tick() => {}
+                    _ = gpus_tick.tick() => monitor.read_gpus(&mut reader).await,
                     _ = command_tick.tick() => {
                         command_result = monitor.run_command().await;
+                        None
                     }
-                }
-                // A reading that did not come in time keeps the last one's figures.
-                let gpus = match monitor.read_gpus().await {
-                    Some(gpus) => gpus,
-                    None => tx.borrow().gpus.clone(),
                 };
-                let health = monitor.judge(gpus, command_result.clone());
+                // A reading that did not come (in time) keeps the last one's figures.
+                let gpus = gpus.unwrap_or_else(|| tx.borrow().gpus.clone());
+                let health = monitor.judge(gpus, &reader, command_result.clone());
                 tx.send_if_modified(|old| {
                     log_change(old.unhealthy.as_deref(), &health);
                     let changed = *old != health;
@@ -95,35 +97,55 @@ impl Monitor {
         rx
     }
 
-    /// The node's health from a GPU reading and the operator's check; updates the metrics.
-    fn judge(&self, gpus: Vec<GpuStats>, command: Option<String>) -> Health {
-        let unhealthy = gpus_failure(&gpus).or(command);
+    /// The node's health from a GPU reading, the driver's answering and the operator's check;
+    /// updates the metrics.
+    fn judge(&self, gpus: Vec<GpuStats>, reader: &Reader, command: Option<String>) -> Health {
+        let stalled = (reader.unanswered >= STALLED_READINGS).then(|| {
+            format!(
+                "the GPU driver has not answered {} readings in a row",
+                reader.unanswered
+            )
+        });
+        let unhealthy = gpus_failure(&gpus).or(stalled).or(command);
         export(&self.node, &gpus, unhealthy.is_none());
         Health { gpus, unhealthy }
     }
 
     /// One reading of every GPU, or `None` when the driver did not answer within the interval.
-    async fn read_gpus(&self) -> Option<Vec<GpuStats>> {
+    /// At most one reading is in flight: a driver call that hangs is waited on again at the next
+    /// tick rather than joined by another one.
+    async fn read_gpus(&self, reader: &mut Reader) -> Option<Vec<GpuStats>> {
         if self.gpus.is_empty() {
             return Some(Vec::new());
         }
-        let nvml = self.nvml.clone();
-        let gpus = self.gpus.clone();
-        let reading = tokio::task::spawn_blocking(move || read(nvml.as_deref(), &gpus));
-        match tokio::time::timeout(self.every.max(Duration::from_secs(1)), reading).await {
-            Ok(Ok(stats)) => Some(stats),
+        let mut reading = reader.pending.take().unwrap_or_else(|| {
+            let nvml = self.nvml.clone();
+            let gpus = self.gpus.clone();
+            tokio::task::spawn_blocking(move || read(nvml.as_deref(), &gpus))
+        });
+        match tokio::time::timeout(self.every.max(Duration::from_secs(1)), &mut reading).await {
+            Ok(Ok(stats)) => {
+                reader.unanswered = 0;
+                Some(stats)
+            }
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "reading the GPUs failed");
                 None
             }
             Err(_) => {
-                tracing::warn!("the GPU driver did not answer in time; keeping the last reading");
+                reader.unanswered += 1;
+                reader.pending = Some(reading);
+                tracing::warn!(
+                    unanswered = reader.unanswered,
+                    "the GPU driver did not answer in time; keeping the last reading"
+                );
                 None
             }
         }
     }
 
     /// Run the operator's check: `None` when it passes (or there is none), else why it failed.
+    /// It runs in a process group of its own, all of which is killed when it overruns.
     async fn run_command(&self) -> Option<String> {
         let command = self.command.as_deref()?;
         let child = tokio::process::Command::new("sh")
@@ -131,23 +153,44 @@ impl Monitor {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            .process_group(0)
             .kill_on_drop(true)
             .spawn();
         let child = match child {
             Ok(c) => c,
             Err(e) => return Some(format!("GANTRY_HEALTH_CHECK could not start: {e}")),
         };
-        let limit = self.command_every.min(COMMAND_LIMIT);
-        match tokio::time::timeout(limit, child.wait_with_output()).await {
+        let group = child.id();
+        match tokio::time::timeout(self.command_limit, child.wait_with_output()).await {
             Ok(Ok(out)) if out.status.success() => None,
             Ok(Ok(out)) => Some(command_failure(&out.stdout, &out.stderr, out.status)),
             Ok(Err(e)) => Some(format!("GANTRY_HEALTH_CHECK failed to run: {e}")),
-            Err(_) => Some(format!(
-                "GANTRY_HEALTH_CHECK did not finish within {}s",
-                limit.as_secs_f64()
-            )),
+            Err(_) => {
+                if let Some(pgid) = group {
+                    // SAFETY: a plain signal to the process group this check started.
+                    unsafe {
+                        libc::killpg(pgid as libc::pid_t, libc::SIGKILL);
+                    }
+                }
+                Some(format!(
+                    "GANTRY_HEALTH_CHECK did not finish within {}s",
+                    self.command_limit.as_secs_f64()
+                ))
+            }
         }
     }
+}
+
+/// Readings in a row the driver must leave unanswered before the node fails its health check.
+const STALLED_READINGS: u32 = 3;
+
+/// The state of reading the GPUs across ticks.
+#[derive(Default)]
+struct Reader {
+    /// A reading still running from an earlier tick.
+    pending: Option<tokio::task::JoinHandle<Vec<GpuStats>>>,
+    /// Readings in a row that did not answer in time.
+    unanswered: u32,
 }
 
 /// Say so when the node starts or stops failing its health check.
@@ -401,13 +444,14 @@ mod tests {
 
     #[tokio::test]
     async fn the_operators_check_passes_fails_and_times_out() {
-        let monitor = |command: &str, every: f64| Monitor {
+        let monitor = |command: &str, limit: f64| Monitor {
             nvml: None,
             gpus: Vec::new(),
             node: "n".into(),
             every: Duration::from_secs(1),
             command: Some(command.into()),
-            command_every: Duration::from_secs_f64(every),
+            command_every: Duration::from_secs(60),
+            command_limit: Duration::from_secs_f64(limit),
         };
         assert_eq!(monitor("true", 5.0).run_command().await, None);
         assert_eq!(
@@ -417,7 +461,13 @@ mod tests {
                 .as_deref(),
             Some("GPU 3: XID 48")
         );
-        let slow = monitor("sleep 5", 0.2).run_command().await.unwrap();
+        // Overrunning: the whole group is killed, the shell's children too.
+        let started = std::time::Instant::now();
+        let slow = monitor("sleep 30 & sleep 30; wait", 0.3)
+            .run_command()
+            .await
+            .unwrap();
         assert!(slow.contains("did not finish"), "{slow}");
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 }

@@ -299,6 +299,7 @@ impl Node {
         let mut was_connected = true;
         let busy_changed = self.busy_changed.clone();
         let mut monitored = true;
+        let mut last_verdict = self.health.borrow().unhealthy.clone();
         loop {
             tokio::select! {
                 _ = busy_changed.notified() => self.send_heartbeat(false).await,
@@ -308,6 +309,12 @@ impl Node {
                         monitored = false;
                         continue;
                     }
+                    // New figures ride on the next heartbeat; only the verdict acts now.
+                    let verdict = self.health.borrow_and_update().unhealthy.clone();
+                    if verdict == last_verdict {
+                        continue;
+                    }
+                    last_verdict = verdict;
                     // Passing or failing the health check opens or closes the node to new jobs:
                     // the workers and the registry hear it now, not at the next tick.
                     let settings = self.settings.clone();

@@ -85,6 +85,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         every: config.heartbeat_interval,
         command: config.health_check.clone(),
         command_every: config.health_check_interval,
+        command_limit: crate::health::COMMAND_LIMIT,
     }
     .start(shutdown.clone())
     .await;

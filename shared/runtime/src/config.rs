@@ -415,7 +415,7 @@ impl Config {
             ),
             health_check: var("GANTRY_HEALTH_CHECK"),
             health_check_interval: Duration::from_millis(
-                (number("GANTRY_HEALTH_CHECK_INTERVAL", 60.0f64, 0.1, 86_400.0)? * 1000.0) as u64,
+                (number("GANTRY_HEALTH_CHECK_INTERVAL", 60.0f64, 1.0, 86_400.0)? * 1000.0) as u64,
             ),
             heartbeat_misses: number("GANTRY_HEARTBEAT_MISSES", 3u32, 1, 1000)?,
             event_max_deliver: number("GANTRY_EVENT_MAX_DELIVER", 10u32, 2, 1000)?,
