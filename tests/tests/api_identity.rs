@@ -330,6 +330,31 @@ async fn users_are_created_and_changed_with_clear_errors() {
         let bob = create_user(base, "bob", "user", 50).await;
         assert_eq!(bob["tokens"], 50);
 
+        // One user by id, under both prefixes; an unknown id is 404.
+        for prefix in ["/admin/api", "/api/admin"] {
+            let (status, v) = body(
+                http()
+                    .get(format!("{base}{prefix}/users/{}", bob["id"]))
+                    .bearer_auth(ADMIN_TOKEN)
+                    .send()
+                    .await
+                    .unwrap(),
+            )
+            .await;
+            assert_eq!(status, StatusCode::OK, "{v}");
+            assert_eq!(v, bob, "the same record as created");
+        }
+        let (status, v) = body(
+            http()
+                .get(format!("{base}/admin/api/users/999999"))
+                .bearer_auth(ADMIN_TOKEN)
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_error(status, &v, StatusCode::NOT_FOUND, "not_found");
+
         // Duplicate username: 409.
         let (status, v) = body(
             http()

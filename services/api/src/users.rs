@@ -222,6 +222,33 @@ impl UsersApi {
         Ok(CreatedUser::Created(Json(user.into())))
     }
 
+    /// Get a user
+    ///
+    /// One user as the list shows them, with their balance as auth has it now; 404 when there
+    /// is no such user.
+    #[oai(
+        path = "/admin/api/users/:id",
+        method = "get",
+        tag = "ApiTags::Users",
+        operation_id = "get_user"
+    )]
+    async fn get(
+        &self,
+        req: &Request,
+        auth: Credentials,
+        /// The user's id.
+        id: Path<i64>,
+    ) -> ApiResult<Json<UserOut>> {
+        self.0.auth.admin(&auth, req).await?;
+        let user: msg::User = nats::request(
+            &self.0.nats,
+            subjects::auth(ep::USERS_GET),
+            &msg::UserRef { user_id: id.0 },
+        )
+        .await?;
+        Ok(Json(user.into()))
+    }
+
     /// Change a user
     ///
     /// Changes a user's role, active flag, e-mail, password or credit token balance. Balance
