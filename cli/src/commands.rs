@@ -1,4 +1,8 @@
 //! What each command does: the request it sends and how its answer is shown.
+//!
+//! One file for every command group on purpose: each command is a short request-and-print
+//! function, and keeping them side by side keeps their output conventions (tables, `--output
+//! json`, errors) the same; the shared pieces live in `client`, `output` and `follow`.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, IsTerminal, Read, Write};

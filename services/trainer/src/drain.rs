@@ -30,7 +30,7 @@ use gantry_contracts::subjects;
 use gantry_runtime::{nats, Config};
 use secrecy::ExposeSecret;
 
-use crate::startup;
+use crate::node;
 
 /// The file in the cache directory holding the id of the node that last joined with it.
 pub const NODE_ID_FILE: &str = ".node-id";
@@ -70,8 +70,8 @@ pub async fn run(config: Config, timeout: Duration) -> anyhow::Result<()> {
         .cluster_token
         .clone()
         .context("GANTRY_CLUSTER_TOKEN is not set")?;
-    let hostname = startup::node_name(&config)?;
-    let cache = startup::cache_dir(&config, &hostname);
+    let hostname = node::node_name(&config)?;
+    let cache = node::cache_dir(&config, &hostname);
     let node_id = match std::fs::read_to_string(cache.join(NODE_ID_FILE)) {
         Ok(id) if !id.trim().is_empty() => id.trim().to_owned(),
         _ => {

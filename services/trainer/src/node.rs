@@ -5,6 +5,7 @@
 //! ([`WorkerPlan`]): the job consumers (training issue) follow it to move to another backend's
 //! queue or stop taking work when drained.
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,8 +18,8 @@ use gantry_contracts::registry::{
     RegisterNode, Registered,
 };
 use gantry_contracts::subjects;
-use gantry_runtime::nats;
 use gantry_runtime::retry;
+use gantry_runtime::{nats, Config};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::{watch, Notify};
 
@@ -78,6 +79,24 @@ pub struct Node {
     plan: watch::Sender<WorkerPlan>,
     /// Woken when the registry asks for the jobs in flight back ([`NodeControl::HandBack`]).
     hand_back: Arc<Notify>,
+}
+
+/// The node name: `GANTRY_NODE_NAME`, else the hostname.
+pub fn node_name(config: &Config) -> anyhow::Result<NodeName> {
+    let name = config
+        .node_name
+        .clone()
+        .or_else(sysinfo::System::host_name)
+        .unwrap_or_else(|| "localhost".into());
+    NodeName::parse(&name).map_err(|e| anyhow::anyhow!("invalid GANTRY_NODE_NAME={name:?}: {e}"))
+}
+
+/// Where dataset snapshots are cached: `GANTRY_CACHE_DIR`, else `<tmp>/gantry-trainer-<node>`.
+pub fn cache_dir(config: &Config, node: &NodeName) -> PathBuf {
+    config
+        .cache_dir
+        .clone()
+        .unwrap_or_else(|| crate::cache::default_cache_dir(node.as_ref()))
 }
 
 /// The address of the interface that routes to the NATS server (no packet is sent).

@@ -1,18 +1,15 @@
 //! Start-up: inventory, connections, health, joining the cluster, shutdown.
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use gantry_contracts::registry::NodeName;
 use gantry_contracts::services;
 use gantry_runtime::health::{self, Readiness};
 use gantry_runtime::{nats, Config};
 use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 
-use crate::cache;
 use crate::health::Monitor;
 use crate::inventory;
 use crate::node::{self, JoinError, Node, NodeConfig};
@@ -21,24 +18,6 @@ use crate::worker::{self, WorkerConfig, Workers};
 /// Authorization violations in a row, while joining, after which the trainer gives up.
 const JOIN_REFUSALS: u32 = 3;
 
-/// The node name: `GANTRY_NODE_NAME`, else the hostname.
-pub fn node_name(config: &Config) -> anyhow::Result<NodeName> {
-    let name = config
-        .node_name
-        .clone()
-        .or_else(sysinfo::System::host_name)
-        .unwrap_or_else(|| "localhost".into());
-    NodeName::parse(&name).map_err(|e| anyhow::anyhow!("invalid GANTRY_NODE_NAME={name:?}: {e}"))
-}
-
-/// Where dataset snapshots are cached: `GANTRY_CACHE_DIR`, else `<tmp>/gantry-trainer-<node>`.
-pub fn cache_dir(config: &Config, node: &NodeName) -> PathBuf {
-    config
-        .cache_dir
-        .clone()
-        .unwrap_or_else(|| cache::default_cache_dir(node.as_ref()))
-}
-
 /// Run until `shutdown` fires (exit 0), or until the cluster refuses this node (an error: exit
 /// non-zero).
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -46,7 +25,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let token = config.cluster_token.clone().context(
         "GANTRY_CLUSTER_TOKEN is not set: create a cluster token (POST /admin/api/cluster_tokens) and start the trainer with it",
     )?;
-    let hostname = node_name(&config)?;
+    let hostname = node::node_name(&config)?;
     let node_config_name = hostname.clone();
 
     let (nvml, inv) = tokio::task::spawn_blocking(|| {
@@ -120,14 +99,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 WorkerConfig {
                     node_name: hostname.to_string(),
                     node_id: node.node_id().to_owned(),
-                    cache_dir: cache_dir(&config, &hostname),
+                    cache_dir: node::cache_dir(&config, &hostname),
                     cache_max_bytes: (config.cache_max_gb * 1e9) as u64,
                     threads: worker::threads_per_job(cpus, config.workers as usize),
                 },
                 node.busy_slots(),
                 node.busy_changed(),
             );
-            let cache = cache_dir(&config, &hostname);
+            let cache = node::cache_dir(&config, &hostname);
             crate::drain::joined(&client, &cache, node.node_id()).await;
             let hand_backs = node.hand_back_requests();
             let handing = workers.clone();
