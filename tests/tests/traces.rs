@@ -70,11 +70,15 @@ fn trace_of(spans: &[ReceivedSpan], root: &ReceivedSpan) -> Vec<ReceivedSpan> {
         .collect()
 }
 
-/// The trainer's part is complete once its upload span has arrived.
+/// The trainer's part is complete once its upload span and its job span have arrived (the job
+/// span ends last, after the final event, and may come in a later export).
 fn has_upload(spans: &[ReceivedSpan]) -> bool {
-    spans
-        .iter()
-        .any(|s| s.service == "gantry-trainer" && s.name == "weights.upload")
+    let trainer = |pred: &dyn Fn(&ReceivedSpan) -> bool| {
+        spans
+            .iter()
+            .any(|s| s.service == "gantry-trainer" && pred(s))
+    };
+    trainer(&|s| s.name == "weights.upload") && trainer(&|s| s.kind == CONSUMER)
 }
 
 async fn one_train_request_is_one_trace(transport: Transport) {
