@@ -12,7 +12,9 @@ use std::process::ExitCode;
 use clap::CommandFactory;
 use futures::StreamExt;
 use gantry_contracts::auth::{ApiToken, ApiTokenList, User, UserList};
-use gantry_contracts::jobs::{JobRecord, JobStatus, ModelDetail, ModelList, ModelVersion};
+use gantry_contracts::jobs::{
+    JobRecord, JobStatus, JobSummary, ModelDetail, ModelList, ModelVersion,
+};
 use gantry_contracts::registry::{
     ClusterNode, ClusterNodes, ClusterToken, ClusterTokenList, SetDriverResult,
 };
@@ -259,7 +261,7 @@ struct TrainQueued {
 /// A page of jobs (the api's shape around the contract's records).
 #[derive(Debug, Serialize, Deserialize)]
 struct JobPage {
-    jobs: Vec<JobRecord>,
+    jobs: Vec<JobSummary>,
     total: u64,
     limit: u64,
     offset: u64,
@@ -795,7 +797,7 @@ impl Ctx {
                                 m.versions.to_string(),
                                 m.latest.version.to_string(),
                                 output::percent(m.latest.val_accuracy),
-                                m.latest.card.classes.len().to_string(),
+                                m.latest.classes.len().to_string(),
                                 output::when(&m.latest.created_at),
                             ]
                         })
@@ -1132,7 +1134,7 @@ fn node_detail(n: &ClusterNode) -> String {
     out
 }
 
-fn job_progress(j: &JobRecord) -> String {
+fn job_progress(j: &JobSummary) -> String {
     match (j.status, &j.progress, &j.model) {
         (JobStatus::Completed, _, Some(m)) => format!("val {}", output::percent(m.val_accuracy)),
         (JobStatus::Running, Some(p), _) => format!(
@@ -1146,7 +1148,7 @@ fn job_progress(j: &JobRecord) -> String {
     }
 }
 
-fn job_note(j: &JobRecord) -> String {
+fn job_note(j: &JobSummary) -> String {
     if let Some(r) = &j.waiting_reason {
         return r.to_string();
     }
@@ -1164,7 +1166,7 @@ fn job_note(j: &JobRecord) -> String {
     String::new()
 }
 
-fn job_row(j: &JobRecord) -> Vec<String> {
+fn job_row(j: &JobSummary) -> Vec<String> {
     vec![
         j.job_id.clone(),
         j.status.as_str().into(),

@@ -8,6 +8,7 @@ use tracing::Instrument;
 
 use crate::browse::BrowseApi;
 use crate::cluster::ClusterApi;
+use crate::datasets::DatasetsApi;
 use crate::docs::{self, Aliased, Docs};
 use crate::error::envelope;
 use crate::jobs::JobsApi;
@@ -32,6 +33,7 @@ pub type Apis = Aliased<(
     JobsApi,
     SessionApi,
     TokensApi,
+    DatasetsApi,
 )>;
 
 /// The OpenAPI service of every group.
@@ -47,7 +49,8 @@ pub fn api_service(state: AppState, hold: std::time::Duration) -> OpenApiService
             ClusterApi(state.clone()),
             JobsApi(state.clone()),
             SessionApi(state.clone()),
-            TokensApi(state),
+            TokensApi(state.clone()),
+            DatasetsApi(state),
         )),
         "Gantry API",
         env!("CARGO_PKG_VERSION"),
@@ -76,9 +79,14 @@ pub fn build(
         public_url,
     };
     // Route labels keep the static segments of every route and fold the rest (ids, names).
+    // Each admin path is documented once; its alias answers too.
     let templates: Vec<String> = docs.spec["paths"]
         .as_object()
-        .map(|p| p.keys().cloned().collect())
+        .map(|p| {
+            p.keys()
+                .flat_map(|path| std::iter::once(path.clone()).chain(docs::alias_of(path)))
+                .collect()
+        })
         .unwrap_or_default();
     let known = std::sync::Arc::new(gantry_runtime::metrics::static_segments(
         templates
@@ -99,16 +107,25 @@ pub fn build(
         ));
     }
     let allowed = std::sync::Arc::new(allowed);
+    let operations = std::sync::Arc::new(crate::teach::Operations::new(docs.spec.clone()));
     let route = docs::add_routes(Route::new(), docs);
     gantry_runtime::health::add_routes(route, readiness)
         .nest("/", service)
         .around(move |ep, mut req| {
             let known = known.clone();
             let allowed = allowed.clone();
+            let operations = operations.clone();
             async move {
                 let started = std::time::Instant::now();
                 let method = req.method().to_string();
                 let path = req.uri().path().to_owned();
+                let query = req.uri().query().unwrap_or_default().to_owned();
+                let content_type = req
+                    .headers()
+                    .get(poem::http::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_ascii_lowercase();
                 let route = gantry_runtime::metrics::route_label(req.uri().path(), &known);
                 // HTTP server span, named and described as the semantic conventions ask.
                 let span = tracing::info_span!(
@@ -123,8 +140,10 @@ pub fn build(
                     otel.status_code = tracing::field::Empty,
                 );
                 gantry_runtime::telemetry::set_parent_from_http(&span, req.headers());
-                let resp = async move {
+                let mut body = None;
+                let resp = async {
                     limit_body(&mut req).await?;
+                    body = keep_body(&mut req, &content_type).await?;
                     ep.call(req).await.map(IntoResponse::into_response)
                 }
                 .instrument(span.clone())
@@ -132,7 +151,19 @@ pub fn build(
                 let mut resp = match resp {
                     Ok(r) => r,
                     Err(err) if err.is_from_response() => err.into_response(),
-                    Err(err) => envelope(err),
+                    Err(err) => match operations.explain(
+                        &err,
+                        &method,
+                        &path,
+                        &query,
+                        &content_type,
+                        body.as_deref(),
+                    ) {
+                        Some(message) => {
+                            crate::error::ApiError::bad_request(message).into_response()
+                        }
+                        None => envelope(err),
+                    },
                 };
                 if resp.status() == StatusCode::METHOD_NOT_ALLOWED {
                     resp = method_not_allowed(&allowed, &path);
@@ -162,13 +193,14 @@ fn allowed_methods(spec: &serde_json::Value) -> AllowedMethods {
         .map(|paths| {
             paths
                 .iter()
-                .map(|(template, item)| {
-                    let segments = template.split('/').map(str::to_owned).collect();
-                    let methods = item
+                .flat_map(|(template, item)| {
+                    let methods: Vec<String> = item
                         .as_object()
                         .map(|ops| ops.keys().map(|m| m.to_uppercase()).collect())
                         .unwrap_or_default();
-                    (segments, methods)
+                    std::iter::once(template.clone())
+                        .chain(docs::alias_of(template))
+                        .map(move |t| (t.split('/').map(str::to_owned).collect(), methods.clone()))
                 })
                 .collect()
         })
@@ -202,6 +234,23 @@ fn method_not_allowed(allowed: &AllowedMethods, path: &str) -> Response {
         resp.headers_mut().insert(poem::http::header::ALLOW, value);
     }
     resp
+}
+
+/// A JSON or form body, read (within [`MAX_BODY_BYTES`]) and put back, so a refusal of it can
+/// be explained.
+async fn keep_body(req: &mut Request, content_type: &str) -> poem::Result<Option<bytes::Bytes>> {
+    if !(content_type.starts_with("application/json")
+        || content_type.starts_with("application/x-www-form-urlencoded"))
+    {
+        return Ok(None);
+    }
+    let bytes = req
+        .take_body()
+        .into_bytes_limit(MAX_BODY_BYTES)
+        .await
+        .map_err(|_| poem::Error::from_status(StatusCode::PAYLOAD_TOO_LARGE))?;
+    req.set_body(Body::from(bytes.clone()));
+    Ok(Some(bytes))
 }
 
 /// Refuse a body over [`MAX_BODY_BYTES`] with 413: by its `Content-Length` when it has one, else

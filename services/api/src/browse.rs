@@ -74,7 +74,7 @@ impl BrowseApi {
     #[oai(
         path = "/admin/api/browse",
         method = "get",
-        tag = "ApiTags::AdminApi",
+        tag = "ApiTags::Data",
         operation_id = "browse",
         code_sample(lang = "curl", source = "crate::docs::samples::BROWSE")
     )]

@@ -28,11 +28,12 @@ pub struct CreateClusterTokenBody {
 #[derive(Debug, Clone, Object, Multipart, serde::Deserialize)]
 pub struct SetDriverFields {
     /// Hostname of the cluster node
-    pub hostname: Option<String>,
+    pub hostname: String,
     /// Authentication token for the node
-    pub token: Option<String>,
-    /// Preferred driver: "cuda" or "rocm" (also "cpu", or "auto" to clear the preference)
-    pub driver: Option<String>,
+    pub token: String,
+    /// Preferred driver: "cuda" or "rocm" (also "cpu", or "any" to clear the preference;
+    /// "auto" means the same as "any")
+    pub driver: String,
 }
 
 /// `set_driver` body: a form (`curl -F` sends multipart), URL-encoded, or JSON.
@@ -50,9 +51,9 @@ pub enum SetDriverBody {
 #[derive(Debug, Clone, Object, Multipart, serde::Deserialize)]
 pub struct NodeFields {
     /// Hostname of the cluster node
-    pub hostname: Option<String>,
+    pub hostname: String,
     /// Authentication token for the node (whole, or as listed)
-    pub token: Option<String>,
+    pub token: String,
 }
 
 /// Drain/undrain body: a form, URL-encoded, or JSON.
@@ -100,8 +101,8 @@ impl ClusterApi {
             .registry(
                 ep::DRAIN,
                 &msg::Drain {
-                    hostname: f.hostname,
-                    token: f.token,
+                    hostname: Some(f.hostname),
+                    token: Some(f.token),
                     drain: Some(drain),
                 },
             )
@@ -118,7 +119,7 @@ impl ClusterApi {
     #[oai(
         path = "/admin/api/cluster_tokens",
         method = "get",
-        tag = "ApiTags::AdminApi",
+        tag = "ApiTags::Cluster",
         operation_id = "list_cluster_tokens",
         code_sample(lang = "curl", source = "crate::docs::samples::LIST_CLUSTER_TOKENS")
     )]
@@ -191,7 +192,7 @@ impl ClusterApi {
     #[oai(
         path = "/admin/api/cluster_clients",
         method = "get",
-        tag = "ApiTags::AdminApi",
+        tag = "ApiTags::Cluster",
         operation_id = "list_cluster_clients",
         code_sample(lang = "curl", source = "crate::docs::samples::LIST_CLUSTER_CLIENTS")
     )]
@@ -212,7 +213,7 @@ impl ClusterApi {
     #[oai(
         path = "/api/admin/cluster_nodes",
         method = "get",
-        tag = "ApiTags::AdminApi",
+        tag = "ApiTags::Cluster",
         operation_id = "cluster_nodes",
         code_sample(lang = "curl", source = "crate::docs::samples::CLUSTER_NODES")
     )]
@@ -231,7 +232,7 @@ impl ClusterApi {
     #[oai(
         path = "/api/admin/cluster_nodes/set_driver",
         method = "post",
-        tag = "ApiTags::AdminApi",
+        tag = "ApiTags::Cluster",
         operation_id = "set_driver",
         code_sample(lang = "curl", source = "crate::docs::samples::SET_DRIVER")
     )]
@@ -252,9 +253,9 @@ impl ClusterApi {
             .registry(
                 ep::SET_DRIVER,
                 &msg::SetDriver {
-                    hostname: f.hostname,
-                    token: f.token,
-                    driver: f.driver,
+                    hostname: Some(f.hostname),
+                    token: Some(f.token),
+                    driver: Some(f.driver),
                 },
             )
             .await?;

@@ -1,7 +1,9 @@
 //! The API's documentation, all from one source: the operations' own definitions.
 //!
 //! - [`Aliased`] serves every admin operation under both `/admin/api/...` and `/api/admin/...`
-//!   and documents both (the admin page uses both prefixes).
+//!   and documents it once, under the path it is defined with (the admin page's own), its
+//!   summary naming the other; each operation lists only the error statuses it can answer
+//!   ([`error_statuses`]).
 //! - `/admin/api/openapi.json` and `.yaml`: the OpenAPI 3 spec.
 //! - `/admin/api/docs`: Swagger UI, its script and styles served by Gantry itself.
 //! - `/admin/api`: the admin API page, rendered from the spec: each endpoint with its parameters,
@@ -30,34 +32,45 @@ pub fn alias_of(path: &str) -> Option<String> {
     }
 }
 
-/// Operation ids must be unique and `'static`; aliases get `<id>_alias`, made once.
-fn alias_id(id: &'static str) -> &'static str {
-    static IDS: OnceLock<Mutex<HashMap<&'static str, &'static str>>> = OnceLock::new();
-    let mut ids = IDS.get_or_init(Default::default).lock().unwrap();
-    ids.entry(id)
-        .or_insert_with(|| Box::leak(format!("{id}_alias").into_boxed_str()))
+/// `text` with a line added, made `'static` once per distinct result (the docs are built once).
+fn leak_once(text: String) -> &'static str {
+    static TEXTS: OnceLock<Mutex<HashMap<String, &'static str>>> = OnceLock::new();
+    let mut texts = TEXTS.get_or_init(Default::default).lock().unwrap();
+    if let Some(t) = texts.get(&text) {
+        return t;
+    }
+    let leaked: &'static str = Box::leak(text.clone().into_boxed_str());
+    texts.insert(text, leaked);
+    leaked
 }
 
-/// Serves and documents every admin operation of `T` under both prefixes.
+/// Serves every admin operation of `T` under both prefixes; documents each once, under the path
+/// it is defined with, its summary naming the other.
 pub struct Aliased<T>(pub T);
 
 impl<T: OpenApi> OpenApi for Aliased<T> {
     fn meta() -> Vec<MetaApi> {
         let mut apis = T::meta();
-        let mut aliases = T::meta();
-        for api in &mut aliases {
-            api.paths.retain_mut(|p| match alias_of(&p.path) {
-                Some(alias) => {
-                    p.path = alias;
-                    for op in &mut p.operations {
-                        op.operation_id = op.operation_id.map(alias_id);
+        for api in &mut apis {
+            for path in &mut api.paths {
+                let alias = alias_of(&path.path);
+                for op in &mut path.operations {
+                    // In the summary: the page's descriptions stay word for word.
+                    if let Some(alias) = &alias {
+                        let note = format!("also at {}", openapi_path(alias));
+                        op.summary = Some(leak_once(match op.summary {
+                            Some(d) => format!("{d} ({note})"),
+                            None => note,
+                        }));
                     }
-                    true
+                    if let Some(statuses) = op.operation_id.and_then(error_statuses) {
+                        op.responses
+                            .responses
+                            .retain(|r| r.status.is_none_or(|s| s < 400 || statuses.contains(&s)));
+                    }
                 }
-                None => false,
-            });
+            }
         }
-        apis.extend(aliases);
         apis
     }
 
@@ -88,6 +101,55 @@ impl<T: OpenApi> OpenApi for Aliased<T> {
             }
         }
     }
+}
+
+/// A poem path (`/users/:id`) as OpenAPI writes it (`/users/{id}`).
+fn openapi_path(path: &str) -> String {
+    path.split('/')
+        .map(|seg| match seg.strip_prefix(':') {
+            Some(name) => format!("{{{name}}}"),
+            None => seg.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// The error statuses each operation can answer, by operation id; the docs list only these.
+///
+/// What decides them: 400 for any parameter or body; 401 for every authenticated operation;
+/// 403 for admin operations (a user's token) and for writes (a cookie from another origin);
+/// 404 where an id, name or path is looked up; 409 where a state or a name can conflict;
+/// 413 and 415 for operations with a body; 402, 422 and 429 where a charge, an unusable
+/// request or a rate limit apply; 500 and 503 everywhere (a service behind the api can fail).
+pub fn error_statuses(operation_id: &str) -> Option<&'static [u16]> {
+    const READ: &[u16] = &[400, 401, 403, 500, 503];
+    const READ_ONE: &[u16] = &[400, 401, 403, 404, 500, 503];
+    const MY_READ: &[u16] = &[400, 401, 500, 503];
+    const MY_READ_ONE: &[u16] = &[400, 401, 404, 500, 503];
+    const WRITE_ONE: &[u16] = &[400, 401, 403, 404, 409, 500, 503];
+    const NODE_OP: &[u16] = &[400, 401, 403, 404, 409, 413, 415, 500, 503];
+    Some(match operation_id {
+        "browse" => READ_ONE,
+        "train" => &[400, 401, 403, 404, 409, 413, 415, 422, 429, 500, 503],
+        "train_user" => &[400, 401, 402, 403, 404, 409, 413, 415, 422, 429, 500, 503],
+        "list_users" | "list_cluster_tokens" | "cluster_nodes" | "list_jobs" => READ,
+        "list_cluster_clients" => &[401, 403, 500, 503],
+        "create_user" | "create_cluster_token" => &[400, 401, 403, 409, 413, 415, 500, 503],
+        "update_user" => NODE_OP,
+        "get_user" | "get_job" | "job_events" | "user_ledger" | "revoke_cluster_token" => READ_ONE,
+        "delete_user" | "cancel_job" | "cancel_my_job" => WRITE_ONE,
+        "revoke_token" => &[400, 401, 403, 404, 500, 503],
+        "set_driver" | "drain_node" | "undrain_node" => NODE_OP,
+        "list_models" => &[400, 401, 403, 500, 503],
+        "get_model" | "download_model" => &[400, 401, 403, 404, 409, 500, 503],
+        "list_my_jobs" | "list_my_models" | "list_tokens" | "list_datasets" => MY_READ,
+        "get_my_job" | "my_job_events" | "get_my_model" | "download_my_model" => MY_READ_ONE,
+        "login" => &[400, 401, 403, 413, 415, 429, 500, 503],
+        "logout" => &[401, 403, 500, 503],
+        "me" => &[401, 500, 503],
+        "create_token" => &[400, 401, 403, 409, 413, 415, 500, 503],
+        _ => return None,
+    })
 }
 
 /// The admin page's endpoints, in the page's order (by operation id).
@@ -182,6 +244,11 @@ fn params(spec: &Value, op: &Value) -> Vec<Param> {
             .unwrap_or_default();
         if let Some(props) = schema.get("properties").and_then(Value::as_object) {
             for (name, prop) in props {
+                // A field that is also a parameter (`wait`) is listed once, as the parameter.
+                if let Some(p) = out.iter_mut().find(|p| p.name == *name) {
+                    p.description.push_str(" (also accepted as a body field)");
+                    continue;
+                }
                 let resolved = resolve(spec, prop);
                 let description = prop
                     .get("description")
@@ -246,10 +313,7 @@ pub fn render_page(spec: &Value, host_url: &str) -> String {
     page_ops.sort_by_key(|(_, _, op)| PAGE_OPERATIONS.iter().position(|p| *p == id(op)));
     let mut other_ops: Vec<&(String, String, &Value)> = ops
         .iter()
-        .filter(|(_, _, op)| {
-            let i = id(op);
-            !i.ends_with("_alias") && !PAGE_OPERATIONS.contains(&i.as_str())
-        })
+        .filter(|(_, _, op)| !PAGE_OPERATIONS.contains(&id(op).as_str()))
         .collect();
     other_ops.sort_by(|a, b| a.1.cmp(&b.1).then(a.0.cmp(&b.0)));
 

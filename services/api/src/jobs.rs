@@ -9,8 +9,8 @@ use futures::StreamExt;
 use gantry_contracts::auth::Principal;
 use gantry_contracts::error::ErrorCode;
 use gantry_contracts::jobs::{
-    self, JobEvent, JobList, JobQuery, JobRecord, JobRef, JobStatus, ModelDetail, ModelList,
-    ModelQuery, ModelRef,
+    self, JobEvent, JobList, JobQuery, JobRecord, JobRef, JobStatus, JobSummary, ModelDetail,
+    ModelList, ModelQuery, ModelRef,
 };
 use poem::{Body, Request};
 use poem_openapi::param::{Header, Path, Query};
@@ -26,8 +26,8 @@ use crate::tags::ApiTags;
 /// A page of jobs, newest first.
 #[derive(Debug, Clone, Object)]
 pub struct JobListOut {
-    /// This page.
-    pub jobs: Vec<JobRecord>,
+    /// This page, each job without its model's card (`GET .../jobs/{id}` has everything).
+    pub jobs: Vec<JobSummary>,
     /// Matching jobs in all.
     pub total: u64,
     /// Page size.
@@ -81,27 +81,18 @@ impl JobsApi {
         }
     }
 
-    async fn list(
-        &self,
-        user_id: Option<i64>,
-        status: Option<JobStatus>,
-        limit: u64,
-        offset: u64,
-    ) -> ApiResult<Json<JobListOut>> {
-        let list: JobList = self
-            .0
-            .registry(
-                jobs::subjects::JOBS_LIST,
-                &JobQuery {
-                    user_id,
-                    status,
-                    limit: Some(limit),
-                    offset,
-                },
-            )
-            .await?;
+    async fn list(&self, q: JobQuery) -> ApiResult<Json<JobListOut>> {
+        if let (Some(since), Some(until)) = (q.since, q.until) {
+            if until <= since {
+                return Err(ApiError::bad_request(
+                    "query parameter `until` must be later than `since`",
+                ));
+            }
+        }
+        let (limit, offset) = (q.limit.unwrap_or_else(default_limit), q.offset);
+        let list: JobList = self.0.registry(jobs::subjects::JOBS_LIST, &q).await?;
         Ok(Json(JobListOut {
-            jobs: list.jobs,
+            jobs: list.jobs.into_iter().map(JobSummary::from).collect(),
             total: list.total,
             limit,
             offset,
@@ -211,6 +202,10 @@ impl JobsApi {
         let job_id = event.job_id.clone();
         let mut value = serde_json::to_value(&event).unwrap_or_default();
         value["seq"] = seq.into();
+        value["at"] = event
+            .at
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            .into();
         if !matches!(event.kind, jobs::JobEventKind::Completed { .. }) {
             return value;
         }
@@ -243,10 +238,22 @@ impl JobsApi {
         Ok(Json(job))
     }
 
-    async fn models(&self, user_id: Option<i64>) -> ApiResult<Json<ModelList>> {
+    async fn models(
+        &self,
+        user_id: Option<i64>,
+        limit: u64,
+        offset: u64,
+    ) -> ApiResult<Json<ModelList>> {
         let list: ModelList = self
             .0
-            .registry(jobs::subjects::MODELS_LIST, &ModelQuery { user_id })
+            .registry(
+                jobs::subjects::MODELS_LIST,
+                &ModelQuery {
+                    user_id,
+                    limit: Some(limit),
+                    offset,
+                },
+            )
             .await?;
         Ok(Json(list))
     }
@@ -321,12 +328,19 @@ impl JobsApi {
         tag = "ApiTags::Training",
         operation_id = "list_jobs"
     )]
+    #[allow(clippy::too_many_arguments)]
     async fn admin_list(
         &self,
         req: &Request,
         auth: Credentials,
+        /// Only this user's jobs
+        user_id: Query<Option<i64>>,
         /// Only jobs in this state
         status: Query<Option<JobStatus>>,
+        /// Only jobs submitted at or after this time (RFC 3339)
+        since: Query<Option<chrono::DateTime<chrono::Utc>>>,
+        /// Only jobs submitted before this time (RFC 3339)
+        until: Query<Option<chrono::DateTime<chrono::Utc>>>,
         /// Page size (default: 50, at most 500)
         #[oai(
             default = "default_limit",
@@ -337,8 +351,16 @@ impl JobsApi {
         #[oai(default, validator(maximum(value = "1000000000000000")))]
         offset: Query<u64>,
     ) -> ApiResult<Json<JobListOut>> {
-        let who = self.who(req, &auth, true).await?;
-        self.list(who, status.0, limit.0, offset.0).await
+        self.who(req, &auth, true).await?;
+        self.list(JobQuery {
+            user_id: user_id.0,
+            status: status.0,
+            since: since.0,
+            until: until.0,
+            limit: Some(limit.0),
+            offset: offset.0,
+        })
+        .await
     }
 
     /// List your jobs
@@ -348,12 +370,17 @@ impl JobsApi {
         tag = "ApiTags::Training",
         operation_id = "list_my_jobs"
     )]
+    #[allow(clippy::too_many_arguments)]
     async fn user_list(
         &self,
         req: &Request,
         auth: Credentials,
         /// Only jobs in this state
         status: Query<Option<JobStatus>>,
+        /// Only jobs submitted at or after this time (RFC 3339)
+        since: Query<Option<chrono::DateTime<chrono::Utc>>>,
+        /// Only jobs submitted before this time (RFC 3339)
+        until: Query<Option<chrono::DateTime<chrono::Utc>>>,
         /// Page size (default: 50, at most 500)
         #[oai(
             default = "default_limit",
@@ -365,7 +392,15 @@ impl JobsApi {
         offset: Query<u64>,
     ) -> ApiResult<Json<JobListOut>> {
         let who = self.who(req, &auth, false).await?;
-        self.list(who, status.0, limit.0, offset.0).await
+        self.list(JobQuery {
+            user_id: who,
+            status: status.0,
+            since: since.0,
+            until: until.0,
+            limit: Some(limit.0),
+            offset: offset.0,
+        })
+        .await
     }
 
     /// Get a job
@@ -490,15 +525,32 @@ impl JobsApi {
     }
 
     /// List models
+    ///
+    /// Every user's models, each with its owner; `owner` narrows to one user's.
     #[oai(
         path = "/admin/api/models",
         method = "get",
         tag = "ApiTags::Training",
         operation_id = "list_models"
     )]
-    async fn admin_models(&self, req: &Request, auth: Credentials) -> ApiResult<Json<ModelList>> {
-        let who = self.who(req, &auth, true).await?;
-        self.models(who).await
+    async fn admin_models(
+        &self,
+        req: &Request,
+        auth: Credentials,
+        /// Only this user's models
+        owner: Query<Option<i64>>,
+        /// Page size (default: 50, at most 500)
+        #[oai(
+            default = "default_limit",
+            validator(minimum(value = "1"), maximum(value = "500"))
+        )]
+        limit: Query<u64>,
+        /// Models to skip (default: 0, at most 10^15)
+        #[oai(default, validator(maximum(value = "1000000000000000")))]
+        offset: Query<u64>,
+    ) -> ApiResult<Json<ModelList>> {
+        self.who(req, &auth, true).await?;
+        self.models(owner.0, limit.0, offset.0).await
     }
 
     /// List your models
@@ -508,9 +560,22 @@ impl JobsApi {
         tag = "ApiTags::Training",
         operation_id = "list_my_models"
     )]
-    async fn user_models(&self, req: &Request, auth: Credentials) -> ApiResult<Json<ModelList>> {
+    async fn user_models(
+        &self,
+        req: &Request,
+        auth: Credentials,
+        /// Page size (default: 50, at most 500)
+        #[oai(
+            default = "default_limit",
+            validator(minimum(value = "1"), maximum(value = "500"))
+        )]
+        limit: Query<u64>,
+        /// Models to skip (default: 0, at most 10^15)
+        #[oai(default, validator(maximum(value = "1000000000000000")))]
+        offset: Query<u64>,
+    ) -> ApiResult<Json<ModelList>> {
         let who = self.who(req, &auth, false).await?;
-        self.models(who).await
+        self.models(who, limit.0, offset.0).await
     }
 
     /// Get a model
@@ -528,9 +593,11 @@ impl JobsApi {
         auth: Credentials,
         /// Model name
         name: Path<String>,
+        /// Its owner's user id (needed only when several users have a model of that name)
+        owner: Query<Option<i64>>,
     ) -> ApiResult<Json<ModelDetail>> {
-        let who = self.who(req, &auth, true).await?;
-        self.model(who, name.0).await
+        self.who(req, &auth, true).await?;
+        self.model(owner.0, name.0).await
     }
 
     /// Get one of your models
@@ -568,9 +635,11 @@ impl JobsApi {
         name: Path<String>,
         /// Version
         version: Path<u32>,
+        /// Its owner's user id (needed only when several users have a model of that name)
+        owner: Query<Option<i64>>,
     ) -> ApiResult<Download> {
-        let who = self.who(req, &auth, true).await?;
-        self.download(who, name.0, version.0).await
+        self.who(req, &auth, true).await?;
+        self.download(owner.0, name.0, version.0).await
     }
 
     /// Download one of your model versions

@@ -16,6 +16,8 @@ pub struct AppState {
     pub auth: Authenticator,
     /// `GANTRY_DATA_ROOT`.
     pub data_root: DataRoot,
+    /// `GANTRY_DATASETS_PATH`: where the datasets users may train on are, under the data root.
+    pub datasets_path: String,
     /// Mark the session cookie `Secure` (the public URL is https).
     pub secure_cookies: bool,
     /// `GANTRY_TRUSTED_PROXIES`: whose `X-Forwarded-For` names the client.
@@ -51,6 +53,7 @@ impl AppState {
             auth: Authenticator::new(nats.clone(), config.public_url.clone()).await?,
             nats,
             data_root: DataRoot::new(&config.data_root),
+            datasets_path: config.datasets_path.clone(),
             secure_cookies: config
                 .public_url
                 .as_deref()

@@ -5,10 +5,9 @@ use poem_openapi::Tags;
 /// Groups of endpoints in the docs.
 #[derive(Tags)]
 pub enum ApiTags {
-    /// The endpoints of the admin API page. Every admin endpoint answers under both
-    /// `/admin/api/...` and `/api/admin/...`.
-    #[oai(rename = "Admin API")]
-    AdminApi,
+    /// The data root: browsing it (admins) and the datasets users may train on.
+    #[oai(rename = "Data")]
+    Data,
     /// Managing users and their credit tokens (admins).
     #[oai(rename = "Users")]
     Users,

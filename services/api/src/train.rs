@@ -78,6 +78,9 @@ pub struct TrainBody {
     pub driver: Option<String>,
     /// Hold the request until the job ends (default: true); false answers 202 at once
     pub wait: Option<bool>,
+    /// The user whose model to train into (admins; default: your own). Model names are unique
+    /// per owner.
+    pub owner: Option<i64>,
 }
 
 /// The job finished.
@@ -223,6 +226,37 @@ impl TrainApi {
             validation_split: body.validation_split.unwrap_or(d.validation_split),
         };
         let admin = p.user.role == Role::Admin;
+        // Users train on the datasets folder's contents only (`GET /api/datasets`).
+        let datasets = lexical(&self.state.datasets_path);
+        let path = lexical(&body.train_path);
+        if !admin
+            && datasets != "/"
+            && path != datasets
+            && !path.starts_with(&format!("{datasets}/"))
+        {
+            return Err(ApiError::forbidden(format!(
+                "`train_path`: users may train only on datasets under {datasets} \
+                 (GET /api/datasets lists them)"
+            )));
+        }
+        let owner = match body.owner {
+            None => p.user.id,
+            Some(o) if o == p.user.id => o,
+            Some(o) if admin => {
+                let _: gantry_contracts::auth::User = nats::request(
+                    &self.state.nats,
+                    subjects::auth(subjects::auth::USERS_GET),
+                    &gantry_contracts::auth::UserRef { user_id: o },
+                )
+                .await?;
+                o
+            }
+            Some(_) => {
+                return Err(ApiError::forbidden(
+                    "`owner`: only admins can train into another user's model",
+                ))
+            }
+        };
         let status_base = if admin {
             "/admin/api/jobs"
         } else {
@@ -265,6 +299,7 @@ impl TrainApi {
             if let Some(job) = existing {
                 // The same key with another request is a client's mistake, not a retry.
                 let same = job.output_model == body.output_model
+                    && job.model_owner() == owner
                     && job.description == body.description
                     && job.driver == driver
                     && same_params(&job.params, &params)
@@ -364,11 +399,12 @@ impl TrainApi {
             params,
             submitted_at: chrono::Utc::now(),
         };
-        let record = JobRecord::queued(
+        let mut record = JobRecord::queued(
             &job,
             gantry_api_display(&self.state.data_root, &body.train_path),
             charge.tokens_used,
         );
+        record.model_owner = (owner != p.user.id).then_some(owner);
         // Past this the reconciler may refund the charge as one with no job: record nothing.
         if charged_at.elapsed() > self.state.limits.record_deadline {
             return Err(self
@@ -506,7 +542,7 @@ impl TrainApi {
     #[oai(
         path = "/admin/api/train",
         method = "post",
-        tag = "ApiTags::AdminApi",
+        tag = "ApiTags::Training",
         operation_id = "train",
         code_sample(lang = "curl", source = "crate::docs::samples::TRAIN")
     )]

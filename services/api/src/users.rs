@@ -171,7 +171,7 @@ impl UsersApi {
     #[oai(
         path = "/admin/api/users",
         method = "get",
-        tag = "ApiTags::AdminApi",
+        tag = "ApiTags::Users",
         operation_id = "list_users",
         code_sample(lang = "curl", source = "crate::docs::samples::LIST_USERS")
     )]

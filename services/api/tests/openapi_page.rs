@@ -24,6 +24,7 @@ async fn spec() -> Value {
             .expect("an authenticator"),
         nats,
         data_root: DataRoot::new("/data"),
+        datasets_path: "/".into(),
         secure_cookies: false,
         trusted_proxies: Vec::new(),
         slots: Default::default(),
@@ -94,4 +95,68 @@ async fn the_admin_pages_endpoints_are_documented_exactly_as_recorded() {
         "the admin page's endpoints changed in the OpenAPI document; got:\n{}",
         serde_json::to_string_pretty(&part).unwrap()
     );
+}
+
+/// Each endpoint is documented once (an admin path's other prefix named in its summary, not
+/// repeated), each operation lists only the error statuses [`error_statuses`] gives it, and each
+/// resource sits under one tag.
+#[tokio::test]
+async fn every_endpoint_is_documented_once_with_the_statuses_it_can_answer() {
+    use gantry_api::docs::{alias_of, error_statuses};
+    let spec = spec().await;
+    let paths = spec["paths"].as_object().unwrap();
+    let mut ids = BTreeSet::new();
+    let mut tags_of_resource: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (path, item) in paths {
+        if let Some(alias) = alias_of(path) {
+            assert!(!paths.contains_key(&alias), "{path} is documented twice");
+        }
+        for (method, op) in item.as_object().unwrap() {
+            let id = op["operationId"].as_str().unwrap();
+            assert!(ids.insert(id.to_owned()), "{id} appears twice");
+            let statuses = error_statuses(id)
+                .unwrap_or_else(|| panic!("{method} {path} ({id}) has no entry in error_statuses"));
+            let documented: BTreeSet<u16> = op["responses"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .filter_map(|s| s.parse::<u16>().ok())
+                .filter(|s| *s >= 400)
+                .collect();
+            let expected: BTreeSet<u16> = statuses.iter().copied().collect();
+            assert_eq!(documented, expected, "{method} {path}");
+            if let Some(alias) = alias_of(path) {
+                let alias = alias.replace(":", "");
+                let summary = op["summary"].as_str().unwrap_or_default();
+                assert!(
+                    summary.ends_with(&format!("(also at {alias})")),
+                    "{path}: {summary}"
+                );
+            }
+            let tags: Vec<&str> = op["tags"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(Value::as_str)
+                .collect();
+            assert_eq!(tags.len(), 1, "{method} {path}: {tags:?}");
+            // The resource: the path's first segment after the prefix (`users`, `jobs`, ...).
+            let resource = path
+                .trim_start_matches("/admin/api/")
+                .trim_start_matches("/api/admin/")
+                .trim_start_matches("/api/")
+                .split('/')
+                .next()
+                .unwrap()
+                .to_owned();
+            tags_of_resource
+                .entry(resource)
+                .or_default()
+                .insert(tags[0].to_owned());
+        }
+    }
+    for (resource, tags) in &tags_of_resource {
+        assert_eq!(tags.len(), 1, "{resource} is split over {tags:?}");
+    }
+    assert!(ids.len() >= 30, "{ids:?}");
 }

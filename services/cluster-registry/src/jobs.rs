@@ -97,7 +97,11 @@ impl Jobs {
 
     /// Indexes for listings (idempotent).
     pub async fn ensure_indexes(&self) -> anyhow::Result<()> {
-        for keys in [doc! { "created_ms": -1 }, doc! { "status": 1, "driver": 1 }] {
+        for keys in [
+            doc! { "created_ms": -1 },
+            doc! { "status": 1, "driver": 1 },
+            doc! { "user_id": 1, "created_ms": -1 },
+        ] {
             self.jobs()
                 .create_index(IndexModel::builder().keys(keys).build())
                 .await?;
@@ -232,6 +236,16 @@ impl Jobs {
         }
         if let Some(s) = q.status {
             filter.insert("status", s.as_str());
+        }
+        let mut created = Document::new();
+        if let Some(since) = q.since {
+            created.insert("$gte", since.timestamp_millis());
+        }
+        if let Some(until) = q.until {
+            created.insert("$lt", until.timestamp_millis());
+        }
+        if !created.is_empty() {
+            filter.insert("created_ms", created);
         }
         let limit = q.limit.unwrap_or(50).clamp(1, 500);
         let total = self.jobs().count_documents(filter.clone()).await?;

@@ -1,9 +1,13 @@
 //! Model versions: numbering a completion's version once, listing and withdrawing it, crediting
 //! the node that trained it, removing weights no version points at, and the `models.*` listings.
 //!
+//! A model belongs to its owner: its name is unique per owner, and its versions are numbered per
+//! owner and name.
+//!
 //! Collections of `<prefix>registry`:
-//! - `models`: one per model version, `_id` = `model:<name>:<version>`.
-//! - `counters`: `{_id: "model:<name>", n}` numbers a model's versions ([`Counter`]).
+//! - `models`: one per model version, `_id` = `model:<owner>:<name>:<version>` (versions listed
+//!   before models had owners keep `model:<name>:<version>`; every lookup goes by `key`).
+//! - `counters`: `{_id: "model:<owner>:<name>", n}` numbers a model's versions ([`Counter`]).
 //! - `version_reservations`: `{_id: <job id>, version}`, the number a job's completion got.
 
 use async_nats::jetstream::{self, object_store};
@@ -14,6 +18,7 @@ use futures::TryStreamExt;
 use gantry_contracts::jobs::{
     self, JobRecord, ModelDetail, ModelList, ModelQuery, ModelRef, ModelSummary, ModelVersion,
 };
+use gantry_contracts::models::{ModelBrief, MAX_MODELS_PAGE};
 use gantry_runtime::mongo::{self, Counter};
 use mongodb::bson::{doc, Document};
 use mongodb::{Collection, IndexModel};
@@ -22,14 +27,16 @@ use serde::{Deserialize, Serialize};
 use crate::error::RegistryError;
 use crate::registry::Registry;
 
-/// A model version as stored. `key` (`m:<name>`) is what lookups by name filter on: the store
-/// reads a value that starts like a date (`2026-01-02-x`) as one, so names are never compared
-/// bare.
+/// A model version as stored. `key` (`m:<owner>:<name>`) is what lookups filter on, `nkey`
+/// (`n:<name>`) what an admin's lookup by name alone does: the store reads a value that starts
+/// like a date (`2026-01-02-x`) as one, so names are never compared bare.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct ModelDoc {
     #[serde(rename = "_id")]
     id: String,
     key: String,
+    #[serde(default)]
+    nkey: String,
     created_ms: i64,
     /// When its node was credited with the job (0: not yet).
     #[serde(default)]
@@ -38,12 +45,21 @@ struct ModelDoc {
     version: ModelVersion,
 }
 
-fn model_key(name: &str) -> String {
-    format!("m:{name}")
+fn model_key(owner: i64, name: &str) -> String {
+    format!("m:{owner}:{name}")
 }
 
-fn model_id(name: &str, version: u32) -> String {
-    format!("model:{name}:{version}")
+fn name_key(name: &str) -> String {
+    format!("n:{name}")
+}
+
+fn model_id(owner: i64, name: &str, version: u32) -> String {
+    format!("model:{owner}:{name}:{version}")
+}
+
+/// Filter of one version of one owner's model.
+fn version_filter(model: &ModelVersion) -> Document {
+    doc! { "key": model_key(model.user_id, &model.name), "version": model.version }
 }
 
 /// The model side of the registry; cheap to clone.
@@ -62,11 +78,27 @@ impl Models {
         self.registry.store().database().collection("models")
     }
 
-    /// Indexes for lookups by name (idempotent).
+    /// Indexes for lookups by owner and name, and by name (idempotent); versions listed before
+    /// models had owners get their owner's keys.
     pub async fn ensure_indexes(&self) -> anyhow::Result<()> {
-        self.models()
-            .create_index(IndexModel::builder().keys(doc! { "key": 1 }).build())
-            .await?;
+        for keys in [doc! { "key": 1 }, doc! { "nkey": 1 }] {
+            self.models()
+                .create_index(IndexModel::builder().keys(keys).build())
+                .await?;
+        }
+        let docs: Vec<ModelDoc> = self.models().find(doc! {}).await?.try_collect().await?;
+        for d in docs {
+            let key = model_key(d.version.user_id, &d.version.name);
+            let nkey = name_key(&d.version.name);
+            if d.key != key || d.nkey != nkey {
+                self.models()
+                    .update_one(
+                        doc! { "_id": &d.id },
+                        doc! { "$set": { "key": key, "nkey": nkey } },
+                    )
+                    .await?;
+            }
+        }
         Ok(())
     }
 
@@ -87,9 +119,24 @@ impl Models {
         if let Some(r) = reservations.find_one(doc! { "_id": &job.job_id }).await? {
             return Ok(mongo::number(r.get("version"))? as u32);
         }
-        let n = Counter::new(db, "counters", format!("model:{}", job.output_model), "n")
-            .next()
-            .await?;
+        let owner = job.model_owner();
+        let counter = Counter::new(
+            db,
+            "counters",
+            format!("model:{owner}:{}", job.output_model),
+            "n",
+        );
+        let key = model_key(owner, &job.output_model);
+        // Versions listed before models had owners were numbered by name alone: skip past them.
+        let mut n = counter.next().await?;
+        while self
+            .models()
+            .find_one(doc! { "key": &key, "version": n })
+            .await?
+            .is_some()
+        {
+            n = counter.next().await?;
+        }
         // Events are applied one at a time, so nobody reserves for this job meanwhile.
         reservations
             .insert_one(doc! { "_id": &job.job_id, "version": n })
@@ -107,18 +154,23 @@ impl Models {
         let mut model = model.clone();
         model.version = self.reserve_version(job).await?;
         model.name = job.output_model.clone();
-        model.user_id = job.user_id;
+        model.user_id = job.model_owner();
         model.job_id = job.job_id.clone();
         self.ensure_listed(&model).await?;
         Ok(model)
     }
 
     async fn ensure_listed(&self, model: &ModelVersion) -> Result<(), RegistryError> {
-        let id = model_id(&model.name, model.version);
-        if self.models().find_one(doc! { "_id": &id }).await?.is_none() {
+        if self
+            .models()
+            .find_one(version_filter(model))
+            .await?
+            .is_none()
+        {
             let d = ModelDoc {
-                id,
-                key: model_key(&model.name),
+                id: model_id(model.user_id, &model.name, model.version),
+                key: model_key(model.user_id, &model.name),
+                nkey: name_key(&model.name),
                 created_ms: Utc::now().timestamp_millis(),
                 credited_ms: 0,
                 version: model.clone(),
@@ -203,9 +255,7 @@ impl Models {
 
     /// Withdraw a version whose job ended another way, and remove its weights.
     pub async fn withdraw(&self, model: &ModelVersion) -> Result<(), RegistryError> {
-        self.models()
-            .delete_one(doc! { "_id": model_id(&model.name, model.version) })
-            .await?;
+        self.models().delete_one(version_filter(model)).await?;
         tracing::info!(
             job_id = model.job_id,
             version = model.version,
@@ -225,7 +275,11 @@ impl Models {
             let marked = self
                 .models()
                 .update_one(
-                    doc! { "_id": model_id(&model.name, model.version), "credited_ms": 0_i64 },
+                    {
+                        let mut f = version_filter(model);
+                        f.insert("credited_ms", 0_i64);
+                        f
+                    },
                     doc! { "$set": { "credited_ms": Utc::now().timestamp_millis() } },
                 )
                 .await?;
@@ -278,7 +332,7 @@ impl Models {
         }
     }
 
-    /// `models.list`.
+    /// `models.list`: by name, then owner; paged.
     pub async fn list(&self, q: ModelQuery) -> Result<ModelList, RegistryError> {
         let filter = match q.user_id {
             Some(u) => doc! { "user_id": u },
@@ -293,29 +347,49 @@ impl Models {
             .await?;
         let mut models: Vec<ModelSummary> = Vec::new();
         for d in docs {
-            match models.last_mut() {
-                Some(m) if m.name == d.version.name => {
+            let v = d.version;
+            // Sorted by key: one model's versions come together.
+            match models
+                .last_mut()
+                .filter(|m| m.name == v.name && m.owner_id == v.user_id)
+            {
+                Some(m) => {
                     m.versions += 1;
-                    if d.version.version > m.latest.version {
-                        m.latest = d.version;
+                    if v.version > m.latest.version {
+                        m.latest = ModelBrief::from(&v);
                     }
                 }
-                _ => models.push(ModelSummary {
-                    name: d.version.name.clone(),
+                None => models.push(ModelSummary {
+                    name: v.name.clone(),
+                    owner_id: v.user_id,
                     versions: 1,
-                    latest: d.version,
+                    latest: ModelBrief::from(&v),
                 }),
             }
         }
-        Ok(ModelList { models })
+        models.sort_by(|a, b| a.name.cmp(&b.name).then(a.owner_id.cmp(&b.owner_id)));
+        let total = models.len() as u64;
+        let limit = q.limit.unwrap_or(50).clamp(1, MAX_MODELS_PAGE);
+        let models = models
+            .into_iter()
+            .skip(q.offset.min(total) as usize)
+            .take(limit as usize)
+            .collect();
+        Ok(ModelList {
+            models,
+            total,
+            limit,
+            offset: q.offset,
+        })
     }
 
-    /// `models.get`.
+    /// `models.get`: the owner's model of that name; with no owner named, the one owner's
+    /// (`conflict` when several users have a model of that name).
     pub async fn get(&self, r: ModelRef) -> Result<ModelDetail, RegistryError> {
-        let mut filter = doc! { "key": model_key(&r.name) };
-        if let Some(u) = r.user_id {
-            filter.insert("user_id", u);
-        }
+        let filter = match r.user_id {
+            Some(u) => doc! { "key": model_key(u, &r.name) },
+            None => doc! { "nkey": name_key(&r.name) },
+        };
         let mut versions: Vec<ModelVersion> = self
             .models()
             .find(filter)
@@ -324,13 +398,27 @@ impl Models {
             .await?
             .into_iter()
             .map(|d| d.version)
+            .filter(|v| v.name == r.name)
             .collect();
-        if versions.is_empty() {
+        let Some(first) = versions.first() else {
             return Err(RegistryError::NotFound(format!("no model {}", r.name)));
+        };
+        let owner_id = first.user_id;
+        let mut owners: Vec<i64> = versions.iter().map(|v| v.user_id).collect();
+        owners.sort_unstable();
+        owners.dedup();
+        if owners.len() > 1 {
+            let list: Vec<String> = owners.iter().map(i64::to_string).collect();
+            return Err(RegistryError::Conflict(format!(
+                "users {} each have a model named {}; name its owner (`owner`)",
+                list.join(", "),
+                r.name
+            )));
         }
         versions.sort_by_key(|v| v.version);
         Ok(ModelDetail {
             name: r.name,
+            owner_id,
             versions,
         })
     }

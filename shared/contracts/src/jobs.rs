@@ -117,7 +117,8 @@ impl JobDriver {
             "cuda" => Some(Self::Cuda),
             "rocm" => Some(Self::Rocm),
             "cpu" => Some(Self::Cpu),
-            "any" => Some(Self::Any),
+            // `auto`, the word an older `set_driver` used, is accepted for `any`.
+            "any" | "auto" => Some(Self::Any),
             _ => None,
         }
     }
@@ -327,6 +328,7 @@ impl JobRecord {
             refund_due: false,
             refunded: false,
             node: None,
+            model_owner: None,
             node_id: None,
             delivery: 0,
             progress: None,
@@ -396,15 +398,26 @@ pub struct JobRecord {
     pub checkpoint_epoch: u32,
     /// The model version it produced.
     pub model: Option<ModelVersion>,
+    /// The user whose model it trains into, when not its submitter's (an admin training into
+    /// another user's model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", oai(skip_serializing_if_is_none))]
+    pub model_owner: Option<i64>,
     /// Why it failed.
     pub error: Option<String>,
     /// The failure's kind: `data`, `crash`, `no_node`, `system`.
     pub failure_kind: Option<FailureKind>,
     /// Submitted.
-    #[cfg_attr(feature = "openapi", oai(serialize_with = "crate::openapi::via_serde"))]
+    #[cfg_attr(
+        feature = "openapi",
+        oai(serialize_with = "crate::openapi::rfc3339_ms")
+    )]
     pub created_at: DateTime<Utc>,
     /// Last change.
-    #[cfg_attr(feature = "openapi", oai(serialize_with = "crate::openapi::via_serde"))]
+    #[cfg_attr(
+        feature = "openapi",
+        oai(serialize_with = "crate::openapi::rfc3339_ms")
+    )]
     pub updated_at: DateTime<Utc>,
     /// Among queued jobs of its driver, 1 = next.
     // Listings only.
@@ -415,6 +428,95 @@ pub struct JobRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", oai(skip_serializing_if_is_none))]
     pub waiting_reason: Option<WaitingReason>,
+}
+
+impl JobRecord {
+    /// The user whose model the job trains into.
+    pub fn model_owner(&self) -> i64 {
+        self.model_owner.unwrap_or(self.user_id)
+    }
+}
+
+/// A job as lists show it: its state and what it made, without the model's card (the job's
+/// own view has everything).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(poem_openapi::Object))]
+pub struct JobSummary {
+    /// Job id.
+    pub job_id: String,
+    /// Owner.
+    pub user_id: i64,
+    /// Model name.
+    pub output_model: String,
+    /// The user whose model it trains into, when not its submitter's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", oai(skip_serializing_if_is_none))]
+    pub model_owner: Option<i64>,
+    /// The dataset, as named.
+    pub train_path: String,
+    /// Requested backend.
+    pub driver: JobDriver,
+    /// `queued`, `running`, `completed`, `failed` or `cancelled`.
+    pub status: JobStatus,
+    /// Tokens charged.
+    pub tokens_charged: i64,
+    /// Whether the charge was refunded.
+    pub refunded: bool,
+    /// The node on it (its name).
+    pub node: Option<String>,
+    /// The latest progress.
+    pub progress: Option<JobProgress>,
+    /// The model version it produced.
+    pub model: Option<crate::models::ModelBrief>,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// The failure's kind: `data`, `crash`, `no_node`, `system`.
+    pub failure_kind: Option<FailureKind>,
+    /// Submitted.
+    #[cfg_attr(
+        feature = "openapi",
+        oai(serialize_with = "crate::openapi::rfc3339_ms")
+    )]
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    #[cfg_attr(
+        feature = "openapi",
+        oai(serialize_with = "crate::openapi::rfc3339_ms")
+    )]
+    pub updated_at: DateTime<Utc>,
+    /// Among queued jobs of its driver, 1 = next.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", oai(skip_serializing_if_is_none))]
+    pub queue_position: Option<u64>,
+    /// Why a queued job waits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", oai(skip_serializing_if_is_none))]
+    pub waiting_reason: Option<WaitingReason>,
+}
+
+impl From<JobRecord> for JobSummary {
+    fn from(j: JobRecord) -> Self {
+        Self {
+            job_id: j.job_id,
+            user_id: j.user_id,
+            output_model: j.output_model,
+            model_owner: j.model_owner,
+            train_path: j.train_path,
+            driver: j.driver,
+            status: j.status,
+            tokens_charged: j.tokens_charged,
+            refunded: j.refunded,
+            node: j.node,
+            progress: j.progress,
+            model: j.model.as_ref().map(crate::models::ModelBrief::from),
+            error: j.error,
+            failure_kind: j.failure_kind,
+            created_at: j.created_at,
+            updated_at: j.updated_at,
+            queue_position: j.queue_position,
+            waiting_reason: j.waiting_reason,
+        }
+    }
 }
 
 /// Registry endpoint names for jobs and models, relative to [`crate::subjects::REGISTRY_V1`].
@@ -467,6 +569,12 @@ pub struct JobQuery {
     /// Only jobs in this state.
     #[serde(default)]
     pub status: Option<JobStatus>,
+    /// Only jobs submitted at or after this time.
+    #[serde(default)]
+    pub since: Option<DateTime<Utc>>,
+    /// Only jobs submitted before this time.
+    #[serde(default)]
+    pub until: Option<DateTime<Utc>>,
     /// Page size (default 50, at most 500).
     #[serde(default)]
     pub limit: Option<u64>,

@@ -132,12 +132,58 @@ pub struct CardTraining {
     pub resumed_from_epoch: Option<u32>,
 }
 
+/// Largest page of `models.list`.
+pub const MAX_MODELS_PAGE: u64 = 500;
+
 /// `models.list` request.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ModelQuery {
     /// Only this owner's models.
     #[serde(default)]
     pub user_id: Option<i64>,
+    /// Page size (default 50, at most [`MAX_MODELS_PAGE`]).
+    #[serde(default)]
+    pub limit: Option<u64>,
+    /// Models to skip.
+    #[serde(default)]
+    pub offset: u64,
+}
+
+/// A model version as lists show it: no card beyond its classes and input size.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(poem_openapi::Object))]
+pub struct ModelBrief {
+    /// Model name.
+    pub name: String,
+    /// Version.
+    pub version: u32,
+    /// Owner.
+    pub user_id: i64,
+    /// The job that made it.
+    pub job_id: String,
+    /// The classes it tells apart.
+    pub classes: Vec<String>,
+    /// Its input images' side, in pixels.
+    pub image_size: u32,
+    /// Final validation accuracy.
+    pub val_accuracy: f64,
+    /// When it was stored.
+    pub created_at: Timestamp,
+}
+
+impl From<&ModelVersion> for ModelBrief {
+    fn from(m: &ModelVersion) -> Self {
+        Self {
+            name: m.name.clone(),
+            version: m.version,
+            user_id: m.user_id,
+            job_id: m.job_id.clone(),
+            classes: m.card.classes.clone(),
+            image_size: m.card.image_size,
+            val_accuracy: m.val_accuracy,
+            created_at: m.created_at,
+        }
+    }
 }
 
 /// A model and its newest version.
@@ -145,12 +191,14 @@ pub struct ModelQuery {
 #[cfg_attr(feature = "openapi", derive(poem_openapi::Object))]
 #[cfg_attr(feature = "openapi", oai(rename = "ModelSummaryOut"))]
 pub struct ModelSummary {
-    /// Name.
+    /// Name (unique per owner).
     pub name: String,
+    /// Its owner's user id.
+    pub owner_id: i64,
     /// Versions stored.
     pub versions: u32,
     /// The newest.
-    pub latest: ModelVersion,
+    pub latest: ModelBrief,
 }
 
 /// Models.
@@ -159,8 +207,17 @@ pub struct ModelSummary {
 #[cfg_attr(feature = "openapi", derive(poem_openapi::Object))]
 #[cfg_attr(feature = "openapi", oai(rename = "ModelListOut"))]
 pub struct ModelList {
-    /// By name.
+    /// By name, then owner.
     pub models: Vec<ModelSummary>,
+    /// Matching models in all.
+    #[serde(default)]
+    pub total: u64,
+    /// Page size.
+    #[serde(default)]
+    pub limit: u64,
+    /// Skipped.
+    #[serde(default)]
+    pub offset: u64,
 }
 
 /// `models.get` request.
@@ -168,7 +225,8 @@ pub struct ModelList {
 pub struct ModelRef {
     /// Name.
     pub name: String,
-    /// Only this owner's.
+    /// This owner's. `None` (admins): the one owner with a model of that name (`conflict`
+    /// when several have one).
     #[serde(default)]
     pub user_id: Option<i64>,
 }
@@ -181,6 +239,9 @@ pub struct ModelRef {
 pub struct ModelDetail {
     /// Name.
     pub name: String,
+    /// Its owner's user id.
+    #[serde(default)]
+    pub owner_id: i64,
     /// Oldest first.
     pub versions: Vec<ModelVersion>,
 }

@@ -16,6 +16,14 @@ pub fn via_serde<T: Serialize>(value: &T) -> Option<Value> {
     serde_json::to_value(value).ok()
 }
 
+/// A timestamp as every field beyond the admin page's fixed ones carries it: RFC 3339, UTC,
+/// milliseconds (`2024-01-01T00:00:00.000Z`).
+pub fn rfc3339_ms(t: &chrono::DateTime<chrono::Utc>) -> Option<Value> {
+    Some(Value::String(
+        t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    ))
+}
+
 /// A timestamp as the admin page lists it: RFC 3339, UTC, whole seconds
 /// (`2024-01-01T00:00:00Z`).
 pub fn rfc3339_secs(t: &crate::Timestamp) -> Option<Value> {
@@ -28,6 +36,9 @@ pub fn rfc3339_secs(t: &crate::Timestamp) -> Option<Value> {
 /// inline with the given schema (`string`, or `any` for a free-form value).
 macro_rules! serde_schema {
     ($ty:ty, $name:literal, $schema:expr) => {
+        $crate::openapi::serde_schema!($ty, $name, $schema, $crate::openapi::via_serde);
+    };
+    ($ty:ty, $name:literal, $schema:expr, $to_json:path) => {
         impl poem_openapi::types::Type for $ty {
             const IS_REQUIRED: bool = true;
             type RawValueType = Self;
@@ -54,7 +65,7 @@ macro_rules! serde_schema {
 
         impl poem_openapi::types::ToJSON for $ty {
             fn to_json(&self) -> Option<serde_json::Value> {
-                $crate::openapi::via_serde(self)
+                $to_json(self)
             }
         }
 
@@ -85,9 +96,19 @@ pub(crate) use serde_schema;
 string_schema!(
     crate::registry::Driver,
     crate::registry::ProcessStatus,
-    crate::Timestamp,
     crate::jobs::WaitingReason
 );
+serde_schema!(
+    crate::Timestamp,
+    "string",
+    poem_openapi::registry::MetaSchema::new("string"),
+    timestamp_ms
+);
+
+/// [`rfc3339_ms`] of a [`crate::Timestamp`].
+fn timestamp_ms(t: &crate::Timestamp) -> Option<Value> {
+    rfc3339_ms(t)
+}
 serde_schema!(
     crate::models::ModelCard,
     "any",
@@ -110,7 +131,7 @@ mod tests {
     }
 
     #[test]
-    fn timestamps_keep_serdes_zulu_form() {
+    fn timestamps_are_served_in_zulu_form_with_milliseconds() {
         let t: crate::Timestamp = serde_json::from_str("\"2024-01-01T00:00:00.250Z\"").unwrap();
         assert_eq!(
             t.to_json(),
@@ -119,6 +140,18 @@ mod tests {
         assert_eq!(
             super::rfc3339_secs(&t),
             Some(serde_json::json!("2024-01-01T00:00:00Z"))
+        );
+        // Whole seconds and sub-millisecond digits alike: always three digits.
+        let t: crate::Timestamp =
+            serde_json::from_str("\"2024-01-01T00:00:00.123456789Z\"").unwrap();
+        assert_eq!(
+            t.to_json(),
+            Some(serde_json::json!("2024-01-01T00:00:00.123Z"))
+        );
+        let t: crate::Timestamp = serde_json::from_str("\"2024-01-01T00:00:00Z\"").unwrap();
+        assert_eq!(
+            t.to_json(),
+            Some(serde_json::json!("2024-01-01T00:00:00.000Z"))
         );
     }
 }

@@ -37,14 +37,15 @@ impl Driver {
     /// Every backend, in the order a node prefers them when no driver is chosen.
     pub const ALL: [Driver; 3] = [Driver::Cuda, Driver::Rocm, Driver::Cpu];
 
-    /// Parse a `set_driver` value: `cuda`, `rocm`, `cpu`, or `auto` (no preference, `Ok(None)`).
+    /// Parse a `set_driver` value: `cuda`, `rocm`, `cpu`, or `any` (no preference, `Ok(None)`;
+    /// `auto` is accepted for it, as for a job's driver).
     /// Case and surrounding blanks are ignored.
     pub fn parse_choice(s: &str) -> Result<Option<Driver>, String> {
         match s.trim().to_ascii_lowercase().as_str() {
             "cuda" => Ok(Some(Driver::Cuda)),
             "rocm" => Ok(Some(Driver::Rocm)),
             "cpu" => Ok(Some(Driver::Cpu)),
-            "auto" => Ok(None),
+            "any" | "auto" => Ok(None),
             _ => Err(DRIVER_CHOICES.to_owned()),
         }
     }
@@ -92,7 +93,7 @@ pub use listing::*;
 pub use process::*;
 
 /// The message an unknown `driver` value is refused with.
-pub const DRIVER_CHOICES: &str = "driver must be one of cuda, rocm, cpu, auto";
+pub const DRIVER_CHOICES: &str = "driver must be one of cuda, rocm, cpu, any";
 
 /// Read a boolean that the store may hand back as 0/1 (the `nx-27017` quirk: a boolean written
 /// through `$set` reads back as an integer). Use with `#[serde(deserialize_with = ...)]`.
@@ -445,7 +446,7 @@ pub struct SetDriver {
     pub hostname: Option<String>,
     /// The token it joined with: whole, or listed (`abcd1234...`).
     pub token: Option<String>,
-    /// `cuda`, `rocm`, `cpu` or `auto` (clears the preference).
+    /// `cuda`, `rocm`, `cpu` or `any` (clears the preference; `auto` means the same).
     pub driver: Option<String>,
 }
 
@@ -530,6 +531,7 @@ mod tests {
         assert_eq!(Driver::parse_choice(" rocm "), Ok(Some(Driver::Rocm)));
         assert_eq!(Driver::parse_choice("cpu"), Ok(Some(Driver::Cpu)));
         assert_eq!(Driver::parse_choice("auto"), Ok(None));
+        assert_eq!(Driver::parse_choice("any"), Ok(None));
         assert_eq!(
             Driver::parse_choice("opencl"),
             Err(DRIVER_CHOICES.to_owned())

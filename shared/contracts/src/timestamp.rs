@@ -4,9 +4,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 /// A UTC point in time, RFC 3339 on the wire (`2024-01-01T00:00:00Z`, fractions of a second when
-/// there are any). A newtype rather than a bare `DateTime<Utc>` so the OpenAPI document can keep
-/// presenting it as a plain `string`, as the admin page always has; read it as a
-/// `DateTime<Utc>` through `Deref`.
+/// there are any); the api serves it with milliseconds (`2024-01-01T00:00:00.000Z`), as every
+/// timestamp beyond the admin page's fixed fields. A newtype rather than a bare `DateTime<Utc>`
+/// so the OpenAPI document can keep presenting it as a plain `string`, as the admin page always
+/// has; read it as a `DateTime<Utc>` through `Deref`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Timestamp(pub DateTime<Utc>);

@@ -58,6 +58,9 @@ pub struct Config {
     pub db_prefix: String,
     /// `GANTRY_DATA_ROOT` (default `./data`): browse root and datasets.
     pub data_root: PathBuf,
+    /// `GANTRY_DATASETS_PATH` (default `/`, the whole root): the folder under the data root
+    /// whose sub-folders `GET /api/datasets` lists, and the only one users may train on.
+    pub datasets_path: String,
     /// `GANTRY_ADMIN_USER` (default `admin`).
     pub admin_user: String,
     /// `GANTRY_ADMIN_PASSWORD`: generated and printed once when unset and no admin exists.
@@ -186,6 +189,7 @@ pub const VARIABLES: &[Variable] = &[
     needed("MONGODB_URI", STORE),
     v("GANTRY_DB_PREFIX", STORE),
     v("GANTRY_DATA_ROOT", &[API]),
+    v("GANTRY_DATASETS_PATH", &[API]),
     v("GANTRY_ADMIN_USER", &[AUTH]),
     v("GANTRY_ADMIN_PASSWORD", &[AUTH]),
     v("GANTRY_ADMIN_EMAIL", &[AUTH]),
@@ -402,6 +406,7 @@ impl Config {
             )?,
             db_prefix,
             data_root: PathBuf::from(var("GANTRY_DATA_ROOT").unwrap_or_else(|| "./data".into())),
+            datasets_path: var("GANTRY_DATASETS_PATH").unwrap_or_else(|| "/".into()),
             admin_user: var("GANTRY_ADMIN_USER").unwrap_or_else(|| "admin".into()),
             admin_password: var("GANTRY_ADMIN_PASSWORD").map(SecretString::from),
             admin_email: var("GANTRY_ADMIN_EMAIL").unwrap_or_else(|| "admin@localhost".into()),

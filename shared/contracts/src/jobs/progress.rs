@@ -14,7 +14,10 @@ pub struct JobProgress {
     /// The delivery it comes from.
     pub delivery: u64,
     /// When.
-    #[cfg_attr(feature = "openapi", oai(serialize_with = "crate::openapi::via_serde"))]
+    #[cfg_attr(
+        feature = "openapi",
+        oai(serialize_with = "crate::openapi::rfc3339_ms")
+    )]
     pub at: DateTime<Utc>,
     /// Always `progress`.
     #[serde(rename = "type")]
