@@ -21,6 +21,8 @@ const EXPECTED: &[&str] = &[
     "/api/admin/users",
     "/admin/api/users/{id}",
     "/api/admin/users/{id}",
+    "/admin/api/users/{id}/ledger",
+    "/api/admin/users/{id}/ledger",
     "/admin/api/cluster_tokens",
     "/api/admin/cluster_tokens",
     "/admin/api/cluster_tokens/{id}",

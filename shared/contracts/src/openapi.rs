@@ -24,6 +24,12 @@ pub fn rfc3339_secs(t: &crate::Timestamp) -> Option<Value> {
     ))
 }
 
+/// A timestamp beyond the admin page's fixed fields: RFC 3339, UTC, milliseconds
+/// (`2026-01-02T03:04:05.678Z`).
+pub fn rfc3339_millis(t: &crate::Timestamp) -> Option<Value> {
+    Some(Value::String(t.to_rfc3339_millis()))
+}
+
 /// Implement poem-openapi's `Type`, `ToJSON` and `ParseFromJSON` for a serde type, documented
 /// inline with the given schema (`string`, or `any` for a free-form value).
 macro_rules! serde_schema {
