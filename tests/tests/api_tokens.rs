@@ -175,6 +175,24 @@ async fn cluster_token_names_are_unique_revoking_answers_204_then_404_and_the_li
             assert_error(status, &v, StatusCode::BAD_REQUEST, "bad_request", words);
         }
 
+        // Bounded on the bus too.
+        let e = stack
+            .registry_call::<_, Value>(
+                gantry_contracts::subjects::registry::TOKENS_LIST,
+                &json!({"limit": 0}),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.code,
+            gantry_contracts::error::ErrorCode::BadRequest,
+            "{e}"
+        );
+        assert!(
+            e.message.contains("limit must be between 1 and 1000"),
+            "{e}"
+        );
+
         // Admins only.
         let (_, user_token) = stack.user("uma", 0).await;
         let (status, _) = delete(&stack, &user_token, "/admin/api/cluster_tokens/2").await;

@@ -352,6 +352,39 @@ async fn the_last_active_admin_cannot_be_deleted_even_by_two_admins_at_once() {
                 ErrorCode::BadRequest,
             )
             .await;
+        // Every page asked for on the bus is bounded there too, whoever asks.
+        for (endpoint, request, words) in [
+            (
+                ep::USERS_LIST,
+                json!({"limit": 5000}),
+                "limit must be between 1 and 1000",
+            ),
+            (
+                ep::USERS_LIST,
+                json!({"limit": 0}),
+                "limit must be between 1 and 1000",
+            ),
+            (
+                ep::USERS_LIST,
+                json!({"offset": 2_000_000_000_000_000_u64}),
+                "offset must be between 0 and",
+            ),
+            (
+                ep::USERS_LEDGER,
+                json!({"user_id": 1, "limit": 201}),
+                "limit must be between 1 and 200",
+            ),
+            (
+                ep::TOKENS_LIST,
+                json!({"user_id": 1, "limit": 1001}),
+                "limit must be between 1 and 1000",
+            ),
+        ] {
+            let message = stack
+                .auth_fails(endpoint, &request, ErrorCode::BadRequest)
+                .await;
+            assert!(message.contains(words), "{endpoint} {request}: {message}");
+        }
 
         // Ann and Ben are the only active admins; each deletes the other at the same moment.
         let mut tokens = Vec::new();
