@@ -298,6 +298,8 @@ impl ClusterApi {
     /// Drain a node
     ///
     /// The node finishes what it runs and takes no new work; its processes show `draining`.
+    /// A node whose cluster token is revoked answers 409: it cannot rejoin, so there is nothing
+    /// to change.
     #[oai(
         path = "/api/admin/cluster_nodes/drain",
         method = "post",
@@ -315,7 +317,7 @@ impl ClusterApi {
 
     /// Undrain a node
     ///
-    /// The node takes work again.
+    /// The node takes work again. A node whose cluster token is revoked answers 409.
     #[oai(
         path = "/api/admin/cluster_nodes/undrain",
         method = "post",
