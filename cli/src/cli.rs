@@ -157,6 +157,24 @@ pub enum UsersCmd {
         #[arg(long, requires = "add_tokens")]
         reason: Option<String>,
     },
+    /// Delete a user: their sessions and API tokens stop working; their jobs, models and
+    /// ledger are kept under their id
+    #[command(after_help = "Examples:\n  gantry users delete alice\n  gantry users delete 7")]
+    Delete {
+        /// The user's id or username
+        user: String,
+    },
+    /// A user's credit ledger, newest first: charges, refunds and adjustments
+    #[command(after_help = "Examples:\n  \
+        gantry users ledger alice\n  \
+        gantry users ledger 7 --limit 200 --output json")]
+    Ledger {
+        /// The user's id or username
+        user: String,
+        /// Most entries shown (1 to 200)
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=200))]
+        limit: u32,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use clap::CommandFactory;
 use futures::StreamExt;
-use gantry_contracts::auth::{ApiToken, ApiTokenList, User, UserList};
+use gantry_contracts::auth::{ApiToken, ApiTokenList, LedgerEntry, User, UserList};
 use gantry_contracts::jobs::{
     JobRecord, JobStatus, JobSummary, ModelDetail, ModelList, ModelVersion,
 };
@@ -297,7 +297,7 @@ impl Ctx {
     async fn users(&self, cmd: UsersCmd) -> Result<ExitCode> {
         match cmd {
             UsersCmd::List => {
-                let list: UserList = self.client.get("/admin/api/users").await?;
+                let list = self.all_users().await?;
                 self.json_or(&list, |l| users_table(&l.users))?;
             }
             UsersCmd::Create {
@@ -378,8 +378,51 @@ impl Ctx {
                     )
                 })?;
             }
+            UsersCmd::Delete { user } => {
+                let id = self.user_id(&user).await?;
+                self.client
+                    .delete(&format!("/admin/api/users/{id}"))
+                    .await?;
+                self.json_or(&json!({ "deleted": id }), |_| {
+                    format!("deleted user {user} (id {id}); their jobs and models are kept")
+                })?;
+            }
+            UsersCmd::Ledger { user, limit } => {
+                let id = self.user_id(&user).await?;
+                let page: LedgerPage = self
+                    .client
+                    .get_query(
+                        &format!("/admin/api/users/{id}/ledger"),
+                        &[("limit", limit)],
+                    )
+                    .await?;
+                self.json_or(&page, ledger_table)?;
+            }
         }
         Ok(ExitCode::SUCCESS)
+    }
+
+    /// Every user, page after page.
+    async fn all_users(&self) -> Result<UserList> {
+        let mut all = UserList {
+            users: Vec::new(),
+            total: 0,
+        };
+        loop {
+            let page: UserList = self
+                .client
+                .get_query(
+                    "/admin/api/users",
+                    &[("limit", 1000), ("offset", all.users.len())],
+                )
+                .await?;
+            all.total = page.total;
+            let done = page.users.is_empty();
+            all.users.extend(page.users);
+            if done || all.users.len() as u64 >= all.total {
+                return Ok(all);
+            }
+        }
     }
 
     /// A user's id from their id or username.
@@ -387,7 +430,7 @@ impl Ctx {
         if let Ok(id) = user.parse::<i64>() {
             return Ok(id);
         }
-        let list: UserList = self.client.get("/admin/api/users").await?;
+        let list = self.all_users().await?;
         list.users
             .iter()
             .find(|u| u.username == user)
@@ -471,19 +514,11 @@ impl Ctx {
                 })?;
             }
             ClusterTokensCmd::Revoke { id } => {
-                let t: ClusterToken = self
-                    .client
-                    .send_json(
-                        Method::DELETE,
-                        &format!("/admin/api/cluster_tokens/{id}"),
-                        &json!({}),
-                    )
+                self.client
+                    .delete(&format!("/admin/api/cluster_tokens/{id}"))
                     .await?;
-                self.json_or(&t, |t| {
-                    format!(
-                        "revoked cluster token {} (id {}); its nodes are disconnected",
-                        t.name, t.id
-                    )
+                self.json_or(&json!({ "revoked": id }), |_| {
+                    format!("revoked cluster token {id}; its nodes are disconnected")
                 })?;
             }
         }
@@ -977,6 +1012,41 @@ fn users_table(users: &[User]) -> String {
         ],
         &rows,
     )
+}
+
+/// `GET /admin/api/users/{id}/ledger` as the command line reads it.
+#[derive(Debug, Serialize, Deserialize)]
+struct LedgerPage {
+    entries: Vec<LedgerEntry>,
+    total: u64,
+    limit: u64,
+    offset: u64,
+}
+
+fn ledger_table(page: &LedgerPage) -> String {
+    let rows: Vec<Vec<String>> = page
+        .entries
+        .iter()
+        .map(|e| {
+            vec![
+                output::when(&e.at),
+                format!("{:?}", e.kind).to_lowercase(),
+                format!("{:+}", e.delta),
+                e.balance_after.map_or("-".into(), |b| b.to_string()),
+                e.job_id.clone().unwrap_or_else(|| "-".into()),
+                e.reason.clone(),
+            ]
+        })
+        .collect();
+    let mut out = output::table(&["AT", "KIND", "DELTA", "BALANCE", "JOB", "REASON"], &rows);
+    if page.total > page.entries.len() as u64 {
+        out.push_str(&format!(
+            "{} of {} entries; --limit shows more",
+            page.entries.len(),
+            page.total
+        ));
+    }
+    out
 }
 
 fn cluster_tokens_table(tokens: &[ClusterToken]) -> String {

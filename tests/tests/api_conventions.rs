@@ -11,8 +11,9 @@ async fn a_method_an_endpoint_lacks_answers_405_method_not_allowed_with_allow() 
     TestStack::run(Duration::from_secs(120), |mut stack| async move {
         stack.start_core().await;
         for (method, path, allows) in [
-            (reqwest::Method::DELETE, "/admin/api/users/48", "PATCH"),
-            (reqwest::Method::DELETE, "/admin/api/users/48", "GET"),
+            (reqwest::Method::PUT, "/admin/api/users/48", "PATCH"),
+            (reqwest::Method::PUT, "/admin/api/users/48", "DELETE"),
+            (reqwest::Method::POST, "/admin/api/users/48/ledger", "GET"),
             (reqwest::Method::PUT, "/admin/api/train", "POST"),
             (reqwest::Method::POST, "/api/admin/cluster_nodes", "GET"),
         ] {

@@ -19,6 +19,7 @@ const EXPECTED: &[&str] = &[
     "/admin/api/browse",
     "/admin/api/users",
     "/admin/api/users/{id}",
+    "/admin/api/users/{id}/ledger",
     "/admin/api/cluster_tokens",
     "/admin/api/cluster_tokens/{id}",
     "/admin/api/cluster_clients",

@@ -268,6 +268,45 @@ async fn every_command_group_works_for_an_admin_and_prints_the_servers_message_w
             .await
             .fails_with("no user named nobody");
 
+        // users: a ledger, newest first, as a table and as JSON; delete, then it is gone.
+        let table = admin.run(&["users", "ledger", "alice"]).await.ok();
+        assert!(table.starts_with("AT"), "{table}");
+        let row = table.lines().nth(1).unwrap_or_default();
+        assert!(
+            row.contains("adjustment") && row.contains("+250") && row.ends_with("grant"),
+            "{table}"
+        );
+        let ledger = admin
+            .json(&["users", "ledger", "alice", "--limit", "1"])
+            .await;
+        assert_eq!(ledger["entries"][0]["reason"], "grant", "{ledger}");
+        assert_eq!(ledger["entries"][0]["delta"], 250, "{ledger}");
+        assert_eq!(ledger["total"], 2, "{ledger}");
+        let bad = admin
+            .run(&["users", "ledger", "alice", "--limit", "500"])
+            .await;
+        assert_eq!(bad.status.code(), Some(2), "{bad:#?}");
+        admin
+            .run_with(
+                &[
+                    "users",
+                    "create",
+                    "zed",
+                    "--email",
+                    "zed@example.com",
+                    "--password-stdin",
+                ],
+                "zed-password-1\n",
+            )
+            .await
+            .ok();
+        let out = admin.run(&["users", "delete", "zed"]).await.ok();
+        assert!(out.contains("deleted user zed"), "{out}");
+        admin
+            .run(&["users", "delete", "zed"])
+            .await
+            .fails_with("no user named zed");
+
         // nodes: a table with the node and its state, the same as JSON, show, drain, undrain,
         // set-driver; an unknown node is refused.
         let table = admin.run(&["nodes", "list"]).await.ok();
@@ -363,7 +402,10 @@ async fn every_command_group_works_for_an_admin_and_prints_the_servers_message_w
             .run(&["cluster", "tokens", "revoke", &cid.to_string()])
             .await
             .ok();
-        assert!(out.contains("revoked cluster token rack-7"), "{out}");
+        assert!(
+            out.contains(&format!("revoked cluster token {cid}")),
+            "{out}"
+        );
         admin
             .run(&["cluster", "tokens", "revoke", "999999"])
             .await
@@ -459,6 +501,8 @@ async fn every_command_group_works_for_an_admin_and_prints_the_servers_message_w
             &["users", "list"],
             &["users", "create"],
             &["users", "update"],
+            &["users", "delete"],
+            &["users", "ledger"],
             &["tokens", "list"],
             &["tokens", "create"],
             &["tokens", "revoke"],

@@ -188,12 +188,16 @@ async fn revoking_a_token_makes_its_trainer_exit_non_zero_and_shows_it_disconnec
                 .unwrap()
                 .active
         );
-        // Revoking again is harmless.
-        let again: ClusterToken = stack
-            .registry_call(ep::TOKENS_REVOKE, &RevokeClusterToken { id: doomed.id })
+        // Revoking again is not found: there is no active token with that id.
+        let again = stack
+            .registry_call::<_, ClusterToken>(
+                ep::TOKENS_REVOKE,
+                &RevokeClusterToken { id: doomed.id },
+            )
             .await
-            .unwrap();
-        assert!(!again.active);
+            .unwrap_err();
+        assert_eq!(again.code, ErrorCode::NotFound, "{again}");
+        assert!(again.message.contains("already revoked"), "{again}");
 
         // Coming back with it is refused at once.
         let mut retry = stack.trainer("node-r", &doomed.token, 1, &[]);

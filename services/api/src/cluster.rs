@@ -2,12 +2,13 @@
 //! registry answers in the admin page's shapes, and its replies (`gantry_contracts::registry`)
 //! are served as they are; this module holds only the request bodies.
 
+use gantry_contracts::paging;
 use gantry_contracts::registry::{
     self as msg, ClusterClients, ClusterNodes, ClusterToken, ClusterTokenList, SetDriverResult,
 };
 use gantry_contracts::subjects::registry as ep;
 use poem::Request;
-use poem_openapi::param::Path;
+use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::{Form, Json};
 use poem_openapi::{ApiRequest, ApiResponse, Multipart, Object, OpenApi};
 
@@ -16,10 +17,15 @@ use crate::error::ApiResult;
 use crate::state::AppState;
 use crate::tags::ApiTags;
 
+fn default_limit() -> u32 {
+    paging::DEFAULT_LIMIT
+}
+
 /// A new cluster token.
 #[derive(Debug, Clone, Object)]
 pub struct CreateClusterTokenBody {
-    /// A name to recognise it by.
+    /// A name to recognise it by, unique among active tokens (compared without surrounding
+    /// blanks and regardless of case); a revoked token's name may be used again.
     #[oai(validator(min_length = 1, max_length = 100))]
     pub name: String,
 }
@@ -83,6 +89,14 @@ pub enum CreatedClusterToken {
     Created(Json<ClusterToken>),
 }
 
+/// `DELETE /admin/api/cluster_tokens/{id}` answers.
+#[derive(ApiResponse)]
+pub enum RevokedClusterToken {
+    /// Revoked: nodes can no longer join with it, and those that joined are told to leave.
+    #[oai(status = 204)]
+    Done,
+}
+
 /// The cluster endpoints.
 pub struct ClusterApi(pub AppState);
 
@@ -127,16 +141,36 @@ impl ClusterApi {
         &self,
         req: &Request,
         auth: Credentials,
+        /// Page size (default: 100, 1 to 1000)
+        #[oai(
+            default = "default_limit",
+            validator(minimum(value = "1"), maximum(value = "1000"))
+        )]
+        limit: Query<u32>,
+        /// Tokens to skip (default: 0, at most 10^15)
+        #[oai(default, validator(maximum(value = "1000000000000000")))]
+        offset: Query<u64>,
     ) -> ApiResult<Json<ClusterTokenList>> {
         self.0.auth.admin(&auth, req).await?;
-        let list: ClusterTokenList = self.0.registry(ep::TOKENS_LIST, &msg::Empty {}).await?;
+        let list: ClusterTokenList = self
+            .0
+            .registry(
+                ep::TOKENS_LIST,
+                &msg::ClusterTokenQuery {
+                    limit: Some(limit.0),
+                    offset: offset.0,
+                },
+            )
+            .await?;
         Ok(Json(list))
     }
 
     /// Create a cluster token
     ///
     /// Issues a token GPU machines join the cluster with (`GANTRY_CLUSTER_TOKEN`). The answer
-    /// holds it whole, once; listings show its first 8 characters.
+    /// holds it whole, once; listings show its first 8 characters. Names are unique among active
+    /// tokens, compared without surrounding blanks and regardless of case (409 otherwise); a
+    /// revoked token's name may be used again.
     #[oai(
         path = "/admin/api/cluster_tokens",
         method = "post",
@@ -164,7 +198,7 @@ impl ClusterApi {
     /// Revoke a cluster token
     ///
     /// Nodes can no longer join with it; nodes that joined with it are told to leave and shown
-    /// disconnected.
+    /// disconnected. It stays listed with `active: false`. 204 the first time; 404 afterwards.
     #[oai(
         path = "/admin/api/cluster_tokens/:id",
         method = "delete",
@@ -177,13 +211,13 @@ impl ClusterApi {
         auth: Credentials,
         /// The token's id.
         id: Path<i64>,
-    ) -> ApiResult<Json<ClusterToken>> {
+    ) -> ApiResult<RevokedClusterToken> {
         self.0.auth.admin(&auth, req).await?;
-        let t: ClusterToken = self
+        let _: ClusterToken = self
             .0
             .registry(ep::TOKENS_REVOKE, &msg::RevokeClusterToken { id: id.0 })
             .await?;
-        Ok(Json(t))
+        Ok(RevokedClusterToken::Done)
     }
 
     /// List cluster clients
@@ -265,6 +299,8 @@ impl ClusterApi {
     /// Drain a node
     ///
     /// The node finishes what it runs and takes no new work; its processes show `draining`.
+    /// A node whose cluster token is revoked answers 409: it cannot rejoin, so there is nothing
+    /// to change.
     #[oai(
         path = "/api/admin/cluster_nodes/drain",
         method = "post",
@@ -282,7 +318,7 @@ impl ClusterApi {
 
     /// Undrain a node
     ///
-    /// The node takes work again.
+    /// The node takes work again. A node whose cluster token is revoked answers 409.
     #[oai(
         path = "/api/admin/cluster_nodes/undrain",
         method = "post",

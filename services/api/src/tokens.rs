@@ -2,9 +2,10 @@
 
 use gantry_contracts::auth as msg;
 use gantry_contracts::subjects::{self, auth as ep};
+use gantry_contracts::{paging, rfc3339_millis};
 use gantry_runtime::nats;
 use poem::Request;
-use poem_openapi::param::Path;
+use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 
@@ -12,7 +13,6 @@ use crate::auth::Credentials;
 use crate::error::ApiResult;
 use crate::state::AppState;
 use crate::tags::ApiTags;
-use crate::users::rfc3339;
 
 /// An API token as listed: never whole.
 #[derive(Debug, Clone, Object)]
@@ -23,9 +23,10 @@ pub struct ApiTokenOut {
     pub name: String,
     /// The first 8 characters followed by `...`.
     pub prefix: String,
-    /// When it was made (RFC 3339, UTC).
+    /// When it was made (RFC 3339, UTC, milliseconds).
     pub created_at: String,
-    /// When it was last used; absent if never.
+    /// When it was last used (RFC 3339, UTC, milliseconds; recorded at most once a minute);
+    /// absent if never.
     #[oai(skip_serializing_if_is_none)]
     pub last_used_at: Option<String>,
 }
@@ -36,8 +37,8 @@ impl From<msg::ApiToken> for ApiTokenOut {
             id: t.id,
             name: t.name,
             prefix: t.prefix,
-            created_at: rfc3339(t.created_at),
-            last_used_at: t.last_used_at.map(rfc3339),
+            created_at: rfc3339_millis(t.created_at),
+            last_used_at: t.last_used_at.map(rfc3339_millis),
         }
     }
 }
@@ -45,8 +46,18 @@ impl From<msg::ApiToken> for ApiTokenOut {
 /// Your tokens.
 #[derive(Debug, Clone, Object)]
 pub struct ApiTokenList {
-    /// Live tokens.
+    /// Live tokens, oldest first.
     pub tokens: Vec<ApiTokenOut>,
+    /// Your live tokens in all.
+    pub total: u64,
+    /// Page size.
+    pub limit: u64,
+    /// Tokens skipped before this page.
+    pub offset: u64,
+}
+
+fn default_limit() -> u32 {
+    paging::DEFAULT_LIMIT
 }
 
 /// A new token.
@@ -95,16 +106,36 @@ impl TokensApi {
         tag = "ApiTags::Tokens",
         operation_id = "list_tokens"
     )]
-    async fn list(&self, req: &Request, auth: Credentials) -> ApiResult<Json<ApiTokenList>> {
+    async fn list(
+        &self,
+        req: &Request,
+        auth: Credentials,
+        /// Page size (default: 100, 1 to 1000)
+        #[oai(
+            default = "default_limit",
+            validator(minimum(value = "1"), maximum(value = "1000"))
+        )]
+        limit: Query<u32>,
+        /// Tokens to skip (default: 0, at most 10^15)
+        #[oai(default, validator(maximum(value = "1000000000000000")))]
+        offset: Query<u64>,
+    ) -> ApiResult<Json<ApiTokenList>> {
         let p = self.0.auth.principal(&auth, req).await?;
         let list: msg::ApiTokenList = nats::request(
             &self.0.nats,
             subjects::auth(ep::TOKENS_LIST),
-            &msg::UserRef { user_id: p.user.id },
+            &msg::TokenQuery {
+                user_id: p.user.id,
+                limit: Some(limit.0),
+                offset: offset.0,
+            },
         )
         .await?;
         Ok(Json(ApiTokenList {
             tokens: list.tokens.into_iter().map(Into::into).collect(),
+            total: list.total,
+            limit: u64::from(limit.0),
+            offset: offset.0,
         }))
     }
 
@@ -140,6 +171,9 @@ impl TokensApi {
     }
 
     /// Revoke an API token
+    ///
+    /// It stops working at once. 204 the first time; 404 afterwards, and for a token that is
+    /// not yours.
     #[oai(
         path = "/api/tokens/:id",
         method = "delete",

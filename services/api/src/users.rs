@@ -1,11 +1,13 @@
-//! Users: `GET /admin/api/users` as the admin page shows, plus creating and changing users.
+//! Users: `GET /admin/api/users` as the admin page shows (plus filters and paging), creating,
+//! changing and deleting users, and a user's credit ledger.
 
 use chrono::SecondsFormat;
-use gantry_contracts::auth as msg;
+use gantry_contracts::auth::{self as msg, LedgerEntry};
+use gantry_contracts::paging;
 use gantry_contracts::subjects::{self, auth as ep};
 use gantry_runtime::nats;
 use poem::Request;
-use poem_openapi::param::Path;
+use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::types::Example;
 use poem_openapi::{ApiResponse, Enum, Object, OpenApi};
@@ -102,14 +104,40 @@ impl From<msg::User> for UserOut {
 pub struct UserListResponse {
     /// All users, by id.
     pub users: Vec<UserOut>,
+    /// Users matching the filters in all.
+    pub total: u64,
+    /// Page size.
+    pub limit: u64,
+    /// Users skipped before this page.
+    pub offset: u64,
 }
 
 impl Example for UserListResponse {
     fn example() -> Self {
         Self {
             users: vec![UserOut::example()],
+            total: 1,
+            limit: u64::from(paging::DEFAULT_LIMIT),
+            offset: 0,
         }
     }
+}
+
+/// A page of a user's credit ledger, newest first.
+#[derive(Debug, Clone, Object)]
+pub struct LedgerPageOut {
+    /// This page of entries, newest first.
+    pub entries: Vec<LedgerEntry>,
+    /// The user's entries in all.
+    pub total: u64,
+    /// Page size.
+    pub limit: u64,
+    /// Entries skipped before this page.
+    pub offset: u64,
+}
+
+fn default_limit() -> u32 {
+    paging::DEFAULT_LIMIT
 }
 
 /// A new user.
@@ -160,6 +188,15 @@ pub enum CreatedUser {
     Created(Json<UserOut>),
 }
 
+/// `DELETE /admin/api/users/{id}` answers.
+#[derive(ApiResponse)]
+pub enum DeletedUser {
+    /// Deleted: their sessions and API tokens stopped working; their jobs, models and ledger are
+    /// kept under their id.
+    #[oai(status = 204)]
+    Done,
+}
+
 /// User management for admins.
 pub struct UsersApi(pub AppState);
 
@@ -175,16 +212,41 @@ impl UsersApi {
         operation_id = "list_users",
         code_sample(lang = "curl", source = "crate::docs::samples::LIST_USERS")
     )]
-    async fn list(&self, req: &Request, auth: Credentials) -> ApiResult<Json<UserListResponse>> {
+    async fn list(
+        &self,
+        req: &Request,
+        auth: Credentials,
+        /// Only users of this role
+        role: Query<Option<RoleName>>,
+        /// Only active (`true`) or only deactivated (`false`) users
+        active: Query<Option<bool>>,
+        /// Page size (default: 100, 1 to 1000)
+        #[oai(
+            default = "default_limit",
+            validator(minimum(value = "1"), maximum(value = "1000"))
+        )]
+        limit: Query<u32>,
+        /// Users to skip (default: 0, at most 10^15)
+        #[oai(default, validator(maximum(value = "1000000000000000")))]
+        offset: Query<u64>,
+    ) -> ApiResult<Json<UserListResponse>> {
         self.0.auth.admin(&auth, req).await?;
         let list: msg::UserList = nats::request(
             &self.0.nats,
             subjects::auth(ep::USERS_LIST),
-            &serde_json::json!({}),
+            &msg::UserQuery {
+                role: role.0.map(Into::into),
+                active: active.0,
+                limit: Some(limit.0),
+                offset: offset.0,
+            },
         )
         .await?;
         Ok(Json(UserListResponse {
             users: list.users.into_iter().map(Into::into).collect(),
+            total: list.total,
+            limit: u64::from(limit.0),
+            offset: offset.0,
         }))
     }
 
@@ -286,5 +348,84 @@ impl UsersApi {
         )
         .await?;
         Ok(Json(user.into()))
+    }
+
+    /// Delete a user
+    ///
+    /// Deletes a user: their sessions and API tokens stop working at once; their jobs, models
+    /// and credit ledger are kept, attributed to their id (ids are never given out again), and
+    /// their username and e-mail may be used for a new user. You cannot delete yourself, nor the
+    /// last active admin (409). A second delete of the same id answers 404.
+    #[oai(
+        path = "/admin/api/users/:id",
+        method = "delete",
+        tag = "ApiTags::Users",
+        operation_id = "delete_user"
+    )]
+    async fn delete(
+        &self,
+        req: &Request,
+        auth: Credentials,
+        /// The user's id.
+        id: Path<i64>,
+    ) -> ApiResult<DeletedUser> {
+        let admin = self.0.auth.admin(&auth, req).await?;
+        let _: serde_json::Value = nats::request(
+            &self.0.nats,
+            subjects::auth(ep::USERS_DELETE),
+            &msg::DeleteUser {
+                user_id: id.0,
+                actor_id: admin.user.id,
+            },
+        )
+        .await?;
+        Ok(DeletedUser::Done)
+    }
+
+    /// A user's credit ledger
+    ///
+    /// Every change of the user's credit balance, newest first: charges and refunds (with their
+    /// job's id) and admins' adjustments (with the admin's id), each with what it changed the
+    /// balance by, the balance right after it where it is known, and when (`at`, RFC 3339 with
+    /// milliseconds). 404 when there is no such user.
+    #[oai(
+        path = "/admin/api/users/:id/ledger",
+        method = "get",
+        tag = "ApiTags::Users",
+        operation_id = "user_ledger"
+    )]
+    async fn ledger(
+        &self,
+        req: &Request,
+        auth: Credentials,
+        /// The user's id.
+        id: Path<i64>,
+        /// Page size (default: 100, 1 to 200)
+        #[oai(
+            default = "default_limit",
+            validator(minimum(value = "1"), maximum(value = "200"))
+        )]
+        limit: Query<u32>,
+        /// Entries to skip (default: 0, at most 10^15)
+        #[oai(default, validator(maximum(value = "1000000000000000")))]
+        offset: Query<u64>,
+    ) -> ApiResult<Json<LedgerPageOut>> {
+        self.0.auth.admin(&auth, req).await?;
+        let page: msg::LedgerPage = nats::request(
+            &self.0.nats,
+            subjects::auth(ep::USERS_LEDGER),
+            &msg::LedgerQuery {
+                user_id: id.0,
+                limit: Some(limit.0),
+                offset: offset.0,
+            },
+        )
+        .await?;
+        Ok(Json(LedgerPageOut {
+            entries: page.entries,
+            total: page.total,
+            limit: u64::from(limit.0),
+            offset: offset.0,
+        }))
     }
 }

@@ -98,6 +98,7 @@ fn entry(
         created_at_ms: 0,
         applied_at_ms: 0,
         settled_at_ms: 0,
+        balance_after: None,
     }
 }
 
@@ -175,9 +176,11 @@ async fn finish(store: &Store, entry: LedgerDoc) -> AuthResult<Outcome> {
         )));
     }
     let mark = mark_field(&entry.key);
-    let balance = if entry.delta == 0 {
+    // The balance afterwards, and whether it is exactly the one this change left (not so when
+    // an earlier attempt had already changed it and others may have followed).
+    let (balance, exact) = if entry.delta == 0 {
         match store.user(entry.user_id).await? {
-            Some(u) => u.tokens,
+            Some(u) => (u.tokens, true),
             None => {
                 store.drop_pending(&entry).await?;
                 return Err(AuthError::NotFound(format!(
@@ -202,7 +205,7 @@ async fn finish(store: &Store, entry: LedgerDoc) -> AuthResult<Outcome> {
             .await
             .map_err(|e| anyhow::Error::new(e).context("changing a balance"))?;
         match after {
-            Some(u) => u.tokens,
+            Some(u) => (u.tokens, true),
             None => match store.user(entry.user_id).await? {
                 None => {
                     store.drop_pending(&entry).await?;
@@ -211,7 +214,7 @@ async fn finish(store: &Store, entry: LedgerDoc) -> AuthResult<Outcome> {
                         entry.user_id
                     )));
                 }
-                Some(u) if store.has_mark(u.id, &mark).await? => u.tokens,
+                Some(u) if store.has_mark(u.id, &mark).await? => (u.tokens, false),
                 Some(u) => {
                     store.drop_pending(&entry).await?;
                     return Ok(Outcome::Refused { balance: u.tokens });
@@ -219,7 +222,9 @@ async fn finish(store: &Store, entry: LedgerDoc) -> AuthResult<Outcome> {
             },
         }
     };
-    store.mark_applied(&entry.key).await?;
+    store
+        .mark_applied(&entry.key, exact.then_some(balance))
+        .await?;
     Ok(Outcome::Applied { balance })
 }
 
@@ -270,12 +275,16 @@ impl Store {
             .is_some())
     }
 
-    async fn mark_applied(&self, key: &str) -> anyhow::Result<()> {
+    async fn mark_applied(&self, key: &str, balance_after: Option<i64>) -> anyhow::Result<()> {
         use anyhow::Context as _;
+        let mut set = doc! { "state": "applied", "applied_at_ms": now_ms() };
+        if let Some(b) = balance_after {
+            set.insert("balance_after", b);
+        }
         self.ledger
             .update_one(
                 doc! { "key": key, "state": "pending" },
-                doc! { "$set": { "state": "applied", "applied_at_ms": now_ms() } },
+                doc! { "$set": set },
             )
             .await
             .context("marking a ledger entry applied")?;
@@ -444,6 +453,11 @@ pub async fn refund_in(store: &Store, req: CreditChange) -> AuthResult<CreditRes
             req.key
         )));
     }
+    if store.user(req.user_id).await?.is_none() {
+        // The user was deleted: there is no balance to give back to. Record the refund as done
+        // (changing nothing), so whoever owes it stops asking.
+        return refund_deleted(store, &key, req.user_id, req.amount).await;
+    }
     let back = (-charge.delta).min(req.amount).max(0);
     let new = entry(
         &key.refund(),
@@ -472,6 +486,49 @@ pub async fn refund_in(store: &Store, req: CreditChange) -> AuthResult<CreditRes
             Err(anyhow::anyhow!("a refund was refused for lack of tokens").into())
         }
     }
+}
+
+/// The refund of a deleted user's charge: recorded once, applied at once, moving nothing.
+async fn refund_deleted(
+    store: &Store,
+    key: &IdempotencyKey,
+    user_id: i64,
+    amount: i64,
+) -> AuthResult<CreditResult> {
+    let now = now_ms();
+    let mut e = entry(
+        &key.refund(),
+        user_id,
+        LedgerKind::Refund,
+        amount,
+        0,
+        "the user was deleted: nothing to give back".into(),
+        None,
+    );
+    e.state = LedgerState::Applied;
+    e.created_at_ms = now;
+    e.applied_at_ms = now;
+    e.settled_at_ms = now;
+    let replayed = match store.ledger.insert_one(&e).await {
+        Ok(_) => false,
+        Err(err) if is_duplicate_key(&err) => true,
+        Err(err) => {
+            return Err(anyhow::Error::new(err)
+                .context("recording the refund of a deleted user's charge")
+                .into())
+        }
+    };
+    if !replayed {
+        tracing::info!(
+            user_id,
+            "a deleted user's charge was settled without a refund"
+        );
+    }
+    Ok(CreditResult {
+        tokens_used: 0,
+        remaining_tokens: 0,
+        replayed,
+    })
 }
 
 /// An admin's balance adjustment (`users.update` with `tokens_delta`), under a fresh key.
@@ -526,6 +583,7 @@ pub async fn record_opening_balance(store: &Store, user_id: i64, tokens: i64) ->
     e.created_at_ms = now;
     e.applied_at_ms = now;
     e.settled_at_ms = now;
+    e.balance_after = Some(tokens);
     store
         .ledger
         .insert_one(&e)

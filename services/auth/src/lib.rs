@@ -14,14 +14,16 @@
 //! - [`verify`]: the `verify` endpoint.
 //! - [`sessions`]: `login`, `logout`, session verification, the failed-login limiter.
 //! - [`tokens`]: `tokens.list`, `tokens.create`, `tokens.revoke`, bearer verification.
-//! - [`users`]: `users.list`, `users.get`, `users.create`, `users.update`.
+//! - [`users`]: `users.list`, `users.get`, `users.create`, `users.update`, `users.delete`.
 //! - [`credits`]: `credits.charge`, `credits.refund`, balance adjustments, the ledger protocol.
+//! - [`ledger`]: `users.ledger`, a user's ledger as admins read it.
 
 pub mod app;
 pub mod bootstrap;
 pub mod credits;
 pub mod domain;
 pub mod error;
+pub mod ledger;
 pub mod sessions;
 pub mod startup;
 pub mod store;

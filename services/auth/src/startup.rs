@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 use crate::app::{App, Settings};
 use crate::bootstrap::{self, FirstAdmin};
 use crate::store::Store;
-use crate::{credits, sessions, tokens, users, verify};
+use crate::{credits, ledger, sessions, tokens, users, verify};
 
 /// How often expired sessions, old login failures and settled ledger marks are cleaned up.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
@@ -94,6 +94,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     endpoints.add(ep::USERS_GET, users::get).await?;
     endpoints.add(ep::USERS_CREATE, users::create).await?;
     endpoints.add(ep::USERS_UPDATE, users::update).await?;
+    endpoints.add(ep::USERS_DELETE, users::delete).await?;
+    endpoints.add(ep::USERS_LEDGER, ledger::ledger).await?;
     endpoints.add(ep::TOKENS_LIST, tokens::list).await?;
     endpoints.add(ep::TOKENS_CREATE, tokens::create).await?;
     endpoints.add(ep::TOKENS_REVOKE, tokens::revoke).await?;

@@ -195,6 +195,10 @@ pub struct LedgerDoc {
     /// When the entry's mark was removed from the user (see [`crate::credits`]); 0 until then.
     #[serde(default)]
     pub settled_at_ms: i64,
+    /// The balance right after the change, when it is known exactly (entries applied before
+    /// this was kept, or finished by a retry after a crash, have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balance_after: Option<i64>,
 }
 
 /// The service's collections.
@@ -281,6 +285,14 @@ impl Store {
             ])
             .await
             .context("creating the ledger indexes")?;
+        self.ledger
+            .create_indexes([index(
+                doc! { "user_id": 1, "applied_at_ms": -1 },
+                "user_applied",
+                false,
+            )])
+            .await
+            .context("creating the ledger's per-user index")?;
         Ok(())
     }
 
@@ -318,20 +330,30 @@ impl Store {
             .context("reading a user by email")
     }
 
-    /// Every user, by id.
-    pub async fn all_users(&self) -> anyhow::Result<Vec<UserDoc>> {
-        let mut users: Vec<UserDoc> = self
+    /// One page of the users matching `filter`, by id, and how many match in all.
+    pub async fn users_page(
+        &self,
+        filter: Document,
+        limit: u32,
+        offset: u64,
+    ) -> anyhow::Result<(Vec<UserDoc>, u64)> {
+        let total = self
             .users
-            .find(doc! {})
+            .count_documents(filter.clone())
+            .await
+            .context("counting users")?;
+        let users: Vec<UserDoc> = self
+            .users
+            .find(filter)
             .sort(doc! { "_id": 1 })
+            .skip(offset)
+            .limit(i64::from(limit))
             .await
             .context("listing users")?
             .try_collect()
             .await
             .context("reading the user list")?;
-        // Sorting again costs nothing and does not depend on the store honouring `sort`.
-        users.sort_by_key(|u| u.id);
-        Ok(users)
+        Ok((users, total))
     }
 
     /// Every admin, active or not. Filtered on `role` only: `active` may be stored as 0/1.

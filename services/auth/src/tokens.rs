@@ -6,8 +6,9 @@
 
 use futures::TryStreamExt;
 use gantry_contracts::auth::{
-    ApiToken, ApiTokenList, CreateApiToken, CreatedApiToken, Principal, RevokeApiToken, UserRef,
+    ApiToken, ApiTokenList, CreateApiToken, CreatedApiToken, Principal, RevokeApiToken, TokenQuery,
 };
+use gantry_contracts::paging::MAX_LIMIT;
 use gantry_runtime::secrets::{self, ExposeSecret};
 use mongodb::bson::doc;
 use serde_json::{Map, Value};
@@ -48,8 +49,10 @@ async fn live_tokens(store: &Store, user_id: i64) -> AuthResult<Vec<TokenDoc>> {
     Ok(tokens)
 }
 
-/// `tokens.list`: a user's live tokens, oldest first.
-pub async fn list(app: App, req: UserRef) -> AuthResult<ApiTokenList> {
+/// `tokens.list`: a page of a user's live tokens, oldest first. A user holds at most
+/// [`MAX_TOKENS_PER_USER`] live tokens, so the page is cut from all of them.
+pub async fn list(app: App, req: TokenQuery) -> AuthResult<ApiTokenList> {
+    let page = req.page().check(MAX_LIMIT).map_err(AuthError::BadRequest)?;
     let store = app.store();
     if store.user(req.user_id).await?.is_none() {
         return Err(AuthError::NotFound(format!(
@@ -57,12 +60,16 @@ pub async fn list(app: App, req: UserRef) -> AuthResult<ApiTokenList> {
             req.user_id
         )));
     }
+    let live = live_tokens(store, req.user_id).await?;
+    let total = live.len() as u64;
     Ok(ApiTokenList {
-        tokens: live_tokens(store, req.user_id)
-            .await?
+        tokens: live
             .iter()
+            .skip(usize::try_from(page.offset).unwrap_or(usize::MAX))
+            .take(page.limit as usize)
             .map(listed)
             .collect(),
+        total,
     })
 }
 

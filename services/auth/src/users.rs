@@ -1,9 +1,12 @@
-//! `users.list`, `users.get`, `users.create`, `users.update`.
+//! `users.list`, `users.get`, `users.create`, `users.update`, `users.delete`.
 
-use gantry_contracts::auth::{CreateUser, Role, UpdateUser, User, UserList, UserRef, MAX_TOKENS};
+use gantry_contracts::auth::{
+    CreateUser, DeleteUser, Role, UpdateUser, User, UserList, UserQuery, UserRef, MAX_TOKENS,
+};
+use gantry_contracts::paging::MAX_LIMIT;
 use gantry_runtime::secrets;
-use mongodb::bson::{doc, Document};
-use serde::de::IgnoredAny;
+use mongodb::bson::{doc, Bson, Document};
+use serde_json::{Map, Value};
 
 use crate::app::App;
 use crate::credits;
@@ -20,11 +23,25 @@ pub async fn hash_password(password: &Password) -> AuthResult<String> {
     Ok(hash)
 }
 
-/// `users.list`: every user, by id.
-pub async fn list(app: App, _: IgnoredAny) -> AuthResult<UserList> {
-    let users = app.store().all_users().await?;
+/// `users.list`: a page of the users matching the filters, by id.
+pub async fn list(app: App, q: UserQuery) -> AuthResult<UserList> {
+    let page = q.page().check(MAX_LIMIT).map_err(AuthError::BadRequest)?;
+    let mut filter = Document::new();
+    if let Some(role) = q.role {
+        filter.insert("role", role.as_str());
+    }
+    if let Some(active) = q.active {
+        // `active` may read back as 0/1 after a `$set` on the local store (DESIGN).
+        let same: [Bson; 2] = [active.into(), i32::from(active).into()];
+        filter.insert("active", doc! { "$in": same.to_vec() });
+    }
+    let (users, total) = app
+        .store()
+        .users_page(filter, page.limit, page.offset)
+        .await?;
     Ok(UserList {
         users: users.iter().map(UserDoc::to_user).collect(),
+        total,
     })
 }
 
@@ -211,4 +228,52 @@ pub async fn update(app: App, req: UpdateUser) -> AuthResult<User> {
     app.announce_revocation(user.id).await;
     tracing::info!(user_id = user.id, actor_id = req.actor_id, "user updated");
     Ok(load(store, user.id).await?.to_user())
+}
+
+const LAST_ADMIN: &str = "this is the last active admin: make another admin first";
+
+/// `users.delete`: the user document goes (so the username and e-mail may be used again);
+/// sessions end and API tokens are revoked at once; the ledger, jobs and models stay under the
+/// user's id, which is never handed out again.
+pub async fn delete(app: App, req: DeleteUser) -> AuthResult<Value> {
+    let store = app.store();
+    let user = load(store, req.user_id).await?;
+    if req.actor_id == user.id {
+        return Err(AuthError::Conflict(
+            "you cannot delete yourself: ask another admin".into(),
+        ));
+    }
+    let was_active_admin = user.role == Role::Admin && user.active;
+    if was_active_admin && other_active_admins(store, user.id).await? == 0 {
+        return Err(AuthError::Conflict(LAST_ADMIN.into()));
+    }
+    // The raw document, so that undoing puts back everything it held (ledger marks too).
+    let raw = store.users.clone_with_type::<Document>();
+    let Some(stored) = raw
+        .find_one_and_delete(doc! { "_id": user.id })
+        .await
+        .map_err(|e| anyhow::Error::new(e).context("deleting a user"))?
+    else {
+        return Err(AuthError::NotFound(format!("no user with id {}", user.id)));
+    };
+    // Two admins deleting each other at once could each have seen the other as the one left:
+    // look again, and put ours back if nobody is.
+    if was_active_admin && other_active_admins(store, user.id).await? == 0 {
+        raw.insert_one(&stored)
+            .await
+            .map_err(|e| anyhow::Error::new(e).context("restoring the last admin"))?;
+        return Err(AuthError::Conflict(LAST_ADMIN.into()));
+    }
+    store.delete_sessions_of(user.id).await?;
+    store
+        .tokens
+        .update_many(
+            doc! { "user_id": user.id, "revoked_at_ms": { "$exists": false } },
+            doc! { "$set": { "revoked_at_ms": now_ms() } },
+        )
+        .await
+        .map_err(|e| anyhow::Error::new(e).context("revoking a deleted user's API tokens"))?;
+    app.announce_revocation(user.id).await;
+    tracing::info!(user_id = user.id, actor_id = req.actor_id, "user deleted");
+    Ok(Value::Object(Map::new()))
 }

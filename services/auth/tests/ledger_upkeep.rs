@@ -103,6 +103,7 @@ async fn entries_abandoned_mid_change_are_finished_or_dropped_by_the_upkeep() {
         created_at_ms: now - 20_000,
         applied_at_ms: 0,
         settled_at_ms: 0,
+        balance_after: None,
     };
     store
         .ledger
@@ -151,4 +152,37 @@ async fn entries_abandoned_mid_change_are_finished_or_dropped_by_the_upkeep() {
         .unwrap();
     assert!(r.replayed);
     assert_eq!(r.remaining_tokens, 50);
+}
+
+#[tokio::test]
+async fn a_refund_owed_to_a_deleted_user_is_recorded_once_and_moves_nothing() {
+    let (_server, store) = store().await;
+    user(&store, 1, 500).await;
+    let r = credits::charge_in(&store, charge(1, 100, "job-9"))
+        .await
+        .unwrap();
+    assert_eq!(r.remaining_tokens, 400);
+    let charged = store
+        .ledger
+        .find_one(doc! { "key": "job-9" })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(charged.balance_after, Some(400), "the balance right after");
+    store.users.delete_one(doc! { "_id": 1 }).await.unwrap();
+
+    for replay in [false, true] {
+        let r = credits::refund_in(&store, charge(1, 100, "job-9"))
+            .await
+            .unwrap();
+        assert_eq!((r.tokens_used, r.replayed), (0, replay));
+    }
+    let refund = store
+        .ledger
+        .find_one(doc! { "key": "refund:job-9" })
+        .await
+        .unwrap()
+        .expect("the refund is recorded");
+    assert_eq!((refund.delta, refund.state), (0, LedgerState::Applied));
+    assert!(store.user(1).await.unwrap().is_none(), "nobody came back");
 }

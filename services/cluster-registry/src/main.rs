@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use gantry_contracts::error::{ErrorCode, ServiceFailure};
-use gantry_contracts::registry::{ClusterToken, ClusterTokenList, CreateClusterToken, Empty};
+use gantry_contracts::registry::{
+    ClusterToken, ClusterTokenList, ClusterTokenQuery, CreateClusterToken,
+};
 use gantry_contracts::subjects;
 use gantry_runtime::{nats, retry, secrets};
 use tokio::time::Instant;
@@ -170,7 +172,12 @@ async fn call<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
 async fn create_token(name: &str, wait: Duration) -> Result<String, String> {
     let deadline = Instant::now() + wait;
     let client = connect(deadline).await?;
-    new_token(&client, name, deadline).await
+    new_token(&client, name, deadline)
+        .await
+        .map_err(|e| match e {
+            NewToken::NameTaken => format!("a cluster token named {name:?} already exists"),
+            NewToken::Failed(e) => e,
+        })
 }
 
 /// Ask the registry for a new cluster token named `name`; the whole secret.
@@ -178,13 +185,21 @@ async fn new_token(
     client: &async_nats::Client,
     name: &str,
     deadline: Instant,
-) -> Result<String, String> {
+) -> Result<String, NewToken> {
     let req = CreateClusterToken {
         name: name.to_owned(),
     };
-    let token: ClusterToken =
-        call(client, subjects::registry::TOKENS_CREATE, &req, deadline).await?;
-    Ok(token.token)
+    let unavailable = |f: &ServiceFailure| f.code == ErrorCode::Unavailable;
+    let endpoint = subjects::registry::TOKENS_CREATE;
+    match retry::until_deadline(endpoint, deadline, unavailable, || {
+        nats::request::<_, ClusterToken>(client, subjects::registry(endpoint), &req)
+    })
+    .await
+    {
+        Ok(token) => Ok(token.token),
+        Err(f) if f.code == ErrorCode::Conflict => Err(NewToken::NameTaken),
+        Err(f) => Err(NewToken::Failed(format!("{endpoint} failed: {f}"))),
+    }
 }
 
 async fn ensure_token(name: &str, file: &std::path::Path, wait: Duration) -> Result<(), String> {
@@ -192,24 +207,56 @@ async fn ensure_token(name: &str, file: &std::path::Path, wait: Duration) -> Res
     let client = connect(deadline).await?;
     if let Ok(saved) = std::fs::read_to_string(file) {
         let saved = saved.trim();
-        let list: ClusterTokenList = call(
-            &client,
-            subjects::registry::TOKENS_LIST,
-            &Empty {},
-            deadline,
-        )
-        .await?;
         let listed = secrets::listed(&secrets::head(saved));
-        if saved.len() == 64 && list.tokens.iter().any(|t| t.active && t.token == listed) {
-            return Ok(());
+        let mut query = ClusterTokenQuery {
+            limit: Some(gantry_contracts::paging::MAX_LIMIT),
+            offset: 0,
+        };
+        loop {
+            let page: ClusterTokenList =
+                call(&client, subjects::registry::TOKENS_LIST, &query, deadline).await?;
+            if saved.len() == 64 && page.tokens.iter().any(|t| t.active && t.token == listed) {
+                return Ok(());
+            }
+            query.offset += page.tokens.len() as u64;
+            if page.tokens.is_empty() || query.offset >= page.total {
+                break;
+            }
         }
         eprintln!(
             "gantry-registry: the token in {} is no longer active; creating a new one",
             file.display()
         );
     }
-    let token = new_token(&client, name, deadline).await?;
-    write_secret(file, &token).map_err(|e| format!("writing {}: {e}", file.display()))
+    // Names are unique among active tokens: when `name` is taken by a token whose secret this
+    // file no longer holds, take the first free `name-2`, `name-3` ...
+    for n in 1..=100 {
+        let candidate = if n == 1 {
+            name.to_owned()
+        } else {
+            format!("{name}-{n}")
+        };
+        match new_token(&client, &candidate, deadline).await {
+            Ok(token) => {
+                if n > 1 {
+                    eprintln!("gantry-registry: {name:?} is taken; created {candidate:?}");
+                }
+                return write_secret(file, &token)
+                    .map_err(|e| format!("writing {}: {e}", file.display()));
+            }
+            Err(NewToken::NameTaken) => continue,
+            Err(NewToken::Failed(e)) => return Err(e),
+        }
+    }
+    Err(format!("every name from {name:?} to {name:?}-100 is taken"))
+}
+
+/// Why a new token was not made.
+enum NewToken {
+    /// An active token has the name.
+    NameTaken,
+    /// Anything else, said.
+    Failed(String),
 }
 
 fn write_secret(file: &std::path::Path, secret: &str) -> std::io::Result<()> {

@@ -6,11 +6,12 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
 use async_nats::Client;
+use gantry_contracts::paging::{PageQuery, MAX_LIMIT};
 use gantry_contracts::registry::{
-    ClusterClients, ClusterNodes, ClusterToken, ClusterTokenList, CreateClusterToken, Drain,
-    DrainSelf, DrainedSelf, Driver, Empty, ListQuery, NodeControl, NodeName, NodeSettings,
-    RegisterNode, Registered, RegistryEvent, RevokeClusterToken, SetDriver, SetDriverResult,
-    DRIVER_CHOICES,
+    ClusterClients, ClusterNodes, ClusterToken, ClusterTokenList, ClusterTokenQuery,
+    CreateClusterToken, Drain, DrainSelf, DrainedSelf, Driver, ListQuery, NodeControl, NodeName,
+    NodeSettings, RegisterNode, Registered, RegistryEvent, RevokeClusterToken, SetDriver,
+    SetDriverResult, DRIVER_CHOICES,
 };
 use gantry_contracts::subjects;
 use gantry_runtime::nats;
@@ -18,7 +19,7 @@ use gantry_runtime::secrets::{self, ExposeSecret};
 use serde::Serialize;
 
 use crate::error::RegistryError;
-use crate::store::{NodeRecord, Store, TokenDoc};
+use crate::store::{Inserted, NodeRecord, Store, TokenDoc};
 use crate::tokens::{self, TokenRef};
 use crate::view::{Timing, View};
 
@@ -157,11 +158,23 @@ impl Registry {
     // Cluster tokens
     // -----------------------------------------------------------------------------------------
 
-    /// `cluster_tokens.list`.
-    pub async fn list_tokens(&self, _: Empty) -> Result<ClusterTokenList, RegistryError> {
-        let tokens = self.store().list_tokens().await?;
+    /// `cluster_tokens.list`: one page, by id.
+    pub async fn list_tokens(
+        &self,
+        q: ClusterTokenQuery,
+    ) -> Result<ClusterTokenList, RegistryError> {
+        let page = PageQuery {
+            limit: q.limit,
+            offset: q.offset,
+        }
+        .check(MAX_LIMIT)
+        .map_err(RegistryError::BadRequest)?;
+        let (tokens, total) = self.store().tokens_page(page.limit, page.offset).await?;
         Ok(ClusterTokenList {
             tokens: tokens.iter().map(listed_token).collect(),
+            total,
+            limit: u64::from(page.limit),
+            offset: page.offset,
         })
     }
 
@@ -186,10 +199,20 @@ impl Registry {
         }
         let secret = secrets::generate("");
         let secret = secret.expose_secret();
-        let doc = self
+        let doc = match self
             .store()
             .insert_token(name, &secrets::digest(secret), &secrets::head(secret))
-            .await?;
+            .await?
+        {
+            Inserted::Stored(doc) => doc,
+            Inserted::NameTaken(other) => {
+                let which = other.map(|id| format!(" (id {id})")).unwrap_or_default();
+                return Err(RegistryError::Conflict(format!(
+                    "a cluster token named {name:?} already exists{which}: choose another name, \
+                     or revoke that token first"
+                )));
+            }
+        };
         tracing::info!(token_id = doc.id, name, "cluster token created");
         Ok(ClusterToken {
             token: secret.to_owned(),
@@ -198,7 +221,8 @@ impl Registry {
     }
 
     /// `cluster_tokens.revoke`: nodes that joined with it are told to leave and shown
-    /// disconnected. Revoking twice is harmless.
+    /// disconnected. A token that was already revoked is `not_found`, after its nodes are told
+    /// to leave again (so a retry after a partial failure still finishes the work).
     pub async fn revoke_token(
         &self,
         req: RevokeClusterToken,
@@ -206,12 +230,11 @@ impl Registry {
         let mut token = self.store().token(req.id).await?.ok_or_else(|| {
             RegistryError::NotFound(format!("no cluster token with id {}", req.id))
         })?;
-        if token.active {
-            token.active = false;
-            token.revoked_at = Some(chrono::Utc::now());
-            self.store().replace_token(&token).await?;
+        let revoked_now = token.active && self.store().revoke_token(&token).await?;
+        if revoked_now {
             tracing::info!(token_id = token.id, name = %token.name, "cluster token revoked");
         }
+        token.active = false;
         let node_ids = self.view().revoke_token(token.id);
         let leave = NodeControl::Leave {
             reason: format!("cluster token {:?} was revoked", token.name),
@@ -222,6 +245,12 @@ impl Registry {
         self.announce(&RegistryEvent::TokenRevoked { token_id: token.id })
             .await;
         self.disconnect_token_nodes(token.id).await;
+        if !revoked_now {
+            return Err(RegistryError::NotFound(format!(
+                "cluster token {} is already revoked",
+                token.id
+            )));
+        }
         Ok(listed_token(&token))
     }
 
@@ -364,8 +393,23 @@ impl Registry {
         max - max / 4
     }
 
-    /// Find the node an admin names by hostname + token (whole or listed).
+    /// Find the node an admin names by hostname + token (whole or listed), refusing one whose
+    /// token is revoked: its node cannot come back, so a setting for it would never apply.
     async fn resolve(&self, hostname: &str, token: &str) -> Result<NodeRecord, RegistryError> {
+        let record = self.find_node(hostname, token).await?;
+        let token = self.store().token(record.token_id).await?;
+        if let Some(t) = token.filter(|t| !t.active) {
+            return Err(RegistryError::Conflict(format!(
+                "cluster token {:?} of node {hostname:?} is revoked: the node cannot rejoin \
+                 with it, so there is nothing to change",
+                t.name
+            )));
+        }
+        Ok(record)
+    }
+
+    /// The node an admin names by hostname + token (whole or listed).
+    async fn find_node(&self, hostname: &str, token: &str) -> Result<NodeRecord, RegistryError> {
         let not_found = || {
             RegistryError::NotFound(format!(
                 "no node named {hostname:?} has joined with that token"

@@ -2,7 +2,8 @@
 //!
 //! Collections of `<prefix>registry`:
 //! - `cluster_tokens`: one per token, `_id` = its numeric id, SHA-256 of the secret (unique),
-//!   its 8-character listed prefix. Written whole (insert, replace).
+//!   its 8-character listed prefix, and `name_key` (unique: an active token's name, trimmed and
+//!   lowercased; a revoked token's own key, freeing its name). Written whole (insert, replace).
 //! - `counters`: `{_id: "cluster_tokens", n}` hands out token ids.
 //! - `nodes`: what a node registered with plus the admin's settings for that hostname + token
 //!   (`_id` = node id). Written through at once.
@@ -25,6 +26,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::RegistryError;
 
+/// True when a write failed on a unique index (code 11000).
+fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
+    use mongodb::error::{ErrorKind, WriteFailure};
+    match &*e.kind {
+        ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == 11000,
+        ErrorKind::Command(c) => c.code == 11000,
+        _ => false,
+    }
+}
+
 /// A cluster token as stored.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TokenDoc {
@@ -45,6 +56,41 @@ pub struct TokenDoc {
     /// When it was revoked.
     #[serde(default)]
     pub revoked_at: Option<DateTime<Utc>>,
+    /// What keeps names unique (a unique index): `name:<trimmed, lowercased name>` while the
+    /// token is active, `revoked:<id>` once revoked (so the name may be given again). Absent only
+    /// on tokens stored before names were unique, until [`Store::ensure_indexes`] fills it in.
+    #[serde(default)]
+    pub name_key: Option<String>,
+}
+
+/// The key an active token with `name` holds: names compare without surrounding blanks and
+/// regardless of case.
+pub fn active_name_key(name: &str) -> String {
+    format!("name:{}", name.trim().to_lowercase())
+}
+
+/// The key of a revoked token, which frees its name.
+pub fn revoked_name_key(id: i64) -> String {
+    format!("revoked:{id}")
+}
+
+impl TokenDoc {
+    /// The key this token should hold in its current state.
+    pub fn expected_name_key(&self) -> String {
+        if self.active {
+            active_name_key(&self.name)
+        } else {
+            revoked_name_key(self.id)
+        }
+    }
+}
+
+/// What inserting a token came to.
+pub enum Inserted {
+    /// Stored.
+    Stored(TokenDoc),
+    /// An active token already has this name (its id, when it could be read).
+    NameTaken(Option<i64>),
 }
 
 /// A node's registration and settings as stored (`nodes`).
@@ -177,6 +223,21 @@ impl Store {
             )
             .await
             .context("creating the cluster token hash index")?;
+        self.fill_name_keys().await?;
+        self.tokens()
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! { "name_key": 1 })
+                    .options(
+                        IndexOptions::builder()
+                            .name("name_key_unique".to_owned())
+                            .unique(true)
+                            .build(),
+                    )
+                    .build(),
+            )
+            .await
+            .context("creating the cluster token name index")?;
         self.nodes()
             .create_index(IndexModel::builder().keys(doc! { "hostname": 1 }).build())
             .await
@@ -189,13 +250,54 @@ impl Store {
         Ok(Counter::new(&self.db, COUNTERS, TOKENS, "n").next().await?)
     }
 
-    /// Store a new token (whole document).
+    /// Give every token stored before names were unique its name key, in id order: the first
+    /// active token of a name keeps it, later ones of the same name get one of their own (they
+    /// keep working; their name is simply not reserved). Deterministic, so replicas doing this at
+    /// once write the same.
+    async fn fill_name_keys(&self) -> Result<(), RegistryError> {
+        let mut all = self.list_tokens().await?;
+        if all.iter().all(|t| t.name_key.is_some()) {
+            return Ok(());
+        }
+        all.sort_by_key(|t| t.id);
+        let mut taken: std::collections::HashSet<String> =
+            all.iter().filter_map(|t| t.name_key.clone()).collect();
+        for t in all.iter().filter(|t| t.name_key.is_none()) {
+            let mut key = t.expected_name_key();
+            if !taken.insert(key.clone()) {
+                key = format!("duplicate:{}", t.id);
+                taken.insert(key.clone());
+            }
+            self.tokens()
+                .update_one(
+                    doc! { "_id": t.id, "name_key": { "$exists": false } },
+                    doc! { "$set": { "name_key": &key } },
+                )
+                .await
+                .context("filling in a cluster token's name key")?;
+        }
+        Ok(())
+    }
+
+    /// The active token named `name` (compared as [`active_name_key`] does).
+    pub async fn active_token_named(&self, name: &str) -> Result<Option<TokenDoc>, RegistryError> {
+        Ok(self
+            .tokens()
+            .find_one(doc! { "name_key": active_name_key(name) })
+            .await?)
+    }
+
+    /// Store a new token (whole document), unless an active token has its name.
     pub async fn insert_token(
         &self,
         name: &str,
         hash: &str,
         prefix: &str,
-    ) -> Result<TokenDoc, RegistryError> {
+    ) -> Result<Inserted, RegistryError> {
+        // Looked up first so a taken name uses up no id; the unique index settles a race.
+        if let Some(other) = self.active_token_named(name).await? {
+            return Ok(Inserted::NameTaken(Some(other.id)));
+        }
         let token = TokenDoc {
             id: self.next_token_id().await?,
             name: name.to_owned(),
@@ -204,9 +306,16 @@ impl Store {
             active: true,
             created_at: Utc::now(),
             revoked_at: None,
+            name_key: Some(active_name_key(name)),
         };
-        self.tokens().insert_one(&token).await?;
-        Ok(token)
+        match self.tokens().insert_one(&token).await {
+            Ok(_) => Ok(Inserted::Stored(token)),
+            Err(e) if is_duplicate_key(&e) => {
+                let other = self.active_token_named(name).await?.map(|t| t.id);
+                Ok(Inserted::NameTaken(other))
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Every token, by id.
@@ -214,6 +323,26 @@ impl Store {
         let mut tokens: Vec<TokenDoc> = self.tokens().find(doc! {}).await?.try_collect().await?;
         tokens.sort_by_key(|t| t.id);
         Ok(tokens)
+    }
+
+    /// One page of the tokens, by id, and how many there are.
+    pub async fn tokens_page(
+        &self,
+        limit: u32,
+        offset: u64,
+    ) -> Result<(Vec<TokenDoc>, u64), RegistryError> {
+        let total = self.tokens().count_documents(doc! {}).await?;
+        let mut tokens: Vec<TokenDoc> = self
+            .tokens()
+            .find(doc! {})
+            .sort(doc! { "_id": 1 })
+            .skip(offset)
+            .limit(i64::from(limit))
+            .await?
+            .try_collect()
+            .await?;
+        tokens.sort_by_key(|t| t.id);
+        Ok((tokens, total))
     }
 
     /// One token by id.
@@ -226,12 +355,20 @@ impl Store {
         Ok(self.tokens().find_one(doc! { "hash": hash }).await?)
     }
 
-    /// Rewrite a token whole (how revocation is written, so `active` stays a boolean).
-    pub async fn replace_token(&self, token: &TokenDoc) -> Result<(), RegistryError> {
-        self.tokens()
-            .replace_one(doc! { "_id": token.id }, token)
-            .await?;
-        Ok(())
+    /// Revoke `token` (read while active) by rewriting it whole, so `active` stays a boolean.
+    /// `false` when it was no longer as read: another request revoked it first.
+    pub async fn revoke_token(&self, token: &TokenDoc) -> Result<bool, RegistryError> {
+        let mut revoked = token.clone();
+        revoked.active = false;
+        revoked.revoked_at = Some(Utc::now());
+        revoked.name_key = Some(revoked_name_key(token.id));
+        let mut filter = doc! { "_id": token.id };
+        match &token.name_key {
+            Some(key) => filter.insert("name_key", key),
+            None => filter.insert("name_key", doc! { "$exists": false }),
+        };
+        let r = self.tokens().replace_one(filter, &revoked).await?;
+        Ok(r.matched_count == 1)
     }
 
     /// Write what a node registered with (its settings and counters are left as they are) and
@@ -356,5 +493,18 @@ impl Store {
     /// A node's completed-job count as stored (`None` for an unknown node).
     pub async fn completed_jobs(&self, node_id: &str) -> Result<Option<u64>, RegistryError> {
         Ok(self.node(node_id).await?.map(|n| n.completed_jobs))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_compare_without_surrounding_blanks_and_regardless_of_case() {
+        assert_eq!(active_name_key(" Rack-7 "), active_name_key("rack-7"));
+        assert_ne!(active_name_key("rack-7"), active_name_key("rack-8"));
+        // A revoked token's key can never be an active name's, whatever the name.
+        assert_ne!(revoked_name_key(5), active_name_key("revoked:5"));
     }
 }

@@ -3,6 +3,9 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::paging::PageQuery;
+use crate::Timestamp;
+
 /// The most credit tokens a balance may hold, and the largest single change of one. Well inside
 /// what JSON numbers carry exactly (2^53), so no client and no store ever rounds a balance.
 pub const MAX_TOKENS: i64 = 1_000_000_000_000_000;
@@ -46,11 +49,135 @@ pub struct User {
     pub created_at: DateTime<Utc>,
 }
 
+/// `users.list` request: filters and a page (`{}` asks for the first page of everyone). The
+/// page is checked against [`crate::paging::MAX_LIMIT`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct UserQuery {
+    /// Only users of this role.
+    #[serde(default)]
+    pub role: Option<Role>,
+    /// Only active (or only inactive) users.
+    #[serde(default)]
+    pub active: Option<bool>,
+    /// Page size (default [`crate::paging::DEFAULT_LIMIT`]).
+    #[serde(default)]
+    pub limit: Option<u32>,
+    /// Users to skip.
+    #[serde(default)]
+    pub offset: u64,
+}
+
+impl UserQuery {
+    /// Its page.
+    pub fn page(&self) -> PageQuery {
+        PageQuery {
+            limit: self.limit,
+            offset: self.offset,
+        }
+    }
+}
+
 /// `users.list` reply.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct UserList {
-    /// Every user, by id.
+    /// This page of the matching users, by id.
     pub users: Vec<User>,
+    /// Matching users in all.
+    #[serde(default)]
+    pub total: u64,
+}
+
+/// `users.delete` request. The user's sessions end and API tokens are revoked at once; their
+/// ledger, jobs and models are kept under their id (ids are never given out again). Refused with
+/// `conflict` for the asking admin themself and for the last active admin; `not_found` when
+/// there is no such user (so a second delete answers `not_found`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeleteUser {
+    /// The user to delete.
+    pub user_id: i64,
+    /// The admin who asks.
+    pub actor_id: i64,
+}
+
+/// `users.ledger` request: one user's ledger entries, newest first. The page is checked against
+/// [`crate::paging::MAX_LEDGER_LIMIT`]; an unknown user is `not_found`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LedgerQuery {
+    /// Whose ledger.
+    pub user_id: i64,
+    /// Page size (default [`crate::paging::DEFAULT_LIMIT`]).
+    #[serde(default)]
+    pub limit: Option<u32>,
+    /// Entries to skip.
+    #[serde(default)]
+    pub offset: u64,
+}
+
+impl LedgerQuery {
+    /// Its page.
+    pub fn page(&self) -> PageQuery {
+        PageQuery {
+            limit: self.limit,
+            offset: self.offset,
+        }
+    }
+}
+
+/// What a ledger entry records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(poem_openapi::Enum))]
+#[cfg_attr(feature = "openapi", oai(rename_all = "lowercase"))]
+#[serde(rename_all = "lowercase")]
+pub enum LedgerEntryKind {
+    /// Tokens taken for a job (0 for an admin, who pays nothing).
+    Charge,
+    /// Tokens given back for a job that failed or could not run.
+    Refund,
+    /// An admin's change of the balance, or a new user's opening balance.
+    Adjustment,
+}
+
+/// One change of a user's credit balance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(poem_openapi::Object))]
+pub struct LedgerEntry {
+    /// The entry's key: a charge's is its job id, a refund's `refund:<job id>`, an adjustment's
+    /// `adjust:<random>`.
+    pub id: String,
+    /// `charge`, `refund` or `adjustment`.
+    pub kind: LedgerEntryKind,
+    /// What the balance changed by (negative for a charge).
+    pub delta: i64,
+    /// The balance right after this change; absent for entries recorded before balances were
+    /// kept with them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", oai(skip_serializing_if_is_none))]
+    pub balance_after: Option<i64>,
+    /// The training job it was for (charges and refunds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", oai(skip_serializing_if_is_none))]
+    pub job_id: Option<String>,
+    /// Why.
+    pub reason: String,
+    /// The admin who made an adjustment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", oai(skip_serializing_if_is_none))]
+    pub actor_id: Option<i64>,
+    /// When the balance changed (RFC 3339, UTC, milliseconds).
+    #[cfg_attr(
+        feature = "openapi",
+        oai(serialize_with = "crate::openapi::rfc3339_millis")
+    )]
+    pub at: Timestamp,
+}
+
+/// `users.ledger` reply.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LedgerPage {
+    /// This page, newest first.
+    pub entries: Vec<LedgerEntry>,
+    /// The user's entries in all.
+    pub total: u64,
 }
 
 /// Which credential a caller presented.
@@ -186,11 +313,38 @@ pub struct ApiToken {
     pub last_used_at: Option<DateTime<Utc>>,
 }
 
+/// `tokens.list` request: one user's live tokens, a page of them (`{"user_id": 1}` asks for the
+/// first). The page is checked against [`crate::paging::MAX_LIMIT`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenQuery {
+    /// Whose tokens.
+    pub user_id: i64,
+    /// Page size (default [`crate::paging::DEFAULT_LIMIT`]).
+    #[serde(default)]
+    pub limit: Option<u32>,
+    /// Tokens to skip.
+    #[serde(default)]
+    pub offset: u64,
+}
+
+impl TokenQuery {
+    /// Its page.
+    pub fn page(&self) -> PageQuery {
+        PageQuery {
+            limit: self.limit,
+            offset: self.offset,
+        }
+    }
+}
+
 /// `tokens.list` reply.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ApiTokenList {
-    /// The user's live tokens.
+    /// This page of the user's live tokens, oldest first.
     pub tokens: Vec<ApiToken>,
+    /// The user's live tokens in all.
+    #[serde(default)]
+    pub total: u64,
 }
 
 /// `tokens.create` request.

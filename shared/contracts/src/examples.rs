@@ -37,6 +37,9 @@ impl Example for ClusterTokenList {
     fn example() -> Self {
         Self {
             tokens: vec![ClusterToken::example()],
+            total: 1,
+            limit: 100,
+            offset: 0,
         }
     }
 }

@@ -24,6 +24,7 @@
 //! - [`jobs`]: training jobs, their streams, events and records.
 //! - [`models`]: model versions, their cards, and the `models.*` endpoints.
 //! - [`registry`]: messages of the `gantry.registry.v1.*` endpoints and node traffic.
+//! - [`paging`]: `limit` / `offset` bounds of the paged lists.
 //! - [`Timestamp`]: a point in time on the wire.
 //!
 //! ## The `openapi` feature
@@ -42,9 +43,10 @@ pub mod jobs;
 pub mod models;
 #[cfg(feature = "openapi")]
 mod openapi;
+pub mod paging;
 pub mod registry;
 pub mod services;
 pub mod subjects;
 mod timestamp;
 
-pub use timestamp::Timestamp;
+pub use timestamp::{rfc3339_millis, Timestamp};

@@ -19,9 +19,7 @@ pub fn via_serde<T: Serialize>(value: &T) -> Option<Value> {
 /// A timestamp as every field beyond the admin page's fixed ones carries it: RFC 3339, UTC,
 /// milliseconds (`2024-01-01T00:00:00.000Z`).
 pub fn rfc3339_ms(t: &chrono::DateTime<chrono::Utc>) -> Option<Value> {
-    Some(Value::String(
-        t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-    ))
+    Some(Value::String(crate::rfc3339_millis(*t)))
 }
 
 /// A timestamp as the admin page lists it: RFC 3339, UTC, whole seconds
@@ -30,6 +28,12 @@ pub fn rfc3339_secs(t: &crate::Timestamp) -> Option<Value> {
     Some(Value::String(
         t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     ))
+}
+
+/// A timestamp beyond the admin page's fixed fields: RFC 3339, UTC, milliseconds
+/// (`2026-01-02T03:04:05.678Z`).
+pub fn rfc3339_millis(t: &crate::Timestamp) -> Option<Value> {
+    Some(Value::String(t.to_rfc3339_millis()))
 }
 
 /// Implement poem-openapi's `Type`, `ToJSON` and `ParseFromJSON` for a serde type, documented
@@ -102,13 +106,8 @@ serde_schema!(
     crate::Timestamp,
     "string",
     poem_openapi::registry::MetaSchema::new("string"),
-    timestamp_ms
+    rfc3339_millis
 );
-
-/// [`rfc3339_ms`] of a [`crate::Timestamp`].
-fn timestamp_ms(t: &crate::Timestamp) -> Option<Value> {
-    rfc3339_ms(t)
-}
 serde_schema!(
     crate::models::ModelCard,
     "any",

@@ -149,24 +149,49 @@ pub struct ClusterToken {
 }
 
 /// Every cluster token.
-// The `cluster_tokens.list` reply: by id, revoked ones too (`active: false`).
+// The `cluster_tokens.list` reply: by id, revoked ones too (`active: false`), one page of them
+// (the page's shape plus `total`, `limit` and `offset`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(poem_openapi::Object))]
 #[cfg_attr(feature = "openapi", oai(example))]
 pub struct ClusterTokenList {
     /// By id, revoked ones too.
     pub tokens: Vec<ClusterToken>,
+    /// Tokens in all, revoked ones too.
+    #[serde(default)]
+    pub total: u64,
+    /// Page size.
+    #[serde(default)]
+    pub limit: u64,
+    /// Tokens skipped before this page.
+    #[serde(default)]
+    pub offset: u64,
+}
+
+/// `cluster_tokens.list` request: one page (`{}` asks for the first). Checked against
+/// [`crate::paging::MAX_LIMIT`].
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct ClusterTokenQuery {
+    /// Page size (default [`crate::paging::DEFAULT_LIMIT`]).
+    #[serde(default)]
+    pub limit: Option<u32>,
+    /// Tokens to skip.
+    #[serde(default)]
+    pub offset: u64,
 }
 
 /// `cluster_tokens.create` request.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CreateClusterToken {
-    /// 1–100 characters, not blank. Names need not be unique.
+    /// 1–100 characters, not blank, no control characters. Unique among active tokens, compared
+    /// without surrounding blanks and regardless of case (`conflict` otherwise); a revoked
+    /// token's name may be given again.
     pub name: String,
 }
 
-/// `cluster_tokens.revoke` request. Revoking twice is not an error. Replies with the
-/// [`ClusterToken`] as listed (`active: false`).
+/// `cluster_tokens.revoke` request. Replies with the [`ClusterToken`] as listed
+/// (`active: false`); revoking a token that is already revoked is `not_found` (its nodes are
+/// told to leave again all the same).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RevokeClusterToken {
     /// The token's id.

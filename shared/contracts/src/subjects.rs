@@ -14,7 +14,7 @@ pub mod auth {
     pub const LOGIN: &str = "login";
     /// [`crate::auth::LogoutRequest`] → `{}`.
     pub const LOGOUT: &str = "logout";
-    /// `{}` → [`crate::auth::UserList`].
+    /// [`crate::auth::UserQuery`] (`{}` for the first page) → [`crate::auth::UserList`].
     pub const USERS_LIST: &str = "users.list";
     /// [`crate::auth::CreateUser`] → [`crate::auth::User`].
     pub const USERS_CREATE: &str = "users.create";
@@ -22,7 +22,11 @@ pub mod auth {
     pub const USERS_UPDATE: &str = "users.update";
     /// [`crate::auth::UserRef`] → [`crate::auth::User`].
     pub const USERS_GET: &str = "users.get";
-    /// [`crate::auth::UserRef`] → [`crate::auth::ApiTokenList`].
+    /// [`crate::auth::DeleteUser`] → `{}`.
+    pub const USERS_DELETE: &str = "users.delete";
+    /// [`crate::auth::LedgerQuery`] → [`crate::auth::LedgerPage`].
+    pub const USERS_LEDGER: &str = "users.ledger";
+    /// [`crate::auth::TokenQuery`] (or [`crate::auth::UserRef`]) → [`crate::auth::ApiTokenList`].
     pub const TOKENS_LIST: &str = "tokens.list";
     /// [`crate::auth::CreateApiToken`] → [`crate::auth::CreatedApiToken`].
     pub const TOKENS_CREATE: &str = "tokens.create";
@@ -40,13 +44,14 @@ pub mod auth {
 /// Registry endpoint names, relative to [`REGISTRY_V1`]. Requests go to any replica (one queue
 /// group); failures are service errors whose code maps to the HTTP status.
 pub mod registry {
-    /// [`crate::registry::Empty`] (`{}`) → [`crate::registry::ClusterTokenList`].
+    /// [`crate::registry::ClusterTokenQuery`] (`{}` for the first page) →
+    /// [`crate::registry::ClusterTokenList`].
     pub const TOKENS_LIST: &str = "cluster_tokens.list";
     /// [`crate::registry::CreateClusterToken`] → [`crate::registry::ClusterToken`] (whole token).
-    /// A blank or over-long name: `bad_request`.
+    /// A blank or over-long name: `bad_request`; a name an active token has: `conflict`.
     pub const TOKENS_CREATE: &str = "cluster_tokens.create";
     /// [`crate::registry::RevokeClusterToken`] → [`crate::registry::ClusterToken`] (listed,
-    /// `active: false`). Unknown id: `not_found`. Its nodes are told to leave.
+    /// `active: false`). Unknown or already revoked id: `not_found`. Its nodes are told to leave.
     pub const TOKENS_REVOKE: &str = "cluster_tokens.revoke";
     /// [`crate::registry::RegisterNode`] → [`crate::registry::Registered`]. Unknown or revoked
     /// token: `unauthorized`.
@@ -56,10 +61,11 @@ pub mod registry {
     /// [`crate::registry::ListQuery`] (`{}` for the first page) → [`crate::registry::ClusterClients`].
     pub const CLIENTS: &str = "clients.list";
     /// [`crate::registry::SetDriver`] → [`crate::registry::SetDriverResult`]. Missing field or
-    /// unknown driver: `bad_request`; unknown hostname + token: `not_found`.
+    /// unknown driver: `bad_request`; unknown hostname + token: `not_found`; a revoked token:
+    /// `conflict`.
     pub const SET_DRIVER: &str = "nodes.set_driver";
     /// [`crate::registry::Drain`] → [`crate::registry::SetDriverResult`]. Missing field:
-    /// `bad_request`; unknown hostname + token: `not_found`.
+    /// `bad_request`; unknown hostname + token: `not_found`; a revoked token: `conflict`.
     pub const DRAIN: &str = "nodes.drain";
 }
 

@@ -17,6 +17,17 @@ impl Timestamp {
     pub fn now() -> Self {
         Self(Utc::now())
     }
+
+    /// RFC 3339 in UTC with milliseconds (`2026-01-02T03:04:05.678Z`): how a timestamp beyond
+    /// the admin page's fixed fields is written over HTTP.
+    pub fn to_rfc3339_millis(&self) -> String {
+        rfc3339_millis(self.0)
+    }
+}
+
+/// `t` as RFC 3339 in UTC with milliseconds (`2026-01-02T03:04:05.678Z`).
+pub fn rfc3339_millis(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 impl From<DateTime<Utc>> for Timestamp {
@@ -42,5 +53,18 @@ impl std::ops::Deref for Timestamp {
 impl PartialEq<DateTime<Utc>> for Timestamp {
     fn eq(&self, other: &DateTime<Utc>) -> bool {
         self.0 == *other
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn millisecond_form_always_has_three_digits_and_a_z() {
+        let t: DateTime<Utc> = "2026-01-02T03:04:05Z".parse().unwrap();
+        assert_eq!(rfc3339_millis(t), "2026-01-02T03:04:05.000Z");
+        let t: DateTime<Utc> = "2026-01-02T03:04:05.678912+02:00".parse().unwrap();
+        assert_eq!(Timestamp(t).to_rfc3339_millis(), "2026-01-02T01:04:05.678Z");
     }
 }
