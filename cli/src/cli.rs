@@ -246,12 +246,12 @@ pub enum NodesCmd {
     /// Choose a node's driver: cuda, rocm, cpu, or auto to clear the choice
     #[command(after_help = "Examples:\n  \
         gantry nodes set-driver gpu-node-1 rocm\n  \
-        gantry nodes set-driver gpu-node-1 auto --token rack-7")]
+        gantry nodes set-driver gpu-node-1 any --token rack-7")]
     SetDriver {
         #[command(flatten)]
         node: NodeRef,
-        /// cuda, rocm, cpu or auto
-        #[arg(value_parser = ["cuda", "rocm", "cpu", "auto"])]
+        /// cuda, rocm, cpu, or any for no preference (auto means the same)
+        #[arg(value_parser = ["cuda", "rocm", "cpu", "any", "auto"])]
         driver: String,
     },
     /// Drain a node: it finishes what it runs and takes no new work
