@@ -6,6 +6,7 @@ use poem::{Body, Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
 use poem_openapi::OpenApiService;
 use tracing::Instrument;
 
+use crate::analyze::AnalyzeApi;
 use crate::browse::BrowseApi;
 use crate::cluster::ClusterApi;
 use crate::docs::{self, Aliased, Docs};
@@ -32,6 +33,7 @@ pub type Apis = Aliased<(
     JobsApi,
     SessionApi,
     TokensApi,
+    AnalyzeApi,
 )>;
 
 /// The OpenAPI service of every group.
@@ -47,7 +49,8 @@ pub fn api_service(state: AppState, hold: std::time::Duration) -> OpenApiService
             ClusterApi(state.clone()),
             JobsApi(state.clone()),
             SessionApi(state.clone()),
-            TokensApi(state),
+            TokensApi(state.clone()),
+            AnalyzeApi { state },
         )),
         "Gantry API",
         env!("CARGO_PKG_VERSION"),
