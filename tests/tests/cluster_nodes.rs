@@ -107,7 +107,11 @@ async fn a_joined_node_appears_in_both_listings_with_its_inventory() {
         assert_eq!(c.hostname, "worker1.example.com");
         assert!(c.connected && c.connected_at > 1.6e9 && c.last_seen >= c.connected_at);
         assert_eq!(c.gpu_info, node.gpu_info);
-        assert_eq!(c.processes.len(), 3, "two training slots and an analysis worker");
+        assert_eq!(
+            c.processes.len(),
+            3,
+            "two training slots and an analysis worker"
+        );
         let raw: serde_json::Value = stack
             .registry_call(ep::CLIENTS, &serde_json::json!({}))
             .await

@@ -11,7 +11,7 @@
 //! Not built yet: requests over `GANTRY_ANALYZE_MAX_IMAGES` as queued analysis jobs with paged
 //! results; they answer 413 for now.
 
-use std::io::Read as _;
+use std::io::{Read as _, Seek as _};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -55,7 +55,10 @@ pub struct AnalyzeBody {
     #[oai(validator(min_length = 1, max_length = 1024))]
     pub input_path: String,
     /// Labels per image, most probable first (default: 5, 1 to 100; at most the model's classes)
-    #[oai(default = "default_top_k", validator(minimum(value = "1"), maximum(value = "100")))]
+    #[oai(
+        default = "default_top_k",
+        validator(minimum(value = "1"), maximum(value = "100"))
+    )]
     pub top_k: u32,
     /// Admins: the user id owning the model, when several users have a model of that name
     pub owner: Option<i64>,
@@ -162,7 +165,14 @@ fn read_inputs(root: &DataRoot, input_path: &str, max_images: u32) -> ApiResult<
     let start = root.resolve(input_path)?;
     let mut found: Vec<(String, PathBuf)> = Vec::new();
     if start.real().is_dir() {
-        walk(root, start.real(), start.as_str(), 0, max_images, &mut found)?;
+        walk(
+            root,
+            start.real(),
+            start.as_str(),
+            0,
+            max_images,
+            &mut found,
+        )?;
         if found.is_empty() {
             return Err(ApiError::bad_request(format!(
                 "{} holds no PNG or JPEG image",
@@ -206,7 +216,8 @@ fn walk(
     let entries = std::fs::read_dir(dir)
         .map_err(|_| ApiError::bad_request(format!("{display} cannot be read")))?;
     for entry in entries {
-        let entry = entry.map_err(|_| ApiError::bad_request(format!("{display} cannot be read")))?;
+        let entry =
+            entry.map_err(|_| ApiError::bad_request(format!("{display} cannot be read")))?;
         let name = entry.file_name().to_string_lossy().into_owned();
         if name.starts_with('.') {
             continue;
@@ -241,6 +252,9 @@ fn read_one(path: &str, real: &Path, limits: &DatasetLimits) -> ApiResult<Input>
     let (mut file, _) = gantry_runtime::dataset::open_plain(real)
         .map_err(|e| not_image(format!("not a readable plain file ({e})")))?;
     check_open_file(&mut file, path, limits).map_err(|e| not_image(e.to_string()))?;
+    // The header check read from this handle: the whole file, from its start.
+    file.seek(std::io::SeekFrom::Start(0))
+        .map_err(|e| not_image(e.to_string()))?;
     let mut data = Vec::new();
     file.take(MAX_BATCH_BYTES as u64 + 1)
         .read_to_end(&mut data)
@@ -338,7 +352,12 @@ impl AnalyzeApi {
         }
     }
 
-    async fn analyze(&self, p: Principal, body: AnalyzeBody, admin: bool) -> ApiResult<AnalyzeResponse> {
+    async fn analyze(
+        &self,
+        p: Principal,
+        body: AnalyzeBody,
+        admin: bool,
+    ) -> ApiResult<AnalyzeResponse> {
         let spec = ModelSpec::parse(&body.model).map_err(ApiError::bad_request)?;
         if body.top_k == 0 || body.top_k > MAX_TOP_K {
             return Err(ApiError::bad_request(format!(
@@ -354,9 +373,10 @@ impl AnalyzeApi {
         let root = self.state.data_root.clone();
         let input_path = body.input_path.clone();
         let max_images = self.state.limits.analyze_max_images;
-        let inputs = tokio::task::spawn_blocking(move || read_inputs(&root, &input_path, max_images))
-            .await
-            .map_err(ApiError::internal)??;
+        let inputs =
+            tokio::task::spawn_blocking(move || read_inputs(&root, &input_path, max_images))
+                .await
+                .map_err(ApiError::internal)??;
         let n = inputs.len();
 
         let clients = self.clients().await?;
@@ -378,7 +398,9 @@ impl AnalyzeApi {
         if price > 0 {
             self.charge(p.user.id, price, &key, n).await?;
         }
-        let served = self.classify(&node, &version, &label, body.top_k, inputs).await;
+        let served = self
+            .classify(&node, &version, &label, body.top_k, inputs)
+            .await;
         match served {
             Ok(results) => Ok(AnalyzeResponse::Done(Json(AnalyzeResult {
                 model: label,
@@ -511,7 +533,10 @@ mod tests {
     fn a_node_already_holding_the_model_is_preferred_whatever_the_draw() {
         let clients = [
             client("a", &[("analysis_cpu", ProcessStatus::Active, 10, None)]),
-            client("b", &[("analysis_cuda", ProcessStatus::Busy, 10, Some("M@2"))]),
+            client(
+                "b",
+                &[("analysis_cuda", ProcessStatus::Busy, 10, Some("M@2"))],
+            ),
         ];
         for draw in [0.0, 0.3, 0.99] {
             assert_eq!(pick_node(&clients, "M@2", draw).unwrap().client_id, "b");
@@ -528,7 +553,10 @@ mod tests {
                     ("analysis_cpu", ProcessStatus::Active, 10, None),
                 ],
             ),
-            client("heavy", &[("analysis_cuda", ProcessStatus::Active, 30, None)]),
+            client(
+                "heavy",
+                &[("analysis_cuda", ProcessStatus::Active, 30, None)],
+            ),
         ];
         assert_eq!(pick_node(&clients, "M@1", 0.1).unwrap().client_id, "light");
         assert_eq!(pick_node(&clients, "M@1", 0.3).unwrap().client_id, "heavy");
@@ -539,7 +567,10 @@ mod tests {
     fn unavailable_or_draining_workers_and_training_only_nodes_serve_nothing() {
         let clients = [
             client("t", &[("train_cpu", ProcessStatus::Active, 10, None)]),
-            client("u", &[("analysis_cpu", ProcessStatus::Unavailable, 10, Some("M@1"))]),
+            client(
+                "u",
+                &[("analysis_cpu", ProcessStatus::Unavailable, 10, Some("M@1"))],
+            ),
             client("d", &[("analysis_cpu", ProcessStatus::Draining, 10, None)]),
         ];
         assert!(pick_node(&clients, "M@1", 0.5).is_none());
@@ -580,11 +611,19 @@ mod tests {
         let ApiError::BadRequest(body) = err else {
             panic!("{err:?}")
         };
-        assert!(body.0.error.message.contains("/val/fake.png"), "{}", body.0.error.message);
+        assert!(
+            body.0.error.message.contains("/val/fake.png"),
+            "{}",
+            body.0.error.message
+        );
         std::fs::remove_file(dir.path().join("val/fake.png")).unwrap();
         let found = read_inputs(&root, "/val", 10).unwrap();
         let paths: Vec<&str> = found.iter().map(|i| i.path.as_str()).collect();
         assert_eq!(paths, ["/val/b.png", "/val/cat/a.png"]);
+        assert!(
+            found.iter().all(|i| i.data == png),
+            "every image read whole"
+        );
         assert!(matches!(
             read_inputs(&root, "/val", 1),
             Err(ApiError::PayloadTooLarge(_))

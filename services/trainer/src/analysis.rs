@@ -194,21 +194,19 @@ impl Analysis {
             .await?;
         self.holds(held.index, &batch.model, &got.evicted);
 
-        let AnalyzeBatch {
-            images, top_k, ..
-        } = batch;
+        let AnalyzeBatch { images, top_k, .. } = batch;
         let model = got.model;
         let classified = tokio::task::spawn_blocking(move || {
             let bytes: Vec<&[u8]> = images.iter().map(|i| i.data.as_slice()).collect();
             let card = model.lock().unwrap_or_else(|p| p.into_inner()).card.clone();
             // Decoding needs no model: other requests use it meanwhile.
             let tensor = gantry_training::preprocess_for(&card, &bytes, &DatasetLimits::default())
-            .map_err(|(i, e)| {
-                failure(
-                    ErrorCode::BadRequest,
-                    format!("{} is not an image the model can read: {e}", images[i].path),
-                )
-            })?;
+                .map_err(|(i, e)| {
+                    failure(
+                        ErrorCode::BadRequest,
+                        format!("{} is not an image the model can read: {e}", images[i].path),
+                    )
+                })?;
             let model = model.lock().unwrap_or_else(|p| p.into_inner());
             let top = gantry_training::top_k(&model, &tensor, top_k as usize)
                 .map_err(|e| failure(ErrorCode::Internal, format!("classifying: {e}")))?;

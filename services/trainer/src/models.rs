@@ -216,9 +216,10 @@ impl ModelCache {
             .await
             .map_err(|e| unavailable(&e))?;
         let object = store.get(key).await.map_err(|e| match e.kind() {
-            jetstream::object_store::GetErrorKind::NotFound => {
-                failure(ErrorCode::NotFound, format!("the weights of {label} are missing"))
-            }
+            jetstream::object_store::GetErrorKind::NotFound => failure(
+                ErrorCode::NotFound,
+                format!("the weights of {label} are missing"),
+            ),
             _ => unavailable(&e),
         })?;
         let mut weights = Vec::new();
@@ -230,7 +231,9 @@ impl ModelCache {
         if weights.len() as u64 > self.budget {
             return Err(failure(
                 ErrorCode::Unavailable,
-                format!("{label} is larger than this node's model memory (GANTRY_ANALYSIS_CACHE_MB)"),
+                format!(
+                    "{label} is larger than this node's model memory (GANTRY_ANALYSIS_CACHE_MB)"
+                ),
             ));
         }
         let mismatch = |what: &str| {

@@ -176,10 +176,7 @@ impl Node {
             node_id: String::new(),
             settings: NodeSettings::default(),
             busy: Arc::new(Mutex::new(vec![None; workers])),
-            analysis: Arc::new(Mutex::new(vec![
-                AnalysisSlot::default();
-                analysis_workers
-            ])),
+            analysis: Arc::new(Mutex::new(vec![AnalysisSlot::default(); analysis_workers])),
             busy_changed: Arc::new(Notify::new()),
             health,
             plan,

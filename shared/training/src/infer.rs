@@ -165,7 +165,8 @@ pub fn preprocess_for(
     let per = 3 * (s as usize) * (s as usize);
     let mut pixels = Vec::with_capacity(per * images.len());
     for (i, bytes) in images.iter().enumerate() {
-        let one = crate::preprocess_image(bytes, s, &card.normalization, limits).map_err(|e| (i, e))?;
+        let one =
+            crate::preprocess_image(bytes, s, &card.normalization, limits).map_err(|e| (i, e))?;
         pixels.extend_from_slice(&one);
     }
     let s = i64::from(s);

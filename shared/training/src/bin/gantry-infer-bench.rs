@@ -125,7 +125,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let read_all = || -> std::io::Result<Vec<Vec<u8>>> { files.iter().map(fs::read).collect() };
     let bytes = read_all()?;
     let refs: Vec<&[u8]> = bytes.iter().map(Vec::as_slice).collect();
-    let pixels = preprocess_for(card, &refs, &limits).map_err(|(i, e)| format!("image {i}: {e}"))?;
+    let pixels =
+        preprocess_for(card, &refs, &limits).map_err(|(i, e)| format!("image {i}: {e}"))?;
 
     // The same pixels for PyTorch.
     let flat = Vec::<f32>::try_from(&pixels.flatten(0, -1))?;
