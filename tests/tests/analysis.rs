@@ -25,7 +25,10 @@ fn loads(metrics: &str) -> u64 {
 async fn a_trained_model_classifies_its_validation_images_as_training_scored_them_and_stays_loaded()
 {
     TestStack::run(Duration::from_secs(900), |mut stack| async move {
-        stack.short_heartbeats().set_env("GANTRY_TRAIN_HOLD", "600");
+        stack
+            .short_heartbeats()
+            .set_env("GANTRY_TRAIN_HOLD", "600")
+            .set_env("GANTRY_ANALYZE_PRICE", "2");
         stack.start_core().await;
         let node = stack.join_trainer("analysis-node").await;
         let root = stack.data_root.path().to_path_buf();
@@ -193,16 +196,53 @@ async fn a_trained_model_classifies_its_validation_images_as_training_scored_the
             )
             .await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
-        let (_, user_token) = stack.user("ana", 50).await;
-        let (status, v) = send(
-            stack
-                .http()
-                .post(format!("{}/api/analyze", stack.base_url()))
-                .bearer_auth(&user_token)
-                .json(&json!({"model": "Shapes", "input_path": "/val"})),
+
+        // A user analyses with their own model only, and pays 2 tokens an image (admins paid
+        // nothing above): enough for one pass over /val after training, not for two.
+        let n = results.len() as i64;
+        let (user_id, user_token) = stack.user("ana", 100 + 2 * n + 5).await;
+        let as_user = |path: &str, body: Value| {
+            send(
+                stack
+                    .http()
+                    .post(format!("{}{path}", stack.base_url()))
+                    .bearer_auth(&user_token)
+                    .json(&body),
+            )
+        };
+        let (status, v) = as_user(
+            "/api/analyze",
+            json!({"model": "Shapes", "input_path": "/val"}),
         )
         .await;
         assert_eq!(status, StatusCode::NOT_FOUND, "another user's model: {v}");
+        let (status, v) = as_user(
+            "/api/train",
+            json!({"output_model": "Mine", "train_path": "/shapes", "epochs": 1, "image_size": 32}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+        assert_eq!(stack.balance(user_id).await, 2 * n + 5);
+        let (status, v) = as_user(
+            "/api/analyze",
+            json!({"model": "Mine", "input_path": "/val"}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+        assert_eq!(v["model"], "Mine@1");
+        assert_eq!(v["results"].as_array().unwrap().len() as i64, n);
+        assert_eq!(
+            stack.balance(user_id).await,
+            5,
+            "2 tokens for each of {n} images"
+        );
+        let (status, v) = as_user(
+            "/api/analyze",
+            json!({"model": "Mine", "input_path": "/val"}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::PAYMENT_REQUIRED, "{v}");
+        assert_eq!(stack.balance(user_id).await, 5, "nothing charged");
 
         // With no node left to serve: 503 and when to try again.
         drop(node);
