@@ -112,6 +112,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     let model = load_model(&trained.card, &trained.weights, device)?;
     let card = &model.card;
+    // At most the classes, as top_k itself clamps.
+    let k = args.top_k.clamp(1, card.classes.len());
 
     let limits = DatasetLimits::default();
     let listing = Listing::scan(&data_dir, &limits)?;
@@ -141,7 +143,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "classes": card.classes,
         "base_width": card.base_width,
         "batch": INFER_BATCH,
-        "top_k": args.top_k,
+        "top_k": k,
     });
     fs::write(
         args.work_dir.join("meta.json"),
@@ -156,11 +158,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let bytes = read_all()?;
         let refs: Vec<&[u8]> = bytes.iter().map(Vec::as_slice).collect();
         let x = preprocess_for(card, &refs, &limits).map_err(|(i, e)| format!("image {i}: {e}"))?;
-        let top = top_k(&model, &x, args.top_k)?;
+        let top = top_k(&model, &x, k)?;
         end_to_end.push(n as f64 / start.elapsed().as_secs_f64());
 
         let start = Instant::now();
-        let again = top_k(&model, &pixels, args.top_k)?;
+        let again = top_k(&model, &pixels, k)?;
         inference.push(n as f64 / start.elapsed().as_secs_f64());
         agree = top
             .iter()
@@ -175,7 +177,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "samples": n,
         "image_size": card.image_size,
         "batch": INFER_BATCH,
-        "top_k": args.top_k,
+        "top_k": k,
         "passes": args.passes,
         "end_to_end_images_per_sec_per_pass": end_to_end,
         "end_to_end_images_per_sec": steady(&end_to_end),
