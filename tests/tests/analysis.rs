@@ -164,6 +164,54 @@ async fn a_trained_model_classifies_its_validation_images_as_training_scored_the
             "the model was loaded again"
         );
 
+        // The same from the command line.
+        let home = tempfile::tempdir().unwrap();
+        let cli = |format: &'static str| {
+            let mut c =
+                tokio::process::Command::new(gantry_testing::service::bin_dir().join("gantry"));
+            c.args([
+                "--output",
+                format,
+                "analyze",
+                "Shapes@1",
+                "/val/circle",
+                "--top-k",
+                "1",
+            ])
+            .env_remove("GANTRY_CONFIG")
+            .env_remove("GANTRY_STATE_DIR")
+            .env("HOME", home.path())
+            .env("GANTRY_URL", stack.base_url())
+            .env("GANTRY_TOKEN", ADMIN_TOKEN)
+            .current_dir(home.path());
+            c
+        };
+        let out = cli("json").output().await.unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["model"], "Shapes@1");
+        let listed = v["results"].as_array().unwrap();
+        assert!(!listed.is_empty());
+        assert!(
+            listed
+                .iter()
+                .all(|r| r["path"].as_str().unwrap().starts_with("/val/circle/")
+                    && r["top_k"].as_array().unwrap().len() == 1),
+            "{v}"
+        );
+        let out = cli("table").output().await.unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.starts_with("model Shapes@1:"),
+            "{text}"
+        );
+        assert!(text.contains("analysis-node"), "{text}");
+        assert_eq!(loads(&node.metrics().await), 1, "still loaded once");
+
         // Refusals: an unknown version, an input that is not an image (named), a path outside
         // the rules; users see only their own models.
         let (status, v) = stack
