@@ -170,16 +170,12 @@ impl ModelCache {
             }
             !same
         });
-        let mut total: u64 = entries.iter().map(|e| e.bytes).sum::<u64>() + entry.bytes;
-        while total > self.budget && !entries.is_empty() {
-            let oldest = entries
-                .iter()
-                .enumerate()
-                .min_by_key(|(_, e)| e.used)
-                .map(|(i, _)| i)
-                .unwrap_or(0);
-            let e = entries.remove(oldest);
-            total -= e.bytes;
+        let held: Vec<(u64, u64)> = entries.iter().map(|e| (e.bytes, e.used)).collect();
+        let mut victims = lru_victims(&held, entry.bytes, self.budget);
+        // Removed from the back, so the indices still to remove stay valid.
+        victims.sort_unstable_by(|a, b| b.cmp(a));
+        for i in victims {
+            let e = entries.remove(i);
             tracing::info!(model = %e.label, bytes = e.bytes, "model dropped from the cache");
             evicted.push(e.label);
         }
@@ -258,5 +254,43 @@ impl ModelCache {
             return Err(mismatch("their SHA-256 differs"));
         }
         Ok(weights)
+    }
+}
+
+/// Which of the models held (`(bytes, last used)` each) to drop, least recently used first, so
+/// that `incoming` bytes more stay within `budget`. The incoming model itself always stays.
+fn lru_victims(held: &[(u64, u64)], incoming: u64, budget: u64) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..held.len()).collect();
+    order.sort_by_key(|i| held[*i].1);
+    let mut total: u64 = held.iter().map(|h| h.0).sum::<u64>() + incoming;
+    let mut victims = Vec::new();
+    for i in order {
+        if total <= budget {
+            break;
+        }
+        total -= held[i].0;
+        victims.push(i);
+    }
+    victims
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lru_victims;
+
+    #[test]
+    fn the_least_recently_used_models_go_until_the_new_one_fits() {
+        // Three models of 40 bytes, used at ticks 5, 2 and 9, in a budget of 100.
+        let held = [(40, 5), (40, 2), (40, 9)];
+        assert_eq!(lru_victims(&held, 0, 120), Vec::<usize>::new());
+        assert_eq!(lru_victims(&held, 10, 120), vec![1]);
+        assert_eq!(lru_victims(&held, 50, 100), vec![1, 0]);
+    }
+
+    #[test]
+    fn a_model_larger_than_the_budget_empties_the_cache_but_stays() {
+        let held = [(40, 1), (40, 2)];
+        assert_eq!(lru_victims(&held, 500, 100), vec![0, 1]);
+        assert_eq!(lru_victims(&[], 500, 100), Vec::<usize>::new());
     }
 }
