@@ -10,6 +10,7 @@ use gantry_testing::{send, wait_until, TestStack, ADMIN_TOKEN};
 use gantry_training::dataset::{Dataset, LoadOptions};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
+use tokio::io::AsyncReadExt as _;
 
 /// `gantry_trainer_model_loads_total{outcome="loaded"}` in a trainer's metrics.
 fn loads(metrics: &str) -> u64 {
@@ -271,6 +272,47 @@ async fn a_trained_model_classifies_its_validation_images_as_training_scored_the
         .await;
         assert_eq!(status, StatusCode::OK, "{v}");
         assert_eq!(stack.balance(user_id).await, 2 * n + 5);
+
+        // Weights that no longer match their card are refused (409) and the charge refunded;
+        // put back, the same request goes through.
+        let key = v["model"]["weights_key"].as_str().unwrap().to_owned();
+        let models = async_nats::jetstream::new(stack.client().clone())
+            .get_object_store(gantry_contracts::jobs::MODELS_BUCKET)
+            .await
+            .unwrap();
+        let mut original = Vec::new();
+        models
+            .get(key.as_str())
+            .await
+            .unwrap()
+            .read_to_end(&mut original)
+            .await
+            .unwrap();
+        let mut tampered = original.clone();
+        let last = tampered.len() - 1;
+        tampered[last] ^= 0xff;
+        models
+            .put(key.as_str(), &mut tampered.as_slice())
+            .await
+            .unwrap();
+        let (status, v) = as_user(
+            "/api/analyze",
+            json!({"model": "Mine", "input_path": "/val"}),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CONFLICT, "{v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("does not match"),
+            "{v}"
+        );
+        assert_eq!(stack.balance(user_id).await, 2 * n + 5, "refunded");
+        models
+            .put(key.as_str(), &mut original.as_slice())
+            .await
+            .unwrap();
         let (status, v) = as_user(
             "/api/analyze",
             json!({"model": "Mine", "input_path": "/val"}),
