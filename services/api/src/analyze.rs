@@ -40,6 +40,8 @@ use crate::tags::ApiTags;
 const BATCH_TIMEOUT: Duration = Duration::from_secs(120);
 /// Deepest folder an input is searched to.
 const MAX_DEPTH: usize = 16;
+/// Most image bytes one request reads into memory.
+const MAX_REQUEST_BYTES: usize = 64 << 20;
 
 fn default_top_k() -> u32 {
     5
@@ -184,10 +186,23 @@ fn read_inputs(root: &DataRoot, input_path: &str, max_images: u32) -> ApiResult<
     }
     found.sort();
     let limits = DatasetLimits::default();
-    found
-        .into_iter()
-        .map(|(path, real)| read_one(&path, &real, &limits))
-        .collect()
+    let mut total = 0;
+    let mut inputs = Vec::with_capacity(found.len());
+    for (path, real) in found {
+        let input = read_one(&path, &real, &limits)?;
+        total += input.data.len();
+        if total > MAX_REQUEST_BYTES {
+            return Err(ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                format!(
+                    "the input's images add up to more than {} MiB, the most one request analyses; analyse it in parts",
+                    MAX_REQUEST_BYTES >> 20
+                ),
+            ));
+        }
+        inputs.push(input);
+    }
+    Ok(inputs)
 }
 
 fn too_many(max_images: u32) -> ApiError {
