@@ -69,6 +69,12 @@ pub enum Command {
         gantry train /datasets/shapes --output-model Shapes --epochs 20 --image-size 32 --driver cuda\n  \
         gantry train /datasets/shapes --output-model Shapes     # queue it and return; then: gantry jobs follow ID")]
     Train(TrainArgs),
+    /// Classify an image, or a folder of images under the data root, with a trained model
+    #[command(after_help = "Examples:\n  \
+        gantry analyze Shapes /datasets/shapes/circle/circle_0001.png\n  \
+        gantry analyze Shapes@2 /datasets/new --top-k 1\n  \
+        gantry analyze Shapes /datasets/new --owner 7 --output json   # admins: another user's model")]
+    Analyze(AnalyzeArgs),
     /// Training jobs: list, show, cancel, follow
     #[command(subcommand)]
     Jobs(JobsCmd),
@@ -307,6 +313,20 @@ pub struct TrainArgs {
     /// goes on)
     #[arg(long)]
     pub follow: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct AnalyzeArgs {
+    /// The model: NAME (its latest version) or NAME@VERSION
+    pub model: String,
+    /// An image, or a folder of images, under the data root
+    pub path: String,
+    /// Labels per image, most probable first (1-100; server default 5)
+    #[arg(long)]
+    pub top_k: Option<u32>,
+    /// Admins: the user id owning the model, when several users have one of that name
+    #[arg(long)]
+    pub owner: Option<i64>,
 }
 
 #[derive(Subcommand, Debug)]

@@ -11,6 +11,7 @@ use std::process::ExitCode;
 
 use clap::CommandFactory;
 use futures::StreamExt;
+use gantry_contracts::analysis::AnalyzeResult;
 use gantry_contracts::auth::{ApiToken, ApiTokenList, LedgerEntry, User, UserList};
 use gantry_contracts::jobs::{
     JobRecord, JobStatus, JobSummary, ModelDetail, ModelList, ModelVersion,
@@ -52,6 +53,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
                 Command::Nodes(c) => ctx.nodes(c).await,
                 Command::Browse(a) => ctx.browse(a).await,
                 Command::Train(a) => ctx.train(a).await,
+                Command::Analyze(a) => ctx.analyze(a).await,
                 Command::Jobs(c) => ctx.jobs(c).await,
                 Command::Models(c) => ctx.models(c).await,
                 Command::Login(_) | Command::Completions { .. } => unreachable!("handled above"),
@@ -730,6 +732,44 @@ impl Ctx {
             output::print(&serde_json::to_string(&queued).map_err(|e| Error::msg(e.to_string()))?)?;
         }
         self.follow(prefix, &queued.job_id).await
+    }
+
+    // ---- analysis ----
+
+    async fn analyze(&self, a: AnalyzeArgs) -> Result<ExitCode> {
+        let prefix = self.prefix().await?;
+        let mut body = json!({"model": a.model, "input_path": a.path});
+        if let Some(k) = a.top_k {
+            body["top_k"] = json!(k);
+        }
+        if let Some(owner) = a.owner {
+            body["owner"] = json!(owner);
+        }
+        let out: AnalyzeResult = self
+            .client
+            .send_json(Method::POST, &format!("{prefix}/analyze"), &body)
+            .await?;
+        self.json_or(&out, |r| {
+            let rows: Vec<Vec<String>> = r
+                .results
+                .iter()
+                .map(|i| {
+                    let labels: Vec<String> = i
+                        .top_k
+                        .iter()
+                        .map(|p| format!("{} {:.1}%", p.label, p.probability * 100.0))
+                        .collect();
+                    vec![i.path.clone(), labels.join(", "), i.node.clone()]
+                })
+                .collect();
+            format!(
+                "model {}: {} images\n{}",
+                r.model,
+                r.results.len(),
+                output::table(&["PATH", "LABELS", "NODE"], &rows)
+            )
+        })?;
+        Ok(ExitCode::SUCCESS)
     }
 
     async fn follow(&self, prefix: &str, id: &str) -> Result<ExitCode> {

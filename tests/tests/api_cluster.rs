@@ -85,10 +85,15 @@ async fn cluster_tokens_clients_nodes_and_set_driver_answer_in_the_pages_shapes(
             client["gpu_info"],
             json!({"cuda_available": false, "rocm_available": false, "cuda_devices": 0, "rocm_devices": 0, "available_backends": ["cpu"]})
         );
-        assert_eq!(client["processes"].as_array().unwrap().len(), 2);
+        // Two training slots, then the one analysis worker (GANTRY_ANALYSIS_WORKERS' default).
+        assert_eq!(client["processes"].as_array().unwrap().len(), 3);
         assert_eq!(
             client["processes"][0],
             json!({"name": "train_cpu", "status": "active", "weight": 10, "model": null})
+        );
+        assert_eq!(
+            client["processes"][2],
+            json!({"name": "analysis_cpu", "status": "active", "weight": 10, "model": null})
         );
         assert!(client["connected_at"].is_f64() && client["last_seen"].is_f64());
 

@@ -45,8 +45,8 @@ async fn a_joined_node_appears_in_both_listings_with_its_inventory() {
         assert!(!node.gpu_info.cuda_available && !node.gpu_info.rocm_available);
         assert_eq!(node.driver, Driver::Cpu);
         assert_eq!(node.driver_preference, None);
-        assert_eq!(node.processes.len(), 2);
-        for p in &node.processes {
+        assert_eq!(node.processes.iter().filter(|p| p.is_training()).count(), 2);
+        for p in node.processes.iter().filter(|p| p.is_training()) {
             assert_eq!(
                 (
                     p.name.as_str(),
@@ -107,7 +107,11 @@ async fn a_joined_node_appears_in_both_listings_with_its_inventory() {
         assert_eq!(c.hostname, "worker1.example.com");
         assert!(c.connected && c.connected_at > 1.6e9 && c.last_seen >= c.connected_at);
         assert_eq!(c.gpu_info, node.gpu_info);
-        assert_eq!(c.processes.len(), 2);
+        assert_eq!(
+            c.processes.len(),
+            3,
+            "two training slots and an analysis worker"
+        );
         let raw: serde_json::Value = stack
             .registry_call(ep::CLIENTS, &serde_json::json!({}))
             .await
@@ -292,8 +296,8 @@ async fn set_driver_survives_the_nodes_restart_and_the_registrys_kill_9() {
         let unavailable = |n: &gantry_contracts::registry::ClusterNode| {
             n.connected
                 && n.driver_preference == Some(Driver::Cuda)
-                && n.processes.len() == 2
-                && n.processes.iter().all(|p| {
+                && n.processes.iter().filter(|p| p.is_training()).count() == 2
+                && n.processes.iter().filter(|p| p.is_training()).all(|p| {
                     p.status == "unavailable" && p.name == "train_cuda" && p.reason.is_some()
                 })
         };
@@ -334,6 +338,7 @@ async fn set_driver_survives_the_nodes_restart_and_the_registrys_kill_9() {
                 n.driver_preference.is_none()
                     && n.processes
                         .iter()
+                        .filter(|p| p.is_training())
                         .all(|p| p.status == "active" && p.name == "train_cpu")
             })
             .await;

@@ -65,7 +65,7 @@ async fn oversized_registrations_heartbeats_and_announcements_are_refused_and_ev
             )
             .await
             .unwrap();
-        let processes: Vec<serde_json::Value> = (0..=MAX_WORKERS)
+        let processes: Vec<serde_json::Value> = (0..=2 * MAX_WORKERS)
             .map(|_| serde_json::json!({"name": "train_cpu", "status": "active", "weight": 10}))
             .collect();
         let crowded = serde_json::json!({

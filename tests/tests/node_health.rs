@@ -42,7 +42,9 @@ async fn a_node_failing_its_health_check_takes_no_job_says_why_and_takes_it_once
                 n.unhealthy.as_deref() == Some(WHY)
             })
             .await;
-        assert_eq!(listed.processes.len(), 1);
+        // The training slot and the analysis worker both take nothing new.
+        assert_eq!(listed.processes.len(), 2);
+        assert_eq!(listed.processes[1].status, "unavailable");
         assert_eq!(listed.processes[0].status, "unavailable");
         assert_eq!(
             listed.processes[0].reason.as_deref(),

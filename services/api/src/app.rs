@@ -6,6 +6,7 @@ use poem::{Body, Endpoint, EndpointExt, IntoResponse, Request, Response, Route};
 use poem_openapi::OpenApiService;
 use tracing::Instrument;
 
+use crate::analyze::AnalyzeApi;
 use crate::browse::BrowseApi;
 use crate::cluster::ClusterApi;
 use crate::datasets::DatasetsApi;
@@ -34,6 +35,7 @@ pub type Apis = Aliased<(
     SessionApi,
     TokensApi,
     DatasetsApi,
+    AnalyzeApi,
 )>;
 
 /// The OpenAPI service of every group.
@@ -50,7 +52,8 @@ pub fn api_service(state: AppState, hold: std::time::Duration) -> OpenApiService
             JobsApi(state.clone()),
             SessionApi(state.clone()),
             TokensApi(state.clone()),
-            DatasetsApi(state),
+            DatasetsApi(state.clone()),
+            AnalyzeApi { state },
         )),
         "Gantry API",
         env!("CARGO_PKG_VERSION"),

@@ -11,8 +11,9 @@
 //! - [`error`]: the error type of every operation and the envelope.
 //! - [`docs`]: the OpenAPI spec, Swagger UI, the rendered admin page, `/api/admin` aliases.
 //! - [`data_path`]: the data-root path rules, one function for browse, training and analysis.
-//! - One module per feature: [`browse`], [`train`], [`jobs`], [`users`], [`cluster`], [`session`], [`tokens`].
+//! - One module per feature: [`browse`], [`train`], [`analyze`], [`jobs`], [`users`], [`cluster`], [`session`], [`tokens`].
 
+pub mod analyze;
 pub mod app;
 pub mod auth;
 pub mod browse;

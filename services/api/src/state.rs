@@ -44,6 +44,10 @@ pub struct Limits {
     /// The longest a submission may take from its charge to recording its job: half of
     /// `GANTRY_RECONCILE_GRACE`, after which the reconciler refunds a charge with no job.
     pub record_deadline: std::time::Duration,
+    /// `GANTRY_ANALYZE_PRICE`: credit tokens a user pays per analysed image.
+    pub analyze_price: i64,
+    /// `GANTRY_ANALYZE_MAX_IMAGES`: the most images one analysis request may name.
+    pub analyze_max_images: u32,
 }
 
 impl AppState {
@@ -67,6 +71,8 @@ impl AppState {
                 dataset_bytes: config.max_dataset_bytes,
                 dataset_retention: config.dataset_retention,
                 record_deadline: config.reconcile_grace / 2,
+                analyze_price: config.analyze_price,
+                analyze_max_images: config.analyze_max_images,
             },
         })
     }

@@ -23,4 +23,7 @@ pub enum ApiTags {
     /// Training jobs and the models they make.
     #[oai(rename = "Training")]
     Training,
+    /// Classifying images with trained models on the nodes' analysis workers.
+    #[oai(rename = "Analysis")]
+    Analysis,
 }

@@ -35,6 +35,8 @@ async fn spec() -> Value {
             dataset_bytes: 1 << 30,
             dataset_retention: std::time::Duration::from_secs(3600),
             record_deadline: std::time::Duration::from_secs(150),
+            analyze_price: 0,
+            analyze_max_images: 256,
         },
     };
     let text = api_service(state, std::time::Duration::from_secs(1)).spec();

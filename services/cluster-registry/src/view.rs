@@ -161,7 +161,7 @@ impl Node {
         }
         self.processes
             .iter()
-            .filter(|p| p.status == process_status::ACTIVE)
+            .filter(|p| p.is_training() && p.status == process_status::ACTIVE)
             .count() as u32
     }
 
@@ -505,6 +505,7 @@ impl View {
             .filter(|n| {
                 !n.processes
                     .iter()
+                    .filter(|p| p.is_training())
                     .all(|p| p.status == process_status::UNAVAILABLE)
             })
             .collect();
@@ -517,6 +518,7 @@ impl View {
                     && !n
                         .processes
                         .iter()
+                        .filter(|p| p.is_training())
                         .all(|p| p.status == process_status::UNAVAILABLE)
             }) {
                 // An admin's pause, not a missing node: the job waits for the undrain.

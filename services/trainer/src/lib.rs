@@ -17,17 +17,21 @@
 //! - [`outcome`]: the outcome policy: which end a run came to, which failures are the data's.
 //! - [`training`]: the blocking side of a run: load the dataset, train, hand progress over.
 //! - [`report`]: events, metrics and the model card in the contract's terms.
+//! - [`analysis`]: the analysis workers: classify images with a trained model, answering the
+//!   api on this node's `gantry.node.<id>.analyze`; [`models`]: their loaded-model cache.
 //! - [`cache`]: the dataset cache: fetch, verify, unpack, least-recently-used eviction.
 //! - [`checkpoint`]: a job's checkpoint in the models bucket: read, write, delete.
 //!
 //! Job events go out through `gantry_runtime::events`.
 
+pub mod analysis;
 pub mod cache;
 pub mod checkpoint;
 pub mod control;
 pub mod drain;
 pub mod health;
 pub mod inventory;
+pub mod models;
 pub mod node;
 pub mod outcome;
 pub mod report;

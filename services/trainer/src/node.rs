@@ -14,8 +14,8 @@ use async_nats::Client;
 use futures::StreamExt;
 use gantry_contracts::error::{ErrorCode, ServiceFailure};
 use gantry_contracts::registry::{
-    plan_processes, Driver, Heartbeat, Inventory, NodeControl, NodeName, NodeSettings,
-    RegisterNode, Registered,
+    plan_analysis_processes, plan_processes, AnalysisSlot, Driver, Heartbeat, Inventory,
+    NodeControl, NodeName, NodeSettings, RegisterNode, Registered,
 };
 use gantry_contracts::subjects;
 use gantry_runtime::retry;
@@ -45,6 +45,8 @@ pub struct NodeConfig {
     pub weight: u32,
     /// Worker slots.
     pub workers: u32,
+    /// Analysis workers.
+    pub analysis_workers: u32,
     /// The cluster token.
     pub token: SecretString,
     /// Seconds between heartbeats.
@@ -72,6 +74,8 @@ pub struct Node {
     settings: NodeSettings,
     /// Per worker: the model it trains, or `None` when idle (filled by the job consumers).
     busy: Arc<Mutex<Vec<Option<String>>>>,
+    /// Per analysis worker: busy or not, and the model it holds (filled by [`crate::analysis`]).
+    analysis: Arc<Mutex<Vec<AnalysisSlot>>>,
     /// Woken by the job consumers when a slot is taken or freed: heartbeat at once.
     busy_changed: Arc<Notify>,
     /// The GPUs' figures and the node's health check, as last read.
@@ -159,6 +163,7 @@ impl Node {
         shutdown: &CancellationToken,
     ) -> Result<Self, JoinError> {
         let workers = config.workers as usize;
+        let analysis_workers = config.analysis_workers as usize;
         let (plan, _) = watch::channel(WorkerPlan {
             driver: inventory.gpu_info.best(),
             accepting: true,
@@ -171,6 +176,7 @@ impl Node {
             node_id: String::new(),
             settings: NodeSettings::default(),
             busy: Arc::new(Mutex::new(vec![None; workers])),
+            analysis: Arc::new(Mutex::new(vec![AnalysisSlot::default(); analysis_workers])),
             busy_changed: Arc::new(Notify::new()),
             health,
             plan,
@@ -206,6 +212,11 @@ impl Node {
     /// Per-worker busy slots, for the job consumers to fill.
     pub fn busy_slots(&self) -> Arc<Mutex<Vec<Option<String>>>> {
         self.busy.clone()
+    }
+
+    /// Per analysis worker, for [`crate::analysis::Analysis`] to fill.
+    pub fn analysis_slots(&self) -> Arc<Mutex<Vec<AnalysisSlot>>> {
+        self.analysis.clone()
     }
 
     /// Notify this when [`Node::busy_slots`] changed, so the registry hears it before the next
@@ -249,12 +260,23 @@ impl Node {
     fn heartbeat(&self, stopping: bool) -> Heartbeat {
         let busy = self.busy.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let health = self.health.borrow().clone();
-        let (driver, processes) = plan_processes(
+        let (driver, mut processes) = plan_processes(
             &self.inventory.gpu_info,
             &self.settings,
             &busy,
             health.unhealthy.as_deref(),
         );
+        let analysis = self
+            .analysis
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        processes.extend(plan_analysis_processes(
+            &self.inventory.gpu_info,
+            &self.settings,
+            &analysis,
+            health.unhealthy.as_deref(),
+        ));
         Heartbeat {
             node_id: self.node_id.clone(),
             busy_slots: busy.iter().filter(|b| b.is_some()).count() as u32,

@@ -9,7 +9,9 @@ use gantry_runtime::health::{self, Readiness};
 use gantry_runtime::{nats, Config};
 use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
+use crate::analysis::{Analysis, AnalysisConfig};
 use crate::health::Monitor;
 use crate::inventory;
 use crate::node::{self, JoinError, Node, NodeConfig};
@@ -73,6 +75,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         ip_address: node::local_ip(&config.nats_url),
         weight: config.node_weight,
         workers: config.workers,
+        analysis_workers: config.analysis_workers,
         token,
         heartbeat_interval: config.heartbeat_interval,
     };
@@ -122,6 +125,23 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                     }
                 }
             });
+            let analysis_tasks = TaskTracker::new();
+            let analysis = Analysis::new(
+                client.clone(),
+                &AnalysisConfig {
+                    node_name: hostname.to_string(),
+                    node_id: node.node_id().to_owned(),
+                    cache_bytes: (config.analysis_cache_mb * 1024.0 * 1024.0) as u64,
+                },
+                node.analysis_slots(),
+                node.busy_changed(),
+                node.plan(),
+            );
+            if config.analysis_workers > 0 {
+                analysis
+                    .serve(&service, node.node_id(), &shutdown, &analysis_tasks)
+                    .await?;
+            }
             let jobs = tokio::spawn(workers.run(node.plan(), shutdown.clone()));
             let result = node.run(shutdown.clone()).await;
             // Leaving on our own (token revoked) stops the jobs too: they are handed back.
@@ -132,6 +152,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             {
                 tracing::warn!("the job workers did not stop in time");
             }
+            gantry_runtime::endpoint::drain(&analysis_tasks, worker::SHUTDOWN_GRACE).await;
             result
         }
         Err(JoinError::Stopped) => Ok(()),

@@ -9,7 +9,9 @@
 //!   another's replies (a login's session, a verify's principal);
 //! - a node may publish only on its own subjects (`gantry.node.<id>.heartbeat`,
 //!   `gantry.node.<id>.drain`, `gantry.events.node.<id>.job.*`) and reads only its own control
-//!   and heartbeat subjects and its inbox; it writes the uploads bucket, never the models bucket.
+//!   control, heartbeat and analysis subjects and its inbox; it writes the uploads bucket, never
+//!   the models bucket, which it only reads (its analysis workers load listed weights);
+//! - only the api sends analysis requests (`gantry.node.<id>.analyze`).
 
 use gantry_contracts::{auth, jobs, subjects};
 use serde::Serialize;
@@ -153,6 +155,8 @@ pub fn role(role: Role) -> Permissions {
                 &registry_requests,
                 "gantry.jobs.train.*",
                 "gantry.jobs.analyze.*",
+                // Analysis requests to the node it picked (answered to its inbox).
+                subjects::NODE_ANALYZE_ALL,
                 // Datasets in, models out, job events for its streams.
                 "$JS.API.>",
                 "$JS.FC.>",
@@ -221,12 +225,16 @@ pub fn node(node_id: &str, inbox: &str) -> Permissions {
     ];
     publish.extend(read_objects(jobs::DATASETS_BUCKET));
     publish.extend(read_objects(jobs::UPLOADS_BUCKET));
+    // Its analysis workers load listed models' weights (reading, never writing).
+    publish.extend(read_objects(jobs::MODELS_BUCKET));
     Permissions {
         publish,
         publish_deny: vec![],
         subscribe: [
             vec![
                 subjects::node_control(node_id),
+                // Analysis requests the api sends this node, and only this node.
+                subjects::node_analyze(node_id),
                 // `gantry-trainer drain` waits on its own node's heartbeats for the hand-back.
                 subjects::node_heartbeat(node_id),
                 jobs::CANCEL_SUBJECTS.into(),
@@ -340,11 +348,27 @@ mod tests {
         assert!(!n.may_publish("$JS.API.STREAM.DELETE.GANTRY_JOBS"));
         assert!(!n.may_publish("$JS.API.STREAM.PURGE.GANTRY_JOBS"));
         assert!(!n.may_publish("gantry.jobs.train.cuda"));
-        // Listed models are the registry's alone.
+        // Listed models are the registry's alone to write; analysis workers only read them.
         assert!(!n.may_publish("$O.gantry-models.M.x"));
+        assert!(!n.may_publish("$O.gantry-models.C.x"));
         assert!(!n.may_publish("$JS.API.STREAM.PURGE.OBJ_gantry-models"));
-        assert!(!n.may_publish("$JS.API.DIRECT.GET.OBJ_gantry-models.x"));
+        assert!(!n.may_publish("$JS.API.STREAM.DELETE.OBJ_gantry-models"));
+        assert!(n.may_publish("$JS.API.DIRECT.GET.OBJ_gantry-models.x"));
         assert!(n.may_publish("$O.gantry-uploads.C.x"));
+    }
+
+    #[test]
+    fn only_the_api_sends_analysis_requests_and_a_node_hears_only_its_own() {
+        let subject = subjects::node_analyze(NODE);
+        for r in Role::ALL {
+            assert_eq!(role(r).may_publish(&subject), r == Role::Api, "{r:?}");
+            assert!(!role(r).may_subscribe(&subject), "{r:?}");
+        }
+        let n = node(NODE, "_INBOX_Nabc");
+        assert!(n.may_subscribe(&subject));
+        assert!(!n.may_subscribe(&subjects::node_analyze("other")));
+        assert!(!n.may_publish(&subjects::node_analyze("other")));
+        assert!(!n.may_publish(&subject));
     }
 
     #[test]

@@ -18,6 +18,7 @@
 //!
 //! ## Layout
 //! - [`subjects`]: subject names and builders.
+//! - [`analysis`]: classifying images with a trained model on the nodes.
 //! - [`services`]: the NATS micro-service names each binary registers under.
 //! - [`error`]: error codes and payloads.
 //! - [`auth`]: messages of the `gantry.auth.v1.*` endpoints.
@@ -35,6 +36,7 @@
 //! descriptions are those the admin page has always published (`#[oai(rename = "...")]`), so
 //! the document is unchanged for its seven endpoints.
 
+pub mod analysis;
 pub mod auth;
 pub mod error;
 #[cfg(feature = "openapi")]

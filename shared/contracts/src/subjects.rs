@@ -106,3 +106,13 @@ pub const NODE_DRAINS: &str = "gantry.node.*.drain";
 pub fn node_drain(node_id: &str) -> String {
     format!("gantry.node.{node_id}.drain")
 }
+
+/// Every node's analysis subject (the api publishes analysis requests under it).
+pub const NODE_ANALYZE_ALL: &str = "gantry.node.*.analyze";
+
+/// Where the api asks node `node_id` to classify images: [`crate::analysis::AnalyzeBatch`], a
+/// request answered with [`crate::analysis::AnalyzeBatchResult`] or a service error. Only the api
+/// publishes here; the node subscribes to its own only.
+pub fn node_analyze(node_id: &str) -> String {
+    format!("gantry.node.{node_id}.analyze")
+}

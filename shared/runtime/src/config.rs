@@ -77,6 +77,17 @@ pub struct Config {
     pub node_weight: u32,
     /// `GANTRY_WORKERS` (default 1).
     pub workers: u32,
+    /// `GANTRY_ANALYSIS_WORKERS`: a trainer's analysis workers, requests it classifies at once
+    /// (default 1; 0 serves none).
+    pub analysis_workers: u32,
+    /// `GANTRY_ANALYSIS_CACHE_MB`: the memory a trainer's loaded models may take, on the GPU
+    /// when there is one (default 2048); least recently used models are dropped beyond it.
+    pub analysis_cache_mb: f64,
+    /// `GANTRY_ANALYZE_PRICE`: credit tokens a user pays per analysed image (default 0; admins
+    /// pay nothing).
+    pub analyze_price: i64,
+    /// `GANTRY_ANALYZE_MAX_IMAGES`: the most images one analysis request may name (default 256).
+    pub analyze_max_images: u32,
     /// `GANTRY_HEARTBEAT_INTERVAL` seconds (default 5).
     pub heartbeat_interval: Duration,
     /// `GANTRY_HEALTH_CHECK`: a trainer's own health check, a command run with `sh -c`; when it
@@ -415,6 +426,10 @@ impl Config {
             node_name: var("GANTRY_NODE_NAME"),
             node_weight: number("GANTRY_NODE_WEIGHT", 100u32, 1, 1_000_000)?,
             workers: number("GANTRY_WORKERS", 1u32, 1, 256)?,
+            analysis_workers: number("GANTRY_ANALYSIS_WORKERS", 1u32, 0, 256)?,
+            analysis_cache_mb: number("GANTRY_ANALYSIS_CACHE_MB", 2048.0f64, 1.0, 10_000_000.0)?,
+            analyze_price: number("GANTRY_ANALYZE_PRICE", 0i64, 0, 1_000_000)?,
+            analyze_max_images: number("GANTRY_ANALYZE_MAX_IMAGES", 256u32, 1, 100_000)?,
             heartbeat_interval: Duration::from_millis(
                 (number("GANTRY_HEARTBEAT_INTERVAL", 5.0f64, 0.05, 3600.0)? * 1000.0) as u64,
             ),

@@ -165,6 +165,29 @@ pub static TRAINER_SAMPLES_PER_SECOND: LazyLock<Gauge> = LazyLock::new(|| {
     .expect("gantry_trainer_samples_per_second registers once")
 });
 
+/// `gantry_trainer_model_loads_total{outcome}`: model versions an analysis worker fetched and
+/// loaded (`loaded`) or could not (`refused`: weights that do not match their card); a cached
+/// model is not counted again.
+pub static TRAINER_MODEL_LOADS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "gantry_trainer_model_loads_total",
+        "Model versions this trainer's analysis workers loaded from the model store, by outcome (loaded, refused).",
+        &["outcome"]
+    )
+    .expect("gantry_trainer_model_loads_total registers once")
+});
+
+/// `gantry_trainer_analyzed_images_total{outcome}`: images this trainer's analysis workers
+/// classified (`ok`) or refused (`bad_request`, `conflict`, ...).
+pub static TRAINER_ANALYZED_IMAGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "gantry_trainer_analyzed_images_total",
+        "Images this trainer's analysis workers classified (ok) or refused, by outcome.",
+        &["outcome"]
+    )
+    .expect("gantry_trainer_analyzed_images_total registers once")
+});
+
 /// `gantry_trainer_dataset_cache_bytes`: the dataset cache's size after the latest fetch.
 pub static TRAINER_CACHE_BYTES: LazyLock<IntGauge> = LazyLock::new(|| {
     register_int_gauge!(
@@ -244,6 +267,8 @@ pub fn init_trainer() {
     LazyLock::force(&TRAINER_JOBS);
     LazyLock::force(&TRAINER_SAMPLES_PER_SECOND);
     LazyLock::force(&TRAINER_CACHE_BYTES);
+    LazyLock::force(&TRAINER_MODEL_LOADS);
+    LazyLock::force(&TRAINER_ANALYZED_IMAGES);
 }
 
 /// The route label of a request path: each segment kept when it is one of `known` (the static
@@ -283,7 +308,7 @@ pub fn render() -> String {
 pub fn family_names() -> std::collections::BTreeSet<String> {
     use prometheus::core::Collector;
     let gpu = &*GPU;
-    let collectors: [&dyn Collector; 25] = [
+    let collectors: [&dyn Collector; 27] = [
         &*NATS_REQUESTS,
         &*NATS_REQUEST_SECONDS,
         &*HTTP_REQUESTS,
@@ -299,6 +324,8 @@ pub fn family_names() -> std::collections::BTreeSet<String> {
         &*TRAINER_JOBS,
         &*TRAINER_SAMPLES_PER_SECOND,
         &*TRAINER_CACHE_BYTES,
+        &*TRAINER_MODEL_LOADS,
+        &*TRAINER_ANALYZED_IMAGES,
         &gpu.utilization,
         &gpu.memory_used,
         &gpu.memory_total,

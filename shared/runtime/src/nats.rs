@@ -185,6 +185,17 @@ pub async fn request<Req: Serialize, Resp: DeserializeOwned>(
     subject: String,
     req: &Req,
 ) -> Result<Resp, ServiceFailure> {
+    request_within(client, subject, req, REQUEST_TIMEOUT).await
+}
+
+/// [`request`], waiting up to `timeout` for the reply (work that takes longer than a lookup,
+/// such as classifying images on a node).
+pub async fn request_within<Req: Serialize, Resp: DeserializeOwned>(
+    client: &Client,
+    subject: String,
+    req: &Req,
+    timeout: Duration,
+) -> Result<Resp, ServiceFailure> {
     let span = tracing::info_span!(
         "nats.request",
         otel.name = format!("send {subject}"),
@@ -198,8 +209,12 @@ pub async fn request<Req: Serialize, Resp: DeserializeOwned>(
         let payload = serde_json::to_vec(req).map_err(|e| {
             ServiceFailure::new(ErrorCode::Internal, format!("encoding request: {e}"))
         })?;
+        let request = async_nats::Request::new()
+            .headers(traced_headers())
+            .payload(payload.into())
+            .timeout(Some(timeout));
         let reply = client
-            .request_with_headers(subject.clone(), traced_headers(), payload.into())
+            .send_request(subject.clone(), request)
             .await
             .map_err(|e| {
                 use async_nats::client::RequestErrorKind;

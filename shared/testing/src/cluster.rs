@@ -163,8 +163,8 @@ impl TestStack {
         }
     }
 
-    /// Wait until a heartbeat sent after this call shows every worker of `hostname` idle (active,
-    /// no model). A trainer frees a worker only after everything its job published, so this
+    /// Wait until a heartbeat sent after this call shows every training slot of `hostname` idle
+    /// (active, no model). A trainer frees a worker only after everything its job published, so this
     /// proves the node is done with its jobs.
     pub async fn wait_idle(&self, hostname: &str) -> ClusterNode {
         let since = unix_now();
@@ -173,6 +173,7 @@ impl TestStack {
                 && n.last_seen > since
                 && n.processes
                     .iter()
+                    .filter(|p| p.is_training())
                     .all(|p| p.status == "active" && p.model.is_none())
         })
         .await

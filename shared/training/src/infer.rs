@@ -99,3 +99,76 @@ pub fn predict(model: &LoadedModel, images: &Tensor) -> Result<Vec<usize>, Train
     })?;
     Ok(out)
 }
+
+/// Images per forward pass when classifying.
+pub const INFER_BATCH: i64 = 64;
+
+/// The `k` most probable classes of each of `images` (`[N, 3, S, S]`, preprocessed as the card
+/// says): per image, `(class index, softmax probability)` pairs, most probable first (at most
+/// the number of classes). Evaluation mode, no gradients, [`INFER_BATCH`] images per pass on the
+/// model's device.
+pub fn top_k(
+    model: &LoadedModel,
+    images: &Tensor,
+    k: usize,
+) -> Result<Vec<Vec<(usize, f64)>>, TrainError> {
+    let s = i64::from(model.card.image_size);
+    let size = images.size();
+    if size.len() != 4 || size[1] != 3 || size[2] != s || size[3] != s {
+        return Err(TrainError::InvalidConfig(format!(
+            "expected images shaped [N, 3, {s}, {s}], got {size:?}"
+        )));
+    }
+    let k = k.clamp(1, model.card.classes.len().max(1)) as i64;
+    let n = size[0];
+    let mut out = Vec::with_capacity(n as usize);
+    tch::no_grad(|| -> Result<(), TrainError> {
+        let mut start = 0;
+        while start < n {
+            let len = (n - start).min(INFER_BATCH);
+            let batch = images
+                .f_narrow(0, start, len)?
+                .f_to_kind(Kind::Float)?
+                .f_to_device(model.device)?;
+            let probs = model
+                .net
+                .forward_t(&batch, false)
+                .f_softmax(-1, Kind::Float)?;
+            let (values, indices) = probs.f_topk(k, -1, true, true)?;
+            let values = Vec::<f32>::try_from(&values.f_to_device(Device::Cpu)?.f_flatten(0, -1)?)?;
+            let indices =
+                Vec::<i64>::try_from(&indices.f_to_device(Device::Cpu)?.f_flatten(0, -1)?)?;
+            for (v, i) in values.chunks(k as usize).zip(indices.chunks(k as usize)) {
+                out.push(
+                    i.iter()
+                        .zip(v)
+                        .map(|(i, v)| (*i as usize, f64::from(*v)))
+                        .collect(),
+                );
+            }
+            start += len;
+        }
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Preprocesses encoded images exactly as the card says (the checks, decoding, resize and
+/// normalisation of [`crate::Dataset::load`]) into one `[N, 3, S, S]` CPU tensor. The error
+/// names the index of the first image that is not one.
+pub fn preprocess_for(
+    card: &ModelCard,
+    images: &[&[u8]],
+    limits: &crate::DatasetLimits,
+) -> Result<Tensor, (usize, crate::DatasetError)> {
+    let s = card.image_size;
+    let per = 3 * (s as usize) * (s as usize);
+    let mut pixels = Vec::with_capacity(per * images.len());
+    for (i, bytes) in images.iter().enumerate() {
+        let one =
+            crate::preprocess_image(bytes, s, &card.normalization, limits).map_err(|e| (i, e))?;
+        pixels.extend_from_slice(&one);
+    }
+    let s = i64::from(s);
+    Ok(Tensor::from_slice(&pixels).view([images.len() as i64, 3, s, s]))
+}

@@ -78,7 +78,7 @@ pub use device::{available_drivers, gpu_runtime, pick_device, DeviceError, GpuRu
 #[cfg(feature = "torch")]
 pub use error::TrainError;
 #[cfg(feature = "torch")]
-pub use infer::{load_model, predict, LoadedModel};
+pub use infer::{load_model, predict, preprocess_for, top_k, LoadedModel};
 #[cfg(feature = "torch")]
 pub use model::{NetConfig, ResNet, ARCHITECTURE};
 #[cfg(feature = "torch")]

@@ -86,7 +86,8 @@ impl Heartbeat {
     /// Within the bounds above.
     pub fn check(&self) -> Result<(), String> {
         check_text("node_id", &self.node_id)?;
-        if self.busy_slots > MAX_WORKERS || self.processes.len() > MAX_WORKERS as usize {
+        // Training slots and analysis workers, each up to MAX_WORKERS.
+        if self.busy_slots > MAX_WORKERS || self.processes.len() > 2 * MAX_WORKERS as usize {
             return Err(format!("more than {MAX_WORKERS} workers"));
         }
         if self.gpu_stats.len() > MAX_GPUS {

@@ -12,7 +12,8 @@ use super::{Driver, GpuInfo, NodeSettings};
 #[cfg_attr(feature = "openapi", oai(rename = "ProcessOut"))]
 pub struct Process {
     /// `train_cuda`, `train_rocm` or `train_cpu`.
-    // `train_<backend>`.
+    // `train_<backend>` for a training slot, `analysis_<backend>` for an analysis worker (whose
+    // `model` is the `name@version` it has loaded).
     pub name: String,
     /// `active` (ready), `busy`, `draining` or `unavailable`.
     // `unavailable`: see `reason`.
@@ -62,6 +63,28 @@ impl std::fmt::Display for ProcessStatus {
     }
 }
 
+/// The name prefix of training slots: `train_<backend>`.
+pub const TRAIN_PREFIX: &str = "train_";
+/// The name prefix of analysis workers: `analysis_<backend>`.
+pub const ANALYSIS_PREFIX: &str = "analysis_";
+
+impl Process {
+    /// A training slot (`train_<backend>`): what jobs wait for.
+    pub fn is_training(&self) -> bool {
+        self.name.starts_with(TRAIN_PREFIX)
+    }
+
+    /// An analysis worker (`analysis_<backend>`).
+    pub fn is_analysis(&self) -> bool {
+        self.name.starts_with(ANALYSIS_PREFIX)
+    }
+
+    /// An analysis worker that can take a request now or soon (`active` or `busy`).
+    pub fn serves_analysis(&self) -> bool {
+        self.is_analysis() && matches!(self.status, ProcessStatus::Active | ProcessStatus::Busy)
+    }
+}
+
 /// The values of [`ProcessStatus`] under their old constant names, for callers that compare
 /// `p.status == process_status::BUSY`.
 pub mod process_status {
@@ -93,17 +116,7 @@ pub fn plan_processes(
     busy: &[Option<String>],
     unhealthy: Option<&str>,
 ) -> (Driver, Vec<Process>) {
-    let (driver, missing) = match settings.driver_preference {
-        Some(d) if gpu_info.has(d) => (d, None),
-        Some(d) => (
-            d,
-            Some(format!(
-                "driver {d} was chosen but this node has no {d} backend (it has: {})",
-                gpu_info.backends_list()
-            )),
-        ),
-        None => (gpu_info.best(), None),
-    };
+    let (driver, missing) = backend(gpu_info, settings);
     let processes = busy
         .iter()
         .map(|model| {
@@ -117,7 +130,7 @@ pub fn plan_processes(
                 (None, false, None) => (process_status::ACTIVE, None),
             };
             Process {
-                name: format!("train_{driver}"),
+                name: format!("{TRAIN_PREFIX}{driver}"),
                 status,
                 weight: DEFAULT_PROCESS_WEIGHT,
                 model: model.clone(),
@@ -126,6 +139,65 @@ pub fn plan_processes(
         })
         .collect();
     (driver, processes)
+}
+
+/// The backend a node's workers run on under `settings`, and why they cannot when the chosen one
+/// is missing.
+fn backend(gpu_info: &GpuInfo, settings: &NodeSettings) -> (Driver, Option<String>) {
+    match settings.driver_preference {
+        Some(d) if gpu_info.has(d) => (d, None),
+        Some(d) => (
+            d,
+            Some(format!(
+                "driver {d} was chosen but this node has no {d} backend (it has: {})",
+                gpu_info.backends_list()
+            )),
+        ),
+        None => (gpu_info.best(), None),
+    }
+}
+
+/// One analysis worker as the node sees it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AnalysisSlot {
+    /// Classifying images now.
+    pub busy: bool,
+    /// The `name@version` it served last, while that model is still loaded.
+    pub model: Option<String>,
+}
+
+/// A node's analysis workers as `processes` lists them (`analysis_<backend>`), under the same
+/// rules as [`plan_processes`]: a missing backend or a failed health check makes an idle worker
+/// `unavailable` with the reason, a drained node's workers are `draining`, otherwise `busy` or
+/// `active`. Each names the model it has loaded.
+pub fn plan_analysis_processes(
+    gpu_info: &GpuInfo,
+    settings: &NodeSettings,
+    slots: &[AnalysisSlot],
+    unhealthy: Option<&str>,
+) -> Vec<Process> {
+    let (driver, missing) = backend(gpu_info, settings);
+    slots
+        .iter()
+        .map(|slot| {
+            let (status, reason) = match (&missing, settings.draining, slot.busy) {
+                (Some(r), _, _) => (process_status::UNAVAILABLE, Some(r.clone())),
+                (None, _, false) if unhealthy.is_some() => {
+                    (process_status::UNAVAILABLE, unhealthy.map(health_reason))
+                }
+                (None, true, _) => (process_status::DRAINING, None),
+                (None, false, true) => (process_status::BUSY, None),
+                (None, false, false) => (process_status::ACTIVE, None),
+            };
+            Process {
+                name: format!("{ANALYSIS_PREFIX}{driver}"),
+                status,
+                weight: DEFAULT_PROCESS_WEIGHT,
+                model: slot.model.clone(),
+                reason,
+            }
+        })
+        .collect()
 }
 
 /// A process's `reason` on a node that fails its health check.
@@ -196,6 +268,30 @@ mod tests {
             procs[1].reason.as_deref(),
             Some("the node failed its health check: CUDA GPU 0 has 3 uncorrectable ECC errors")
         );
+    }
+
+    #[test]
+    fn analysis_workers_are_listed_in_the_pages_shape_with_the_model_they_hold() {
+        let cuda = GpuInfo {
+            available_backends: vec![Driver::Cuda, Driver::Cpu],
+            ..Default::default()
+        };
+        let slots = [
+            AnalysisSlot {
+                busy: false,
+                model: Some("Shapes@2".into()),
+            },
+            AnalysisSlot::default(),
+        ];
+        let procs = plan_analysis_processes(&cuda, &NodeSettings::default(), &slots, None);
+        assert_eq!(
+            serde_json::to_value(&procs[0]).unwrap(),
+            serde_json::json!({"name": "analysis_cuda", "status": "active", "weight": 10, "model": "Shapes@2"})
+        );
+        assert!(procs[0].is_analysis() && !procs[0].is_training() && procs[0].serves_analysis());
+        assert_eq!(procs[1].model, None);
+        let unhealthy = plan_analysis_processes(&cuda, &NodeSettings::default(), &slots, Some("x"));
+        assert!(unhealthy.iter().all(|p| !p.serves_analysis()));
     }
 
     #[test]
