@@ -135,7 +135,14 @@ async fn models_belong_to_their_owners_and_lists_show_summaries() {
         assert!(listed["model"].get("card").is_none(), "{listed}");
         assert_eq!(listed["model"]["version"], 2, "{listed}");
         assert!(is_ms_timestamp(&listed["created_at"]), "{listed}");
-        assert!(stack.job(&into).await["model"]["card"]["classes"].is_array());
+        let full = stack.job(&into).await;
+        assert!(full["model"]["card"]["classes"].is_array(), "{full}");
+        // When it started and ended, and how long it waited and ran.
+        assert!(is_ms_timestamp(&full["started_at"]) && is_ms_timestamp(&full["ended_at"]), "{full}");
+        assert!(full["started_at"].as_str() <= full["ended_at"].as_str(), "{full}");
+        assert!(full["queue_seconds"].as_f64().unwrap() >= 0.0, "{full}");
+        assert!(full["run_seconds"].as_f64().unwrap() > 0.0, "{full}");
+        assert_eq!(listed["run_seconds"], full["run_seconds"], "{listed}");
         // Filters: by user, by time.
         let (_, v) = stack
             .admin_get(&format!("/admin/api/jobs?user_id={user_id}"))
@@ -175,7 +182,10 @@ async fn models_belong_to_their_owners_and_lists_show_summaries() {
         .await;
         assert_eq!(status, StatusCode::ACCEPTED, "{v}");
         let behind = v["job_id"].as_str().unwrap().to_owned();
-        assert_eq!(stack.job(&behind).await["status"], "queued");
+        let waiting = stack.job(&behind).await;
+        assert_eq!(waiting["status"], "queued", "{waiting}");
+        assert_eq!(waiting["queue_position"], 1, "{waiting}");
+        assert!(waiting["started_at"].is_null() && waiting["queue_seconds"].as_f64().is_some(), "{waiting}");
         stack.cancel(&behind).await;
         stack.cancel(&long).await;
     })

@@ -57,6 +57,9 @@ async fn the_pages_curl_example_trains_shapes_to_90_percent_while_shuffled_label
             v["model"]["card"]["training"]["epochs"], 10,
             "the defaults apply"
         );
+        // How long it waited for a node and trained.
+        assert!(v["queue_seconds"].as_f64().is_some_and(|s| s >= 0.0), "{v}");
+        assert!(v["run_seconds"].as_f64().is_some_and(|s| s > 0.0), "{v}");
         // The held answer is what the registry recorded, not a trainer's word ahead of it.
         let (_, job) = send(
             stack.http()

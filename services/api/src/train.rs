@@ -97,6 +97,10 @@ pub struct TrainCompleted {
     pub job_id: String,
     /// The model version it produced.
     pub model: Option<jobs::ModelVersion>,
+    /// Seconds the job waited for a node.
+    pub queue_seconds: Option<f64>,
+    /// Seconds it trained.
+    pub run_seconds: Option<f64>,
 }
 
 impl Example for TrainCompleted {
@@ -107,6 +111,8 @@ impl Example for TrainCompleted {
             remaining_tokens: 900,
             job_id: "7f0c3f9e2b7d4c1a9e8b6d5c4b3a2f1e".into(),
             model: None,
+            queue_seconds: Some(0.02),
+            run_seconds: Some(41.5),
         }
     }
 }

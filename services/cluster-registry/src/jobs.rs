@@ -135,6 +135,7 @@ impl Jobs {
                 Err(refused) => return Ok(Outcome::Refused(doc.record, refused)),
             };
             job.updated_at = Utc::now();
+            job.stamp(job.updated_at);
             job.queue_position = None;
             job.waiting_reason = None;
             let next = JobDoc {
@@ -266,26 +267,22 @@ impl Jobs {
 
     /// Queue position and waiting reason of the queued jobs among `jobs`.
     async fn annotate(&self, jobs: &mut [JobRecord]) -> Result<(), RegistryError> {
-        if !jobs.iter().any(|j| j.status == JobStatus::Queued) {
-            return Ok(());
+        let now = Utc::now();
+        for job in jobs.iter_mut().filter(|j| !j.status.is_final()) {
+            // Queue and run times as of now while it waits or runs.
+            job.stamp(now);
         }
-        let queued: Vec<JobDoc> = self
-            .jobs()
-            .find(doc! { "status": "queued" })
-            .sort(doc! { "created_ms": 1 })
-            .await?
-            .try_collect()
-            .await?;
         for job in jobs.iter_mut().filter(|j| j.status == JobStatus::Queued) {
-            let ahead = queued
-                .iter()
-                .filter(|d| {
-                    d.record.driver == job.driver
-                        && d.created_ms <= job.created_at.timestamp_millis()
+            // Counted by the store, never read: the work does not grow with the queue.
+            let ahead = self
+                .jobs()
+                .count_documents(doc! {
+                    "status": "queued",
+                    "driver": job.driver.as_str(),
+                    "created_ms": { "$lt": job.created_at.timestamp_millis() },
                 })
-                .take_while(|d| d.id != job.job_id)
-                .count();
-            job.queue_position = Some(ahead as u64 + 1);
+                .await?;
+            job.queue_position = Some(ahead + 1);
             job.waiting_reason = self.waiting_reason(job.driver);
         }
         Ok(())

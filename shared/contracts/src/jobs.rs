@@ -329,6 +329,10 @@ impl JobRecord {
             refunded: false,
             node: None,
             model_owner: None,
+            started_at: None,
+            ended_at: None,
+            queue_seconds: None,
+            run_seconds: None,
             node_id: None,
             delivery: 0,
             progress: None,
@@ -419,6 +423,27 @@ pub struct JobRecord {
         oai(serialize_with = "crate::openapi::rfc3339_ms")
     )]
     pub updated_at: DateTime<Utc>,
+    /// When a node first started it (absent while it waits, and for a job no node took).
+    #[serde(default)]
+    #[cfg_attr(
+        feature = "openapi",
+        oai(serialize_with = "crate::openapi::rfc3339_ms_opt")
+    )]
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it ended: completed, failed or cancelled.
+    #[serde(default)]
+    #[cfg_attr(
+        feature = "openapi",
+        oai(serialize_with = "crate::openapi::rfc3339_ms_opt")
+    )]
+    pub ended_at: Option<DateTime<Utc>>,
+    /// Seconds it waited in the queue: from `created_at` to `started_at` (or to its end, for a
+    /// job no node took).
+    #[serde(default)]
+    pub queue_seconds: Option<f64>,
+    /// Seconds it ran: from `started_at` to `ended_at`, or to its last change while it runs.
+    #[serde(default)]
+    pub run_seconds: Option<f64>,
     /// Among queued jobs of its driver, 1 = next.
     // Listings only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -431,6 +456,25 @@ pub struct JobRecord {
 }
 
 impl JobRecord {
+    /// Mark when it started and ended, as a change at `now` leaves it, and its queue and run
+    /// times as of `now`.
+    pub fn stamp(&mut self, now: DateTime<Utc>) {
+        if self.started_at.is_none() && self.node_id.is_some() {
+            self.started_at = Some(now);
+        }
+        if self.ended_at.is_none() && self.status.is_final() {
+            self.ended_at = Some(now);
+        }
+        let secs = |from: DateTime<Utc>, to: DateTime<Utc>| {
+            ((to - from).num_milliseconds().max(0) as f64) / 1000.0
+        };
+        let queue_end = self.started_at.or(self.ended_at).unwrap_or(now);
+        self.queue_seconds = Some(secs(self.created_at, queue_end));
+        self.run_seconds = self
+            .started_at
+            .map(|s| secs(s, self.ended_at.unwrap_or(now)));
+    }
+
     /// The user whose model the job trains into.
     pub fn model_owner(&self) -> i64 {
         self.model_owner.unwrap_or(self.user_id)
@@ -472,6 +516,10 @@ pub struct JobSummary {
     pub error: Option<String>,
     /// The failure's kind: `data`, `crash`, `no_node`, `system`.
     pub failure_kind: Option<FailureKind>,
+    /// Seconds it waited for a node.
+    pub queue_seconds: Option<f64>,
+    /// Seconds it ran.
+    pub run_seconds: Option<f64>,
     /// Submitted.
     #[cfg_attr(
         feature = "openapi",
@@ -511,6 +559,8 @@ impl From<JobRecord> for JobSummary {
             model: j.model.as_ref().map(crate::models::ModelBrief::from),
             error: j.error,
             failure_kind: j.failure_kind,
+            queue_seconds: j.queue_seconds,
+            run_seconds: j.run_seconds,
             created_at: j.created_at,
             updated_at: j.updated_at,
             queue_position: j.queue_position,

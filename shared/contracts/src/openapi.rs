@@ -22,6 +22,14 @@ pub fn rfc3339_ms(t: &chrono::DateTime<chrono::Utc>) -> Option<Value> {
     Some(Value::String(crate::rfc3339_millis(*t)))
 }
 
+/// [`rfc3339_ms`] of an optional timestamp.
+pub fn rfc3339_ms_opt(t: &Option<chrono::DateTime<chrono::Utc>>) -> Option<Value> {
+    Some(
+        t.as_ref()
+            .map_or(Value::Null, |t| Value::String(crate::rfc3339_millis(*t))),
+    )
+}
+
 /// A timestamp as the admin page lists it: RFC 3339, UTC, whole seconds
 /// (`2024-01-01T00:00:00Z`).
 pub fn rfc3339_secs(t: &crate::Timestamp) -> Option<Value> {

@@ -146,6 +146,8 @@ pub(super) fn final_answer(sub: Submitted, job: JobRecord) -> ApiResult<TrainRes
         refund_due,
         refunded,
         tokens_charged,
+        queue_seconds,
+        run_seconds,
         ..
     } = job;
     let refunded = match (tokens_charged > 0, refunded, refund_due) {
@@ -165,6 +167,8 @@ pub(super) fn final_answer(sub: Submitted, job: JobRecord) -> ApiResult<TrainRes
             remaining_tokens: sub.remaining_tokens,
             job_id: sub.job_id,
             model,
+            queue_seconds,
+            run_seconds,
         })))),
         JobStatus::Cancelled => Err(ApiError::new(
             ErrorCode::Conflict,
