@@ -1,7 +1,10 @@
 //! Following jobs and using their models: listings, one job, its live events (server-sent
 //! events, history first), cancel, models and their downloads. Admins see everything under
 //! `/admin/api`; users see their own under `/api`. The registry's replies (`JobRecord`,
-//! `ModelList`, `ModelDetail`) are served as they are.
+//! `ModelList`, `ModelDetail`) are served as they are; job lists as [`JobSummary`]s.
+//!
+//! Its length is mostly the operations' definitions, each twice: the admin's and the user's
+//! (their own paths, authorisation and documentation) over one shared body.
 
 use async_nats::jetstream::consumer::{self, DeliverPolicy};
 use futures::stream::BoxStream;
