@@ -97,8 +97,9 @@ JETSTREAM_FIELDS = {
     "activationLagThreshold", "useHttps",
 }
 JETSTREAM_REQUIRED = {"natsServerMonitoringEndpoint", "account", "stream", "consumer"}
-# The consumers Gantry creates (shared/runtime/src/jetstream.rs: train-<driver>).
-CONSUMERS = {"train-cuda", "train-rocm", "train-cpu", "train-any"}
+# The consumers Gantry creates (shared/runtime/src/jetstream.rs: train-<driver>, analyze-<driver>).
+CONSUMERS = {f"{kind}-{driver}" for kind in ("train", "analyze")
+             for driver in ("cuda", "rocm", "cpu", "any")}
 
 
 def schema_for(api_version, kind):

@@ -73,7 +73,9 @@ pub enum Command {
     #[command(after_help = "Examples:\n  \
         gantry analyze Shapes /datasets/shapes/circle/circle_0001.png\n  \
         gantry analyze Shapes@2 /datasets/new --top-k 1\n  \
-        gantry analyze Shapes /datasets/new --owner 7 --output json   # admins: another user's model")]
+        gantry analyze Shapes /datasets/new --owner 7 --output json   # admins: another user's model\n\n\
+        A folder of more images than one request answers (GANTRY_ANALYZE_MAX_IMAGES) is queued as\n\
+        an analysis job: the command follows it with a progress bar, then prints every result.")]
     Analyze(AnalyzeArgs),
     /// Training jobs: list, show, cancel, follow
     #[command(subcommand)]
@@ -327,6 +329,9 @@ pub struct AnalyzeArgs {
     /// Admins: the user id owning the model, when several users have one of that name
     #[arg(long)]
     pub owner: Option<i64>,
+    /// Backend of a queued analysis (more images than one request answers)
+    #[arg(long, value_parser = ["cuda", "rocm", "cpu", "any"])]
+    pub driver: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use clap::CommandFactory;
 use futures::StreamExt;
-use gantry_contracts::analysis::AnalyzeResult;
+use gantry_contracts::analysis::{AnalyzeResult, ResultsPage, MAX_RESULTS_PAGE};
 use gantry_contracts::auth::{ApiToken, ApiTokenList, LedgerEntry, User, UserList};
 use gantry_contracts::jobs::{
     JobRecord, JobStatus, JobSummary, ModelDetail, ModelList, ModelVersion,
@@ -22,7 +22,7 @@ use gantry_contracts::registry::{
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use crate::cli::*;
@@ -745,10 +745,36 @@ impl Ctx {
         if let Some(owner) = a.owner {
             body["owner"] = json!(owner);
         }
-        let out: AnalyzeResult = self
+        if let Some(d) = &a.driver {
+            body["driver"] = json!(d);
+        }
+        let answer: Value = self
             .client
             .send_json(Method::POST, &format!("{prefix}/analyze"), &body)
             .await?;
+        let out: AnalyzeResult = match answer.get("job_id").and_then(Value::as_str) {
+            None => serde_json::from_value(answer).map_err(|e| Error::msg(e.to_string()))?,
+            // More images than one request answers: queued. Follow it, then page its results.
+            Some(id) => {
+                let id = id.to_owned();
+                eprintln!(
+                    "queued as analysis job {id} ({} images; follow it: gantry jobs follow {id})",
+                    answer["images"]
+                );
+                match follow::follow(&self.client, prefix, &id, Format::Table).await? {
+                    Ended::Interrupted => {
+                        eprintln!("stopped following; analysis job {id} goes on");
+                        return Ok(ExitCode::from(130));
+                    }
+                    Ended::Final(job) if job.status != JobStatus::Completed => {
+                        eprintln!("{}", follow::summary(&job).0);
+                        return Ok(ExitCode::FAILURE);
+                    }
+                    Ended::Final(_) => {}
+                }
+                self.all_results(prefix, &id).await?
+            }
+        };
         self.json_or(&out, |r| {
             let rows: Vec<Vec<String>> = r
                 .results
@@ -770,6 +796,30 @@ impl Ctx {
             )
         })?;
         Ok(ExitCode::SUCCESS)
+    }
+
+    /// Every result of analysis job `id`, page by page.
+    async fn all_results(&self, prefix: &str, id: &str) -> Result<AnalyzeResult> {
+        let mut results = Vec::new();
+        loop {
+            let page: ResultsPage = self
+                .client
+                .get(&format!(
+                    "{}/results?offset={}&limit={}",
+                    follow::job_path(prefix, id),
+                    results.len(),
+                    MAX_RESULTS_PAGE
+                ))
+                .await?;
+            let got = page.results.len();
+            results.extend(page.results);
+            if got == 0 || results.len() as u64 >= page.total {
+                return Ok(AnalyzeResult {
+                    model: page.model,
+                    results,
+                });
+            }
+        }
     }
 
     async fn follow(&self, prefix: &str, id: &str) -> Result<ExitCode> {

@@ -6,7 +6,7 @@ use std::io::IsTerminal;
 use std::time::Duration;
 
 use futures::StreamExt;
-use gantry_contracts::jobs::{JobEvent, JobEventKind, JobRecord, JobStatus};
+use gantry_contracts::jobs::{JobEvent, JobEventKind, JobKind, JobRecord, JobStatus};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use reqwest::Method;
 
@@ -55,10 +55,12 @@ impl SseParser {
 struct Display {
     bar: Option<ProgressBar>,
     format: Format,
+    /// An analysis job: its progress counts images, not training steps.
+    analysis: bool,
 }
 
 impl Display {
-    fn new(format: Format) -> Self {
+    fn new(format: Format, analysis: bool) -> Self {
         let bar = (format == Format::Table && std::io::stderr().is_terminal()).then(|| {
             let bar = ProgressBar::with_draw_target(Some(1), ProgressDrawTarget::stderr());
             bar.set_style(
@@ -72,7 +74,11 @@ impl Display {
             bar.enable_steady_tick(Duration::from_millis(200));
             bar
         });
-        Self { bar, format }
+        Self {
+            bar,
+            format,
+            analysis,
+        }
     }
 
     fn line(&self, text: &str) {
@@ -100,6 +106,27 @@ impl Display {
                     String::new()
                 };
                 self.line(&format!("started on node {node} ({driver}){resumed}"));
+            }
+            JobEventKind::Progress {
+                step,
+                total_steps,
+                samples_per_sec,
+                eta_seconds,
+                ..
+            } if self.analysis => {
+                let msg = format!(
+                    "{samples_per_sec:.0} images/s ETA {}",
+                    output::duration(*eta_seconds)
+                );
+                match &self.bar {
+                    Some(bar) => {
+                        bar.set_prefix("analysing");
+                        bar.set_length((*total_steps).max(1));
+                        bar.set_position(*step);
+                        bar.set_message(msg);
+                    }
+                    None => eprintln!("images {step}/{total_steps} {msg}"),
+                }
             }
             JobEventKind::Progress {
                 epoch,
@@ -140,7 +167,9 @@ impl Display {
             }
             JobEventKind::Completed { .. }
             | JobEventKind::Failed { .. }
-            | JobEventKind::Cancelled => {}
+            | JobEventKind::Cancelled
+            | JobEventKind::Results { .. }
+            | JobEventKind::Analyzed { .. } => {}
         }
         Ok(())
     }
@@ -159,7 +188,8 @@ pub fn job_path(prefix: &str, id: &str) -> String {
 
 /// Follow job `id` until it ends or the user presses Ctrl-C.
 pub async fn follow(client: &Client, prefix: &str, id: &str, format: Format) -> Result<Ended> {
-    let display = Display::new(format);
+    let job: JobRecord = client.get(&job_path(prefix, id)).await?;
+    let display = Display::new(format, job.kind == JobKind::Analyze);
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     let watched = async {
@@ -235,7 +265,7 @@ pub async fn follow(client: &Client, prefix: &str, id: &str, format: Format) -> 
         loop {
             let job: JobRecord = client.get(&job_path(prefix, id)).await?;
             let settled = match job.status {
-                JobStatus::Completed => job.model.is_some(),
+                JobStatus::Completed => job.kind == JobKind::Analyze || job.model.is_some(),
                 s => s.is_final(),
             };
             if settled {
@@ -276,7 +306,16 @@ pub fn summary(job: &JobRecord) -> (String, bool) {
                 ),
                 true,
             ),
-            None => (format!("job {} completed", job.job_id), true),
+            None => match &job.analysis {
+                Some(a) => (
+                    format!(
+                        "analysis job {} completed: {} images with {}",
+                        job.job_id, a.images, a.model
+                    ),
+                    true,
+                ),
+                None => (format!("job {} completed", job.job_id), true),
+            },
         },
         JobStatus::Failed => (
             format!(

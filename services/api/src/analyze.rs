@@ -8,8 +8,10 @@
 //! to one node (see [`pick_node`]) in batches that fit a NATS message; the answer lists one
 //! result per image.
 //!
-//! Not built yet: requests over `GANTRY_ANALYZE_MAX_IMAGES` as queued analysis jobs with paged
-//! results; they answer 413 for now.
+//! A request over `GANTRY_ANALYZE_MAX_IMAGES` images (up to `GANTRY_ANALYZE_JOB_MAX_IMAGES`)
+//! becomes an analysis job instead ([`queued`]): answered 202 at once, classified by whichever
+//! node pulls it from `gantry.jobs.analyze.<driver>`, its results paged from
+//! `GET /admin/api/jobs/{id}/results` ([`crate::results`]).
 
 use std::io::{Read as _, Seek as _};
 use std::path::{Path, PathBuf};
@@ -35,6 +37,8 @@ use crate::data_path::DataRoot;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use crate::tags::ApiTags;
+
+mod queued;
 
 /// How long one batch may take on a node, its model's first load included.
 const BATCH_TIMEOUT: Duration = Duration::from_secs(120);
@@ -64,6 +68,9 @@ pub struct AnalyzeBody {
     pub top_k: u32,
     /// Admins: the user id owning the model, when several users have a model of that name
     pub owner: Option<i64>,
+    /// A queued analysis's backend: `cuda`, `rocm`, `cpu` or `any` (default)
+    #[oai(validator(max_length = 10))]
+    pub driver: Option<String>,
 }
 
 /// `POST /admin/api/analyze` answers.
@@ -72,6 +79,29 @@ pub enum AnalyzeResponse {
     /// The images classified.
     #[oai(status = 200)]
     Done(Json<AnalyzeResult>),
+    /// More images than are answered at once (`GANTRY_ANALYZE_MAX_IMAGES`): queued as an
+    /// analysis job; follow it at `status_url` and page its results from `results_url`.
+    #[oai(status = 202)]
+    Queued(Json<AnalyzeQueued>),
+}
+
+/// A queued analysis job.
+#[derive(Debug, Clone, Object)]
+pub struct AnalyzeQueued {
+    /// The job's id.
+    pub job_id: String,
+    /// `queued`.
+    pub status: gantry_contracts::jobs::JobStatus,
+    /// The model version, `name@version`.
+    pub model: String,
+    /// Images it classifies.
+    pub images: u64,
+    /// Credit tokens charged (`GANTRY_ANALYZE_PRICE` per image; refunded if it fails).
+    pub tokens_used: i64,
+    /// The job: status and progress.
+    pub status_url: String,
+    /// Its results, paged by image (`offset`, `limit`).
+    pub results_url: String,
 }
 
 /// Analysis for admins and users.
@@ -160,10 +190,13 @@ fn has_image_extension(name: &str) -> bool {
         .is_some_and(|(_, ext)| IMAGE_EXTENSIONS.iter().any(|e| ext.eq_ignore_ascii_case(e)))
 }
 
-/// The images `input_path` names, by path: the file itself, or every PNG/JPEG file under the
-/// folder. Each is read as a plain file (no link followed) and its header checked by the
-/// training rules; more than `max_images` answers 413.
-fn read_inputs(root: &DataRoot, input_path: &str, max_images: u32) -> ApiResult<Vec<Input>> {
+/// The images `input_path` names, by path (sorted): the file itself, or every PNG/JPEG file
+/// under the folder, at most `max_images` of them (more answer 413).
+fn list_inputs(
+    root: &DataRoot,
+    input_path: &str,
+    max_images: u32,
+) -> ApiResult<Vec<(String, PathBuf)>> {
     let start = root.resolve(input_path)?;
     let mut found: Vec<(String, PathBuf)> = Vec::new();
     if start.real().is_dir() {
@@ -185,6 +218,12 @@ fn read_inputs(root: &DataRoot, input_path: &str, max_images: u32) -> ApiResult<
         found.push((start.as_str().to_owned(), start.real().to_path_buf()));
     }
     found.sort();
+    Ok(found)
+}
+
+/// Read the images `found` lists, each as a plain file (no link followed) with its header checked
+/// by the training rules, at most [`MAX_REQUEST_BYTES`] in all.
+fn read_inputs(found: Vec<(String, PathBuf)>) -> ApiResult<Vec<Input>> {
     let limits = DatasetLimits::default();
     let mut total = 0;
     let mut inputs = Vec::with_capacity(found.len());
@@ -209,8 +248,8 @@ fn too_many(max_images: u32) -> ApiError {
     ApiError::new(
         ErrorCode::PayloadTooLarge,
         format!(
-            "the input holds more than {max_images} images, the most one request analyses \
-             (GANTRY_ANALYZE_MAX_IMAGES); analyse it in parts"
+            "the input holds more than {max_images} images, the most one analysis takes \
+             (GANTRY_ANALYZE_JOB_MAX_IMAGES); analyse it in parts"
         ),
     )
 }
@@ -387,11 +426,18 @@ impl AnalyzeApi {
 
         let root = self.state.data_root.clone();
         let input_path = body.input_path.clone();
-        let max_images = self.state.limits.analyze_max_images;
-        let inputs =
-            tokio::task::spawn_blocking(move || read_inputs(&root, &input_path, max_images))
+        let at_once = self.state.limits.analyze_max_images;
+        let max_images = self.state.limits.analyze_job_max_images.max(at_once);
+        let found =
+            tokio::task::spawn_blocking(move || list_inputs(&root, &input_path, max_images))
                 .await
                 .map_err(ApiError::internal)??;
+        if found.len() > at_once as usize {
+            return self.queue(p, body, admin, version, label, found).await;
+        }
+        let inputs = tokio::task::spawn_blocking(move || read_inputs(found))
+            .await
+            .map_err(ApiError::internal)??;
         let n = inputs.len();
 
         let clients = self.clients().await?;
@@ -409,7 +455,11 @@ impl AnalyzeApi {
         } else {
             self.state.limits.analyze_price.saturating_mul(n as i64)
         };
-        let key = format!("analysis-{}", uuid::Uuid::new_v4().simple());
+        let key = format!(
+            "{}{}",
+            gantry_contracts::analysis::ANSWERED_CHARGE_PREFIX,
+            uuid::Uuid::new_v4().simple()
+        );
         if price > 0 {
             self.charge(p.user.id, price, &key, n).await?;
         }
@@ -477,10 +527,12 @@ impl AnalyzeApi {
     /// Classifies an image, or every PNG/JPEG image under a folder, with a trained model
     /// version on the cluster's analysis workers: each result lists the `top_k` most probable
     /// labels with their probabilities and the node that classified it. Requests go to a node
-    /// that already holds the model when there is one. Unknown model or version: 404; an input
-    /// that is not an image: 400 naming it; a model card that does not match its weights: 409;
-    /// more images than `GANTRY_ANALYZE_MAX_IMAGES`: 413; no node able to serve: 503 with
-    /// `Retry-After`.
+    /// that already holds the model when there is one. More images than
+    /// `GANTRY_ANALYZE_MAX_IMAGES` answer 202 with a queued analysis job instead (`driver` picks
+    /// its backend): follow it at `status_url`, page its results from `results_url`. Unknown
+    /// model or version: 404; an input that is not an image: 400 naming it; a model card that
+    /// does not match its weights: 409; more images than `GANTRY_ANALYZE_JOB_MAX_IMAGES`: 413;
+    /// no node able to serve: 503 with `Retry-After`.
     #[oai(
         path = "/admin/api/analyze",
         method = "post",
@@ -622,7 +674,8 @@ mod tests {
         std::fs::write(dir.path().join("val/notes.txt"), "x").unwrap();
         std::fs::write(dir.path().join("val/fake.png"), "not a png").unwrap();
         let root = DataRoot::new(dir.path());
-        let err = read_inputs(&root, "/val", 10).err().unwrap();
+        let read = |path: &str, max: u32| list_inputs(&root, path, max).and_then(read_inputs);
+        let err = read("/val", 10).err().unwrap();
         let ApiError::BadRequest(body) = err else {
             panic!("{err:?}")
         };
@@ -632,19 +685,16 @@ mod tests {
             body.0.error.message
         );
         std::fs::remove_file(dir.path().join("val/fake.png")).unwrap();
-        let found = read_inputs(&root, "/val", 10).unwrap();
+        let found = read("/val", 10).unwrap();
         let paths: Vec<&str> = found.iter().map(|i| i.path.as_str()).collect();
         assert_eq!(paths, ["/val/b.png", "/val/cat/a.png"]);
         assert!(
             found.iter().all(|i| i.data == png),
             "every image read whole"
         );
+        assert!(matches!(read("/val", 1), Err(ApiError::PayloadTooLarge(_))));
         assert!(matches!(
-            read_inputs(&root, "/val", 1),
-            Err(ApiError::PayloadTooLarge(_))
-        ));
-        assert!(matches!(
-            read_inputs(&root, "/val/notes.txt", 10),
+            read("/val/notes.txt", 10),
             Err(ApiError::BadRequest(_))
         ));
     }

@@ -13,6 +13,7 @@ use crate::datasets::DatasetsApi;
 use crate::docs::{self, Aliased, Docs};
 use crate::error::envelope;
 use crate::jobs::JobsApi;
+use crate::results::ResultsApi;
 use crate::session::SessionApi;
 use crate::state::AppState;
 use crate::tokens::TokensApi;
@@ -36,6 +37,7 @@ pub type Apis = Aliased<(
     TokensApi,
     DatasetsApi,
     AnalyzeApi,
+    ResultsApi,
 )>;
 
 /// The OpenAPI service of every group.
@@ -53,7 +55,10 @@ pub fn api_service(state: AppState, hold: std::time::Duration) -> OpenApiService
             SessionApi(state.clone()),
             TokensApi(state.clone()),
             DatasetsApi(state.clone()),
-            AnalyzeApi { state },
+            AnalyzeApi {
+                state: state.clone(),
+            },
+            ResultsApi(state),
         )),
         "Gantry API",
         env!("CARGO_PKG_VERSION"),

@@ -143,7 +143,9 @@ pub fn error_statuses(operation_id: &str) -> Option<&'static [u16]> {
         "list_models" => &[400, 401, 403, 500, 503],
         "get_model" | "download_model" => &[400, 401, 403, 404, 409, 500, 503],
         "list_my_jobs" | "list_my_models" | "list_tokens" | "list_datasets" => MY_READ,
-        "get_my_job" | "my_job_events" | "get_my_model" | "download_my_model" => MY_READ_ONE,
+        "get_my_job" | "my_job_events" | "get_my_model" | "download_my_model"
+        | "my_job_results" => MY_READ_ONE,
+        "job_results" => READ_ONE,
         "analyze" => &[400, 401, 403, 404, 409, 413, 415, 500, 503],
         "analyze_mine" => &[400, 401, 402, 403, 404, 409, 413, 415, 500, 503],
         "login" => &[400, 401, 403, 413, 415, 429, 500, 503],

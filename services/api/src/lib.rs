@@ -11,7 +11,8 @@
 //! - [`error`]: the error type of every operation and the envelope.
 //! - [`docs`]: the OpenAPI spec, Swagger UI, the rendered admin page, `/api/admin` aliases.
 //! - [`data_path`]: the data-root path rules, one function for browse, training and analysis.
-//! - One module per feature: [`browse`], [`train`], [`analyze`], [`jobs`], [`users`], [`cluster`], [`session`], [`tokens`].
+//! - [`enqueue`]: storing a job's snapshot and publishing its message, for training and analysis.
+//! - One module per feature: [`browse`], [`train`], [`analyze`], [`results`], [`jobs`], [`users`], [`cluster`], [`session`], [`tokens`].
 
 pub mod analyze;
 pub mod app;
@@ -21,8 +22,10 @@ pub mod cluster;
 pub mod data_path;
 pub mod datasets;
 pub mod docs;
+pub mod enqueue;
 pub mod error;
 pub mod jobs;
+pub mod results;
 pub mod session;
 pub mod slots;
 pub mod startup;

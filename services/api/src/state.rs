@@ -46,8 +46,10 @@ pub struct Limits {
     pub record_deadline: std::time::Duration,
     /// `GANTRY_ANALYZE_PRICE`: credit tokens a user pays per analysed image.
     pub analyze_price: i64,
-    /// `GANTRY_ANALYZE_MAX_IMAGES`: the most images one analysis request may name.
+    /// `GANTRY_ANALYZE_MAX_IMAGES`: the most images answered at once; more are queued.
     pub analyze_max_images: u32,
+    /// `GANTRY_ANALYZE_JOB_MAX_IMAGES`: the most images one queued analysis may name.
+    pub analyze_job_max_images: u32,
 }
 
 impl AppState {
@@ -73,6 +75,7 @@ impl AppState {
                 record_deadline: config.reconcile_grace / 2,
                 analyze_price: config.analyze_price,
                 analyze_max_images: config.analyze_max_images,
+                analyze_job_max_images: config.analyze_job_max_images,
             },
         })
     }

@@ -18,7 +18,6 @@ use poem_openapi::payload::Json;
 use poem_openapi::types::Example;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 use sha2::{Digest, Sha256};
-use tracing::Instrument;
 
 use crate::auth::Credentials;
 use crate::data_path::DataRoot;
@@ -361,37 +360,11 @@ impl TrainApi {
         let charged_at = std::time::Instant::now();
 
         // Store the snapshot once per content hash.
-        let js = async_nats::jetstream::new(self.state.nats.clone());
-        let key = jobs::dataset_key(&snapshot.hash);
-        let retention = self.state.limits.dataset_retention;
-        let stored = async {
-            let store = gantry_runtime::jetstream::bucket_store(&js, jobs::DATASETS_BUCKET).await?;
-            // Stored again when missing, or old enough that the retention sweep may be about
-            // to remove it: a job never names a snapshot about to go.
-            let fresh = match store.info(&key).await {
-                Ok(info) if !info.deleted => info.modified.is_some_and(|m| {
-                    let age = chrono::Utc::now().timestamp() - m.unix_timestamp();
-                    age >= 0 && (age as u64) < retention.as_secs() / 2
-                }),
-                _ => false,
-            };
-            if !fresh {
-                let mut file = tokio::fs::File::open(snapshot.archive.path()).await?;
-                gantry_runtime::jetstream::put_object(&js, jobs::DATASETS_BUCKET, &key, &mut file)
-                    .await?;
-            }
-            anyhow::Ok(())
-        }
-        .await;
-        if let Err(e) = stored {
-            let e = format!("{e:#}");
-            tracing::error!(error = e, "storing the dataset snapshot failed");
-            let what = if e.contains("maximum bytes") {
-                "the dataset store is full (GANTRY_DATASETS_MAX_GB)"
-            } else {
-                "the dataset could not be stored"
-            };
-            return Err(self.abort(p.user.id, &job_id, false, what.into()).await);
+        if let Err(what) =
+            crate::enqueue::store_snapshot(&self.state, &snapshot.hash, snapshot.archive.path())
+                .await
+        {
+            return Err(self.abort(p.user.id, &job_id, false, what).await);
         }
 
         let job = TrainJob {
@@ -452,30 +425,10 @@ impl TrainApi {
         } else {
             None
         };
-        let subject = jobs::train_subject(driver);
         let payload = serde_json::to_vec(&job).map_err(ApiError::internal)?;
-        // The producer span: the trainer's job span is its child, through the message's
-        // `traceparent`, on whichever node and delivery takes it.
-        let span = tracing::info_span!(
-            "jobs.publish",
-            otel.name = format!("send {subject}"),
-            otel.kind = "producer",
-            messaging.system = "nats",
-            messaging.destination.name = %subject,
-            messaging.operation.type = "send",
-            messaging.operation.name = "publish",
-            messaging.message.id = %job_id,
-        );
-        let published = async {
-            let mut headers = nats::traced_headers();
-            headers.insert("Nats-Msg-Id", job_id.as_str());
-            js.publish_with_headers(subject.clone(), headers, payload.into())
-                .await?
-                .await?;
-            anyhow::Ok(())
-        }
-        .instrument(span)
-        .await;
+        let published =
+            crate::enqueue::publish(&self.state, jobs::train_subject(driver), &job_id, payload)
+                .await;
         if let Err(e) = published {
             tracing::error!(error = format!("{e:#}"), "publishing the job failed");
             return Err(self

@@ -37,6 +37,7 @@ async fn spec() -> Value {
             record_deadline: std::time::Duration::from_secs(150),
             analyze_price: 0,
             analyze_max_images: 256,
+            analyze_job_max_images: 100_000,
         },
     };
     let text = api_service(state, std::time::Duration::from_secs(1)).spec();

@@ -12,7 +12,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer, AckKind};
 use futures::StreamExt;
 use gantry_contracts::jobs::{
-    self, JobEvent, JobRecord, JobStatus, TrainJob, EVENTS_CONSUMER, EVENTS_STREAM,
+    self, JobEvent, JobRecord, JobStatus, EVENTS_CONSUMER, EVENTS_STREAM,
 };
 use gantry_runtime::retry;
 use serde::Deserialize;
@@ -98,7 +98,7 @@ async fn follow_advisories(jobs: Jobs, js: jetstream::Context, stop: Cancellatio
 async fn exhausted(jobs: &Jobs, js: &jetstream::Context, stream_seq: u64) -> anyhow::Result<()> {
     let stream = js.get_stream(jobs::JOBS_STREAM).await?;
     let msg = stream.get_raw_message(stream_seq).await?;
-    let job: TrainJob = serde_json::from_slice(&msg.payload)?;
+    let job: crate::jobs::QueuedJob = serde_json::from_slice(&msg.payload)?;
     match jobs.exhausted(&job.job_id).await {
         Ok(_) | Err(RegistryError::NotFound(_)) => {}
         Err(e) => return Err(e.into()),

@@ -32,7 +32,7 @@ use crate::registry::Registry;
 
 /// A job as stored.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct JobDoc {
+pub(crate) struct JobDoc {
     #[serde(rename = "_id")]
     id: String,
     /// Milliseconds since the epoch, for ordering.
@@ -50,6 +50,12 @@ enum Outcome {
     Changed(JobRecord, Effects),
     /// Refused; the job as it is, and why.
     Refused(JobRecord, Refused),
+}
+
+/// The id of a job message in the queue, of either kind.
+#[derive(Deserialize)]
+pub(crate) struct QueuedJob {
+    pub(crate) job_id: String,
 }
 
 /// Most jobs one reconciler round settles.
@@ -91,12 +97,13 @@ impl Jobs {
         &self.models
     }
 
-    fn jobs(&self) -> Collection<JobDoc> {
+    pub(crate) fn jobs(&self) -> Collection<JobDoc> {
         self.registry.store().database().collection("jobs")
     }
 
     /// Indexes for listings (idempotent).
     pub async fn ensure_indexes(&self) -> anyhow::Result<()> {
+        self.ensure_result_indexes().await?;
         for keys in [
             doc! { "created_ms": -1 },
             doc! { "status": 1, "driver": 1 },
@@ -109,7 +116,7 @@ impl Jobs {
         self.models.ensure_indexes().await
     }
 
-    async fn load(&self, job_id: &str) -> Result<Option<JobRecord>, RegistryError> {
+    pub(crate) async fn load(&self, job_id: &str) -> Result<Option<JobRecord>, RegistryError> {
         Ok(self
             .jobs()
             .find_one(doc! { "_id": job_id })
@@ -560,6 +567,11 @@ impl Jobs {
             .charges
             .into_iter()
             .filter(|c| !known.contains(&c.key))
+            // An analysis answered at once settles its own charge; no job is ever recorded.
+            .filter(|c| {
+                !c.key
+                    .starts_with(gantry_contracts::analysis::ANSWERED_CHARGE_PREFIX)
+            })
         {
             let r: Result<CreditResult, _> = nats::request(
                 self.registry.client(),
@@ -626,7 +638,7 @@ impl Jobs {
         for seq in state.first_sequence..=state.last_sequence {
             match stream.get_raw_message(seq).await {
                 Ok(msg) => {
-                    if let Ok(job) = serde_json::from_slice::<jobs::TrainJob>(&msg.payload) {
+                    if let Ok(job) = serde_json::from_slice::<QueuedJob>(&msg.payload) {
                         ids.insert(job.job_id);
                     }
                 }
@@ -721,6 +733,38 @@ impl Jobs {
             );
             return Ok(());
         }
+        // An analysis job's results are stored beside its record; its end is checked against them.
+        let event = match event.kind {
+            JobEventKind::Results { first, results } => {
+                return self
+                    .store_results(&current, event.delivery, first, results)
+                    .await;
+            }
+            JobEventKind::Analyzed { images } => {
+                match self.check_analyzed(&current, images).await? {
+                    Ok(()) => JobEvent {
+                        kind: JobEventKind::Analyzed { images },
+                        ..event
+                    },
+                    Err(why) => {
+                        tracing::warn!(
+                            job_id = current.job_id,
+                            node_id = sender,
+                            reason = why,
+                            "refused an analysis that is not whole"
+                        );
+                        JobEvent {
+                            kind: JobEventKind::Failed {
+                                error: format!("the node ended the analysis early: {why}"),
+                                kind: FailureKind::Crash,
+                            },
+                            ..event
+                        }
+                    }
+                }
+            }
+            _ => event,
+        };
         // Weights a refused completion uploaded: the key is derived from the job and delivery,
         // never taken from the event, so a forged event cannot name another object.
         let late_weights = match &event.kind {

@@ -11,6 +11,7 @@
 //!   out, and what settles a job that is over.
 //! - [`jobs`]: job records: create, get, list with queue positions, cancel, withdraw, apply
 //!   events, settle (refunds, announcements); carries out what [`lifecycle`] decides.
+//! - [`results`]: analysis jobs' results: stored by image index, checked whole, paged.
 //! - [`models`]: model versions: numbering, listing, withdrawing, crediting nodes, weights.
 //! - [`events`]: the durable job event consumer, the max-deliveries advisory, completions.
 //! - [`queue`]: the training queue's depth per driver, for `gantry_queue_jobs`.
@@ -35,6 +36,7 @@ pub mod models;
 pub mod queue;
 pub mod reconcile;
 pub mod registry;
+pub mod results;
 pub mod startup;
 pub mod store;
 pub mod tokens;

@@ -12,8 +12,8 @@
 //! the record, call this, write conditionally and carry out the effects.
 
 use gantry_contracts::jobs::{
-    self, FailureKind, JobEvent, JobEventKind, JobProgress, JobRecord, JobStatus, ModelVersion,
-    MAX_DELIVER,
+    self, FailureKind, JobEvent, JobEventKind, JobKind, JobProgress, JobRecord, JobStatus,
+    ModelVersion, MAX_DELIVER,
 };
 
 /// Longest job id accepted.
@@ -51,6 +51,11 @@ pub enum Transition {
         delivery: u64,
         /// The version the completion is listed as.
         model: Box<ModelVersion>,
+    },
+    /// An analysis job's node classified every image (its results are stored).
+    Analyzed {
+        /// The delivery it comes from.
+        delivery: u64,
     },
     /// The trainer could not finish it.
     Failed {
@@ -117,6 +122,13 @@ impl Transition {
                 kind: *kind,
             },
             JobEventKind::Cancelled => Transition::Cancelled { delivery },
+            JobEventKind::Analyzed { .. } => Transition::Analyzed { delivery },
+            // Results change no record (they are stored beside it): as progress, they take the
+            // guards of one.
+            JobEventKind::Results { .. } => Transition::Progress {
+                delivery,
+                progress: None,
+            },
         }
     }
 
@@ -127,6 +139,7 @@ impl Transition {
             | Transition::Progress { delivery, .. }
             | Transition::Checkpoint { delivery, .. }
             | Transition::Completed { delivery, .. }
+            | Transition::Analyzed { delivery }
             | Transition::Failed { delivery, .. }
             | Transition::Cancelled { delivery } => Some(*delivery),
             _ => None,
@@ -156,6 +169,8 @@ pub enum Refused {
     UnknownDelivery(u64),
     /// A completion points at weights other than the ones its delivery uploads.
     ForeignWeights,
+    /// A training completion for an analysis job, or the other way round.
+    WrongKind,
 }
 
 /// Whether `delivery` is one the job queue makes (1 up to [`MAX_DELIVER`]).
@@ -223,6 +238,7 @@ pub fn check(job: &JobRecord, t: &Transition) -> Result<(), Refused> {
         | Transition::Progress { delivery, .. }
         | Transition::Checkpoint { delivery, .. }
         | Transition::Completed { delivery, .. }
+        | Transition::Analyzed { delivery }
             if !issued_delivery(*delivery) =>
         {
             return Err(Refused::UnknownDelivery(*delivery))
@@ -231,6 +247,12 @@ pub fn check(job: &JobRecord, t: &Transition) -> Result<(), Refused> {
             if *delivery > MAX_DELIVER as u64 =>
         {
             return Err(Refused::UnknownDelivery(*delivery))
+        }
+        Transition::Completed { .. } if job.kind != JobKind::Train => {
+            return Err(Refused::WrongKind)
+        }
+        Transition::Analyzed { .. } if job.kind != JobKind::Analyze => {
+            return Err(Refused::WrongKind)
         }
         Transition::Completed { delivery, model }
             if delivery_weights(&job.job_id, *delivery).as_deref()
@@ -287,6 +309,7 @@ pub fn apply(job: &mut JobRecord, t: &Transition) -> Result<Effects, Refused> {
             job.status = JobStatus::Completed;
             job.model = Some((**model).clone());
         }
+        Transition::Analyzed { .. } => job.status = JobStatus::Completed,
         Transition::Failed { error, kind, .. } => {
             fail(job, error.clone(), *kind);
         }

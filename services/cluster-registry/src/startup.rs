@@ -147,6 +147,11 @@ async fn serve_jobs(
     jobs.add(ep::JOBS_LIST, |j: Jobs, q| async move { j.list(q).await })
         .await?;
     jobs.add(
+        ep::JOBS_RESULTS,
+        |j: Jobs, q| async move { j.results(q).await },
+    )
+    .await?;
+    jobs.add(
         ep::JOBS_CANCEL,
         |j: Jobs, q| async move { j.cancel(q).await },
     )

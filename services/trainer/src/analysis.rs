@@ -3,7 +3,7 @@
 //! worker while it classifies. The model comes from the [`ModelCache`] (loaded once, on the
 //! node's device); the images are preprocessed exactly as the card says and classified in
 //! batches on a blocking thread. Each worker shows in `processes` as `analysis_<backend>` with
-//! the model it has loaded.
+//! the model it has loaded. They also take queued analysis jobs, one at a time ([`queue`]).
 
 use std::sync::{Arc, Mutex};
 
@@ -20,6 +20,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::models::ModelCache;
 use crate::node::WorkerPlan;
+
+mod queue;
 
 /// What the analysis workers need to know about this node.
 pub struct AnalysisConfig {
@@ -38,6 +40,7 @@ pub struct Analysis {
 }
 
 struct Inner {
+    client: Client,
     node_name: String,
     js: jetstream::Context,
     cache: ModelCache,
@@ -80,7 +83,8 @@ impl Analysis {
         Self {
             inner: Arc::new(Inner {
                 node_name: config.node_name.clone(),
-                js: jetstream::new(client),
+                js: jetstream::new(client.clone()),
+                client,
                 cache: ModelCache::new(config.cache_bytes),
                 slots,
                 changed,

@@ -87,6 +87,11 @@ impl JobRunner {
         }
     }
 
+    /// The dataset cache it fetches through.
+    pub fn datasets(&self) -> DatasetCache {
+        self.cache.clone()
+    }
+
     /// One job, from its message to its final ack, on the node's `backend`; `control` is its
     /// entry in the worker's cancel table.
     pub async fn run(

@@ -139,8 +139,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             );
             if config.analysis_workers > 0 {
                 analysis
+                    .clone()
                     .serve(&service, node.node_id(), &shutdown, &analysis_tasks)
                     .await?;
+                analysis_tasks.spawn(analysis.take_jobs(
+                    workers.datasets(),
+                    node.node_id().to_owned(),
+                    shutdown.clone(),
+                ));
             }
             let jobs = tokio::spawn(workers.run(node.plan(), shutdown.clone()));
             let result = node.run(shutdown.clone()).await;

@@ -167,6 +167,11 @@ impl Workers {
         }
     }
 
+    /// The node's dataset cache (analysis jobs fetch their images through it too).
+    pub fn datasets(&self) -> DatasetCache {
+        self.inner.runner.datasets()
+    }
+
     fn free_slots(&self) -> usize {
         lock(&self.inner.busy)
             .iter()

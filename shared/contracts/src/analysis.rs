@@ -8,9 +8,19 @@
 //! [`crate::jobs::MODELS_BUCKET`] once and keeps them cached.
 //!
 //! [`AnalyzeResult`] is the HTTP answer of `POST /admin/api/analyze`, served as it is.
+//!
+//! A request over the api's synchronous bound becomes an analysis job instead: the api packs the
+//! images into a snapshot (as a training dataset is packed, each under [`input_entry`]), records
+//! the job (kind `analyze`, its [`AnalysisSpec`]) and queues an [`AnalyzeJob`] on
+//! `gantry.jobs.analyze.<driver>`. A node pulls it, classifies the images in order in batches on
+//! its analysis workers, and publishes `results` events (each a run of [`ImageResult`]s by
+//! index), `progress` events, and `analyzed` at the end. The registry stores the results by
+//! index; `jobs.results` pages them ([`ResultsQuery`] → [`ResultsPage`]).
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::jobs::{JobDriver, JobStatus};
 use crate::models::ModelCard;
 
 /// Most images in one [`AnalyzeBatch`].
@@ -157,6 +167,130 @@ pub struct AnalyzeResult {
     /// The model version used, `name@version`.
     pub model: String,
     /// One per image, by path.
+    pub results: Vec<ImageResult>,
+}
+
+/// How the ledger key of an analysis answered at once starts: such a charge is settled by the
+/// request itself (served, or refunded), never by a job, so the registry's reconciler leaves it.
+pub const ANSWERED_CHARGE_PREFIX: &str = "analysis-";
+
+/// The folder of an analysis job's snapshot that holds its images.
+pub const INPUT_DIR: &str = "input";
+/// Most results a `jobs.results` page holds.
+pub const MAX_RESULTS_PAGE: u64 = 1000;
+
+/// Where the image at `path` (as the user names it under the data root: `/a/b.png`) lies in an
+/// analysis job's snapshot: `input/a/b.png`.
+pub fn input_entry(path: &str) -> String {
+    format!("{INPUT_DIR}/{}", path.trim_start_matches('/'))
+}
+
+/// The path a snapshot entry ([`input_entry`]) stands for; `None` outside [`INPUT_DIR`].
+pub fn entry_path(entry: &str) -> Option<String> {
+    entry
+        .strip_prefix(INPUT_DIR)
+        .and_then(|rest| rest.strip_prefix('/'))
+        .filter(|rest| !rest.is_empty())
+        .map(|rest| format!("/{rest}"))
+}
+
+/// An analysis job's model, input and labels per image.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(poem_openapi::Object))]
+#[cfg_attr(feature = "openapi", oai(rename = "AnalysisSpec"))]
+pub struct AnalysisSpec {
+    /// The model version, `name@version`.
+    pub model: String,
+    /// The image or folder, as named under the data root.
+    pub input_path: String,
+    /// How many images it classifies.
+    pub images: u64,
+    /// Labels per image.
+    pub top_k: u32,
+}
+
+/// The message a node pulls from `gantry.jobs.analyze.<driver>`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AnalyzeJob {
+    /// Job id (also the `Nats-Msg-Id` and the charge's idempotency key).
+    pub job_id: String,
+    /// Who submitted it.
+    pub user_id: i64,
+    /// `name@version`.
+    pub model: String,
+    /// The version's weights in the models bucket.
+    pub weights_key: String,
+    /// The version's card.
+    pub card: ModelCard,
+    /// Labels per image.
+    pub top_k: u32,
+    /// Content hash of the images' snapshot in the datasets bucket (entries [`input_entry`]).
+    pub input_hash: String,
+    /// How many images the snapshot holds.
+    pub images: u64,
+    /// Requested backend.
+    pub driver: JobDriver,
+    /// When it was submitted.
+    pub submitted_at: DateTime<Utc>,
+}
+
+impl AnalyzeJob {
+    /// Within bounds a node can serve.
+    pub fn check(&self) -> Result<(), String> {
+        if self.images == 0 {
+            return Err("an analysis job holds at least one image".into());
+        }
+        if self.top_k == 0 || self.top_k > MAX_TOP_K {
+            return Err(format!("top_k must be between 1 and {MAX_TOP_K}"));
+        }
+        if self.model.len() > MAX_NAME || self.weights_key.len() > MAX_NAME {
+            return Err("model or weights key too long".into());
+        }
+        if self.card.classes.is_empty() || self.card.classes.len() > MAX_CLASSES {
+            return Err(format!("a card names 1 to {MAX_CLASSES} classes"));
+        }
+        if self.input_hash.len() != 64 || !self.input_hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err("input_hash is not a snapshot hash".into());
+        }
+        Ok(())
+    }
+}
+
+/// `jobs.results` request: a page of an analysis job's results by image index.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResultsQuery {
+    /// The job.
+    pub job_id: String,
+    /// Only this owner's job (others: `not_found`).
+    #[serde(default)]
+    pub user_id: Option<i64>,
+    /// The first image's index.
+    #[serde(default)]
+    pub offset: u64,
+    /// Page size, 1 to [`MAX_RESULTS_PAGE`].
+    pub limit: u64,
+}
+
+/// One page of an analysis job's results, in the order of its input (paths sorted).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(poem_openapi::Object))]
+#[cfg_attr(feature = "openapi", oai(rename = "AnalysisResults"))]
+pub struct ResultsPage {
+    /// The job.
+    pub job_id: String,
+    /// The model version, `name@version`.
+    pub model: String,
+    /// The job's state; results keep coming while it runs.
+    pub status: JobStatus,
+    /// Images the job classifies in all.
+    pub total: u64,
+    /// Results stored so far (all of them once the job completed).
+    pub available: u64,
+    /// Index of this page's first image.
+    pub offset: u64,
+    /// Page size asked for.
+    pub limit: u64,
+    /// This page's results, by index.
     pub results: Vec<ImageResult>,
 }
 

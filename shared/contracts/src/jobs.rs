@@ -139,6 +139,16 @@ pub fn train_subject(driver: JobDriver) -> String {
     format!("gantry.jobs.train.{}", driver.as_str())
 }
 
+/// Subject of analysis jobs for `driver`.
+pub fn analyze_subject(driver: JobDriver) -> String {
+    format!("gantry.jobs.analyze.{}", driver.as_str())
+}
+
+/// Durable pull consumer of analysis jobs for `driver`, shared by every node serving it.
+pub fn analyze_consumer(driver: JobDriver) -> String {
+    format!("analyze-{}", driver.as_str())
+}
+
 /// Durable pull consumer of training jobs for `driver`, shared by every trainer serving it.
 pub fn train_consumer(driver: JobDriver) -> String {
     format!("train-{}", driver.as_str())
@@ -346,6 +356,47 @@ impl JobRecord {
             updated_at: job.submitted_at,
             queue_position: None,
             waiting_reason: None,
+            kind: JobKind::Train,
+            analysis: None,
+        }
+    }
+}
+
+impl JobRecord {
+    /// The record of an analysis `job` as submitted: queued, kind `analyze`, with its input as
+    /// the user named it. It reuses a training job's fields where they mean the same: the
+    /// model's name, the input path (`train_path`) and its snapshot (`dataset_hash`, so the
+    /// snapshot is kept while the job waits).
+    pub fn queued_analysis(
+        job: &crate::analysis::AnalyzeJob,
+        input_path: impl Into<String>,
+        tokens_charged: i64,
+    ) -> Self {
+        let input_path = input_path.into();
+        let name = job
+            .model
+            .rsplit_once('@')
+            .map_or(job.model.as_str(), |(name, _)| name);
+        let train = TrainJob {
+            job_id: job.job_id.clone(),
+            user_id: job.user_id,
+            output_model: name.to_owned(),
+            description: format!("analysis of {} images with {}", job.images, job.model),
+            driver: job.driver,
+            dataset_hash: job.input_hash.clone(),
+            classes: Vec::new(),
+            params: TrainParams::default(),
+            submitted_at: job.submitted_at,
+        };
+        Self {
+            kind: JobKind::Analyze,
+            analysis: Some(crate::analysis::AnalysisSpec {
+                model: job.model.clone(),
+                input_path: input_path.clone(),
+                images: job.images,
+                top_k: job.top_k,
+            }),
+            ..Self::queued(&train, input_path, tokens_charged)
         }
     }
 }
@@ -455,6 +506,26 @@ pub struct JobRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", oai(skip_serializing_if_is_none))]
     pub waiting_reason: Option<WaitingReason>,
+    /// `train`, or `analyze` for a queued analysis (its results at `/jobs/{id}/results`).
+    #[serde(default)]
+    pub kind: JobKind,
+    /// An analysis job's model, images and labels per image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", oai(skip_serializing_if_is_none))]
+    pub analysis: Option<crate::analysis::AnalysisSpec>,
+}
+
+/// What a job does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(poem_openapi::Enum))]
+#[cfg_attr(feature = "openapi", oai(rename_all = "lowercase"))]
+pub enum JobKind {
+    /// Trains a model version.
+    #[default]
+    Train,
+    /// Classifies images with a model version (an analysis too large to answer at once).
+    Analyze,
 }
 
 impl JobRecord {
@@ -497,6 +568,9 @@ pub mod subjects {
     pub const JOBS_CANCEL: &str = "jobs.cancel";
     /// [`super::FailJob`] → [`super::JobRecord`]: the api failing a job it could not publish.
     pub const JOBS_FAIL: &str = "jobs.fail";
+    /// [`crate::analysis::ResultsQuery`] → [`crate::analysis::ResultsPage`]: an analysis
+    /// job's results by image index. Unknown job, or not an analysis: `not_found`.
+    pub const JOBS_RESULTS: &str = "jobs.results";
     /// [`super::ModelQuery`] → [`super::ModelList`].
     pub const MODELS_LIST: &str = "models.list";
     /// [`super::ModelRef`] → [`super::ModelDetail`]. Unknown: `not_found`.

@@ -86,8 +86,12 @@ pub struct Config {
     /// `GANTRY_ANALYZE_PRICE`: credit tokens a user pays per analysed image (default 0; admins
     /// pay nothing).
     pub analyze_price: i64,
-    /// `GANTRY_ANALYZE_MAX_IMAGES`: the most images one analysis request may name (default 256).
+    /// `GANTRY_ANALYZE_MAX_IMAGES`: the most images an analysis request is answered with at
+    /// once (default 256); a larger one becomes a queued analysis job.
     pub analyze_max_images: u32,
+    /// `GANTRY_ANALYZE_JOB_MAX_IMAGES`: the most images one queued analysis job may name
+    /// (default 100000); more answer 413.
+    pub analyze_job_max_images: u32,
     /// `GANTRY_HEARTBEAT_INTERVAL` seconds (default 5).
     pub heartbeat_interval: Duration,
     /// `GANTRY_HEALTH_CHECK`: a trainer's own health check, a command run with `sh -c`; when it
@@ -229,6 +233,7 @@ pub const VARIABLES: &[Variable] = &[
     v("GANTRY_MAX_HELD_PER_USER", &[API]),
     v("GANTRY_ANALYZE_PRICE", &[API]),
     v("GANTRY_ANALYZE_MAX_IMAGES", &[API]),
+    v("GANTRY_ANALYZE_JOB_MAX_IMAGES", &[API]),
     v("GANTRY_MAX_STREAMS_PER_USER", &[API]),
     v("GANTRY_MAX_DATASET_GB", &[API]),
     v("GANTRY_SESSION_TTL", &[AUTH]),
@@ -434,6 +439,12 @@ impl Config {
             analysis_cache_mb: number("GANTRY_ANALYSIS_CACHE_MB", 2048.0f64, 1.0, 10_000_000.0)?,
             analyze_price: number("GANTRY_ANALYZE_PRICE", 0i64, 0, 1_000_000)?,
             analyze_max_images: number("GANTRY_ANALYZE_MAX_IMAGES", 256u32, 1, 100_000)?,
+            analyze_job_max_images: number(
+                "GANTRY_ANALYZE_JOB_MAX_IMAGES",
+                100_000u32,
+                1,
+                1_000_000,
+            )?,
             heartbeat_interval: Duration::from_millis(
                 (number("GANTRY_HEARTBEAT_INTERVAL", 5.0f64, 0.05, 3600.0)? * 1000.0) as u64,
             ),

@@ -57,11 +57,22 @@ pub fn dead_events_stream() -> stream::Config {
 
 /// The durable pull consumer of training jobs for `driver`.
 pub fn train_consumer(driver: JobDriver) -> consumer::pull::Config {
-    let name = jobs::train_consumer(driver);
+    job_consumer(jobs::train_consumer(driver), jobs::train_subject(driver))
+}
+
+/// The durable pull consumer of analysis jobs for `driver`.
+pub fn analyze_consumer(driver: JobDriver) -> consumer::pull::Config {
+    job_consumer(
+        jobs::analyze_consumer(driver),
+        jobs::analyze_subject(driver),
+    )
+}
+
+fn job_consumer(name: String, filter_subject: String) -> consumer::pull::Config {
     consumer::pull::Config {
         durable_name: Some(name.clone()),
         name: Some(name),
-        filter_subject: jobs::train_subject(driver),
+        filter_subject,
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: Duration::from_secs(ACK_WAIT_SECS),
         max_deliver: MAX_DELIVER,
@@ -162,6 +173,9 @@ pub async fn ensure(js: &jetstream::Context, limits: &BucketLimits) -> anyhow::R
         jobs.get_or_create_consumer(&jobs::train_consumer(driver), train_consumer(driver))
             .await
             .with_context(|| format!("creating the {} consumer", jobs::train_consumer(driver)))?;
+        jobs.get_or_create_consumer(&jobs::analyze_consumer(driver), analyze_consumer(driver))
+            .await
+            .with_context(|| format!("creating the {} consumer", jobs::analyze_consumer(driver)))?;
     }
     for (bucket, max) in [
         (DATASETS_BUCKET, limits.datasets),

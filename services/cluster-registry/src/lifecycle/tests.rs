@@ -521,3 +521,52 @@ fn nodes_cannot_send_the_registrys_deliveries_nor_made_up_ones() {
         Err(Refused::NotOwner)
     );
 }
+
+fn running_analysis(delivery: u64) -> JobRecord {
+    let mut job = running(delivery);
+    job.kind = gantry_contracts::jobs::JobKind::Analyze;
+    job
+}
+
+#[test]
+fn an_analysis_completes_with_analyzed_and_lists_no_model() {
+    let mut job = running_analysis(1);
+    let effects = apply(&mut job, &Transition::Analyzed { delivery: 1 }).unwrap();
+    assert!(effects.ended);
+    assert_eq!(job.status, JobStatus::Completed);
+    assert!(job.model.is_none());
+    let settled = settlement(&job).unwrap();
+    assert_eq!(settled.list, None, "no version to list");
+    assert!(!settled.refund, "a completed analysis keeps its charge");
+}
+
+#[test]
+fn completions_of_the_other_kind_are_refused() {
+    let mut analysis = running_analysis(1);
+    let completed = Transition::Completed {
+        delivery: 1,
+        model: Box::new(model()),
+    };
+    assert_eq!(apply(&mut analysis, &completed), Err(Refused::WrongKind));
+    assert_eq!(analysis.status, JobStatus::Running);
+    let mut training = running(1);
+    assert_eq!(
+        apply(&mut training, &Transition::Analyzed { delivery: 1 }),
+        Err(Refused::WrongKind)
+    );
+    assert_eq!(training.status, JobStatus::Running);
+}
+
+#[test]
+fn an_analysis_end_from_a_stale_or_unissued_delivery_changes_nothing() {
+    let mut job = running_analysis(2);
+    assert!(matches!(
+        apply(&mut job, &Transition::Analyzed { delivery: 1 }),
+        Err(Refused::Stale { .. })
+    ));
+    assert_eq!(
+        apply(&mut job, &Transition::Analyzed { delivery: 0 }),
+        Err(Refused::UnknownDelivery(0))
+    );
+    assert_eq!(job.status, JobStatus::Running);
+}

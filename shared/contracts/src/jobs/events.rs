@@ -64,6 +64,19 @@ pub enum JobEventKind {
     },
     /// Stopped by a cancel.
     Cancelled,
+    /// Results of an analysis job: those of images `first..first + results.len()` (in the
+    /// order of the job's input), at most [`crate::analysis::MAX_BATCH_IMAGES`] per event.
+    Results {
+        /// Index of the first image.
+        first: u64,
+        /// One per image, in order.
+        results: Vec<crate::analysis::ImageResult>,
+    },
+    /// An analysis job is done: each of its `images` has its result.
+    Analyzed {
+        /// How many images were classified.
+        images: u64,
+    },
 }
 
 /// An event of a job.
@@ -82,8 +95,8 @@ pub struct JobEvent {
 }
 
 impl JobEventKind {
-    /// The `type` it travels under: `started`, `progress`, `checkpoint`, `completed`, `failed`
-    /// or `cancelled`.
+    /// The `type` it travels under: `started`, `progress`, `checkpoint`, `completed`, `failed`,
+    /// `cancelled`, `results` or `analyzed`.
     pub fn name(&self) -> &'static str {
         match self {
             Self::Started { .. } => "started",
@@ -92,6 +105,8 @@ impl JobEventKind {
             Self::Completed { .. } => "completed",
             Self::Failed { .. } => "failed",
             Self::Cancelled => "cancelled",
+            Self::Results { .. } => "results",
+            Self::Analyzed { .. } => "analyzed",
         }
     }
 }
@@ -101,7 +116,10 @@ impl JobEvent {
     pub fn is_final(&self) -> bool {
         matches!(
             self.kind,
-            JobEventKind::Completed { .. } | JobEventKind::Failed { .. } | JobEventKind::Cancelled
+            JobEventKind::Completed { .. }
+                | JobEventKind::Failed { .. }
+                | JobEventKind::Cancelled
+                | JobEventKind::Analyzed { .. }
         )
     }
 }

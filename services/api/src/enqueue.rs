@@ -1,0 +1,79 @@
+//! Queueing a job, for training and analysis alike: its snapshot stored in the datasets bucket
+//! (a training dataset or an analysis's images, packed into one deterministic archive named by
+//! its content, [`gantry_runtime::dataset::pack`]), once per hash; then its message published on
+//! the job queue with its id as `Nats-Msg-Id`.
+
+use std::path::Path;
+
+use gantry_contracts::jobs;
+use gantry_runtime::nats;
+use tracing::Instrument as _;
+
+use crate::state::AppState;
+
+/// Publish the job message `payload` of `job_id` on `subject` of the job queue and wait for the
+/// stream to store it. The producer span: the node's job span is its child, through the
+/// message's `traceparent`, on whichever node and delivery takes it.
+pub async fn publish(
+    state: &AppState,
+    subject: String,
+    job_id: &str,
+    payload: Vec<u8>,
+) -> anyhow::Result<()> {
+    let js = async_nats::jetstream::new(state.nats.clone());
+    let span = tracing::info_span!(
+        "jobs.publish",
+        otel.name = format!("send {subject}"),
+        otel.kind = "producer",
+        messaging.system = "nats",
+        messaging.destination.name = %subject,
+        messaging.operation.type = "send",
+        messaging.operation.name = "publish",
+        messaging.message.id = %job_id,
+    );
+    async {
+        let mut headers = nats::traced_headers();
+        headers.insert("Nats-Msg-Id", job_id);
+        js.publish_with_headers(subject.clone(), headers, payload.into())
+            .await?
+            .await?;
+        anyhow::Ok(())
+    }
+    .instrument(span)
+    .await
+}
+
+/// Store the archive at `archive` as the snapshot `hash`, unless it is stored already and fresh:
+/// stored again when missing, or old enough that the retention sweep may be about to remove it,
+/// so a job never names a snapshot about to go. `Err` says, for the user, what failed.
+pub async fn store_snapshot(state: &AppState, hash: &str, archive: &Path) -> Result<(), String> {
+    let js = async_nats::jetstream::new(state.nats.clone());
+    let key = jobs::dataset_key(hash);
+    let retention = state.limits.dataset_retention;
+    let stored = async {
+        let store = gantry_runtime::jetstream::bucket_store(&js, jobs::DATASETS_BUCKET).await?;
+        let fresh = match store.info(&key).await {
+            Ok(info) if !info.deleted => info.modified.is_some_and(|m| {
+                let age = chrono::Utc::now().timestamp() - m.unix_timestamp();
+                age >= 0 && (age as u64) < retention.as_secs() / 2
+            }),
+            _ => false,
+        };
+        if !fresh {
+            let mut file = tokio::fs::File::open(archive).await?;
+            gantry_runtime::jetstream::put_object(&js, jobs::DATASETS_BUCKET, &key, &mut file)
+                .await?;
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    stored.map_err(|e| {
+        let e = format!("{e:#}");
+        tracing::error!(error = e, "storing the dataset snapshot failed");
+        if e.contains("maximum bytes") {
+            "the dataset store is full (GANTRY_DATASETS_MAX_GB)".to_owned()
+        } else {
+            "the dataset could not be stored".to_owned()
+        }
+    })
+}
