@@ -88,6 +88,18 @@ async fn models_belong_to_their_owners_and_lists_show_summaries() {
             .await;
         assert_eq!((one["total"].as_u64(), one["limit"].as_u64()), (Some(1), Some(1)), "{one}");
 
+        // Paged one at a time, the pages hold every model once, by name then owner.
+        let total = all["total"].as_u64().unwrap();
+        let mut paged = Vec::new();
+        for offset in 0..total {
+            let (_, page) = stack
+                .admin_get(&format!("/admin/api/models?limit=1&offset={offset}"))
+                .await;
+            assert_eq!(page["models"].as_array().unwrap().len(), 1, "{page}");
+            paged.push(page["models"][0].clone());
+        }
+        assert_eq!(&Value::Array(paged), &all["models"], "pages differ from the whole list");
+
         // By name alone the admin is asked whose; with the owner, it is that one.
         let (status, v) = stack.admin_get("/admin/api/models/Bars").await;
         assert_eq!(status, StatusCode::CONFLICT, "{v}");

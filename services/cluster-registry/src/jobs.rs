@@ -256,7 +256,15 @@ impl Jobs {
             filter.insert("created_ms", created);
         }
         let limit = q.limit.unwrap_or(50).clamp(1, 500);
-        let total = self.jobs().count_documents(filter.clone()).await?;
+        // Unfiltered, the total is the collection's own count (its metadata, not a scan of every
+        // job); a filter counts through its index.
+        let total = match filter.is_empty() {
+            true => match self.jobs().estimated_document_count().await {
+                Ok(n) => n,
+                Err(_) => self.jobs().count_documents(doc! {}).await?,
+            },
+            false => self.jobs().count_documents(filter.clone()).await?,
+        };
         let docs: Vec<JobDoc> = self
             .jobs()
             .find(filter)

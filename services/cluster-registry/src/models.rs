@@ -9,6 +9,9 @@
 //!   before models had owners keep `model:<name>:<version>`; every lookup goes by `key`).
 //! - `counters`: `{_id: "model:<owner>:<name>", n}` numbers a model's versions ([`Counter`]).
 //! - `version_reservations`: `{_id: <job id>, version}`, the number a job's completion got.
+//! - `model_heads`: one per model, `_id` = `m:<owner>:<name>`: its summary (versions, the
+//!   newest), rewritten whenever a version is listed or withdrawn, so `models.list` reads one
+//!   page of these and never every version with its card.
 
 use async_nats::jetstream::{self, object_store};
 use base64::engine::general_purpose::URL_SAFE;
@@ -57,6 +60,48 @@ fn model_id(owner: i64, name: &str, version: u32) -> String {
     format!("model:{owner}:{name}:{version}")
 }
 
+/// A model's summary as `models.list` pages it; `nkey` sorts it by name (never compared bare).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct HeadDoc {
+    #[serde(rename = "_id")]
+    id: String,
+    nkey: String,
+    #[serde(flatten)]
+    summary: ModelSummary,
+}
+
+/// The summaries of the models `versions` belong to (each model's versions together or not).
+fn heads(versions: impl IntoIterator<Item = ModelVersion>) -> Vec<HeadDoc> {
+    let mut by_key: std::collections::BTreeMap<String, HeadDoc> = Default::default();
+    for v in versions {
+        let key = model_key(v.user_id, &v.name);
+        match by_key.get_mut(&key) {
+            Some(h) => {
+                h.summary.versions += 1;
+                if v.version > h.summary.latest.version {
+                    h.summary.latest = ModelBrief::from(&v);
+                }
+            }
+            None => {
+                by_key.insert(
+                    key.clone(),
+                    HeadDoc {
+                        id: key,
+                        nkey: name_key(&v.name),
+                        summary: ModelSummary {
+                            name: v.name.clone(),
+                            owner_id: v.user_id,
+                            versions: 1,
+                            latest: ModelBrief::from(&v),
+                        },
+                    },
+                );
+            }
+        }
+    }
+    by_key.into_values().collect()
+}
+
 /// Filter of one version of one owner's model.
 fn version_filter(model: &ModelVersion) -> Document {
     doc! { "key": model_key(model.user_id, &model.name), "version": model.version }
@@ -78,6 +123,37 @@ impl Models {
         self.registry.store().database().collection("models")
     }
 
+    fn heads(&self) -> Collection<HeadDoc> {
+        self.registry.store().database().collection("model_heads")
+    }
+
+    /// Write the summary of `owner`'s model `name` from its versions (gone with the last one).
+    async fn refresh_head(&self, owner: i64, name: &str) -> Result<(), RegistryError> {
+        let key = model_key(owner, name);
+        let versions: Vec<ModelVersion> = self
+            .models()
+            .find(doc! { "key": &key })
+            .await?
+            .try_collect::<Vec<ModelDoc>>()
+            .await?
+            .into_iter()
+            .map(|d| d.version)
+            .filter(|v| v.name == name)
+            .collect();
+        match heads(versions).pop() {
+            Some(head) => {
+                self.heads()
+                    .replace_one(doc! { "_id": &key }, &head)
+                    .upsert(true)
+                    .await?;
+            }
+            None => {
+                self.heads().delete_one(doc! { "_id": &key }).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Indexes for lookups by owner and name, and by name (idempotent); versions listed before
     /// models had owners get their owner's keys.
     pub async fn ensure_indexes(&self) -> anyhow::Result<()> {
@@ -86,7 +162,33 @@ impl Models {
                 .create_index(IndexModel::builder().keys(keys).build())
                 .await?;
         }
+        for keys in [
+            doc! { "nkey": 1, "owner_id": 1 },
+            doc! { "owner_id": 1, "nkey": 1 },
+        ] {
+            self.heads()
+                .create_index(IndexModel::builder().keys(keys).build())
+                .await?;
+        }
         let docs: Vec<ModelDoc> = self.models().find(doc! {}).await?.try_collect().await?;
+        // A summary for every model listed before summaries were kept (listings read only
+        // these). One that exists stays: a replica starting must not write back an older view
+        // over another replica's newer one.
+        let have: std::collections::HashSet<String> = self
+            .heads()
+            .find(doc! {})
+            .await?
+            .try_collect::<Vec<HeadDoc>>()
+            .await?
+            .into_iter()
+            .map(|h| h.id)
+            .collect();
+        for head in heads(docs.iter().map(|d| d.version.clone())) {
+            if !have.contains(&head.id) {
+                // Lost to a replica that wrote it meanwhile: theirs is as new.
+                let _ = self.heads().insert_one(&head).await;
+            }
+        }
         for d in docs {
             let key = model_key(d.version.user_id, &d.version.name);
             let nkey = name_key(&d.version.name);
@@ -177,7 +279,7 @@ impl Models {
             };
             self.models().insert_one(&d).await?;
         }
-        Ok(())
+        self.refresh_head(model.user_id, &model.name).await
     }
 
     /// Take a completion's weights into the models bucket: the upload under its key must have
@@ -256,6 +358,7 @@ impl Models {
     /// Withdraw a version whose job ended another way, and remove its weights.
     pub async fn withdraw(&self, model: &ModelVersion) -> Result<(), RegistryError> {
         self.models().delete_one(version_filter(model)).await?;
+        self.refresh_head(model.user_id, &model.name).await?;
         tracing::info!(
             job_id = model.job_id,
             version = model.version,
@@ -335,45 +438,22 @@ impl Models {
     /// `models.list`: by name, then owner; paged.
     pub async fn list(&self, q: ModelQuery) -> Result<ModelList, RegistryError> {
         let filter = match q.user_id {
-            Some(u) => doc! { "user_id": u },
+            Some(u) => doc! { "owner_id": u },
             None => doc! {},
         };
-        let docs: Vec<ModelDoc> = self
-            .models()
-            .find(filter)
-            .sort(doc! { "key": 1, "version": 1 })
-            .await?
-            .try_collect()
-            .await?;
-        let mut models: Vec<ModelSummary> = Vec::new();
-        for d in docs {
-            let v = d.version;
-            // Sorted by key: one model's versions come together.
-            match models
-                .last_mut()
-                .filter(|m| m.name == v.name && m.owner_id == v.user_id)
-            {
-                Some(m) => {
-                    m.versions += 1;
-                    if v.version > m.latest.version {
-                        m.latest = ModelBrief::from(&v);
-                    }
-                }
-                None => models.push(ModelSummary {
-                    name: v.name.clone(),
-                    owner_id: v.user_id,
-                    versions: 1,
-                    latest: ModelBrief::from(&v),
-                }),
-            }
-        }
-        models.sort_by(|a, b| a.name.cmp(&b.name).then(a.owner_id.cmp(&b.owner_id)));
-        let total = models.len() as u64;
         let limit = q.limit.unwrap_or(50).clamp(1, MAX_MODELS_PAGE);
-        let models = models
+        let total = self.heads().count_documents(filter.clone()).await?;
+        let models = self
+            .heads()
+            .find(filter)
+            .sort(doc! { "nkey": 1, "owner_id": 1 })
+            .skip(q.offset.min(i64::MAX as u64))
+            .limit(limit as i64)
+            .await?
+            .try_collect::<Vec<HeadDoc>>()
+            .await?
             .into_iter()
-            .skip(q.offset.min(total) as usize)
-            .take(limit as usize)
+            .map(|h| h.summary)
             .collect();
         Ok(ModelList {
             models,
@@ -421,5 +501,54 @@ impl Models {
             owner_id,
             versions,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn version(owner: i64, name: &str, version: u32) -> ModelVersion {
+        ModelVersion {
+            name: name.into(),
+            version,
+            user_id: owner,
+            job_id: format!("job-{name}-{version}"),
+            weights_key: String::new(),
+            card: Default::default(),
+            val_accuracy: 0.5,
+            created_at: Utc::now().into(),
+        }
+    }
+
+    #[test]
+    fn a_summary_per_model_counts_its_versions_and_names_the_newest_whatever_the_order() {
+        let listed = heads([
+            version(1, "a", 2),
+            version(2, "a", 1),
+            version(1, "b", 1),
+            version(1, "a", 3),
+            version(1, "a", 1),
+        ]);
+        let got: Vec<(String, i64, u32, u32)> = listed
+            .iter()
+            .map(|h| {
+                (
+                    h.id.clone(),
+                    h.summary.owner_id,
+                    h.summary.versions,
+                    h.summary.latest.version,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("m:1:a".to_owned(), 1, 3, 3),
+                ("m:1:b".to_owned(), 1, 1, 1),
+                ("m:2:a".to_owned(), 2, 1, 1),
+            ]
+        );
+        assert!(listed.iter().all(|h| h.nkey == name_key(&h.summary.name)));
     }
 }
