@@ -88,4 +88,8 @@ print(json.dumps({
     "ratio_per_round": [round(x, 3) for x in ratios],
     "rust_end_to_end_images_per_sec": round(e, 1),
 }))
+# The row bench/run.sh tabulates: the node's inference against PyTorch's.
+print(f"ROW\tanalysis images/s ({rust[0]['device']}, {rust[0]['threads']} threads, "
+      f"{rust[0]['image_size']} px, batch {rust[0]['batch']}), PyTorch\t{r:.0f}\t{p:.0f}\t"
+      f"{statistics.median(ratios):.2f}")
 PY

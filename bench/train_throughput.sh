@@ -88,4 +88,8 @@ print(json.dumps({
     "ratio_rust_over_pytorch": round(statistics.median(ratios), 3),
     "ratio_per_round": [round(x, 3) for x in ratios],
 }))
+# The row bench/run.sh tabulates: Gantry (Rust, tch) against PyTorch.
+print(f"ROW\ttraining samples/s ({rust[0]['device']}, {rust[0]['threads']} threads, "
+      f"{rust[0]['image_size']} px, batch {rust[0]['batch_size']}), PyTorch\t{r:.0f}\t{p:.0f}\t"
+      f"{statistics.median(ratios):.2f}")
 EOF
