@@ -22,6 +22,38 @@ fn loads(metrics: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Store `bytes` as the listed weights at `key`.
+async fn put_weights(stack: &TestStack, key: &str, bytes: &[u8]) {
+    async_nats::jetstream::new(stack.client().clone())
+        .get_object_store(gantry_contracts::jobs::MODELS_BUCKET)
+        .await
+        .unwrap()
+        .put(key, &mut &bytes[..])
+        .await
+        .unwrap();
+}
+
+/// Flip the last byte of the listed weights at `key`, so they no longer match their card; the
+/// original bytes, to put back.
+async fn tamper(stack: &TestStack, key: &str) -> Vec<u8> {
+    let mut original = Vec::new();
+    async_nats::jetstream::new(stack.client().clone())
+        .get_object_store(gantry_contracts::jobs::MODELS_BUCKET)
+        .await
+        .unwrap()
+        .get(key)
+        .await
+        .unwrap()
+        .read_to_end(&mut original)
+        .await
+        .unwrap();
+    let mut tampered = original.clone();
+    let last = tampered.len() - 1;
+    tampered[last] ^= 0xff;
+    put_weights(stack, key, &tampered).await;
+    original
+}
+
 #[tokio::test]
 async fn a_trained_model_classifies_its_validation_images_as_training_scored_them_and_stays_loaded()
 {
@@ -276,25 +308,7 @@ async fn a_trained_model_classifies_its_validation_images_as_training_scored_the
         // Weights that no longer match their card are refused (409) and the charge refunded;
         // put back, the same request goes through.
         let key = v["model"]["weights_key"].as_str().unwrap().to_owned();
-        let models = async_nats::jetstream::new(stack.client().clone())
-            .get_object_store(gantry_contracts::jobs::MODELS_BUCKET)
-            .await
-            .unwrap();
-        let mut original = Vec::new();
-        models
-            .get(key.as_str())
-            .await
-            .unwrap()
-            .read_to_end(&mut original)
-            .await
-            .unwrap();
-        let mut tampered = original.clone();
-        let last = tampered.len() - 1;
-        tampered[last] ^= 0xff;
-        models
-            .put(key.as_str(), &mut tampered.as_slice())
-            .await
-            .unwrap();
+        let original = tamper(&stack, &key).await;
         let (status, v) = as_user(
             "/api/analyze",
             json!({"model": "Mine", "input_path": "/val"}),
@@ -309,10 +323,7 @@ async fn a_trained_model_classifies_its_validation_images_as_training_scored_the
             "{v}"
         );
         assert_eq!(stack.balance(user_id).await, 2 * n + 5, "refunded");
-        models
-            .put(key.as_str(), &mut original.as_slice())
-            .await
-            .unwrap();
+        put_weights(&stack, &key, &original).await;
         let (status, v) = as_user(
             "/api/analyze",
             json!({"model": "Mine", "input_path": "/val"}),
@@ -558,25 +569,7 @@ async fn an_analysis_larger_than_a_request_is_queued_paged_and_charged_per_image
         assert_eq!(status, StatusCode::OK, "{v}");
         assert_eq!(stack.balance(user_id).await, 2 * n as i64);
         let key = v["model"]["weights_key"].as_str().unwrap().to_owned();
-        let models = async_nats::jetstream::new(stack.client().clone())
-            .get_object_store(gantry_contracts::jobs::MODELS_BUCKET)
-            .await
-            .unwrap();
-        let mut original = Vec::new();
-        models
-            .get(key.as_str())
-            .await
-            .unwrap()
-            .read_to_end(&mut original)
-            .await
-            .unwrap();
-        let mut tampered = original.clone();
-        let last = tampered.len() - 1;
-        tampered[last] ^= 0xff;
-        models
-            .put(key.as_str(), &mut tampered.as_slice())
-            .await
-            .unwrap();
+        let original = tamper(&stack, &key).await;
         let analyze_mine = || {
             send(
                 stack
@@ -603,10 +596,7 @@ async fn an_analysis_larger_than_a_request_is_queued_paged_and_charged_per_image
         .await;
         assert!(refunded.is_some(), "the failed analysis was not refunded");
 
-        models
-            .put(key.as_str(), &mut original.as_slice())
-            .await
-            .unwrap();
+        put_weights(&stack, &key, &original).await;
         let (status, mine) = analyze_mine().await;
         assert_eq!(status, StatusCode::ACCEPTED, "{mine}");
         let mine_id = mine["job_id"].as_str().unwrap().to_owned();

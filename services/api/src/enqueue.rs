@@ -5,11 +5,65 @@
 
 use std::path::Path;
 
-use gantry_contracts::jobs;
+use gantry_contracts::auth::{CreditChange, CreditResult};
+use gantry_contracts::error::ErrorCode;
+use gantry_contracts::jobs::{self, FailJob, FailureKind, JobRecord};
+use gantry_contracts::subjects;
 use gantry_runtime::nats;
 use tracing::Instrument as _;
 
+use crate::error::ApiError;
 use crate::state::AppState;
+
+/// A job that could not be queued after its charge: whose, how much, and whether it was recorded.
+pub struct Unqueued<'a> {
+    /// Who was charged.
+    pub user_id: i64,
+    /// The job (and the charge's key).
+    pub job_id: &'a str,
+    /// Tokens charged (0: nothing to give back).
+    pub charged: i64,
+    /// The registry holds its record.
+    pub recorded: bool,
+}
+
+/// Fail a job that could not be queued (when recorded) and give its charge back, then the 503
+/// to answer, saying `what` failed. The registry's refund of the failed job and this one share
+/// the job id as their key, so the charge comes back once.
+pub async fn abort(state: &AppState, job: Unqueued<'_>, what: String) -> ApiError {
+    if job.recorded {
+        let _: Result<JobRecord, _> = nats::request(
+            &state.nats,
+            subjects::registry(jobs::subjects::JOBS_FAIL),
+            &FailJob {
+                job_id: job.job_id.to_owned(),
+                error: what.clone(),
+                kind: FailureKind::System,
+            },
+        )
+        .await;
+    }
+    if job.charged > 0 {
+        let r: Result<CreditResult, _> = nats::request(
+            &state.nats,
+            subjects::auth(subjects::auth::CREDITS_REFUND),
+            &CreditChange {
+                user_id: job.user_id,
+                amount: job.charged,
+                key: job.job_id.to_owned(),
+                reason: format!("job {} could not be queued", job.job_id),
+            },
+        )
+        .await;
+        if let Err(e) = r {
+            tracing::error!(job_id = job.job_id, error = %e, "refund failed; the ledger key lets a retry complete it");
+        }
+    }
+    ApiError::new(
+        ErrorCode::Unavailable,
+        format!("{what}; the job was not queued and any charge was refunded"),
+    )
+}
 
 /// Publish the job message `payload` of `job_id` on `subject` of the job queue and wait for the
 /// stream to store it. The producer span: the node's job span is its child, through the

@@ -171,42 +171,15 @@ struct Submitted {
 }
 
 impl TrainApi {
-    async fn refund(&self, user_id: i64, job_id: &str) {
-        let r: Result<CreditResult, _> = nats::request(
-            &self.state.nats,
-            subjects::auth(subjects::auth::CREDITS_REFUND),
-            &CreditChange {
-                user_id,
-                amount: TRAINING_COST,
-                key: job_id.to_owned(),
-                reason: format!("training job {job_id} could not be queued"),
-            },
-        )
-        .await;
-        if let Err(e) = r {
-            tracing::error!(job_id, error = %e, "refund failed; the ledger key lets a retry complete it");
-        }
-    }
-
     /// Fail the job (if recorded) and refund, then answer 503.
     async fn abort(&self, user_id: i64, job_id: &str, recorded: bool, what: String) -> ApiError {
-        if recorded {
-            let _: Result<JobRecord, _> = nats::request(
-                &self.state.nats,
-                subjects::registry(jobs::subjects::JOBS_FAIL),
-                &FailJob {
-                    job_id: job_id.to_owned(),
-                    error: what.clone(),
-                    kind: FailureKind::System,
-                },
-            )
-            .await;
-        }
-        self.refund(user_id, job_id).await;
-        ApiError::new(
-            ErrorCode::Unavailable,
-            format!("{what}; the job was not queued and any charge was refunded"),
-        )
+        let job = crate::enqueue::Unqueued {
+            user_id,
+            job_id,
+            charged: TRAINING_COST,
+            recorded,
+        };
+        crate::enqueue::abort(&self.state, job, what).await
     }
 
     async fn submit(

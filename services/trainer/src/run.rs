@@ -48,6 +48,24 @@ use crate::training::{load_options, train_blocking, train_config, Update};
 
 /// In-progress acks: a third of AckWait.
 pub const LEASE_EVERY: Duration = Duration::from_secs(contract::ACK_WAIT_SECS / 3);
+
+/// Keep `msg` leased with an in-progress ack every [`LEASE_EVERY`] until the handle drops, so
+/// the queue redelivers the job only when this node dies.
+pub fn keep_leased(msg: Arc<jetstream::Message>) -> AbortOnDropHandle<()> {
+    AbortOnDropHandle::new(tokio::spawn(
+        async move {
+            let mut tick =
+                tokio::time::interval_at(tokio::time::Instant::now() + LEASE_EVERY, LEASE_EVERY);
+            loop {
+                tick.tick().await;
+                if let Err(e) = msg.ack_with(AckKind::Progress).await {
+                    tracing::warn!(error = %e, "in-progress ack failed");
+                }
+            }
+        }
+        .in_current_span(),
+    ))
+}
 /// A job that failed here for a reason of the node comes back after this.
 pub const RETRY_DELAY: Duration = Duration::from_secs(5);
 
@@ -121,24 +139,7 @@ impl JobRunner {
         telemetry::set_parent_from(&span, msg.headers.as_ref());
         async move {
             let msg = Arc::new(msg);
-            let lease = {
-                let msg = msg.clone();
-                AbortOnDropHandle::new(tokio::spawn(
-                    async move {
-                        let mut tick = tokio::time::interval_at(
-                            tokio::time::Instant::now() + LEASE_EVERY,
-                            LEASE_EVERY,
-                        );
-                        loop {
-                            tick.tick().await;
-                            if let Err(e) = msg.ack_with(AckKind::Progress).await {
-                                tracing::warn!(error = %e, "in-progress ack failed");
-                            }
-                        }
-                    }
-                    .in_current_span(),
-                ))
-            };
+            let lease = keep_leased(msg.clone());
             tracing::info!("job received");
             metrics::TRAINER_JOBS_RUNNING.inc();
             let outcome = self.execute(&job, delivery, backend, &control).await;

@@ -87,6 +87,21 @@ pub struct AnalyzeImage {
     pub data: Vec<u8>,
 }
 
+/// The model a batch or job names, within what a node loads: `top_k` labels, a reference and
+/// weights key of bounded length, a card with 1 to [`MAX_CLASSES`] classes.
+fn check_model(top_k: u32, model: &str, weights_key: &str, card: &ModelCard) -> Result<(), String> {
+    if top_k == 0 || top_k > MAX_TOP_K {
+        return Err(format!("top_k must be between 1 and {MAX_TOP_K}"));
+    }
+    if model.len() > MAX_NAME || weights_key.len() > MAX_NAME {
+        return Err("model or weights key too long".into());
+    }
+    if card.classes.is_empty() || card.classes.len() > MAX_CLASSES {
+        return Err(format!("a card names 1 to {MAX_CLASSES} classes"));
+    }
+    Ok(())
+}
+
 /// A request to a node: classify these images with this model version.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AnalyzeBatch {
@@ -112,15 +127,7 @@ impl AnalyzeBatch {
                 self.images.len()
             ));
         }
-        if self.top_k == 0 || self.top_k > MAX_TOP_K {
-            return Err(format!("top_k must be between 1 and {MAX_TOP_K}"));
-        }
-        if self.model.len() > MAX_NAME || self.weights_key.len() > MAX_NAME {
-            return Err("model or weights key too long".into());
-        }
-        if self.card.classes.is_empty() || self.card.classes.len() > MAX_CLASSES {
-            return Err(format!("a card names 1 to {MAX_CLASSES} classes"));
-        }
+        check_model(self.top_k, &self.model, &self.weights_key, &self.card)?;
         if let Some(i) = self.images.iter().find(|i| i.path.len() > MAX_NAME) {
             return Err(format!("path of {} bytes is too long", i.path.len()));
         }
@@ -240,15 +247,7 @@ impl AnalyzeJob {
         if self.images == 0 {
             return Err("an analysis job holds at least one image".into());
         }
-        if self.top_k == 0 || self.top_k > MAX_TOP_K {
-            return Err(format!("top_k must be between 1 and {MAX_TOP_K}"));
-        }
-        if self.model.len() > MAX_NAME || self.weights_key.len() > MAX_NAME {
-            return Err("model or weights key too long".into());
-        }
-        if self.card.classes.is_empty() || self.card.classes.len() > MAX_CLASSES {
-            return Err(format!("a card names 1 to {MAX_CLASSES} classes"));
-        }
+        check_model(self.top_k, &self.model, &self.weights_key, &self.card)?;
         if self.input_hash.len() != 64 || !self.input_hash.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err("input_hash is not a snapshot hash".into());
         }

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use gantry_contracts::analysis::{input_entry, AnalyzeJob};
 use gantry_contracts::auth::{CreditChange, CreditResult, Principal, Role};
 use gantry_contracts::error::ErrorCode;
-use gantry_contracts::jobs::{self, FailJob, FailureKind, JobDriver, JobRecord, ModelVersion};
+use gantry_contracts::jobs::{self, JobDriver, JobRecord, ModelVersion};
 use gantry_contracts::subjects;
 use gantry_runtime::dataset::{self, DatasetFile};
 use gantry_runtime::nats;
@@ -71,26 +71,13 @@ impl AnalyzeApi {
         recorded: bool,
         what: String,
     ) -> ApiError {
-        if recorded {
-            // Failing it refunds it too (the registry's refund and this one share the key).
-            let _: Result<JobRecord, _> = nats::request(
-                &self.state.nats,
-                subjects::registry(jobs::subjects::JOBS_FAIL),
-                &FailJob {
-                    job_id: job_id.to_owned(),
-                    error: what.clone(),
-                    kind: FailureKind::System,
-                },
-            )
-            .await;
-        }
-        if price > 0 {
-            self.refund(user_id, price, job_id).await;
-        }
-        ApiError::new(
-            ErrorCode::Unavailable,
-            format!("{what}; the analysis was not queued and any charge was refunded"),
-        )
+        let job = crate::enqueue::Unqueued {
+            user_id,
+            job_id,
+            charged: price,
+            recorded,
+        };
+        crate::enqueue::abort(&self.state, job, what).await
     }
 
     /// Queue the analysis of `found` (more images than are answered at once) as a job.

@@ -37,8 +37,6 @@ use crate::worker::job_driver;
 const BATCH: usize = 64;
 /// How long one pull waits at the server before the loop looks at the other consumer.
 const PULL_WAIT: Duration = Duration::from_secs(1);
-/// How often a job's message is leased again while it runs (its ack wait is 30 s).
-const LEASE_EVERY: Duration = Duration::from_secs(10);
 /// Most serialised result bytes in one `results` event: far under a NATS message.
 const MAX_EVENT_BYTES: usize = 256 * 1024;
 /// How long a handed-back job waits before it is offered again.
@@ -239,24 +237,7 @@ impl Analysis {
         shutdown: &CancellationToken,
     ) {
         let msg = Arc::new(msg);
-        let _lease = {
-            let msg = msg.clone();
-            AbortOnDropHandle::new(tokio::spawn(
-                async move {
-                    let mut tick = tokio::time::interval_at(
-                        tokio::time::Instant::now() + LEASE_EVERY,
-                        LEASE_EVERY,
-                    );
-                    loop {
-                        tick.tick().await;
-                        if let Err(e) = msg.ack_with(AckKind::Progress).await {
-                            tracing::warn!(error = %e, "in-progress ack failed");
-                        }
-                    }
-                }
-                .in_current_span(),
-            ))
-        };
+        let _lease = crate::run::keep_leased(msg.clone());
         let cancelled = CancellationToken::new();
         let _cancels = match self
             .inner
