@@ -156,6 +156,9 @@ pub enum Refused {
     UnknownDelivery(u64),
     /// A completion points at weights other than the ones its delivery uploads.
     ForeignWeights,
+    /// Not yet: the event needs its delivery's start, which is not applied yet (replicas apply
+    /// a job's events concurrently, so its start may still be on its way). It comes back.
+    NotStarted(u64),
 }
 
 /// Whether `delivery` is one the job queue makes (1 up to [`MAX_DELIVER`]).
@@ -188,6 +191,14 @@ pub fn check_sender(job: &JobRecord, event: &JobEvent, sender: &str) -> Result<(
     match &event.kind {
         JobEventKind::Started { node_id, .. } if node_id != sender => Err(Refused::NotOwner),
         JobEventKind::Started { .. } if event.delivery > job.delivery => Ok(()),
+        // A later delivery's event from another node than the holder: the queue may have given
+        // the job to it, and its start not be applied yet.
+        _ if holder.is_some_and(|h| h != sender)
+            && event.delivery > job.delivery
+            && !job.status.is_final() =>
+        {
+            Err(Refused::NotStarted(event.delivery))
+        }
         _ if holder.is_some_and(|h| h != sender) => Err(Refused::NotOwner),
         _ => Ok(()),
     }
@@ -248,6 +259,12 @@ pub fn check(job: &JobRecord, t: &Transition) -> Result<(), Refused> {
     }
     if job.status.is_final() {
         return Err(Refused::Final(job.status));
+    }
+    // A completion credits the node that ran it: it waits for a start to name that node.
+    if let Transition::Completed { delivery, .. } = t {
+        if job.node_id.is_none() {
+            return Err(Refused::NotStarted(*delivery));
+        }
     }
     if let Transition::Withdrawn {
         kind: FailureKind::NoNode,

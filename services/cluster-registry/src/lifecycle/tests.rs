@@ -521,3 +521,30 @@ fn nodes_cannot_send_the_registrys_deliveries_nor_made_up_ones() {
         Err(Refused::NotOwner)
     );
 }
+
+#[test]
+fn a_completion_waits_for_a_start_to_name_its_node() {
+    let mut job = queued(10);
+    let completed = Transition::Completed {
+        delivery: 1,
+        model: Box::new(model()),
+    };
+    let before = job.clone();
+    assert_eq!(apply(&mut job, &completed), Err(Refused::NotStarted(1)));
+    assert_eq!(job, before);
+    apply(&mut job, &started(1)).unwrap();
+    assert!(apply(&mut job, &completed).unwrap().ended);
+}
+
+#[test]
+fn a_later_deliverys_event_from_another_node_waits_for_its_start() {
+    let job = running_on("node-a", 1);
+    let p = event(2, JobEventKind::Cancelled);
+    assert_eq!(check_sender(&job, &p, "node-b"), Err(Refused::NotStarted(2)));
+    // Once node-b's start is applied, node-b holds the job.
+    assert_eq!(check_sender(&running_on("node-b", 2), &p, "node-b"), Ok(()));
+    // The job is over: nothing to wait for.
+    let mut over = running_on("node-a", 1);
+    over.status = JobStatus::Completed;
+    assert_eq!(check_sender(&over, &p, "node-b"), Err(Refused::NotOwner));
+}
