@@ -91,7 +91,9 @@ async fn publish_jobs(stack: &TestStack, prefix: &str, n: usize, epochs: u32) ->
         .await
         .unwrap();
     for id in &ids {
-        stack.record_job(&train_job(id, 1, jobs::JobDriver::Cpu), 0).await;
+        stack
+            .record_job(&train_job(id, 1, jobs::JobDriver::Cpu), 0)
+            .await;
         uploads
             .put(jobs::weights_key(id, 1).as_str(), &mut &WEIGHTS[..])
             .await
@@ -153,7 +155,12 @@ async fn check_jobs(stack: &TestStack, ids: &[String], epochs: u32) {
     let mut versions = Vec::new();
     for id in ids {
         let job = read_job(stack, id).await.expect("the job is recorded");
-        assert_eq!(job.status, JobStatus::Completed, "{job:?}\n{}", stack.logs());
+        assert_eq!(
+            job.status,
+            JobStatus::Completed,
+            "{job:?}\n{}",
+            stack.logs()
+        );
         assert_eq!(job.node_id.as_deref(), Some(NODE), "{job:?}");
         let last = job.progress.as_ref().expect("progress is kept");
         // The last figures published before the completion, never the late ones after it.
@@ -173,7 +180,10 @@ async fn check_jobs(stack: &TestStack, ids: &[String], epochs: u32) {
                 _ => None,
             })
             .collect();
-        assert!(epochs_seen.windows(2).all(|w| w[0] < w[1]), "{epochs_seen:?}");
+        assert!(
+            epochs_seen.windows(2).all(|w| w[0] < w[1]),
+            "{epochs_seen:?}"
+        );
     }
     // One version of model M per job: no completion was listed twice, none lost.
     versions.sort_unstable();
@@ -230,7 +240,11 @@ async fn a_replica_killed_while_applying_leaves_every_event_applied_once() {
                 .then_some(())
         })
         .await;
-        assert!(busy.is_some(), "the first replica applied nothing\n{}", stack.logs());
+        assert!(
+            busy.is_some(),
+            "the first replica applied nothing\n{}",
+            stack.logs()
+        );
         stack.kill9("gantry-registry");
 
         // Redelivered after the consumer's 30 s ack wait.

@@ -179,9 +179,7 @@ async fn consume(
             match next {
                 Some(Ok(m)) => batch.push(m),
                 // The stream re-arms its pulls itself; messages already pulled are not lost.
-                Some(Err(e))
-                    if e.kind() == consumer::pull::MessagesErrorKind::MissingHeartbeat =>
-                {
+                Some(Err(e)) if e.kind() == consumer::pull::MessagesErrorKind::MissingHeartbeat => {
                     tracing::warn!(error = %e, "job event consumer missed a heartbeat; going on");
                 }
                 Some(Err(e)) if batch.is_empty() => return Err(anyhow::anyhow!("{e}")),
@@ -263,11 +261,9 @@ fn read(msg: &jetstream::Message) -> Result<Delivered, String> {
         .map_err(|e| format!("no stream sequence: {e}"))?
         .stream_sequence;
     match serde_json::from_slice::<JobEvent>(&msg.payload) {
-        Ok(event) if msg.subject.ends_with(&format!(".job.{}", event.job_id)) => Ok(Delivered {
-            sender,
-            event,
-            seq,
-        }),
+        Ok(event) if msg.subject.ends_with(&format!(".job.{}", event.job_id)) => {
+            Ok(Delivered { sender, event, seq })
+        }
         Ok(_) => Err("the event's job is not its subject's".into()),
         Err(e) => Err(format!("unreadable: {e}")),
     }

@@ -869,7 +869,11 @@ impl Jobs {
     /// read when another writer got there first); a completion, which lists a version first,
     /// goes through [`Self::apply`] on its own. Once an event of the job fails, the ones after
     /// it come back too, so a replica never runs ahead of what it could not apply.
-    pub async fn apply_events(&self, job_id: &str, events: &[Delivered]) -> Vec<Result<(), RegistryError>> {
+    pub async fn apply_events(
+        &self,
+        job_id: &str,
+        events: &[Delivered],
+    ) -> Vec<Result<(), RegistryError>> {
         let mut results: Vec<Result<(), RegistryError>> = Vec::with_capacity(events.len());
         let mut start = 0;
         while start < events.len() {
@@ -980,9 +984,16 @@ impl Jobs {
                         changed = true;
                         results.push(Ok(()));
                     }
-                    Err(Refused::NotStarted(delivery)) => results.push(Err(waits(job_id, delivery))),
+                    Err(Refused::NotStarted(delivery)) => {
+                        results.push(Err(waits(job_id, delivery)))
+                    }
                     Err(refused) => {
-                        tracing::info!(job_id, delivery = event.delivery, ?refused, "event changes nothing");
+                        tracing::info!(
+                            job_id,
+                            delivery = event.delivery,
+                            ?refused,
+                            "event changes nothing"
+                        );
                         over |= matches!(refused, Refused::Final(_));
                         results.push(Ok(()));
                     }

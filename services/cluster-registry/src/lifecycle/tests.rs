@@ -540,7 +540,10 @@ fn a_completion_waits_for_a_start_to_name_its_node() {
 fn a_later_deliverys_event_from_another_node_waits_for_its_start() {
     let job = running_on("node-a", 1);
     let p = event(2, JobEventKind::Cancelled);
-    assert_eq!(check_sender(&job, &p, "node-b"), Err(Refused::NotStarted(2)));
+    assert_eq!(
+        check_sender(&job, &p, "node-b"),
+        Err(Refused::NotStarted(2))
+    );
     // Once node-b's start is applied, node-b holds the job.
     assert_eq!(check_sender(&running_on("node-b", 2), &p, "node-b"), Ok(()));
     // The job is over: nothing to wait for.
