@@ -39,6 +39,9 @@ const BATCH: i64 = 256;
 /// Most jobs of a batch one replica applies at once.
 const JOBS_AT_ONCE: usize = 32;
 
+/// How often events held while the store is away look for it again (and keep their lease).
+const STORE_WAIT: Duration = Duration::from_secs(5);
+
 /// Most events unacknowledged across all replicas (the consumer's `max_ack_pending`).
 const EVENTS_IN_FLIGHT: i64 = 4096;
 
@@ -175,6 +178,7 @@ async fn consume(
         };
         let mut batch = Vec::with_capacity(BATCH as usize);
         let mut next = first;
+        let mut ended = false;
         loop {
             match next {
                 Some(Ok(m)) => batch.push(m),
@@ -183,7 +187,11 @@ async fn consume(
                     tracing::warn!(error = %e, "job event consumer missed a heartbeat; going on");
                 }
                 Some(Err(e)) if batch.is_empty() => return Err(anyhow::anyhow!("{e}")),
-                Some(Err(_)) | None => break,
+                Some(Err(_)) => break,
+                None => {
+                    ended = true;
+                    break;
+                }
             }
             if batch.len() >= BATCH as usize {
                 break;
@@ -194,13 +202,12 @@ async fn consume(
                 None => break,
             }
         }
-        if batch.is_empty() {
-            if stop.is_cancelled() {
-                return Ok(());
-            }
-            continue;
+        if !batch.is_empty() {
+            apply_batch(jobs, js, max_deliver, batch, stop).await;
         }
-        apply_batch(jobs, js, max_deliver, batch).await;
+        if ended || stop.is_cancelled() {
+            return Ok(());
+        }
     }
 }
 
@@ -210,6 +217,7 @@ async fn apply_batch(
     js: &jetstream::Context,
     max_deliver: u32,
     batch: Vec<jetstream::Message>,
+    stop: &CancellationToken,
 ) {
     let mut by_job: HashMap<String, Vec<(jetstream::Message, Delivered)>> = HashMap::new();
     for msg in batch {
@@ -229,21 +237,44 @@ async fn apply_batch(
             if let Some(first) = msgs.first() {
                 gantry_runtime::telemetry::set_parent_from(&span, first.headers.as_ref());
             }
-            // Bounded well inside the ack wait, so an event is never redelivered to another
-            // replica while this one still applies it.
-            let results = tokio::time::timeout(APPLY_LIMIT, jobs.apply_events(&job_id, &events))
-                .instrument(span)
-                .await
-                .unwrap_or_else(|_| {
-                    events
-                        .iter()
-                        .map(|_| {
-                            Err(RegistryError::Unavailable(
-                                "applying the events took too long".into(),
-                            ))
-                        })
-                        .collect()
-                });
+            let results = loop {
+                // Bounded well inside the ack wait, so an event is never redelivered to another
+                // replica while this one still applies it.
+                let results =
+                    tokio::time::timeout(APPLY_LIMIT, jobs.apply_events(&job_id, &events))
+                        .instrument(span.clone())
+                        .await
+                        .unwrap_or_else(|_| {
+                            events
+                                .iter()
+                                .map(|_| {
+                                    Err(RegistryError::Unavailable(
+                                        "applying the events took too long".into(),
+                                    ))
+                                })
+                                .collect()
+                        });
+                if results.iter().all(Result::is_ok)
+                    || stop.is_cancelled()
+                    || jobs.store_reachable().await
+                {
+                    break results;
+                }
+                // The store is away: the events are held (no delivery spent, none
+                // dead-lettered for it) until it is back, then applied again.
+                tracing::warn!(
+                    job_id,
+                    "the store is unavailable; the job's events wait for it"
+                );
+                while !stop.is_cancelled() {
+                    for msg in &msgs {
+                        let _ = msg.ack_with(AckKind::Progress).await;
+                    }
+                    if !retry::pause(stop, STORE_WAIT).await || jobs.store_reachable().await {
+                        break;
+                    }
+                }
+            };
             for ((msg, d), result) in msgs.iter().zip(&events).zip(results) {
                 settle_message(js, msg, d.event.kind.name(), result, max_deliver).await;
             }

@@ -863,6 +863,13 @@ impl Jobs {
         }
     }
 
+    /// Whether the store answers.
+    pub async fn store_reachable(&self) -> bool {
+        gantry_runtime::mongo::ping(self.registry.store().database())
+            .await
+            .is_ok()
+    }
+
     /// Apply one job's events from a batch, in their stream order; one result per event (an
     /// error: it comes back). Started, progress, checkpoint, failed and cancelled events fold
     /// into the record read once and are written once (conditionally, decided again on a fresh
