@@ -2,7 +2,8 @@
 //! every job ends as its events, applied in publish order, leave it (completed, with its last
 //! progress figures, progress published after its completion never applied), its history is in
 //! publish order, and a replica killed while applying leaves no event unapplied or applied
-//! twice (each completion lists exactly one model version).
+//! twice (each completion lists exactly one model version). Events met with the store away wait
+//! for it without spending their deliveries.
 
 use std::time::Duration;
 
@@ -251,6 +252,73 @@ async fn a_replica_killed_while_applying_leaves_every_event_applied_once() {
         wait_all_applied(&stack, Duration::from_secs(150)).await;
         check_jobs(&stack, &ids, epochs).await;
         drop(second);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn events_met_with_the_store_away_wait_for_it_and_are_never_dead_lettered() {
+    TestStack::run(LIMIT, |mut stack| async move {
+        // Two deliveries would dead-letter an event at once, were its waits counted.
+        stack.set_env("GANTRY_EVENT_MAX_DELIVER", "2");
+        stack.start_services(&["gantry-registry"]).await;
+        let epochs = 3;
+        // Recorded (with their weights) before the store goes; their events are published after.
+        let ids: Vec<String> = (0..3).map(|i| format!("away-{i}")).collect();
+        let js = async_nats::jetstream::new(stack.client().clone());
+        let uploads = gantry_runtime::jetstream::bucket_store(&js, UPLOADS_BUCKET)
+            .await
+            .unwrap();
+        for id in &ids {
+            stack
+                .record_job(&train_job(id, 1, jobs::JobDriver::Cpu), 0)
+                .await;
+            uploads
+                .put(jobs::weights_key(id, 1).as_str(), &mut &WEIGHTS[..])
+                .await
+                .unwrap();
+        }
+
+        stack.store.stop();
+        for id in &ids {
+            for e in history(id, epochs) {
+                js.publish(
+                    jobs::event_subject(NODE, id),
+                    serde_json::to_vec(&e).unwrap().into(),
+                )
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+            }
+        }
+        let holding = wait_until(Duration::from_secs(60), || async {
+            stack
+                .registry()
+                .output()
+                .contains("the store is unavailable; the job's events wait for it")
+                .then_some(())
+        })
+        .await;
+        assert!(
+            holding.is_some(),
+            "the registry never held the events\n{}",
+            stack.logs()
+        );
+        stack.store.restart().await;
+
+        wait_all_applied(&stack, Duration::from_secs(120)).await;
+        check_jobs(&stack, &ids, epochs).await;
+        let dead = js
+            .get_stream(jobs::DEAD_EVENTS_STREAM)
+            .await
+            .unwrap()
+            .info()
+            .await
+            .unwrap()
+            .state
+            .messages;
+        assert_eq!(dead, 0, "events were dead-lettered\n{}", stack.logs());
     })
     .await;
 }

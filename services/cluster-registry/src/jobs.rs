@@ -165,6 +165,10 @@ impl Jobs {
                 Ok(effects) => effects,
                 Err(refused) => return Ok(Outcome::Refused(doc.record, refused)),
             };
+            let end_seq = if effects.ended { seq } else { None };
+            let progress_seq = self
+                .keep_progress_before(&mut job, doc.progress_seq, end_seq)
+                .await?;
             job.updated_at = Utc::now();
             job.stamp(job.updated_at);
             job.queue_position = None;
@@ -173,8 +177,8 @@ impl Jobs {
                 id: doc.id.clone(),
                 created_ms: doc.created_ms,
                 rev: doc.rev + 1,
-                progress_seq: doc.progress_seq,
-                end_seq: if effects.ended { seq } else { None }.or(doc.end_seq),
+                progress_seq,
+                end_seq: end_seq.or(doc.end_seq),
                 record: job.clone(),
             };
             let filter = if doc.rev == 0 {
@@ -219,7 +223,7 @@ impl Jobs {
         if let Some(kind) = effects.publish {
             self.publish_event(&job.job_id, kind).await;
         }
-        if effects.ended {
+        if effects.ended || effects.settle_again {
             return self.settle(job).await;
         }
         (job, true)
@@ -863,6 +867,67 @@ impl Jobs {
         }
     }
 
+    /// A job that just ended with its trainer's event at `end` (a stream sequence) keeps the
+    /// last progress published before it. Progress published after it may have been applied
+    /// first (a replica killed while holding the end: the end came back later); then the last
+    /// progress of the job's delivery from its node before `end` is read back from the event
+    /// stream. Returns the progress sequence the job keeps.
+    async fn keep_progress_before(
+        &self,
+        job: &mut JobRecord,
+        progress_seq: u64,
+        end: Option<u64>,
+    ) -> Result<u64, RegistryError> {
+        let Some(end) = end.filter(|end| progress_seq > *end) else {
+            return Ok(progress_seq);
+        };
+        let unavailable = |e: &dyn std::fmt::Display| {
+            RegistryError::Unavailable(format!("reading the job's events: {e}"))
+        };
+        let js = jetstream::new(self.registry.client().clone());
+        let stream = js
+            .get_stream(jobs::EVENTS_STREAM)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let mut kept = None;
+        let mut from = 1;
+        while from < end {
+            let msg = match stream
+                .raw_message_builder()
+                .sequence(from)
+                .next_by_subject(jobs::job_events(&job.job_id))
+                .send()
+                .await
+            {
+                Ok(msg) => msg,
+                Err(e) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => {
+                    break
+                }
+                Err(e) => return Err(unavailable(&e)),
+            };
+            if msg.sequence >= end {
+                break;
+            }
+            from = msg.sequence + 1;
+            let Ok(event) = serde_json::from_slice::<JobEvent>(&msg.payload) else {
+                continue;
+            };
+            if event.delivery == job.delivery
+                && jobs::event_sender(&msg.subject) == job.node_id.as_deref()
+                && matches!(event.kind, JobEventKind::Progress { .. })
+            {
+                kept = Some((msg.sequence, jobs::JobProgress::of(&event)));
+            }
+        }
+        tracing::info!(
+            job_id = job.job_id,
+            "progress published after the job's end was applied first; the last one before it is kept"
+        );
+        let (seq, progress) = kept.unwrap_or((0, None));
+        job.progress = progress;
+        Ok(seq)
+    }
+
     /// Whether the store answers.
     pub async fn store_reachable(&self) -> bool {
         gantry_runtime::mongo::ping(self.registry.store().database())
@@ -987,6 +1052,7 @@ impl Jobs {
                         effects.ended |= e.ended;
                         effects.stop_trainers |= e.stop_trainers;
                         effects.first_start |= e.first_start;
+                        effects.settle_again |= e.settle_again;
                         effects.publish = e.publish.or(effects.publish.take());
                         changed = true;
                         results.push(Ok(()));
@@ -1005,6 +1071,11 @@ impl Jobs {
                         results.push(Ok(()));
                     }
                 }
+            }
+            if end_seq != doc.end_seq {
+                progress_seq = self
+                    .keep_progress_before(&mut job, progress_seq, end_seq)
+                    .await?;
             }
             if !changed {
                 // An event of a job that is over repeats its settling, which finishes any step

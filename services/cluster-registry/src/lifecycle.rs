@@ -215,6 +215,8 @@ pub struct Effects {
     pub publish: Option<JobEventKind>,
     /// A node started the job for the first time: how long it waited is measured from here.
     pub first_start: bool,
+    /// The job was over already and is settled again (its node is known only now).
+    pub settle_again: bool,
 }
 
 /// Whether `t` would change `job`, without changing it: the guard [`apply`] starts with.
@@ -257,14 +259,15 @@ pub fn check(job: &JobRecord, t: &Transition) -> Result<(), Refused> {
         Transition::Refunded => return Ok(()),
         _ => {}
     }
+    // A start applied after its job's end (replicas apply a job's events concurrently) still
+    // names the node that ran it, so the node is credited.
+    if let Transition::Started { delivery, .. } = t {
+        if job.status.is_final() && job.node_id.is_none() && *delivery == job.delivery {
+            return Ok(());
+        }
+    }
     if job.status.is_final() {
         return Err(Refused::Final(job.status));
-    }
-    // A completion credits the node that ran it: it waits for a start to name that node.
-    if let Transition::Completed { delivery, .. } = t {
-        if job.node_id.is_none() {
-            return Err(Refused::NotStarted(*delivery));
-        }
     }
     if let Transition::Withdrawn {
         kind: FailureKind::NoNode,
@@ -285,10 +288,17 @@ pub fn apply(job: &mut JobRecord, t: &Transition) -> Result<Effects, Refused> {
     if let Some(delivery) = t.delivery() {
         job.delivery = job.delivery.max(delivery);
     }
+    let was_final = job.status.is_final();
     let mut effects = Effects::default();
     match t {
+        // The job is over already: only who ran it is new, and settling again credits them.
+        Transition::Started { node, node_id, .. } if was_final => {
+            job.node = Some(node.clone());
+            job.node_id = Some(node_id.clone());
+            effects.settle_again = true;
+        }
         Transition::Started { node, node_id, .. } => {
-            effects.first_start = job.status == JobStatus::Queued && job.node_id.is_none();
+            effects.first_start = job.node_id.is_none();
             job.status = JobStatus::Running;
             job.node = Some(node.clone());
             job.node_id = Some(node_id.clone());
@@ -330,7 +340,7 @@ pub fn apply(job: &mut JobRecord, t: &Transition) -> Result<Effects, Refused> {
         }
         Transition::Refunded => job.refunded = true,
     }
-    effects.ended = job.status.is_final() && !matches!(t, Transition::Refunded);
+    effects.ended = !was_final && job.status.is_final();
     Ok(effects)
 }
 

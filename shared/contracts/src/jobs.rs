@@ -17,8 +17,8 @@
 //!    at weights other than [`weights_key`] of its job and delivery. Which event changes what is
 //!    decided in one place, the registry's job lifecycle (`lifecycle.rs`). Every
 //!    replica applies batches of events at once; a job's record ends as its events applied in
-//!    publish order leave it (its progress is kept by stream sequence, and a completion waits
-//!    for its delivery's start). Every write of a job record (events, cancels, failures) is
+//!    publish order leave it (its progress is kept by stream sequence, and a start applied after
+//!    its end still names the node). Every write of a job record (events, cancels, failures) is
 //!    conditional on the revision it read, and decided again on a fresh read when another writer
 //!    got there first, so concurrent writers never lose each other's changes.
 //!    Once a job is over, the registry settles it (lists the model version and credits the node,

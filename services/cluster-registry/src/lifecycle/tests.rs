@@ -523,17 +523,22 @@ fn nodes_cannot_send_the_registrys_deliveries_nor_made_up_ones() {
 }
 
 #[test]
-fn a_completion_waits_for_a_start_to_name_its_node() {
+fn a_start_applied_after_its_jobs_end_names_the_node_and_settles_again() {
     let mut job = queued(10);
     let completed = Transition::Completed {
         delivery: 1,
         model: Box::new(model()),
     };
-    let before = job.clone();
-    assert_eq!(apply(&mut job, &completed), Err(Refused::NotStarted(1)));
-    assert_eq!(job, before);
-    apply(&mut job, &started(1)).unwrap();
     assert!(apply(&mut job, &completed).unwrap().ended);
+    let e = apply(&mut job, &started(1)).unwrap();
+    assert_eq!(job.status, JobStatus::Completed);
+    assert_eq!(job.node_id.as_deref(), Some("id"));
+    assert!(e.settle_again && !e.ended && !e.first_start);
+    // Once named, a node is never renamed by another start of the same delivery.
+    assert_eq!(
+        apply(&mut job, &started(1)),
+        Err(Refused::Final(JobStatus::Completed))
+    );
 }
 
 #[test]
