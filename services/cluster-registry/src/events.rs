@@ -34,7 +34,7 @@ use crate::jobs::{Delivered, Jobs};
 const APPLY_LIMIT: Duration = Duration::from_secs(20);
 
 /// Most events one replica takes in a batch.
-const BATCH: i64 = 256;
+const BATCH: i64 = 1024;
 
 /// Most jobs of a batch one replica applies at once.
 const JOBS_AT_ONCE: usize = 32;
