@@ -38,6 +38,19 @@ start_registry_stack() { # [heartbeat interval seconds, default 5]
     log "registry pid $registry_pid on $(nproc) CPU(s)"
 }
 
+start_extra_registry() { # another replica against the same stack, ready
+    local health_port log_file
+    health_port="$(free_port)"; log_file="$STACK_DIR/registry-$health_port.log"
+    RUST_LOG=warn GANTRY_DB_PREFIX=load_ GANTRY_HEALTH_ADDR="127.0.0.1:$health_port" \
+        "$BIN/gantry-registry" >"$log_file" 2>&1 & STACK_PIDS+=("$!")
+    for _ in $(seq 1 150); do
+        curl -fsS "http://127.0.0.1:$health_port/readyz" >/dev/null 2>&1 && break
+        sleep 0.2
+    done
+    curl -fsS "http://127.0.0.1:$health_port/readyz" >/dev/null || { cat "$log_file"; die "registry not ready"; }
+    log "another registry replica, pid $!"
+}
+
 stop_registry_stack() { # the registry first, while NATS and the store are still there
     local i
     for (( i=${#STACK_PIDS[@]}-1; i>=0; i-- )); do

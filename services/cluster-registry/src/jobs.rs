@@ -40,8 +40,28 @@ pub(crate) struct JobDoc {
     /// Bumped by every write: the version a write is conditional on.
     #[serde(default)]
     rev: i64,
+    /// The event stream sequence of the progress the record holds: progress applies only when
+    /// newer, so replicas applying a job's events concurrently (or again, after a crash) keep
+    /// the last one published.
+    #[serde(default)]
+    progress_seq: u64,
+    /// The event stream sequence of the trainer's event that ended the job, if one did: progress
+    /// published before it still counts when it is applied after it.
+    #[serde(default)]
+    end_seq: Option<u64>,
     #[serde(flatten)]
     record: JobRecord,
+}
+
+/// One job event as the consumer read it: who sent it (from its subject) and where it sits in
+/// the event stream.
+pub struct Delivered {
+    /// The sending node, or the registry.
+    pub sender: String,
+    /// The event.
+    pub event: JobEvent,
+    /// Its event stream sequence.
+    pub seq: u64,
 }
 
 /// What a transition did to a stored job.
@@ -130,6 +150,17 @@ impl Jobs {
     /// store has no transactions, so this is how concurrent writers never lose each other's
     /// changes. The caller carries out the effects of a change.
     async fn transition(&self, job_id: &str, t: &Transition) -> Result<Outcome, RegistryError> {
+        self.transition_at(job_id, t, None).await
+    }
+
+    /// [`Self::transition`] for the event at `seq` of the event stream, kept as the job's end
+    /// when it ends the job.
+    async fn transition_at(
+        &self,
+        job_id: &str,
+        t: &Transition,
+        seq: Option<u64>,
+    ) -> Result<Outcome, RegistryError> {
         for _ in 0..WRITE_ATTEMPTS {
             let doc = self
                 .jobs()
@@ -141,6 +172,10 @@ impl Jobs {
                 Ok(effects) => effects,
                 Err(refused) => return Ok(Outcome::Refused(doc.record, refused)),
             };
+            let end_seq = if effects.ended { seq } else { None };
+            let progress_seq = self
+                .keep_progress_before(&mut job, doc.progress_seq, end_seq)
+                .await?;
             job.updated_at = Utc::now();
             job.stamp(job.updated_at);
             job.queue_position = None;
@@ -149,6 +184,8 @@ impl Jobs {
                 id: doc.id.clone(),
                 created_ms: doc.created_ms,
                 rev: doc.rev + 1,
+                progress_seq,
+                end_seq: end_seq.or(doc.end_seq),
                 record: job.clone(),
             };
             let filter = if doc.rev == 0 {
@@ -193,7 +230,7 @@ impl Jobs {
         if let Some(kind) = effects.publish {
             self.publish_event(&job.job_id, kind).await;
         }
-        if effects.ended {
+        if effects.ended || effects.settle_again {
             return self.settle(job).await;
         }
         (job, true)
@@ -214,6 +251,8 @@ impl Jobs {
             id: job.job_id.clone(),
             created_ms: job.created_at.timestamp_millis(),
             rev: 1,
+            progress_seq: 0,
+            end_seq: None,
             record: job.clone(),
         };
         match self.jobs().insert_one(&d).await {
@@ -725,12 +764,25 @@ impl Jobs {
     /// change nothing; an event for a job that is over repeats what follows from its end
     /// ([`Self::settle`]), which finishes any step that failed the first time.
     pub async fn apply(&self, sender: &str, event: JobEvent) -> Result<(), RegistryError> {
+        self.apply_at(sender, event, None).await
+    }
+
+    /// [`Self::apply`] for the event at `seq` of the event stream.
+    async fn apply_at(
+        &self,
+        sender: &str,
+        event: JobEvent,
+        seq: Option<u64>,
+    ) -> Result<(), RegistryError> {
         let Some(current) = self.load(&event.job_id).await? else {
             return Ok(());
         };
         // Who sent it (the server checked the subject against the sender's permissions) must
         // be who may: the registry for its own events, else the node holding the job.
         if let Err(refused) = lifecycle::check_sender(&current, &event, sender) {
+            if let Refused::NotStarted(delivery) = refused {
+                return Err(waits(&event.job_id, delivery));
+            }
             tracing::warn!(
                 job_id = current.job_id,
                 node_id = sender,
@@ -783,6 +835,7 @@ impl Jobs {
         };
         match lifecycle::check(&current, &Transition::from_event(&event, None)) {
             Ok(()) => {}
+            Err(Refused::NotStarted(delivery)) => return Err(waits(&event.job_id, delivery)),
             Err(refused) => {
                 tracing::info!(
                     job_id = current.job_id,
@@ -845,7 +898,7 @@ impl Jobs {
             _ => None,
         };
         let t = Transition::from_event(&event, listed.clone());
-        match self.transition(&event.job_id, &t).await {
+        match self.transition_at(&event.job_id, &t, seq).await {
             Err(RegistryError::NotFound(_)) => Ok(()),
             Err(e) => Err(e),
             Ok(Outcome::Changed(job, effects)) => match self.carry_out(job, effects).await {
@@ -865,4 +918,272 @@ impl Jobs {
             }
         }
     }
+
+    /// A job that just ended with its trainer's event at `end` (a stream sequence) keeps the
+    /// last progress published before it. Progress published after it may have been applied
+    /// first (a replica killed while holding the end: the end came back later); then the last
+    /// progress of the job's delivery from its node before `end` is read back from the event
+    /// stream. Returns the progress sequence the job keeps.
+    async fn keep_progress_before(
+        &self,
+        job: &mut JobRecord,
+        progress_seq: u64,
+        end: Option<u64>,
+    ) -> Result<u64, RegistryError> {
+        let Some(end) = end.filter(|end| progress_seq > *end) else {
+            return Ok(progress_seq);
+        };
+        let unavailable = |e: &dyn std::fmt::Display| {
+            RegistryError::Unavailable(format!("reading the job's events: {e}"))
+        };
+        let js = jetstream::new(self.registry.client().clone());
+        let stream = js
+            .get_stream(jobs::EVENTS_STREAM)
+            .await
+            .map_err(|e| unavailable(&e))?;
+        let mut kept = None;
+        let mut from = 1;
+        while from < end {
+            let msg = match stream
+                .raw_message_builder()
+                .sequence(from)
+                .next_by_subject(jobs::job_events(&job.job_id))
+                .send()
+                .await
+            {
+                Ok(msg) => msg,
+                Err(e) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => {
+                    break
+                }
+                Err(e) => return Err(unavailable(&e)),
+            };
+            if msg.sequence >= end {
+                break;
+            }
+            from = msg.sequence + 1;
+            let Ok(event) = serde_json::from_slice::<JobEvent>(&msg.payload) else {
+                continue;
+            };
+            if event.delivery == job.delivery
+                && jobs::event_sender(&msg.subject) == job.node_id.as_deref()
+                && matches!(event.kind, JobEventKind::Progress { .. })
+            {
+                kept = Some((msg.sequence, jobs::JobProgress::of(&event)));
+            }
+        }
+        tracing::info!(
+            job_id = job.job_id,
+            "progress published after the job's end was applied first; the last one before it is kept"
+        );
+        let (seq, progress) = kept.unwrap_or((0, None));
+        job.progress = progress;
+        Ok(seq)
+    }
+
+    /// Whether the store answers.
+    pub async fn store_reachable(&self) -> bool {
+        gantry_runtime::mongo::ping(self.registry.store().database())
+            .await
+            .is_ok()
+    }
+
+    /// Apply one job's events from a batch, in their stream order; one result per event (an
+    /// error: it comes back). Started, progress, checkpoint, failed and cancelled events fold
+    /// into the record read once and are written once (conditionally, decided again on a fresh
+    /// read when another writer got there first); a completion, which lists a version first, and
+    /// an analysis's results and end go through [`Self::apply`] on their own. Once an event of the job fails, the ones after
+    /// it come back too, so a replica never runs ahead of what it could not apply.
+    pub async fn apply_events(
+        &self,
+        job_id: &str,
+        events: &[Delivered],
+    ) -> Vec<Result<(), RegistryError>> {
+        let mut results: Vec<Result<(), RegistryError>> = Vec::with_capacity(events.len());
+        let mut start = 0;
+        while start < events.len() {
+            // A completion lists a version first; an analysis's results and end touch the results
+            // collection: each on its own.
+            let completion = |d: &Delivered| {
+                matches!(
+                    d.event.kind,
+                    JobEventKind::Completed { .. }
+                        | JobEventKind::Results { .. }
+                        | JobEventKind::Analyzed { .. }
+                )
+            };
+            let end = if completion(&events[start]) {
+                start + 1
+            } else {
+                events[start..]
+                    .iter()
+                    .position(completion)
+                    .map_or(events.len(), |i| start + i)
+            };
+            let segment = &events[start..end];
+            let outcome = if completion(&segment[0]) {
+                let d = &segment[0];
+                vec![self.apply_at(&d.sender, d.event.clone(), Some(d.seq)).await]
+            } else {
+                match self.fold(job_id, segment).await {
+                    Ok(each) => each,
+                    Err(e) => segment
+                        .iter()
+                        .map(|_| Err(RegistryError::Unavailable(e.to_string())))
+                        .collect(),
+                }
+            };
+            let failed = outcome.iter().any(Result::is_err);
+            results.extend(outcome);
+            start = end;
+            if failed {
+                break;
+            }
+        }
+        while results.len() < events.len() {
+            results.push(Err(RegistryError::Unavailable(format!(
+                "job {job_id}: an earlier event of the job comes back first"
+            ))));
+        }
+        results
+    }
+
+    /// Fold `events` (none a completion) into the job's record and write it once; see
+    /// [`Self::apply_events`].
+    async fn fold(
+        &self,
+        job_id: &str,
+        events: &[Delivered],
+    ) -> Result<Vec<Result<(), RegistryError>>, RegistryError> {
+        for _ in 0..WRITE_ATTEMPTS {
+            let Some(doc) = self.jobs().find_one(doc! { "_id": job_id }).await? else {
+                // Not a job the registry recorded: nothing to change.
+                return Ok(events.iter().map(|_| Ok(())).collect());
+            };
+            let mut job = doc.record.clone();
+            let (mut progress_seq, mut end_seq) = (doc.progress_seq, doc.end_seq);
+            let mut effects = Effects::default();
+            let mut changed = false;
+            let mut over = false;
+            let mut results = Vec::with_capacity(events.len());
+            for d in events {
+                let event = &d.event;
+                if let Err(refused) = lifecycle::check_sender(&job, event, &d.sender) {
+                    if let Refused::NotStarted(delivery) = refused {
+                        results.push(Err(waits(job_id, delivery)));
+                    } else {
+                        tracing::warn!(
+                            job_id,
+                            node_id = d.sender,
+                            delivery = event.delivery,
+                            event = event.kind.name(),
+                            ?refused,
+                            "refused a job event from a node that may not send it"
+                        );
+                        results.push(Ok(()));
+                    }
+                    continue;
+                }
+                let t = Transition::from_event(event, None);
+                if let Transition::Progress { delivery, progress } = &t {
+                    if d.seq <= progress_seq {
+                        // Older than the progress the job holds (or the same, again).
+                        results.push(Ok(()));
+                        continue;
+                    }
+                    // Published before the event that ended the job: its figures still count.
+                    if job.status.is_final()
+                        && end_seq.is_some_and(|end| d.seq < end)
+                        && *delivery == job.delivery
+                    {
+                        job.progress = progress.clone();
+                        progress_seq = d.seq;
+                        changed = true;
+                        results.push(Ok(()));
+                        continue;
+                    }
+                }
+                match lifecycle::apply(&mut job, &t) {
+                    Ok(e) => {
+                        if matches!(t, Transition::Progress { .. }) {
+                            progress_seq = d.seq;
+                        }
+                        if e.ended {
+                            end_seq = Some(d.seq);
+                        }
+                        effects.ended |= e.ended;
+                        effects.stop_trainers |= e.stop_trainers;
+                        effects.first_start |= e.first_start;
+                        effects.settle_again |= e.settle_again;
+                        effects.publish = e.publish.or(effects.publish.take());
+                        changed = true;
+                        results.push(Ok(()));
+                    }
+                    Err(Refused::NotStarted(delivery)) => {
+                        results.push(Err(waits(job_id, delivery)))
+                    }
+                    Err(refused) => {
+                        tracing::info!(
+                            job_id,
+                            delivery = event.delivery,
+                            ?refused,
+                            "event changes nothing"
+                        );
+                        over |= matches!(refused, Refused::Final(_));
+                        results.push(Ok(()));
+                    }
+                }
+            }
+            if end_seq != doc.end_seq {
+                progress_seq = self
+                    .keep_progress_before(&mut job, progress_seq, end_seq)
+                    .await?;
+            }
+            if !changed {
+                // An event of a job that is over repeats its settling, which finishes any step
+                // that failed the first time.
+                if over {
+                    self.settle_or_retry(doc.record).await?;
+                }
+                return Ok(results);
+            }
+            job.updated_at = Utc::now();
+            job.stamp(job.updated_at);
+            job.queue_position = None;
+            job.waiting_reason = None;
+            let next = JobDoc {
+                id: doc.id.clone(),
+                created_ms: doc.created_ms,
+                rev: doc.rev + 1,
+                progress_seq,
+                end_seq,
+                record: job.clone(),
+            };
+            let filter = if doc.rev == 0 {
+                doc! { "_id": &doc.id, "rev": { "$exists": false } }
+            } else {
+                doc! { "_id": &doc.id, "rev": doc.rev }
+            };
+            if self.jobs().replace_one(filter, &next).await?.matched_count != 1 {
+                tracing::debug!(job_id, "job changed concurrently; deciding again");
+                continue;
+            }
+            return match self.carry_out(job, effects).await {
+                (_, true) => Ok(results),
+                (job, false) => Err(RegistryError::Unavailable(format!(
+                    "job {} is not settled yet",
+                    job.job_id
+                ))),
+            };
+        }
+        Err(RegistryError::Unavailable(format!(
+            "job {job_id} keeps changing concurrently; try again"
+        )))
+    }
+}
+
+/// The error an event that waits for its delivery's start comes back with.
+fn waits(job_id: &str, delivery: u64) -> RegistryError {
+    RegistryError::Unavailable(format!(
+        "job {job_id}: the event waits for the start of delivery {delivery}"
+    ))
 }

@@ -171,6 +171,9 @@ pub enum Refused {
     ForeignWeights,
     /// A training completion for an analysis job, or the other way round.
     WrongKind,
+    /// Not yet: the event needs its delivery's start, which is not applied yet (replicas apply
+    /// a job's events concurrently, so its start may still be on its way). It comes back.
+    NotStarted(u64),
 }
 
 /// Whether `delivery` is one the job queue makes (1 up to [`MAX_DELIVER`]).
@@ -203,6 +206,14 @@ pub fn check_sender(job: &JobRecord, event: &JobEvent, sender: &str) -> Result<(
     match &event.kind {
         JobEventKind::Started { node_id, .. } if node_id != sender => Err(Refused::NotOwner),
         JobEventKind::Started { .. } if event.delivery > job.delivery => Ok(()),
+        // A later delivery's event from another node than the holder: the queue may have given
+        // the job to it, and its start not be applied yet.
+        _ if holder.is_some_and(|h| h != sender)
+            && event.delivery > job.delivery
+            && !job.status.is_final() =>
+        {
+            Err(Refused::NotStarted(event.delivery))
+        }
         _ if holder.is_some_and(|h| h != sender) => Err(Refused::NotOwner),
         _ => Ok(()),
     }
@@ -219,6 +230,8 @@ pub struct Effects {
     pub publish: Option<JobEventKind>,
     /// A node started the job for the first time: how long it waited is measured from here.
     pub first_start: bool,
+    /// The job was over already and is settled again (its node is known only now).
+    pub settle_again: bool,
 }
 
 /// Whether `t` would change `job`, without changing it: the guard [`apply`] starts with.
@@ -268,6 +281,13 @@ pub fn check(job: &JobRecord, t: &Transition) -> Result<(), Refused> {
         Transition::Refunded => return Ok(()),
         _ => {}
     }
+    // A start applied after its job's end (replicas apply a job's events concurrently) still
+    // names the node that ran it, so the node is credited.
+    if let Transition::Started { delivery, .. } = t {
+        if job.status.is_final() && job.node_id.is_none() && *delivery == job.delivery {
+            return Ok(());
+        }
+    }
     if job.status.is_final() {
         return Err(Refused::Final(job.status));
     }
@@ -290,10 +310,17 @@ pub fn apply(job: &mut JobRecord, t: &Transition) -> Result<Effects, Refused> {
     if let Some(delivery) = t.delivery() {
         job.delivery = job.delivery.max(delivery);
     }
+    let was_final = job.status.is_final();
     let mut effects = Effects::default();
     match t {
+        // The job is over already: only who ran it is new, and settling again credits them.
+        Transition::Started { node, node_id, .. } if was_final => {
+            job.node = Some(node.clone());
+            job.node_id = Some(node_id.clone());
+            effects.settle_again = true;
+        }
         Transition::Started { node, node_id, .. } => {
-            effects.first_start = job.status == JobStatus::Queued && job.node_id.is_none();
+            effects.first_start = job.node_id.is_none();
             job.status = JobStatus::Running;
             job.node = Some(node.clone());
             job.node_id = Some(node_id.clone());
@@ -336,7 +363,7 @@ pub fn apply(job: &mut JobRecord, t: &Transition) -> Result<Effects, Refused> {
         }
         Transition::Refunded => job.refunded = true,
     }
-    effects.ended = job.status.is_final() && !matches!(t, Transition::Refunded);
+    effects.ended = !was_final && job.status.is_final();
     Ok(effects)
 }
 

@@ -15,9 +15,10 @@
 //!    `delivery` is older than the job's current delivery (a zombie worker's late result), names
 //!    a delivery the queue never made (0 or past [`MAX_DELIVER`]), or, for a completion, points
 //!    at weights other than [`weights_key`] of its job and delivery. Which event changes what is
-//!    decided in one place, the registry's job lifecycle (`lifecycle.rs`). The
-//!    consumer has one event in flight across all registry replicas, so a job's events apply in
-//!    the order they were published. Every write of a job record (events, cancels, failures) is
+//!    decided in one place, the registry's job lifecycle (`lifecycle.rs`). Every
+//!    replica applies batches of events at once; a job's record ends as its events applied in
+//!    publish order leave it (its progress is kept by stream sequence, and a start applied after
+//!    its end still names the node). Every write of a job record (events, cancels, failures) is
 //!    conditional on the revision it read, and decided again on a fresh read when another writer
 //!    got there first, so concurrent writers never lose each other's changes.
 //!    Once a job is over, the registry settles it (lists the model version and credits the node,
@@ -63,7 +64,7 @@ pub const DEAD_EVENTS_STREAM_SUBJECTS: [&str; 1] = ["gantry.dead.events.job.*"];
 pub fn dead_event_subject(job_id: &str) -> String {
     format!("gantry.dead.events.job.{job_id}")
 }
-/// The registry's durable consumer of [`EVENTS_STREAM`] (`max_ack_pending` 1: in order).
+/// The registry's durable consumer of [`EVENTS_STREAM`], pulled in batches by every replica.
 pub const EVENTS_CONSUMER: &str = "registry-job-events";
 /// Object store of dataset snapshots, keyed by content hash (`<sha256>.tar`).
 pub const DATASETS_BUCKET: &str = "gantry-datasets";

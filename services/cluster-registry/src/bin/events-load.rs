@@ -1,10 +1,10 @@
 //! Load check for the registry's job-event consumer: record J queued jobs, publish their events
 //! interleaved as J concurrently running jobs would (started, progress ..., completed), and time
-//! how fast the registry applies them all. Events apply one at a time across replicas (in order),
-//! so the figure that matters is events per second against the store's own sequential
-//! read-then-write rate, measured in the same run as the baseline.
+//! how fast the registry applies them all. The figure that matters is events per second against
+//! the store's own sequential read-then-write rate (what applying one event at a time, in order,
+//! is bound by), measured in the same run as the baseline.
 //!
-//! Run through `bench/events_load.sh`, which starts NATS, the store and a release registry.
+//! Run through `bench/events_load.sh`, which starts NATS, the store and release registries.
 
 use sha2::Digest as _;
 use std::time::{Duration, Instant};

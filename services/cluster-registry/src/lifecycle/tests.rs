@@ -522,6 +522,41 @@ fn nodes_cannot_send_the_registrys_deliveries_nor_made_up_ones() {
     );
 }
 
+#[test]
+fn a_start_applied_after_its_jobs_end_names_the_node_and_settles_again() {
+    let mut job = queued(10);
+    let completed = Transition::Completed {
+        delivery: 1,
+        model: Box::new(model()),
+    };
+    assert!(apply(&mut job, &completed).unwrap().ended);
+    let e = apply(&mut job, &started(1)).unwrap();
+    assert_eq!(job.status, JobStatus::Completed);
+    assert_eq!(job.node_id.as_deref(), Some("id"));
+    assert!(e.settle_again && !e.ended && !e.first_start);
+    // Once named, a node is never renamed by another start of the same delivery.
+    assert_eq!(
+        apply(&mut job, &started(1)),
+        Err(Refused::Final(JobStatus::Completed))
+    );
+}
+
+#[test]
+fn a_later_deliverys_event_from_another_node_waits_for_its_start() {
+    let job = running_on("node-a", 1);
+    let p = event(2, JobEventKind::Cancelled);
+    assert_eq!(
+        check_sender(&job, &p, "node-b"),
+        Err(Refused::NotStarted(2))
+    );
+    // Once node-b's start is applied, node-b holds the job.
+    assert_eq!(check_sender(&running_on("node-b", 2), &p, "node-b"), Ok(()));
+    // The job is over: nothing to wait for.
+    let mut over = running_on("node-a", 1);
+    over.status = JobStatus::Completed;
+    assert_eq!(check_sender(&over, &p, "node-b"), Err(Refused::NotOwner));
+}
+
 fn running_analysis(delivery: u64) -> JobRecord {
     let mut job = running(delivery);
     job.kind = gantry_contracts::jobs::JobKind::Analyze;
