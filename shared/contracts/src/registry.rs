@@ -83,10 +83,12 @@ macro_rules! eq_wire_name {
 eq_wire_name!(Driver);
 
 // After `eq_wire_name!`, which `process` uses.
+mod body;
 mod bounds;
 mod gpu_stats;
 mod listing;
 mod process;
+pub use body::*;
 pub use bounds::*;
 pub use gpu_stats::*;
 pub use listing::*;
