@@ -11,6 +11,8 @@
 //! - [`error`]: the error type of every operation and the envelope.
 //! - [`docs`]: the OpenAPI spec, Swagger UI, the rendered admin page, `/api/admin` aliases.
 //! - [`data_path`]: the data-root path rules, one function for browse, training and analysis.
+//! - [`listing`]: the cluster listings passed through as the registry serialized them, kept
+//!   per query under their ETag, gzipped once, 304 on `If-None-Match`.
 //! - One module per feature: [`browse`], [`train`], [`analyze`], [`jobs`], [`users`], [`cluster`], [`session`], [`tokens`].
 
 pub mod analyze;
@@ -23,6 +25,7 @@ pub mod datasets;
 pub mod docs;
 pub mod error;
 pub mod jobs;
+pub mod listing;
 pub mod session;
 pub mod slots;
 pub mod startup;
