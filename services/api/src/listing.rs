@@ -24,7 +24,7 @@ use crate::error::{ApiError, ApiResult};
 
 /// Largest listing body accepted from the registry.
 pub const MAX_BODY: usize = 1 << 30;
-/// Bodies kept (one per distinct query; the least recently used goes first).
+/// Queries whose body is kept (the least recently asked goes first).
 const KEPT: usize = 16;
 /// Bodies smaller than this are sent as they are even to clients that accept gzip.
 const GZIP_FROM: usize = 1024;
@@ -68,7 +68,6 @@ pub struct Kept {
     /// The JSON.
     pub body: Bytes,
     gzip: tokio::sync::OnceCell<Bytes>,
-    used: Mutex<Instant>,
 }
 
 impl Kept {
@@ -99,44 +98,48 @@ fn gzip(body: &[u8]) -> std::io::Result<Bytes> {
     Ok(enc.finish()?.into())
 }
 
+/// The body kept for one query; its lock is held while it is checked or fetched, so that
+/// clients asking at once share one fetch.
+#[derive(Default)]
+struct Slot {
+    kept: tokio::sync::Mutex<Option<Arc<Kept>>>,
+    used: Mutex<Option<Instant>>,
+}
+
 /// The bodies kept, by query.
 #[derive(Default)]
 pub struct Listings {
-    kept: Mutex<HashMap<BodyQuery, Arc<Kept>>>,
+    slots: Mutex<HashMap<BodyQuery, Arc<Slot>>>,
 }
 
 impl Listings {
-    fn get(&self, q: &BodyQuery) -> Option<Arc<Kept>> {
-        let kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
-        let k = kept.get(q)?.clone();
-        *k.used.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
-        Some(k)
-    }
-
-    fn keep(&self, q: BodyQuery, k: Arc<Kept>) {
-        let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
-        if kept.len() >= KEPT && !kept.contains_key(&q) {
-            let oldest = kept
+    fn slot(&self, q: &BodyQuery) -> Arc<Slot> {
+        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+        if !slots.contains_key(q) && slots.len() >= KEPT {
+            let oldest = slots
                 .iter()
-                .min_by_key(|(_, k)| *k.used.lock().unwrap_or_else(|p| p.into_inner()))
+                .min_by_key(|(_, s)| *s.used.lock().unwrap_or_else(|p| p.into_inner()))
                 .map(|(q, _)| q.clone());
             if let Some(q) = oldest {
-                kept.remove(&q);
+                slots.remove(&q);
             }
         }
-        kept.insert(q, k);
+        let slot = slots.entry(q.clone()).or_default().clone();
+        *slot.used.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        slot
     }
 
     /// The current body for `q` (without `known`): the kept one while the registry says it is
     /// current, else fetched whole from one snapshot.
     pub async fn fetch(&self, nats: &async_nats::Client, q: BodyQuery) -> ApiResult<Arc<Kept>> {
+        let slot = self.slot(&q);
+        let mut kept = slot.kept.lock().await;
         // A body no longer held by the replica between our requests: ask once more.
         for attempt in 0..3 {
-            let kept = self.get(&q);
             match fetch_once(nats, &q, kept.as_ref().map(|k| k.etag.clone())).await {
                 Ok(Fetched::Unchanged) => {
-                    if let Some(k) = kept {
-                        return Ok(k);
+                    if let Some(k) = kept.as_ref() {
+                        return Ok(k.clone());
                     }
                 }
                 Ok(Fetched::Body { etag, total, body }) => {
@@ -145,9 +148,8 @@ impl Listings {
                         total,
                         body,
                         gzip: tokio::sync::OnceCell::new(),
-                        used: Mutex::new(Instant::now()),
                     });
-                    self.keep(q, k.clone());
+                    *kept = Some(k.clone());
                     return Ok(k);
                 }
                 Err(f) if f.code == ErrorCode::NotFound && attempt < 2 => {}
