@@ -30,10 +30,9 @@ for ((i = 0; i < ${#args[@]}; i++)); do
     [ "${args[$i]}" = "--interval" ] && INTERVAL="${args[$((i + 1))]}"
 done
 
+[ -n "$HTTP" ] && export STACK_PACKAGES="-p gantry-registry -p gantry-auth -p gantry-api"
 start_registry_stack "$INTERVAL"
 if [ -n "$HTTP" ]; then
-    log "building gantry-auth, gantry-api and listing-baseline (release)"
-    cargo build --release --locked -p gantry-auth -p gantry-api --bins
     export GANTRY_ADMIN_API_TOKEN="gnt_bench$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n')"
     auth_health="$(free_port)"; api_port="$(free_port)"; baseline_port="$(free_port)"
     mkdir -p "$STACK_DIR/data"
