@@ -8,7 +8,10 @@ start_registry_stack() { # [heartbeat interval seconds, default 5]
     local interval="${1:-5}"
     ensure_tools
     log "building gantry-registry and its load bins (release)"
-    cargo build --release --locked -p gantry-registry --bins
+    # One build for every package the caller needs (STACK_PACKAGES): built apart, their shared
+    # dependencies would be rebuilt with other features each time.
+    # shellcheck disable=SC2086
+    cargo build --release --locked ${STACK_PACKAGES:--p gantry-registry} --bins
     BIN="${CARGO_TARGET_DIR:-$GANTRY_REPO/target}/release"
 
     STACK_DIR="$(mktemp -d)"

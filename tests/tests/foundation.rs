@@ -270,7 +270,8 @@ async fn every_service_exports_prometheus_metrics_that_follow_its_work() {
             ) >= 2.0
         );
 
-        // Auth answered the two listings; the registry the node listing and the trainer's joining.
+        // Auth answered the two listings; the registry the node listing (as a whole body,
+        // `listing.body`) and the trainer's joining.
         let auth = stack.auth().metrics().await;
         assert_eq!(
             metric(
@@ -284,14 +285,14 @@ async fn every_service_exports_prometheus_metrics_that_follow_its_work() {
         assert!(
             metric(
                 &registry,
-                r#"gantry_nats_requests_total{endpoint="nodes.list",outcome="ok"}"#
+                r#"gantry_nats_requests_total{endpoint="listing.body",outcome="ok"}"#
             ) >= 1.0,
             "{registry}"
         );
         assert!(
             metric(
                 &registry,
-                r#"gantry_nats_request_duration_seconds_count{endpoint="nodes.list"}"#
+                r#"gantry_nats_request_duration_seconds_count{endpoint="listing.body"}"#
             ) >= 1.0
         );
 

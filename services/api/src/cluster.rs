@@ -1,19 +1,22 @@
 //! The cluster: cluster tokens, connected clients, nodes, driver choice and draining. The
 //! registry answers in the admin page's shapes, and its replies (`gantry_contracts::registry`)
-//! are served as they are; this module holds only the request bodies.
+//! are served as they are (the two listings as the very bytes it serialized: [`crate::listing`]);
+//! this module holds only the request bodies and parameters.
 
 use gantry_contracts::paging;
 use gantry_contracts::registry::{
-    self as msg, ClusterClients, ClusterNodes, ClusterToken, ClusterTokenList, SetDriverResult,
+    self as msg, BodyQuery, ClusterClients, ClusterNodes, ClusterToken, ClusterTokenList, Driver,
+    Listing, ListingFilter, SetDriverResult,
 };
 use gantry_contracts::subjects::registry as ep;
 use poem::Request;
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::{Form, Json};
-use poem_openapi::{ApiRequest, ApiResponse, Multipart, Object, OpenApi};
+use poem_openapi::{ApiRequest, ApiResponse, Enum, Multipart, Object, OpenApi};
 
 use crate::auth::Credentials;
 use crate::error::ApiResult;
+use crate::listing::{RawJson, Served};
 use crate::state::AppState;
 use crate::tags::ApiTags;
 
@@ -97,10 +100,101 @@ pub enum RevokedClusterToken {
     Done,
 }
 
+/// A backend to filter a listing by.
+#[derive(Debug, Clone, Copy, Enum)]
+#[oai(rename_all = "lowercase")]
+pub enum DriverFilter {
+    /// NVIDIA CUDA.
+    Cuda,
+    /// AMD ROCm.
+    Rocm,
+    /// The CPU.
+    Cpu,
+}
+
+impl From<DriverFilter> for Driver {
+    fn from(d: DriverFilter) -> Self {
+        match d {
+            DriverFilter::Cuda => Driver::Cuda,
+            DriverFilter::Rocm => Driver::Rocm,
+            DriverFilter::Cpu => Driver::Cpu,
+        }
+    }
+}
+
+/// `GET /api/admin/cluster_nodes` answers.
+#[derive(ApiResponse)]
+pub enum NodesListing {
+    /// The listing, in the page's shape. `ETag` names this exact body; `X-Total-Count` is the
+    /// number of nodes the filters match (before `offset` and `limit`); gzipped
+    /// (`Content-Encoding: gzip`) when the request accepts it.
+    #[oai(status = 200)]
+    Ok(
+        RawJson<ClusterNodes>,
+        #[oai(header = "ETag")] String,
+        #[oai(header = "X-Total-Count")] u64,
+        #[oai(header = "Vary")] String,
+        #[oai(header = "Content-Encoding")] Option<String>,
+    ),
+    /// Not modified: `If-None-Match` names the current listing.
+    #[oai(status = 304)]
+    NotModified(#[oai(header = "ETag")] String),
+}
+
+/// `GET /admin/api/cluster_clients` answers.
+#[derive(ApiResponse)]
+pub enum ClientsListing {
+    /// The listing, in the page's shape. `ETag` names this exact body; `X-Total-Count` is the
+    /// number of clients the filters match (before `offset` and `limit`); gzipped
+    /// (`Content-Encoding: gzip`) when the request accepts it.
+    #[oai(status = 200)]
+    Ok(
+        RawJson<ClusterClients>,
+        #[oai(header = "ETag")] String,
+        #[oai(header = "X-Total-Count")] u64,
+        #[oai(header = "Vary")] String,
+        #[oai(header = "Content-Encoding")] Option<String>,
+    ),
+    /// Not modified: `If-None-Match` names the current listing.
+    #[oai(status = 304)]
+    NotModified(#[oai(header = "ETag")] String),
+}
+
+/// What both listings take.
+struct ListingParams {
+    limit: Option<u32>,
+    offset: Option<u64>,
+    connected: Option<bool>,
+    driver: Option<DriverFilter>,
+    token: Option<String>,
+}
+
 /// The cluster endpoints.
 pub struct ClusterApi(pub AppState);
 
 impl ClusterApi {
+    /// One listing, as the registry serialized it.
+    async fn listing(
+        &self,
+        req: &Request,
+        listing: Listing,
+        p: ListingParams,
+    ) -> ApiResult<Served> {
+        let q = BodyQuery {
+            listing,
+            filter: ListingFilter {
+                connected: p.connected,
+                driver: p.driver.map(Driver::from),
+                token: p.token.map(|t| t.trim().to_owned()),
+            },
+            offset: usize::try_from(p.offset.unwrap_or(0)).unwrap_or(usize::MAX),
+            limit: p.limit.map(|l| l as usize),
+            known: None,
+        };
+        let kept = self.0.listings.fetch(&self.0.nats, q).await?;
+        crate::listing::serve(req, &kept).await
+    }
+
     async fn drain(
         &self,
         req: &Request,
@@ -223,6 +317,11 @@ impl ClusterApi {
     /// List cluster clients
     ///
     /// List all connected cluster clients with their GPU capabilities and status.
+    ///
+    /// Without parameters, every connected client. `limit`, `offset`, `driver` and `token` pick
+    /// fewer, in the same shape. The answer carries an `ETag`: send it back in `If-None-Match`
+    /// and an unchanged listing answers 304 with no body. Sent gzipped to clients that accept it
+    /// (`Accept-Encoding: gzip`). One listing is one consistent snapshot, at most a second old.
     #[oai(
         path = "/admin/api/cluster_clients",
         method = "get",
@@ -230,20 +329,57 @@ impl ClusterApi {
         operation_id = "list_cluster_clients",
         code_sample(lang = "curl", source = "crate::docs::samples::LIST_CLUSTER_CLIENTS")
     )]
-    async fn clients(&self, req: &Request, auth: Credentials) -> ApiResult<Json<ClusterClients>> {
+    async fn clients(
+        &self,
+        req: &Request,
+        auth: Credentials,
+        /// At most this many clients (1 to 100000; default: all)
+        #[oai(validator(minimum(value = "1"), maximum(value = "100000")))]
+        limit: Query<Option<u32>>,
+        /// Skip this many of the matching clients (default: 0)
+        #[oai(validator(maximum(value = "1000000000000000")))]
+        offset: Query<Option<u64>>,
+        /// Only clients whose workers run on this backend
+        driver: Query<Option<DriverFilter>>,
+        /// Only clients that joined with this cluster token: as listed (`abcd1234...`), its
+        /// first 8 characters, whole, or its name
+        #[oai(validator(min_length = 1, max_length = 200))]
+        token: Query<Option<String>>,
+    ) -> ApiResult<ClientsListing> {
         self.0.auth.admin(&auth, req).await?;
-        let state = &self.0;
-        let all: ClusterClients =
-            msg::all_pages(
-                |q: msg::ListQuery| async move { state.registry(ep::CLIENTS, &q).await },
-            )
-            .await?;
-        Ok(Json(all))
+        let params = ListingParams {
+            limit: limit.0,
+            offset: offset.0,
+            connected: None,
+            driver: driver.0,
+            token: token.0,
+        };
+        Ok(match self.listing(req, Listing::Clients, params).await? {
+            Served::Body {
+                body,
+                etag,
+                total,
+                encoding,
+            } => ClientsListing::Ok(
+                RawJson::new(body),
+                etag,
+                total,
+                "Accept-Encoding".into(),
+                encoding,
+            ),
+            Served::NotModified(etag) => ClientsListing::NotModified(etag),
+        })
     }
 
     /// List cluster nodes
     ///
     /// Get detailed information about all cluster nodes, including connected and recently disconnected nodes.
+    ///
+    /// Without parameters, every node. `limit`, `offset`, `connected`, `driver` and `token` pick
+    /// fewer, in the same shape (`master_stats` still counts every node). The answer carries an
+    /// `ETag`: send it back in `If-None-Match` and an unchanged listing answers 304 with no
+    /// body. Sent gzipped to clients that accept it (`Accept-Encoding: gzip`). One listing is one
+    /// consistent snapshot, at most a second old.
     #[oai(
         path = "/api/admin/cluster_nodes",
         method = "get",
@@ -251,13 +387,49 @@ impl ClusterApi {
         operation_id = "cluster_nodes",
         code_sample(lang = "curl", source = "crate::docs::samples::CLUSTER_NODES")
     )]
-    async fn nodes(&self, req: &Request, auth: Credentials) -> ApiResult<Json<ClusterNodes>> {
+    #[allow(clippy::too_many_arguments)]
+    async fn nodes(
+        &self,
+        req: &Request,
+        auth: Credentials,
+        /// At most this many nodes (1 to 100000; default: all)
+        #[oai(validator(minimum(value = "1"), maximum(value = "100000")))]
+        limit: Query<Option<u32>>,
+        /// Skip this many of the matching nodes (default: 0)
+        #[oai(validator(maximum(value = "1000000000000000")))]
+        offset: Query<Option<u64>>,
+        /// Only connected (`true`) or only disconnected (`false`) nodes
+        connected: Query<Option<bool>>,
+        /// Only nodes whose workers run on this backend
+        driver: Query<Option<DriverFilter>>,
+        /// Only nodes that joined with this cluster token: as listed (`abcd1234...`), its first
+        /// 8 characters, whole, or its name
+        #[oai(validator(min_length = 1, max_length = 200))]
+        token: Query<Option<String>>,
+    ) -> ApiResult<NodesListing> {
         self.0.auth.admin(&auth, req).await?;
-        let state = &self.0;
-        let all: ClusterNodes =
-            msg::all_pages(|q: msg::ListQuery| async move { state.registry(ep::NODES, &q).await })
-                .await?;
-        Ok(Json(all))
+        let params = ListingParams {
+            limit: limit.0,
+            offset: offset.0,
+            connected: connected.0,
+            driver: driver.0,
+            token: token.0,
+        };
+        Ok(match self.listing(req, Listing::Nodes, params).await? {
+            Served::Body {
+                body,
+                etag,
+                total,
+                encoding,
+            } => NodesListing::Ok(
+                RawJson::new(body),
+                etag,
+                total,
+                "Accept-Encoding".into(),
+                encoding,
+            ),
+            Served::NotModified(etag) => NodesListing::NotModified(etag),
+        })
     }
 
     /// Set a node's driver

@@ -132,8 +132,11 @@ pub fn error_statuses(operation_id: &str) -> Option<&'static [u16]> {
         "browse" => READ_ONE,
         "train" => &[400, 401, 403, 404, 409, 413, 415, 422, 429, 500, 503],
         "train_user" => &[400, 401, 402, 403, 404, 409, 413, 415, 422, 429, 500, 503],
-        "list_users" | "list_cluster_tokens" | "cluster_nodes" | "list_jobs" => READ,
-        "list_cluster_clients" => &[401, 403, 500, 503],
+        "list_users"
+        | "list_cluster_tokens"
+        | "cluster_nodes"
+        | "list_cluster_clients"
+        | "list_jobs" => READ,
         "create_user" | "create_cluster_token" => &[400, 401, 403, 409, 413, 415, 500, 503],
         "update_user" => NODE_OP,
         "get_user" | "get_job" | "job_events" | "user_ledger" | "revoke_cluster_token" => READ_ONE,

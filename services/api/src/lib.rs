@@ -12,6 +12,8 @@
 //! - [`docs`]: the OpenAPI spec, Swagger UI, the rendered admin page, `/api/admin` aliases.
 //! - [`data_path`]: the data-root path rules, one function for browse, training and analysis.
 //! - [`enqueue`]: storing a job's snapshot and publishing its message, for training and analysis.
+//! - [`listing`]: the cluster listings passed through as the registry serialized them, kept
+//!   per query under their ETag, gzipped once, 304 on `If-None-Match`.
 //! - One module per feature: [`browse`], [`train`], [`analyze`], [`results`], [`jobs`], [`users`], [`cluster`], [`session`], [`tokens`].
 
 pub mod analyze;
@@ -25,6 +27,7 @@ pub mod docs;
 pub mod enqueue;
 pub mod error;
 pub mod jobs;
+pub mod listing;
 pub mod results;
 pub mod session;
 pub mod slots;

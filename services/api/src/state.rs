@@ -26,6 +26,8 @@ pub struct AppState {
     pub slots: crate::slots::UserSlots,
     /// Their bounds, and the largest dataset, from the configuration.
     pub limits: Limits,
+    /// The cluster listings last served, by query.
+    pub listings: std::sync::Arc<crate::listing::Listings>,
 }
 
 /// Per-user bounds (`GANTRY_MAX_*`).
@@ -66,6 +68,7 @@ impl AppState {
                 .is_some_and(|u| u.starts_with("https://")),
             trusted_proxies: config.trusted_proxies.clone(),
             slots: Default::default(),
+            listings: Default::default(),
             limits: Limits {
                 packing: config.max_packing_per_user,
                 held: config.max_held_per_user,

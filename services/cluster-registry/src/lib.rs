@@ -7,6 +7,8 @@
 //! ## Layout
 //! - [`startup`]: connect, register the micro service and its endpoints, serve health.
 //! - [`registry`]: the request handlers (tokens, register, listings, set_driver, drain).
+//! - [`listing`]: the listings as immutable snapshots, serialized once and cut into bodies,
+//!   filtered answers and pages.
 //! - [`lifecycle`]: the job state machine: pure transitions that return the effects to carry
 //!   out, and what settles a job that is over.
 //! - [`jobs`]: job records: create, get, list with queue positions, cancel, withdraw, apply
@@ -31,6 +33,7 @@ pub mod events;
 pub mod jobs;
 pub mod kick;
 pub mod lifecycle;
+pub mod listing;
 pub mod liveness;
 pub mod models;
 pub mod queue;

@@ -8,17 +8,16 @@ use std::time::Instant;
 use async_nats::Client;
 use gantry_contracts::paging::{PageQuery, MAX_LIMIT};
 use gantry_contracts::registry::{
-    ClusterClients, ClusterNodes, ClusterToken, ClusterTokenList, ClusterTokenQuery,
-    CreateClusterToken, Drain, DrainSelf, DrainedSelf, Driver, ListQuery, NodeControl, NodeName,
-    NodeSettings, RegisterNode, Registered, RegistryEvent, RevokeClusterToken, SetDriver,
-    SetDriverResult, DRIVER_CHOICES,
+    ClusterToken, ClusterTokenList, ClusterTokenQuery, CreateClusterToken, Drain, DrainSelf,
+    DrainedSelf, Driver, NodeControl, NodeName, NodeSettings, RegisterNode, Registered,
+    RegistryEvent, RevokeClusterToken, SetDriver, SetDriverResult, DRIVER_CHOICES,
 };
 use gantry_contracts::subjects;
 use gantry_runtime::nats;
 use gantry_runtime::secrets::{self, ExposeSecret};
-use serde::Serialize;
 
 use crate::error::RegistryError;
+use crate::listing::Listings;
 use crate::store::{Inserted, NodeRecord, Store, TokenDoc};
 use crate::tokens::{self, TokenRef};
 use crate::view::{Timing, View};
@@ -49,6 +48,8 @@ struct Inner {
     started: Instant,
     /// A system-account connection, to disconnect the nodes of a revoked token.
     system: OnceLock<Client>,
+    /// The listing snapshots.
+    listings: Listings,
 }
 
 fn listed_token(t: &TokenDoc) -> ClusterToken {
@@ -81,6 +82,7 @@ impl Registry {
                 interval: timing.interval,
                 started: Instant::now(),
                 system: OnceLock::new(),
+                listings: Listings::new(),
             }),
         }
     }
@@ -93,6 +95,11 @@ impl Registry {
     /// The store.
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// The listing snapshots.
+    pub fn listings(&self) -> &Listings {
+        &self.inner.listings
     }
 
     /// Lock the view (never held across an await).
@@ -124,7 +131,7 @@ impl Registry {
             .is_some_and(|t| t.elapsed().as_secs_f64() >= self.inner.interval)
     }
 
-    fn ensure_restored(&self) -> Result<(), RegistryError> {
+    pub(crate) fn ensure_restored(&self) -> Result<(), RegistryError> {
         if self.is_restored() {
             Ok(())
         } else {
@@ -347,47 +354,8 @@ impl Registry {
         })
     }
 
-    /// `nodes.list`. Only the page asked for is built (under the view's lock, briefly).
-    pub async fn cluster_nodes(&self, q: ListQuery) -> Result<ClusterNodes, RegistryError> {
-        self.ensure_restored()?;
-        let (budget, uptime, t) = (self.payload_budget(), self.uptime(), now());
-        let view = self.view();
-        let listed = view.listed(t);
-        let master_stats = View::stats(&listed, uptime);
-        let rest = listed.get(q.offset..).unwrap_or_default();
-        let (nodes, next_offset) = page(
-            rest.iter().map(|n| n.cluster_node(t)),
-            listed.len(),
-            &q,
-            budget,
-        )?;
-        Ok(ClusterNodes {
-            master_stats,
-            nodes,
-            next_offset,
-        })
-    }
-
-    /// `clients.list`: connected nodes only.
-    pub async fn cluster_clients(&self, q: ListQuery) -> Result<ClusterClients, RegistryError> {
-        self.ensure_restored()?;
-        let (budget, t) = (self.payload_budget(), now());
-        let view = self.view();
-        let connected: Vec<_> = view.listed(t).into_iter().filter(|n| n.connected).collect();
-        let rest = connected.get(q.offset..).unwrap_or_default();
-        let (clients, next_offset) = page(
-            rest.iter().map(|n| n.cluster_client()),
-            connected.len(),
-            &q,
-            budget,
-        )?;
-        Ok(ClusterClients {
-            clients,
-            next_offset,
-        })
-    }
-
-    fn payload_budget(&self) -> usize {
+    /// Three quarters of the server's `max_payload`: what one reply may carry.
+    pub(crate) fn payload_budget(&self) -> usize {
         let max = self.client().server_info().max_payload;
         let max = if max == 0 { 1024 * 1024 } else { max };
         max - max / 4
@@ -545,68 +513,9 @@ impl Registry {
     }
 }
 
-/// Take the page `q` asks for from `items` (which start at `q.offset`, out of `total`): at most
-/// `q.limit` entries and `budget` bytes of JSON. Returns the page and the next offset when more
-/// follow. Items past the page are never built.
-fn page<T: Serialize>(
-    items: impl Iterator<Item = T>,
-    total: usize,
-    q: &ListQuery,
-    budget: usize,
-) -> Result<(Vec<T>, Option<usize>), RegistryError> {
-    let limit = q.limit.unwrap_or(usize::MAX).max(1);
-    let mut out = Vec::new();
-    let mut size = 512; // master_stats and the envelope
-    for item in items.take(limit) {
-        let len = serde_json::to_vec(&item)
-            .map_err(anyhow::Error::from)?
-            .len()
-            + 1;
-        if !out.is_empty() && size + len > budget {
-            break;
-        }
-        size += len;
-        out.push(item);
-    }
-    let next = q.offset + out.len();
-    Ok((out, (next < total).then_some(next)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pages_stop_under_the_budget_and_name_the_next_offset() {
-        let items: Vec<String> = (0..100).map(|i| format!("{i:0>98}")).collect();
-        let (p, next) = page(items.iter(), 100, &ListQuery::default(), 512 + 1000).unwrap();
-        assert_eq!(p.len(), 9);
-        assert_eq!(next, Some(9));
-        let (p, next) = page(
-            items[95..].iter(),
-            100,
-            &ListQuery {
-                offset: 95,
-                limit: None,
-            },
-            1 << 20,
-        )
-        .unwrap();
-        assert_eq!(p.len(), 5);
-        assert_eq!(next, None);
-        let (p, next) = page(
-            items.iter(),
-            100,
-            &ListQuery {
-                offset: 0,
-                limit: Some(10),
-            },
-            1 << 20,
-        )
-        .unwrap();
-        assert_eq!(p.len(), 10);
-        assert_eq!(next, Some(10));
-    }
 
     #[test]
     fn a_missing_or_blank_field_is_named() {

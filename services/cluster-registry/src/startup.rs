@@ -30,6 +30,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         retention: config.node_retention.as_secs_f64(),
     };
     let registry = Registry::new(client.clone(), Store::new(db.clone()), timing);
+    registry.listings().set_chunk(config.listing_chunk_bytes);
     let restored = registry.clone();
     let readiness = Readiness::nats(client.clone())
         .with_mongo(db)
@@ -73,15 +74,31 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         )
         .await?;
     endpoints
-        .add(ep::NODES, |r: Registry, q| async move {
+        .add_raw(ep::NODES, |r: Registry, q| async move {
             r.cluster_nodes(q).await
         })
         .await?;
     endpoints
-        .add(ep::CLIENTS, |r: Registry, q| async move {
+        .add_raw(ep::CLIENTS, |r: Registry, q| async move {
             r.cluster_clients(q).await
         })
         .await?;
+    endpoints
+        .add_raw(
+            ep::BODY,
+            |r: Registry, q| async move { r.listing_body(q).await },
+        )
+        .await?;
+    // The rest of large bodies, from this replica only.
+    let chunks = group
+        .endpoint_builder()
+        .name("listing_chunk")
+        .add(format!("listing.chunk.{}", registry.listings().instance()))
+        .await
+        .map_err(|e| anyhow::anyhow!("registering the listing chunk endpoint: {e}"))?;
+    endpoints.spawn_raw(chunks, "listing.chunk", |r: Registry, q| async move {
+        r.listing_chunk(q).await
+    });
     endpoints
         .add(ep::SET_DRIVER, |r: Registry, q| async move {
             r.set_driver(q).await

@@ -225,6 +225,29 @@ impl Node {
     }
 }
 
+/// The fields of a node a listing should show at once when they change (see [`Revisions`]);
+/// its processes and health are compared with the heartbeat separately, without copying them.
+#[derive(PartialEq)]
+struct Shown {
+    connected: bool,
+    revoked: bool,
+    busy_slots: u32,
+    driver: Driver,
+    settings_version: i64,
+}
+
+impl Shown {
+    fn of(n: &Node) -> Self {
+        Self {
+            connected: n.connected,
+            revoked: n.revoked,
+            busy_slots: n.busy_slots,
+            driver: n.driver,
+            settings_version: n.record.settings.settings_version,
+        }
+    }
+}
+
 fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
 }
@@ -246,6 +269,20 @@ pub struct View {
     timing: Timing,
     nodes: HashMap<String, Node>,
     revoked_tokens: HashSet<i64>,
+    /// Counts changes the listings show: see [`View::revisions`].
+    revisions: Revisions,
+}
+
+/// How far the listed state has changed: every change counts in `any`; those an admin or a test
+/// expects to see at once (a node joining, leaving, changing settings, processes or health) also
+/// in `prompt`. A heartbeat that only refreshes `last_seen`, uptime and live GPU figures counts in
+/// `any` alone, so a listing snapshot may lag it by [`crate::listing::REFRESH`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Revisions {
+    /// Every listed change.
+    pub any: u64,
+    /// Changes shown at once.
+    pub prompt: u64,
 }
 
 impl View {
@@ -255,6 +292,19 @@ impl View {
             timing,
             nodes: HashMap::new(),
             revoked_tokens: HashSet::new(),
+            revisions: Revisions::default(),
+        }
+    }
+
+    /// How far the listed state has changed (see [`Revisions`]).
+    pub fn revisions(&self) -> Revisions {
+        self.revisions
+    }
+
+    fn changed(&mut self, prompt: bool) {
+        self.revisions.any += 1;
+        if prompt {
+            self.revisions.prompt += 1;
         }
     }
 
@@ -302,6 +352,7 @@ impl View {
                 self.nodes.insert(node.record.node_id.clone(), node);
             }
         }
+        self.changed(true);
     }
 
     /// Insert one node read from the store (met through a heartbeat this replica did not know).
@@ -322,10 +373,12 @@ impl View {
         // It was heard a moment ago: that is why it is being loaded.
         node.connected = false;
         self.nodes.insert(node.record.node_id.clone(), node);
+        self.changed(true);
     }
 
     /// A node (re)registered: it is connected now, with the stored settings.
     pub fn register(&mut self, record: NodeRecord, now: f64) {
+        self.changed(true);
         self.revoked_tokens.remove(&record.token_id);
         match self.nodes.get_mut(&record.node_id) {
             Some(node) => {
@@ -362,6 +415,18 @@ impl View {
 
     /// Apply a heartbeat.
     pub fn heartbeat(&mut self, hb: &Heartbeat, now: f64) -> HeartbeatOutcome {
+        let Some(node) = self.nodes.get(&hb.node_id) else {
+            return HeartbeatOutcome::Unknown;
+        };
+        let before = Shown::of(node);
+        let reports_news = node.processes != hb.processes || node.unhealthy != hb.unhealthy;
+        let outcome = self.apply_heartbeat(hb, now);
+        let after = self.nodes.get(&hb.node_id).map(Shown::of);
+        self.changed(reports_news || after.as_ref() != Some(&before));
+        outcome
+    }
+
+    fn apply_heartbeat(&mut self, hb: &Heartbeat, now: f64) -> HeartbeatOutcome {
         let interval = self.timing.interval.max(1.0);
         let Some(node) = self.nodes.get_mut(&hb.node_id) else {
             return HeartbeatOutcome::Unknown;
@@ -422,6 +487,7 @@ impl View {
     /// New settings for a node (from this replica's handler or another's announcement); older
     /// versions than the one held are ignored. Returns the node's connection state when known.
     pub fn apply_settings(&mut self, node_id: &str, settings: &NodeSettings) -> Option<bool> {
+        self.changed(true);
         let node = self.nodes.get_mut(node_id)?;
         if settings.settings_version >= node.record.settings.settings_version {
             node.record.settings = settings.clone();
@@ -432,6 +498,7 @@ impl View {
 
     /// A token was revoked: its nodes are disconnected and refused. Returns their ids.
     pub fn revoke_token(&mut self, token_id: i64) -> Vec<String> {
+        self.changed(true);
         self.revoked_tokens.insert(token_id);
         let mut ids = Vec::new();
         for node in self
@@ -458,8 +525,12 @@ impl View {
                 expired += 1;
             }
         }
+        let held = self.nodes.len();
         self.nodes
             .retain(|_, n| n.connected || now - n.last_seen <= retention || n.dirty);
+        if expired > 0 || self.nodes.len() != held {
+            self.changed(true);
+        }
         expired
     }
 
@@ -597,7 +668,10 @@ impl View {
     /// and lands after it changes nothing.
     pub fn set_completed(&mut self, node_id: &str, completed: u64) {
         if let Some(n) = self.nodes.get_mut(node_id) {
-            n.record.completed_jobs = n.record.completed_jobs.max(completed);
+            if completed > n.record.completed_jobs {
+                n.record.completed_jobs = completed;
+                self.changed(true);
+            }
         }
     }
 }

@@ -6,7 +6,9 @@
 //! such); the api passes them through unchanged.
 //!
 //! Large listings are paged so that one reply stays under the NATS server's `max_payload`: a
-//! reply with `next_offset` set has more, fetched by asking again with that `offset`.
+//! reply with `next_offset` set has more, fetched by asking again with that `offset`. The api
+//! reads them instead as whole bodies of one snapshot (`listing.body`, see [`BodyQuery`]), which
+//! never mix two moments of the cluster.
 
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -83,10 +85,12 @@ macro_rules! eq_wire_name {
 eq_wire_name!(Driver);
 
 // After `eq_wire_name!`, which `process` uses.
+mod body;
 mod bounds;
 mod gpu_stats;
 mod listing;
 mod process;
+pub use body::*;
 pub use bounds::*;
 pub use gpu_stats::*;
 pub use listing::*;

@@ -60,6 +60,10 @@ pub mod registry {
     pub const NODES: &str = "nodes.list";
     /// [`crate::registry::ListQuery`] (`{}` for the first page) → [`crate::registry::ClusterClients`].
     pub const CLIENTS: &str = "clients.list";
+    /// [`crate::registry::BodyQuery`] → a [`crate::registry::BodyHead`] line and the body's
+    /// first bytes (see [`crate::registry::split_body_reply`]); the rest, if any, from the same
+    /// replica at [`super::listing_chunks`].
+    pub const BODY: &str = "listing.body";
     /// [`crate::registry::SetDriver`] → [`crate::registry::SetDriverResult`]. Missing field or
     /// unknown driver: `bad_request`; unknown hostname + token: `not_found`; a revoked token:
     /// `conflict`.
@@ -67,6 +71,12 @@ pub mod registry {
     /// [`crate::registry::Drain`] → [`crate::registry::SetDriverResult`]. Missing field:
     /// `bad_request`; unknown hostname + token: `not_found`; a revoked token: `conflict`.
     pub const DRAIN: &str = "nodes.drain";
+}
+
+/// Where one registry replica (`instance`) hands out the rest of a listing body
+/// ([`crate::registry::ChunkQuery`] → raw bytes); only that replica subscribes.
+pub fn listing_chunks(instance: &str) -> String {
+    format!("{REGISTRY_V1}.listing.chunk.{instance}")
 }
 
 /// Announcements between registry replicas ([`crate::registry::RegistryEvent`]), core NATS;

@@ -121,6 +121,9 @@ pub struct Config {
     pub heartbeat_misses: u32,
     /// `GANTRY_NODE_RETENTION` seconds a disconnected node stays listed (default 86400).
     pub node_retention: Duration,
+    /// `GANTRY_LISTING_CHUNK_KB`: the largest piece of a listing body one registry reply
+    /// carries, KiB (default 0: three quarters of the NATS server's `max_payload`).
+    pub listing_chunk_bytes: usize,
     /// `GANTRY_TRAIN_HOLD` seconds a training submission is held waiting for its job to end
     /// before it answers 202 (default 900).
     pub train_hold: Duration,
@@ -228,6 +231,7 @@ pub const VARIABLES: &[Variable] = &[
     v("GANTRY_STREAM_REPLICAS", STREAMS),
     v("GANTRY_HEARTBEAT_MISSES", &[REGISTRY]),
     v("GANTRY_NODE_RETENTION", &[REGISTRY]),
+    v("GANTRY_LISTING_CHUNK_KB", &[REGISTRY]),
     v("GANTRY_TRAIN_HOLD", &[API]),
     v("GANTRY_MAX_PACKING_PER_USER", &[API]),
     v("GANTRY_MAX_HELD_PER_USER", &[API]),
@@ -474,6 +478,7 @@ impl Config {
                 as u64,
             uploads_max_bytes: (number("GANTRY_UPLOADS_MAX_GB", 50.0f64, 0.000_001, 1e6)? * 1e9)
                 as u64,
+            listing_chunk_bytes: number("GANTRY_LISTING_CHUNK_KB", 0usize, 0, 65_536)? * 1024,
             node_retention: Duration::from_secs(number(
                 "GANTRY_NODE_RETENTION",
                 86_400u64,

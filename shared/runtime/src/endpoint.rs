@@ -95,6 +95,63 @@ where
     }
 }
 
+impl<S> Endpoints<'_, S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    /// Register the endpoint `name` and serve it with `handler`, whose answer is sent as it is
+    /// (bytes it encoded itself) rather than as JSON.
+    pub async fn add_raw<Req, E, F, Fut>(
+        &self,
+        name: &'static str,
+        handler: F,
+    ) -> anyhow::Result<()>
+    where
+        Req: DeserializeOwned + Send + 'static,
+        E: Into<ServiceFailure>,
+        F: Fn(S, Req) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<Bytes, E>> + Send + 'static,
+    {
+        let endpoint = self
+            .group
+            .endpoint(name)
+            .await
+            .map_err(|e| anyhow::anyhow!("registering endpoint {name}: {e}"))?;
+        self.spawn_raw(endpoint, name, handler);
+        Ok(())
+    }
+
+    /// Serve `endpoint` (made by the caller, e.g. on a subject of its own) like
+    /// [`Endpoints::add_raw`], counted in the metrics as `name`.
+    pub fn spawn_raw<Req, E, F, Fut>(
+        &self,
+        endpoint: service::endpoint::Endpoint,
+        name: &'static str,
+        handler: F,
+    ) where
+        Req: DeserializeOwned + Send + 'static,
+        E: Into<ServiceFailure>,
+        F: Fn(S, Req) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<Bytes, E>> + Send + 'static,
+    {
+        let (state, gate) = (self.state.clone(), self.gate);
+        self.tracker.spawn(serve_bytes(
+            endpoint,
+            name,
+            self.shutdown.clone(),
+            self.tracker.clone(),
+            move |req: Req| {
+                let state = state.clone();
+                let handler = handler.clone();
+                async move {
+                    gate(&state)?;
+                    handler(state, req).await.map_err(Into::into)
+                }
+            },
+        ));
+    }
+}
+
 /// Register one endpoint `name` under `group` and serve it with `handler`, which gets a clone of
 /// `state` with each request (see [`Endpoints`] to add several).
 pub async fn endpoint<S, Req, Resp, E, F, Fut>(
@@ -122,7 +179,7 @@ where
 /// under a span that continues the caller's trace, and answer its JSON or its typed error. Stops
 /// taking requests when `shutdown` fires; in-flight handlers finish (wait on `tracker`).
 pub async fn serve<Req, Resp, F, Fut>(
-    mut endpoint: service::endpoint::Endpoint,
+    endpoint: service::endpoint::Endpoint,
     name: &'static str,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -132,6 +189,30 @@ pub async fn serve<Req, Resp, F, Fut>(
     Resp: Serialize + Send + 'static,
     F: Fn(Req) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<Resp, ServiceFailure>> + Send + 'static,
+{
+    serve_bytes(endpoint, name, shutdown, tracker, move |req: Req| {
+        let answer = handler(req);
+        async move {
+            let resp = answer.await?;
+            serde_json::to_vec(&resp).map(Bytes::from).map_err(|e| {
+                ServiceFailure::new(ErrorCode::Internal, format!("encoding reply: {e}"))
+            })
+        }
+    })
+    .await
+}
+
+/// [`serve`] for a handler that encodes its answer itself.
+pub async fn serve_bytes<Req, F, Fut>(
+    mut endpoint: service::endpoint::Endpoint,
+    name: &'static str,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    handler: F,
+) where
+    Req: DeserializeOwned + Send + 'static,
+    F: Fn(Req) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Bytes, ServiceFailure>> + Send + 'static,
 {
     loop {
         let request = tokio::select! {
@@ -167,12 +248,7 @@ pub async fn serve<Req, Resp, F, Fut>(
                     .with_label_values(&[name])
                     .observe(started.elapsed().as_secs_f64());
                 let answer = match result {
-                    Ok(resp) => serde_json::to_vec(&resp).map(Bytes::from).map_err(|e| {
-                        service::error::Error {
-                            code: 500,
-                            status: format!("internal: encoding reply: {e}"),
-                        }
-                    }),
+                    Ok(bytes) => Ok(bytes),
                     Err(failure) => {
                         if failure.code == ErrorCode::Internal {
                             tracing::error!(error = %failure.message, "request failed");

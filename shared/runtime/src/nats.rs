@@ -7,6 +7,7 @@ use anyhow::Context;
 
 use async_nats::service::{self, ServiceExt};
 use async_nats::{Client, ConnectOptions, Event, HeaderMap};
+use bytes::Bytes;
 use gantry_contracts::error::{ErrorCode, ServiceFailure};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -196,6 +197,25 @@ pub async fn request_within<Req: Serialize, Resp: DeserializeOwned>(
     req: &Req,
     timeout: Duration,
 ) -> Result<Resp, ServiceFailure> {
+    let payload = serde_json::to_vec(req)
+        .map_err(|e| ServiceFailure::new(ErrorCode::Internal, format!("encoding request: {e}")))?;
+    let reply = request_bytes(client, subject.clone(), payload.into(), timeout).await?;
+    serde_json::from_slice(&reply).map_err(|e| {
+        ServiceFailure::new(
+            ErrorCode::Internal,
+            format!("undecodable reply from {subject}: {e}"),
+        )
+    })
+}
+
+/// Send `payload` as it is and return the reply's bytes as they are (an endpoint that answers
+/// more than JSON, such as a listing's pre-serialized body); a service error is the `Err`.
+pub async fn request_bytes(
+    client: &Client,
+    subject: String,
+    payload: Bytes,
+    timeout: Duration,
+) -> Result<Bytes, ServiceFailure> {
     let span = tracing::info_span!(
         "nats.request",
         otel.name = format!("send {subject}"),
@@ -206,12 +226,9 @@ pub async fn request_within<Req: Serialize, Resp: DeserializeOwned>(
         messaging.operation.name = "request",
     );
     async move {
-        let payload = serde_json::to_vec(req).map_err(|e| {
-            ServiceFailure::new(ErrorCode::Internal, format!("encoding request: {e}"))
-        })?;
         let request = async_nats::Request::new()
             .headers(traced_headers())
-            .payload(payload.into())
+            .payload(payload)
             .timeout(Some(timeout));
         let reply = client
             .send_request(subject.clone(), request)
@@ -232,12 +249,7 @@ pub async fn request_within<Req: Serialize, Resp: DeserializeOwned>(
                 return Err(ServiceFailure::from_header(text.as_str()));
             }
         }
-        serde_json::from_slice(&reply.payload).map_err(|e| {
-            ServiceFailure::new(
-                ErrorCode::Internal,
-                format!("undecodable reply from {subject}: {e}"),
-            )
-        })
+        Ok(reply.payload)
     }
     .instrument(span)
     .await

@@ -2,7 +2,13 @@
 //! heartbeats spread evenly over the interval for a while, and report the registry process's CPU
 //! and memory (from /proc) and the latency of full `nodes.list` listings (every page).
 //!
-//! Run through `bench/registry_load.sh`, which starts NATS, the store and a release registry.
+//! With `--api-url`, also the listing as operators get it: full `GET /api/admin/cluster_nodes`
+//! through the api, one at a time (latency) and from several clients at once (throughput),
+//! against a baseline measured in the same run: the same bytes served from memory by the same
+//! HTTP stack (`listing-baseline`, at `--baseline-url`).
+//!
+//! Run through `bench/registry_load.sh`, which starts NATS, the store and a release registry
+//! (and, with `--http`, auth, the api and the baseline).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,6 +49,21 @@ struct Args {
     /// Registrations in flight at once.
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
+    /// The api, to measure `GET /api/admin/cluster_nodes` through it.
+    #[arg(long)]
+    api_url: Option<String>,
+    /// The admin's API token, for `--api-url`.
+    #[arg(long, env = "GANTRY_ADMIN_API_TOKEN", default_value = "")]
+    admin_token: String,
+    /// `listing-baseline`: the same bytes from memory over the same HTTP stack.
+    #[arg(long)]
+    baseline_url: Option<String>,
+    /// HTTP clients at once in the throughput phases.
+    #[arg(long, default_value_t = 4)]
+    http_clients: usize,
+    /// Seconds of each throughput phase.
+    #[arg(long, default_value_t = 10.0)]
+    http_duration: f64,
 }
 
 fn proc_cpu_ticks(pid: u32) -> anyhow::Result<u64> {
@@ -268,8 +289,6 @@ async fn main() -> anyhow::Result<()> {
     let elapsed = t0.elapsed().as_secs_f64();
     let cpu1 = proc_cpu_ticks(args.registry_pid)?;
     let sent1 = sent.load(std::sync::atomic::Ordering::Relaxed);
-    stop.cancel();
-    let _ = publisher.await;
 
     // How many pages one listing takes.
     let first: ClusterNodes = request(
@@ -286,6 +305,13 @@ async fn main() -> anyhow::Result<()> {
     let bytes = serde_json::to_vec(last.as_ref().expect("one listing"))
         .map(|v| v.len())
         .unwrap_or(0);
+
+    let http = match &args.api_url {
+        Some(url) => Some(measure_http(&args, url, hz).await?),
+        None => None,
+    };
+    stop.cancel();
+    let _ = publisher.await;
 
     latencies.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
     let cpu_pct = (cpu1 - cpu0) as f64 / hz / elapsed * 100.0;
@@ -323,6 +349,9 @@ async fn main() -> anyhow::Result<()> {
         percentile(&latencies, 99.0),
         latencies.last().copied().unwrap_or(f64::NAN)
     );
+    if let Some(h) = &http {
+        h.print(&args);
+    }
     if stats.connected_nodes as usize != args.nodes {
         anyhow::bail!(
             "only {} of {} nodes are connected",
@@ -331,4 +360,202 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// What the HTTP phases measured.
+struct HttpFigures {
+    latencies: Vec<f64>,
+    bytes: usize,
+    gzip_bytes: usize,
+    cpu_latency: f64,
+    api: Throughput,
+    cpu_throughput: f64,
+    baseline: Option<Throughput>,
+}
+
+/// Requests answered by several clients at once.
+struct Throughput {
+    requests: u64,
+    bytes: u64,
+    seconds: f64,
+    latencies: Vec<f64>,
+}
+
+impl Throughput {
+    fn per_second(&self) -> f64 {
+        self.requests as f64 / self.seconds
+    }
+}
+
+impl HttpFigures {
+    fn print(&self, args: &Args) {
+        let mib = |b: f64| b / (1024.0 * 1024.0);
+        println!();
+        println!(
+            "== GET /api/admin/cluster_nodes through the api, {} nodes heartbeating ==",
+            args.nodes
+        );
+        println!(
+            "listing           {:.1} MiB JSON, {:.2} MiB gzipped",
+            mib(self.bytes as f64),
+            mib(self.gzip_bytes as f64)
+        );
+        let l = &self.latencies;
+        println!(
+            "one at a time ms  p50 {:.1}  p95 {:.1}  p99 {:.1}  max {:.1}  ({} listings, every {} s)",
+            percentile(l, 50.0),
+            percentile(l, 95.0),
+            percentile(l, 99.0),
+            l.last().copied().unwrap_or(f64::NAN),
+            l.len(),
+            args.list_every
+        );
+        println!(
+            "registry CPU      {:.1} % of one core meanwhile",
+            self.cpu_latency
+        );
+        let show = |name: &str, t: &Throughput| {
+            println!(
+                "{name:<17} {:.1} listings/s, {:.0} MiB/s, {} clients: p50 {:.1} ms, p99 {:.1} ms",
+                t.per_second(),
+                mib(t.bytes as f64) / t.seconds,
+                args.http_clients,
+                percentile(&t.latencies, 50.0),
+                percentile(&t.latencies, 99.0)
+            )
+        };
+        show("api", &self.api);
+        println!(
+            "registry CPU      {:.1} % of one core meanwhile",
+            self.cpu_throughput
+        );
+        if let Some(b) = &self.baseline {
+            show("baseline", b);
+            println!(
+                "api / baseline    {:.2} of the throughput of the same bytes from memory",
+                self.api.per_second() / b.per_second()
+            );
+        }
+    }
+}
+
+async fn get_listing(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    gzip: bool,
+) -> anyhow::Result<bytes::Bytes> {
+    let mut req = http.get(url).bearer_auth(token);
+    if gzip {
+        req = req.header("Accept-Encoding", "gzip");
+    }
+    let resp = req.send().await?;
+    let status = resp.status();
+    let body = resp.bytes().await?;
+    if !status.is_success() {
+        anyhow::bail!("{url}: {status}: {}", String::from_utf8_lossy(&body));
+    }
+    Ok(body)
+}
+
+/// `clients` clients asking `url` without pause for `seconds`.
+async fn throughput(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    clients: usize,
+    seconds: f64,
+) -> anyhow::Result<Throughput> {
+    let t0 = Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            let (http, url, token) = (http.clone(), url.to_owned(), token.to_owned());
+            tokio::spawn(async move {
+                let (mut n, mut bytes, mut lat) = (0u64, 0u64, Vec::new());
+                while t0.elapsed().as_secs_f64() < seconds {
+                    let q = Instant::now();
+                    bytes += get_listing(&http, &url, &token, false).await?.len() as u64;
+                    lat.push(q.elapsed().as_secs_f64() * 1000.0);
+                    n += 1;
+                }
+                Ok::<_, anyhow::Error>((n, bytes, lat))
+            })
+        })
+        .collect();
+    let mut out = Throughput {
+        requests: 0,
+        bytes: 0,
+        seconds: 0.0,
+        latencies: Vec::new(),
+    };
+    for t in tasks {
+        let (n, bytes, lat) = t.await??;
+        out.requests += n;
+        out.bytes += bytes;
+        out.latencies.extend(lat);
+    }
+    out.seconds = t0.elapsed().as_secs_f64();
+    out.latencies
+        .sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    Ok(out)
+}
+
+/// The HTTP phases: one listing at a time for `--duration`, then `--http-clients` at once
+/// against the api and against the baseline, `--http-duration` each; the registry's CPU over the
+/// first two.
+async fn measure_http(args: &Args, api: &str, hz: f64) -> anyhow::Result<HttpFigures> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()?;
+    let url = format!("{}/api/admin/cluster_nodes", api.trim_end_matches('/'));
+    let token = args.admin_token.as_str();
+    let first = get_listing(&http, &url, token, false).await?;
+    let gzip_bytes = get_listing(&http, &url, token, true).await?.len();
+
+    let cpu0 = proc_cpu_ticks(args.registry_pid)?;
+    let t0 = Instant::now();
+    let mut latencies = Vec::new();
+    while t0.elapsed().as_secs_f64() < args.duration {
+        let q = Instant::now();
+        get_listing(&http, &url, token, false).await?;
+        latencies.push(q.elapsed().as_secs_f64() * 1000.0);
+        let spent = q.elapsed().as_secs_f64();
+        if spent < args.list_every {
+            tokio::time::sleep(Duration::from_secs_f64(args.list_every - spent)).await;
+        }
+    }
+    let cpu_latency =
+        (proc_cpu_ticks(args.registry_pid)? - cpu0) as f64 / hz / t0.elapsed().as_secs_f64()
+            * 100.0;
+    latencies.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+
+    let cpu0 = proc_cpu_ticks(args.registry_pid)?;
+    let t0 = Instant::now();
+    let api_figures = throughput(&http, &url, token, args.http_clients, args.http_duration).await?;
+    let cpu_throughput =
+        (proc_cpu_ticks(args.registry_pid)? - cpu0) as f64 / hz / t0.elapsed().as_secs_f64()
+            * 100.0;
+
+    let baseline = match &args.baseline_url {
+        Some(b) => {
+            let b = format!("{}/body", b.trim_end_matches('/'));
+            let stored = http.put(&b).body(first.clone()).send().await?;
+            anyhow::ensure!(
+                stored.status().is_success(),
+                "baseline: {}",
+                stored.status()
+            );
+            Some(throughput(&http, &b, "", args.http_clients, args.http_duration).await?)
+        }
+        None => None,
+    };
+    Ok(HttpFigures {
+        latencies,
+        bytes: first.len(),
+        gzip_bytes,
+        cpu_latency,
+        api: api_figures,
+        cpu_throughput,
+        baseline,
+    })
 }
