@@ -26,6 +26,8 @@ pub struct AppState {
     pub slots: crate::slots::UserSlots,
     /// Their bounds, and the largest dataset, from the configuration.
     pub limits: Limits,
+    /// The hashes of dataset folders already packed, so one submitted again unchanged is not.
+    pub snapshots: std::sync::Arc<crate::train::SnapshotCache>,
 }
 
 /// Per-user bounds (`GANTRY_MAX_*`).
@@ -64,6 +66,7 @@ impl AppState {
                 .is_some_and(|u| u.starts_with("https://")),
             trusted_proxies: config.trusted_proxies.clone(),
             slots: Default::default(),
+            snapshots: Default::default(),
             limits: Limits {
                 packing: config.max_packing_per_user,
                 held: config.max_held_per_user,

@@ -32,6 +32,7 @@ mod snapshot;
 
 use hold::{gantry_api_display, queued};
 use snapshot::prepare;
+pub use snapshot::SnapshotCache;
 
 /// What training costs a user, in credit tokens (admins pay nothing).
 pub const TRAINING_COST: i64 = 100;
@@ -342,9 +343,22 @@ impl TrainApi {
             false => None,
         };
         let max_bytes = limits.dataset_bytes;
-        let snapshot = tokio::task::spawn_blocking(move || prepare(&root, &train_path, max_bytes))
-            .await
-            .map_err(ApiError::internal)??;
+        let cache = self.state.snapshots.clone();
+        let (mut snapshot, folder) = tokio::task::spawn_blocking(move || {
+            prepare(&root, &train_path, max_bytes, Some(&cache))
+        })
+        .await
+        .map_err(ApiError::internal)??;
+        if snapshot.archive.is_none() && !self.snapshot_stored(&snapshot.hash).await {
+            // Known, but no longer in the store (or about to go): check and pack it again.
+            self.state.snapshots.forget(&folder);
+            let root = self.state.data_root.clone();
+            let train_path = body.train_path.clone();
+            (snapshot, _) =
+                tokio::task::spawn_blocking(move || prepare(&root, &train_path, max_bytes, None))
+                    .await
+                    .map_err(ApiError::internal)??;
+        }
         drop(packing);
 
         let charge: CreditResult = nats::request(
@@ -364,25 +378,30 @@ impl TrainApi {
         let js = async_nats::jetstream::new(self.state.nats.clone());
         let key = jobs::dataset_key(&snapshot.hash);
         let retention = self.state.limits.dataset_retention;
-        let stored = async {
-            let store = gantry_runtime::jetstream::bucket_store(&js, jobs::DATASETS_BUCKET).await?;
-            // Stored again when missing, or old enough that the retention sweep may be about
-            // to remove it: a job never names a snapshot about to go.
-            let fresh = match store.info(&key).await {
-                Ok(info) if !info.deleted => info.modified.is_some_and(|m| {
-                    let age = chrono::Utc::now().timestamp() - m.unix_timestamp();
-                    age >= 0 && (age as u64) < retention.as_secs() / 2
-                }),
-                _ => false,
-            };
-            if !fresh {
-                let mut file = tokio::fs::File::open(snapshot.archive.path()).await?;
-                gantry_runtime::jetstream::put_object(&js, jobs::DATASETS_BUCKET, &key, &mut file)
-                    .await?;
+        // Stored again when missing, or old enough that the retention sweep may be about to
+        // remove it: a job never names a snapshot about to go. (One named from the cache was
+        // found stored just now.)
+        let stored = match &snapshot.archive {
+            None => Ok(()),
+            Some(archive) => {
+                async {
+                    let store =
+                        gantry_runtime::jetstream::bucket_store(&js, jobs::DATASETS_BUCKET).await?;
+                    if !fresh(&store, &key, retention).await {
+                        let mut file = tokio::fs::File::open(archive.path()).await?;
+                        gantry_runtime::jetstream::put_object(
+                            &js,
+                            jobs::DATASETS_BUCKET,
+                            &key,
+                            &mut file,
+                        )
+                        .await?;
+                    }
+                    anyhow::Ok(())
+                }
+                .await
             }
-            anyhow::Ok(())
-        }
-        .await;
+        };
         if let Err(e) = stored {
             let e = format!("{e:#}");
             tracing::error!(error = e, "storing the dataset snapshot failed");
@@ -487,6 +506,16 @@ impl TrainApi {
                 )
                 .await);
         }
+        // Stored: tell the trainers, so a free slot asks for it now rather than at its next look.
+        // Best effort: a node that misses it still finds the job then.
+        if let Err(e) = self
+            .state
+            .nats
+            .publish(jobs::queued_subject(driver), Default::default())
+            .await
+        {
+            tracing::debug!(error = %e, "announcing the queued job failed");
+        }
         tracing::info!(job_id, driver = driver.as_str(), "training job queued");
 
         let sub = Submitted {
@@ -501,6 +530,17 @@ impl TrainApi {
         }
     }
 
+    /// Whether the store holds the snapshot `hash` and the retention sweep is not about to
+    /// remove it; false when it cannot tell.
+    async fn snapshot_stored(&self, hash: &str) -> bool {
+        let js = async_nats::jetstream::new(self.state.nats.clone());
+        let Ok(store) = gantry_runtime::jetstream::bucket_store(&js, jobs::DATASETS_BUCKET).await
+        else {
+            return false;
+        };
+        fresh(&store, &jobs::dataset_key(hash), self.state.limits.dataset_retention).await
+    }
+
     /// The caller's balance now.
     async fn me(&self, p: &Principal) -> i64 {
         let user: Result<gantry_contracts::auth::User, _> = nats::request(
@@ -510,6 +550,22 @@ impl TrainApi {
         )
         .await;
         user.map(|u| u.tokens).unwrap_or(p.user.tokens)
+    }
+}
+
+/// Whether `store` holds `key` and it is young enough that the retention sweep is not about to
+/// remove it: a job never names a snapshot about to go.
+async fn fresh(
+    store: &async_nats::jetstream::object_store::ObjectStore,
+    key: &str,
+    retention: Duration,
+) -> bool {
+    match store.info(key).await {
+        Ok(info) if !info.deleted => info.modified.is_some_and(|m| {
+            let age = chrono::Utc::now().timestamp() - m.unix_timestamp();
+            age >= 0 && (age as u64) < retention.as_secs() / 2
+        }),
+        _ => false,
     }
 }
 

@@ -227,7 +227,11 @@ impl<'a> TrainingSession<'a> {
             clock.steps_this_run += 1;
             clock.samples_this_run += len as u64;
 
-            let kind = if clock.last_report.elapsed() >= clock.report_every {
+            // The run's first step is reported at once (a follower sees it moving), then at most
+            // every `report_every`.
+            let kind = if clock.steps_this_run == 1
+                || clock.last_report.elapsed() >= clock.report_every
+            {
                 (clock.shown_loss, clock.shown_acc) = totals.read()?;
                 if !clock.shown_loss.is_finite() {
                     return Err(TrainError::Diverged { epoch });
