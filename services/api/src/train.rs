@@ -538,7 +538,12 @@ impl TrainApi {
         else {
             return false;
         };
-        fresh(&store, &jobs::dataset_key(hash), self.state.limits.dataset_retention).await
+        fresh(
+            &store,
+            &jobs::dataset_key(hash),
+            self.state.limits.dataset_retention,
+        )
+        .await
     }
 
     /// The caller's balance now.

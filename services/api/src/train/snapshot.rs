@@ -332,7 +332,10 @@ mod tests {
             if ctime(&file) != before {
                 break;
             }
-            assert!(std::time::Instant::now() < deadline, "the changed time never moved");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the changed time never moved"
+            );
         }
         let changed = prep(Some(&cache));
         assert!(changed.archive.is_some(), "a changed file is packed again");
