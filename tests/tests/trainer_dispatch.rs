@@ -143,6 +143,7 @@ async fn a_folder_submitted_again_after_a_file_changed_trains_on_the_new_content
         let mut cached: Vec<String> = std::fs::read_dir(stack.cache_dir("trainer-a").join("datasets"))
             .unwrap()
             .flatten()
+            .filter(|e| e.path().is_dir())
             .filter_map(|e| e.file_name().into_string().ok())
             .filter(|n| !n.starts_with('.'))
             .collect();
