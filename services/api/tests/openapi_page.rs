@@ -28,6 +28,7 @@ async fn spec() -> Value {
         secure_cookies: false,
         trusted_proxies: Vec::new(),
         slots: Default::default(),
+        snapshots: Default::default(),
         limits: gantry_api::state::Limits {
             packing: 2,
             held: 4,
