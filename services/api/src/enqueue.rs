@@ -97,6 +97,22 @@ pub async fn publish(
     .await
 }
 
+/// Whether `store` holds `key` and it is young enough that the retention sweep is not about to
+/// remove it: a job never names a snapshot about to go.
+pub async fn fresh(
+    store: &async_nats::jetstream::object_store::ObjectStore,
+    key: &str,
+    retention: std::time::Duration,
+) -> bool {
+    match store.info(key).await {
+        Ok(info) if !info.deleted => info.modified.is_some_and(|m| {
+            let age = chrono::Utc::now().timestamp() - m.unix_timestamp();
+            age >= 0 && (age as u64) < retention.as_secs() / 2
+        }),
+        _ => false,
+    }
+}
+
 /// Store the archive at `archive` as the snapshot `hash`, unless it is stored already and fresh:
 /// stored again when missing, or old enough that the retention sweep may be about to remove it,
 /// so a job never names a snapshot about to go. `Err` says, for the user, what failed.
@@ -106,14 +122,7 @@ pub async fn store_snapshot(state: &AppState, hash: &str, archive: &Path) -> Res
     let retention = state.limits.dataset_retention;
     let stored = async {
         let store = gantry_runtime::jetstream::bucket_store(&js, jobs::DATASETS_BUCKET).await?;
-        let fresh = match store.info(&key).await {
-            Ok(info) if !info.deleted => info.modified.is_some_and(|m| {
-                let age = chrono::Utc::now().timestamp() - m.unix_timestamp();
-                age >= 0 && (age as u64) < retention.as_secs() / 2
-            }),
-            _ => false,
-        };
-        if !fresh {
+        if !fresh(&store, &key, retention).await {
             let mut file = tokio::fs::File::open(archive).await?;
             gantry_runtime::jetstream::put_object(&js, jobs::DATASETS_BUCKET, &key, &mut file)
                 .await?;

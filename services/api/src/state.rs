@@ -28,6 +28,8 @@ pub struct AppState {
     pub limits: Limits,
     /// The cluster listings last served, by query.
     pub listings: std::sync::Arc<crate::listing::Listings>,
+    /// The hashes of dataset folders already packed, so one submitted again unchanged is not.
+    pub snapshots: std::sync::Arc<crate::train::SnapshotCache>,
 }
 
 /// Per-user bounds (`GANTRY_MAX_*`).
@@ -69,6 +71,7 @@ impl AppState {
             trusted_proxies: config.trusted_proxies.clone(),
             slots: Default::default(),
             listings: Default::default(),
+            snapshots: Default::default(),
             limits: Limits {
                 packing: config.max_packing_per_user,
                 held: config.max_held_per_user,

@@ -31,6 +31,7 @@ mod snapshot;
 
 use hold::{gantry_api_display, queued};
 use snapshot::prepare;
+pub use snapshot::SnapshotCache;
 
 /// What training costs a user, in credit tokens (admins pay nothing).
 pub const TRAINING_COST: i64 = 100;
@@ -314,9 +315,22 @@ impl TrainApi {
             false => None,
         };
         let max_bytes = limits.dataset_bytes;
-        let snapshot = tokio::task::spawn_blocking(move || prepare(&root, &train_path, max_bytes))
-            .await
-            .map_err(ApiError::internal)??;
+        let cache = self.state.snapshots.clone();
+        let (mut snapshot, folder) = tokio::task::spawn_blocking(move || {
+            prepare(&root, &train_path, max_bytes, Some(&cache))
+        })
+        .await
+        .map_err(ApiError::internal)??;
+        if snapshot.archive.is_none() && !self.snapshot_stored(&snapshot.hash).await {
+            // Known, but no longer in the store (or about to go): check and pack it again.
+            self.state.snapshots.forget(&folder);
+            let root = self.state.data_root.clone();
+            let train_path = body.train_path.clone();
+            (snapshot, _) =
+                tokio::task::spawn_blocking(move || prepare(&root, &train_path, max_bytes, None))
+                    .await
+                    .map_err(ApiError::internal)??;
+        }
         drop(packing);
 
         let charge: CreditResult = nats::request(
@@ -333,11 +347,13 @@ impl TrainApi {
         let charged_at = std::time::Instant::now();
 
         // Store the snapshot once per content hash.
-        if let Err(what) =
-            crate::enqueue::store_snapshot(&self.state, &snapshot.hash, snapshot.archive.path())
-                .await
-        {
-            return Err(self.abort(p.user.id, &job_id, false, what).await);
+        // (One named from the cache was found stored just now.)
+        if let Some(archive) = &snapshot.archive {
+            if let Err(what) =
+                crate::enqueue::store_snapshot(&self.state, &snapshot.hash, archive.path()).await
+            {
+                return Err(self.abort(p.user.id, &job_id, false, what).await);
+            }
         }
 
         let job = TrainJob {
@@ -413,6 +429,16 @@ impl TrainApi {
                 )
                 .await);
         }
+        // Stored: tell the trainers, so a free slot asks for it now rather than at its next look.
+        // Best effort: a node that misses it still finds the job then.
+        if let Err(e) = self
+            .state
+            .nats
+            .publish(jobs::queued_subject(driver), Default::default())
+            .await
+        {
+            tracing::debug!(error = %e, "announcing the queued job failed");
+        }
         tracing::info!(job_id, driver = driver.as_str(), "training job queued");
 
         let sub = Submitted {
@@ -425,6 +451,22 @@ impl TrainApi {
             None => Ok(queued(sub)),
             Some(settled) => self.hold(sub, settled).await,
         }
+    }
+
+    /// Whether the store holds the snapshot `hash` and the retention sweep is not about to
+    /// remove it; false when it cannot tell.
+    async fn snapshot_stored(&self, hash: &str) -> bool {
+        let js = async_nats::jetstream::new(self.state.nats.clone());
+        let Ok(store) = gantry_runtime::jetstream::bucket_store(&js, jobs::DATASETS_BUCKET).await
+        else {
+            return false;
+        };
+        crate::enqueue::fresh(
+            &store,
+            &jobs::dataset_key(hash),
+            self.state.limits.dataset_retention,
+        )
+        .await
     }
 
     /// The caller's balance now.

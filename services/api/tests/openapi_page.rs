@@ -29,6 +29,7 @@ async fn spec() -> Value {
         trusted_proxies: Vec::new(),
         slots: Default::default(),
         listings: Default::default(),
+        snapshots: Default::default(),
         limits: gantry_api::state::Limits {
             packing: 2,
             held: 4,

@@ -4,8 +4,8 @@
 //!    message is terminated, with no event. (The worker registered the run for cancels before,
 //!    so a cancel can never slip between the check and the start.)
 //! 2. The lease is kept with in-progress acks every [`LEASE_EVERY`] while the node works.
-//! 3. The dataset snapshot is had from the [`DatasetCache`], the last checkpoint (if any) is
-//!    read, `Started` is published, and training runs on a blocking thread
+//! 3. The dataset snapshot is had from the [`DatasetCache`], the last checkpoint (if any; never
+//!    on the first delivery, which cannot have one) is read, `Started` is published, and training runs on a blocking thread
 //!    ([`crate::training`]). Its progress and checkpoints go through a channel to a publisher
 //!    task that stores each checkpoint before announcing it.
 //! 4. The [`Outcome`] decides the end: completed (weights uploaded, `Completed` published, then
@@ -207,14 +207,20 @@ impl JobRunner {
             }
             Err(e @ CacheError::Other(_)) => return Outcome::Retry(e.to_string()),
         };
-        let resume = match self
-            .checkpoints
-            .read(&job.job_id)
-            .instrument(tracing::info_span!("checkpoint.read"))
-            .await
-        {
-            Ok(c) => c,
-            Err(e) => return Outcome::Retry(format!("reading the checkpoint: {e:#}")),
+        // Only an earlier delivery of the job can have left a checkpoint: the first has none to
+        // read.
+        let resume = if delivery <= 1 {
+            None
+        } else {
+            match self
+                .checkpoints
+                .read(&job.job_id)
+                .instrument(tracing::info_span!("checkpoint.read"))
+                .await
+            {
+                Ok(c) => c,
+                Err(e) => return Outcome::Retry(format!("reading the checkpoint: {e:#}")),
+            }
         };
         if let Some(o) = Outcome::interrupted(control) {
             return o;

@@ -152,7 +152,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             let result = node.run(shutdown.clone()).await;
             // Leaving on our own (token revoked) stops the jobs too: they are handed back.
             shutdown.cancel();
-            if tokio::time::timeout(worker::SHUTDOWN_GRACE + worker::PULL_WAIT * 2, jobs)
+            if tokio::time::timeout(worker::SHUTDOWN_GRACE + worker::LOOK_EVERY, jobs)
                 .await
                 .is_err()
             {

@@ -3,11 +3,13 @@
 //! ([`crate::run`]), and cancels, drains, driver changes and shutdown reach it through its
 //! [`JobControl`].
 //!
-//! [`Workers::run`] asks for at most as many jobs as there are free worker slots, alternating
-//! between the two consumers with short long-polls ([`PULL_WAIT`]), so a job never sits in a
-//! message this node cannot start and a changed [`WorkerPlan`] (another driver, a drain) takes
-//! effect within a poll. A message that arrives after the plan stopped wanting it is handed back
-//! at once (nak).
+//! [`Workers::run`] asks for at most as many jobs as there are free worker slots, with no-wait
+//! pulls: one consumer at a time, at once when the api announces a job for it
+//! ([`contract::queued_subject`]) or a slot frees, and every [`LOOK_EVERY`] otherwise. No pull is
+//! ever left waiting at the server, so a job never sits in a message this node cannot start (no
+//! hand-back, which would spend one of its [`contract::MAX_DELIVER`] deliveries), and a changed
+//! [`WorkerPlan`] (another driver, a drain) takes effect at once. A message that arrives after the
+//! plan stopped wanting it is handed back at once (nak).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -19,7 +21,9 @@ use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer::PullConsumer, AckKind};
 use async_nats::Client;
 use futures::StreamExt;
-use gantry_contracts::jobs::{self as contract, JobDriver, TrainJob, CANCEL_SUBJECTS, JOBS_STREAM};
+use gantry_contracts::jobs::{
+    self as contract, JobDriver, TrainJob, CANCEL_SUBJECTS, JOBS_STREAM, QUEUED_SUBJECTS,
+};
 use gantry_contracts::registry::Driver;
 use gantry_runtime::retry;
 use tokio::sync::{watch, Notify};
@@ -31,9 +35,9 @@ use crate::control::JobControl;
 use crate::node::WorkerPlan;
 use crate::run::{JobRunner, RunnerConfig};
 
-/// How long one pull request waits at the server before the loop looks again (at the other
-/// consumer, the plan, the free slots).
-pub const PULL_WAIT: Duration = Duration::from_secs(1);
+/// How often a node with a free slot looks at its consumers unasked: for jobs handed back or
+/// redelivered (those are not announced) and announcements it missed.
+pub const LOOK_EVERY: Duration = Duration::from_secs(1);
 /// How long shutdown waits for jobs in flight to hand their messages back.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
 
@@ -72,6 +76,20 @@ pub fn cancelled_job_id(subject: &str) -> Option<&str> {
         .strip_prefix("gantry.control.job.")?
         .strip_suffix(".cancel")?;
     (!id.is_empty() && !id.contains('.')).then_some(id)
+}
+
+/// The next announcement of a queued job, as the driver it names (others are skipped); `None`
+/// when the subscription ended. Pending forever without one.
+async fn next_announcement(queued: &mut Option<async_nats::Subscriber>) -> Option<JobDriver> {
+    let Some(sub) = queued.as_mut() else {
+        return std::future::pending().await;
+    };
+    loop {
+        let m = sub.next().await?;
+        if let Some(driver) = contract::queued_driver(&m.subject) {
+            return Some(driver);
+        }
+    }
 }
 
 /// Whether a message that arrived from `consumer` is still wanted under `plan`.
@@ -235,47 +253,95 @@ impl Workers {
     }
 
     /// Pull and train until `shutdown`; then stop the jobs in flight, hand their messages back and
-    /// return within [`SHUTDOWN_GRACE`] (plus a pull).
+    /// return within [`SHUTDOWN_GRACE`].
     /// The streams and consumers are the registry's and the api's to create (a node may only
     /// read them); until they exist, pulls fail and are retried.
+    ///
+    /// The node never waits on a pull: it asks a consumer only for what it holds now (a no-wait
+    /// pull of at most the free slots, one consumer at a time), so it can never be handed more
+    /// jobs than it can start and has no request outstanding when the plan changes or it stops.
+    /// It asks when the api announces a job for a consumer it serves
+    /// ([`contract::queued_subject`]), when a slot frees, when the plan changes, and every
+    /// [`LOOK_EVERY`] (for redeliveries and missed announcements).
     pub async fn run(self, mut plan: watch::Receiver<WorkerPlan>, shutdown: CancellationToken) {
         let cancels =
             AbortOnDropHandle::new(tokio::spawn(self.clone().follow_cancels(shutdown.clone())));
         let tracker = TaskTracker::new();
         let mut consumers: HashMap<JobDriver, PullConsumer> = HashMap::new();
+        let mut queued = match self.inner.client.subscribe(QUEUED_SUBJECTS).await {
+            Ok(sub) => Some(sub),
+            Err(e) => {
+                tracing::warn!(error = %e, "not hearing of queued jobs; looking every second");
+                None
+            }
+        };
+        let mut tick = tokio::time::interval(LOOK_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Which consumers to ask next; all of them at first.
+        let mut look: Vec<JobDriver> = JobDriver::ALL.to_vec();
         let mut turn = 0usize;
         tracing::info!(slots = lock(&self.inner.busy).len(), "taking training jobs");
-        loop {
+        'run: loop {
             if shutdown.is_cancelled() {
                 break;
             }
             let current = plan.borrow_and_update().clone();
-            let free = self.free_slots();
-            if !current.accepting || free == 0 {
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    changed = plan.changed() => if changed.is_err() { break },
-                    _ = self.inner.slot_freed.notified() => {}
-                }
-                continue;
+            // The node's backend and `any`, in turns, so neither goes first every time.
+            let mut order = [job_driver(current.driver), JobDriver::Any];
+            if turn % 2 == 1 {
+                order.reverse();
             }
-            let driver = [job_driver(current.driver), JobDriver::Any][turn % 2];
             turn = turn.wrapping_add(1);
-            // With NATS gone a pull waits for its request timeout; a shutdown must not. A batch cut
-            // short here only delays its unread messages until AckWait.
-            let pulled = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                r = self.pull(&mut consumers, driver, free, &plan, &shutdown, &tracker) => r,
-            };
-            if let Err(e) = pulled {
-                consumers.remove(&driver);
-                tracing::warn!(
-                    consumer = contract::train_consumer(driver),
-                    error = format!("{e:#}"),
-                    "pulling jobs failed; retrying"
-                );
-                if !retry::pause(&shutdown, Duration::from_secs(1)).await {
+            let mut failed = false;
+            for driver in order {
+                if !look.contains(&driver) || !wanted(&current, driver) {
+                    continue;
+                }
+                let free = self.free_slots();
+                if free == 0 {
                     break;
+                }
+                // With NATS gone a request waits for its timeout; a shutdown must not.
+                let pulled = tokio::select! {
+                    _ = shutdown.cancelled() => break 'run,
+                    r = self.pull(&mut consumers, driver, free, &plan, &shutdown, &tracker) => r,
+                };
+                if let Err(e) = pulled {
+                    consumers.remove(&driver);
+                    failed = true;
+                    tracing::warn!(
+                        consumer = contract::train_consumer(driver),
+                        error = format!("{e:#}"),
+                        "pulling jobs failed; retrying"
+                    );
+                }
+            }
+            look.clear();
+            if failed && !retry::pause(&shutdown, Duration::from_secs(1)).await {
+                break;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                changed = plan.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    look = JobDriver::ALL.to_vec();
+                }
+                _ = self.inner.slot_freed.notified() => look = JobDriver::ALL.to_vec(),
+                _ = tick.tick() => look = JobDriver::ALL.to_vec(),
+                m = next_announcement(&mut queued) => match m {
+                    Some(driver) => look.push(driver),
+                    // The client is gone for good: the ticks go on.
+                    None => queued = None,
+                },
+            }
+            // Announcements that came meanwhile are answered by the same look.
+            while let Some(sub) = queued.as_mut() {
+                match futures::FutureExt::now_or_never(sub.next()) {
+                    Some(Some(m)) => look.extend(contract::queued_driver(&m.subject)),
+                    Some(None) => queued = None,
+                    None => break,
                 }
             }
         }
@@ -328,9 +394,9 @@ impl Workers {
         Ok(consumer)
     }
 
-    /// One long-poll for at most `free` jobs from `driver`'s consumer; each is started as it
-    /// arrives. The batch is read to its end even when stopping, so no message is left delivered
-    /// to nobody.
+    /// One no-wait pull of at most `free` jobs from `driver`'s consumer: what it holds now, each
+    /// started as it arrives. The batch is read to its end, so no message is left delivered to
+    /// nobody.
     async fn pull(
         &self,
         consumers: &mut HashMap<JobDriver, PullConsumer>,
@@ -342,9 +408,8 @@ impl Workers {
     ) -> anyhow::Result<()> {
         let consumer = self.consumer(consumers, driver).await?;
         let mut batch = consumer
-            .batch()
+            .fetch()
             .max_messages(free)
-            .expires(PULL_WAIT)
             .messages()
             .await
             .map_err(|e| anyhow::anyhow!("asking for jobs: {e}"))?;

@@ -155,6 +155,8 @@ pub fn role(role: Role) -> Permissions {
                 &registry_requests,
                 "gantry.jobs.train.*",
                 "gantry.jobs.analyze.*",
+                // That a job was queued, for the trainers' free slots.
+                jobs::QUEUED_SUBJECTS,
                 // Analysis requests to the node it picked (answered to its inbox).
                 subjects::NODE_ANALYZE_ALL,
                 // Datasets in, models out, job events for its streams.
@@ -238,6 +240,8 @@ pub fn node(node_id: &str, inbox: &str) -> Permissions {
                 // `gantry-trainer drain` waits on its own node's heartbeats for the hand-back.
                 subjects::node_heartbeat(node_id),
                 jobs::CANCEL_SUBJECTS.into(),
+                // That a job was queued (no payload): a free slot asks for it at once.
+                jobs::QUEUED_SUBJECTS.into(),
                 format!("{inbox}.>"),
             ],
             micro("gantry-trainer"),
@@ -355,6 +359,19 @@ mod tests {
         assert!(!n.may_publish("$JS.API.STREAM.DELETE.OBJ_gantry-models"));
         assert!(n.may_publish("$JS.API.DIRECT.GET.OBJ_gantry-models.x"));
         assert!(n.may_publish("$O.gantry-uploads.C.x"));
+    }
+
+    #[test]
+    fn only_the_api_announces_queued_jobs_and_nodes_hear_them() {
+        let subject = jobs::queued_subject(jobs::JobDriver::Cpu);
+        for r in Role::ALL {
+            assert_eq!(role(r).may_publish(&subject), r == Role::Api, "{r:?}");
+        }
+        let n = node(NODE, "_INBOX_Nabc");
+        assert!(n.may_subscribe(jobs::QUEUED_SUBJECTS));
+        assert!(!n.may_publish(&subject));
+        // The announcement, not the job: the queue's subjects stay closed to nodes.
+        assert!(!n.may_subscribe("gantry.jobs.train.cpu"));
     }
 
     #[test]

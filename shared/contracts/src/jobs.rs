@@ -203,6 +203,22 @@ pub fn cancel_subject(job_id: &str) -> String {
 /// Trainers subscribe to this wildcard of [`cancel_subject`].
 pub const CANCEL_SUBJECTS: &str = "gantry.control.job.*.cancel";
 
+/// Core NATS subject on which the api announces that a job for `driver` was queued, once
+/// JetStream has stored it. It carries nothing (the job itself is had from the queue): a trainer
+/// with a free slot that serves `driver` asks the consumer at once instead of at its next look.
+pub fn queued_subject(driver: JobDriver) -> String {
+    format!("gantry.control.jobs.queued.{}", driver.as_str())
+}
+
+/// Trainers subscribe to this wildcard of [`queued_subject`].
+pub const QUEUED_SUBJECTS: &str = "gantry.control.jobs.queued.*";
+
+/// The driver a [`queued_subject`] names.
+pub fn queued_driver(subject: &str) -> Option<JobDriver> {
+    let d = subject.strip_prefix("gantry.control.jobs.queued.")?;
+    JobDriver::ALL.into_iter().find(|j| j.as_str() == d)
+}
+
 /// Training settings, with their bounds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(poem_openapi::Object))]
@@ -689,6 +705,20 @@ mod tests {
     }
 
     #[test]
+    fn a_queued_announcement_names_its_driver() {
+        for d in JobDriver::ALL {
+            assert_eq!(queued_driver(&queued_subject(d)), Some(d));
+            assert_eq!(
+                queued_subject(d).rsplit_once('.').map(|(head, _)| head),
+                QUEUED_SUBJECTS.strip_suffix(".*")
+            );
+        }
+        assert_eq!(queued_driver("gantry.control.jobs.queued.auto"), None);
+        assert_eq!(queued_driver("gantry.control.jobs.queued."), None);
+        assert_eq!(queued_driver(&cancel_subject("cpu")), None);
+    }
+
+    #[test]
     fn subjects_do_not_overlap_between_streams() {
         assert_eq!(train_subject(JobDriver::Cuda), "gantry.jobs.train.cuda");
         assert!(event_subject("n", "x").starts_with("gantry.events.node.n.job."));
@@ -696,7 +726,11 @@ mod tests {
         assert_eq!(event_sender("gantry.events.node..job.j"), None);
         assert_eq!(event_sender("gantry.events.job.j"), None);
         // Core NATS announcements stay out of both streams.
-        for core in [cancel_subject("x"), settled_subject("x")] {
+        for core in [
+            cancel_subject("x"),
+            settled_subject("x"),
+            queued_subject(JobDriver::Any),
+        ] {
             assert!(
                 !core.starts_with("gantry.jobs.") && !core.starts_with("gantry.events."),
                 "{core}"

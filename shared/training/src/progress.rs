@@ -11,8 +11,8 @@ pub enum ProgressKind {
     /// publishing: `loss` and `train_accuracy` are those of the last `Report`/`EpochEnd` (reading
     /// fresh ones would stall a GPU every step).
     Step,
-    /// At least `report_interval_ms` since the last `Report` or `EpochEnd`: fresh running loss and
-    /// accuracy of the current epoch. Publish these.
+    /// The run's first step, then at least `report_interval_ms` since the last `Report` or
+    /// `EpochEnd`: fresh running loss and accuracy of the current epoch. Publish these.
     Report,
     /// An epoch finished: its final loss and accuracy, and `val_accuracy`. Its checkpoint has
     /// already been handed to `on_checkpoint`. Publish these.

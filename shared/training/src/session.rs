@@ -227,16 +227,19 @@ impl<'a> TrainingSession<'a> {
             clock.steps_this_run += 1;
             clock.samples_this_run += len as u64;
 
-            let kind = if clock.last_report.elapsed() >= clock.report_every {
-                (clock.shown_loss, clock.shown_acc) = totals.read()?;
-                if !clock.shown_loss.is_finite() {
-                    return Err(TrainError::Diverged { epoch });
-                }
-                clock.last_report = Instant::now();
-                ProgressKind::Report
-            } else {
-                ProgressKind::Step
-            };
+            // The run's first step is reported at once (a follower sees it moving), then at most
+            // every `report_every`.
+            let kind =
+                if clock.steps_this_run == 1 || clock.last_report.elapsed() >= clock.report_every {
+                    (clock.shown_loss, clock.shown_acc) = totals.read()?;
+                    if !clock.shown_loss.is_finite() {
+                        return Err(TrainError::Diverged { epoch });
+                    }
+                    clock.last_report = Instant::now();
+                    ProgressKind::Report
+                } else {
+                    ProgressKind::Step
+                };
             let train_time = clock.train_time_done + started.elapsed();
             let event = Progress {
                 kind,
