@@ -30,9 +30,10 @@ done
 
 # name | command (full run) | command (--quick)
 BENCHES=(
-    "dispatch|bench/dispatch.sh|bench/dispatch.sh --quick"
-    "listing|bench/registry_load.sh --nodes 10000 --interval 1 --list-every 1 --duration 60|bench/registry_load.sh --nodes 2000 --interval 1 --list-every 1 --duration 20"
+    "dispatch|bench/dispatch.sh --jobs 300 --ray-jobs 80|bench/dispatch.sh --jobs 40 --ray-jobs 10"
+    "listing|bench/registry_load.sh --nodes 10000 --interval 1 --list-every 1 --warmup 10 --duration 15 --http --http-clients 4 --http-duration 8|bench/registry_load.sh --nodes 2000 --interval 1 --list-every 1 --warmup 5 --duration 5 --http --http-clients 2 --http-duration 3"
     "events|bench/events_load.sh --jobs 100 --events-per-job 20|bench/events_load.sh --jobs 40 --events-per-job 10"
+    "events-2|REPLICAS=2 bench/events_load.sh --jobs 100 --events-per-job 20|REPLICAS=2 bench/events_load.sh --jobs 40 --events-per-job 10"
     "train|bench/train_throughput.sh --threads 1 --epochs 4 --rounds 3|bench/train_throughput.sh --threads 1 --epochs 2 --rounds 1"
     "analysis|bench/analysis_throughput.sh --threads 1 --passes 10 --rounds 5|bench/analysis_throughput.sh --threads 1 --passes 3 --rounds 1"
     "recipe|bench/recipe.sh|bench/recipe.sh --quick"
@@ -48,7 +49,8 @@ for entry in "${BENCHES[@]}"; do
     fi
     cmd="$full"
     [ "$quick" = 1 ] && cmd="$short"
-    script="${cmd%% *}"
+    script="${cmd#REPLICAS=* }"
+    script="${script%% *}"
     if [ ! -x "$script" ] && [ ! -f "$script" ]; then
         log "$name: $script is missing; skipped"
         failed+=("$name (missing)")

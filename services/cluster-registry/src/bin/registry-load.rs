@@ -435,6 +435,20 @@ impl HttpFigures {
                 "api / baseline    {:.2} of the throughput of the same bytes from memory",
                 self.api.per_second() / b.per_second()
             );
+            // The rows bench/run.sh tabulates.
+            println!(
+                "ROW\tcluster_nodes listings/s over HTTP ({} nodes, {} clients), same bytes from memory\t{:.1}\t{:.1}\t{:.2}",
+                args.nodes,
+                args.http_clients,
+                self.api.per_second(),
+                b.per_second(),
+                self.api.per_second() / b.per_second()
+            );
+            println!(
+                "ROW\tcluster_nodes p99 ms, one listing at a time ({} nodes; the goal is under 50)\t{:.1}\t-\t-",
+                args.nodes,
+                percentile(l, 99.0)
+            );
         }
     }
 }
