@@ -120,8 +120,19 @@ pub struct CardTraining {
     pub lr_schedule: String,
     /// Seed of weight initialisation, shuffling and augmentation.
     pub seed: u64,
-    /// Whether random horizontal flips were applied.
+    /// Whether training images were randomly shifted by a few pixels (on cards written before
+    /// shifts existed: whether they were flipped).
     pub augment: bool,
+    /// Whether random horizontal flips were applied.
+    #[serde(default)]
+    pub hflip: bool,
+    /// Whether the forward pass ran under bf16 autocast.
+    #[serde(default)]
+    pub bf16: bool,
+    /// The epoch whose weights were stored: the best by validation accuracy (the last without
+    /// a validation split). Absent on cards of models stored before it was kept (the last).
+    #[serde(default)]
+    pub best_epoch: Option<u32>,
     /// Images trained on.
     pub train_samples: u64,
     /// Images validated on.
