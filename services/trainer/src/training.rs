@@ -161,7 +161,10 @@ mod tests {
             (config.epochs, config.batch_size, config.threads),
             (10, 32, Some(3))
         );
-        assert_eq!((config.augment, config.hflip, config.bf16), (true, false, false));
+        assert_eq!(
+            (config.augment, config.hflip, config.bf16),
+            (true, false, false)
+        );
         assert!(config.validate().is_ok());
         assert_eq!(job.params.image_size, None, "chosen from the data");
         assert!(load_options(&job).image_size >= 16);

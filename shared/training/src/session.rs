@@ -583,7 +583,9 @@ fn check_bf16(device: Device) -> Result<(), TrainError> {
         Ok(())
     };
     probe().map_err(|e| {
-        TrainError::InvalidConfig(format!("bf16 was asked for, but this GPU cannot run it: {e}"))
+        TrainError::InvalidConfig(format!(
+            "bf16 was asked for, but this GPU cannot run it: {e}"
+        ))
     })
 }
 

@@ -407,7 +407,10 @@ fn a_run_whose_last_epoch_is_worse_yields_the_best_epoch_even_after_a_resume() {
     let trained = session.train_epoch(3, &mut keep_going).unwrap();
     session.record(&trained, Some(0.5)).unwrap();
     let model = session.finish().unwrap();
-    assert_eq!(model.weights, first.weights, "the uploaded weights are epoch 1's");
+    assert_eq!(
+        model.weights, first.weights,
+        "the uploaded weights are epoch 1's"
+    );
     assert_eq!(model.card.training.best_epoch, Some(1));
     assert_eq!(model.card.final_val_accuracy(), Some(0.9));
     assert_eq!(model.card.metrics.len(), 3);
@@ -444,25 +447,48 @@ fn augmentation_is_determined_by_the_seed() {
         ..TrainConfig::default()
     };
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-    assert!(draw_moves(&mut rng, 8, 32, &plain)
-        .iter()
-        .all(|m| *m == Move { dx: 0, dy: 0, flip: false }));
+    assert!(draw_moves(&mut rng, 8, 32, &plain).iter().all(|m| *m
+        == Move {
+            dx: 0,
+            dy: 0,
+            flip: false
+        }));
 
     // Four 1x5x5 "images" holding 0..25: still, shifted right by one, down by one, flipped.
     let xs = Tensor::arange(25, (gantry_training::tch::Kind::Float, Device::Cpu))
         .view([1, 1, 5, 5])
         .repeat([4, 3, 1, 1]);
     let moves = [
-        Move { dx: 0, dy: 0, flip: false },
-        Move { dx: 1, dy: 0, flip: false },
-        Move { dx: 0, dy: 1, flip: false },
-        Move { dx: 0, dy: 0, flip: true },
+        Move {
+            dx: 0,
+            dy: 0,
+            flip: false,
+        },
+        Move {
+            dx: 1,
+            dy: 0,
+            flip: false,
+        },
+        Move {
+            dx: 0,
+            dy: 1,
+            flip: false,
+        },
+        Move {
+            dx: 0,
+            dy: 0,
+            flip: true,
+        },
     ];
     let out = apply_moves(&xs, &moves).unwrap();
     assert_eq!(out.size(), [4, 3, 5, 5]);
     let row = |i: i64, c: i64, y: i64| Vec::<f32>::try_from(out.get(i).get(c).get(y)).unwrap();
     assert_eq!(row(0, 0, 1), [5., 6., 7., 8., 9.]);
-    assert_eq!(row(1, 2, 1), [5., 5., 6., 7., 8.], "border pixels fill the gap");
+    assert_eq!(
+        row(1, 2, 1),
+        [5., 5., 6., 7., 8.],
+        "border pixels fill the gap"
+    );
     assert_eq!(row(2, 1, 0), [0., 1., 2., 3., 4.]);
     assert_eq!(row(2, 1, 2), [5., 6., 7., 8., 9.]);
     assert_eq!(row(3, 0, 0), [4., 3., 2., 1., 0.]);

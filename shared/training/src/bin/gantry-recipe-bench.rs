@@ -143,7 +143,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         table.push((side, chosen, default_acc, best, best_acc));
     }
     println!();
-    println!("dataset     chosen size  default acc  best tuned acc (size, lr, shifts)  gap (points)");
+    println!(
+        "dataset     chosen size  default acc  best tuned acc (size, lr, shifts)  gap (points)"
+    );
     for (side, chosen, default_acc, best, best_acc) in table {
         println!(
             "shapes-{side:<4} {chosen:>11}  {default_acc:>11.3}  {best_acc:>7.3} ({}, {}, {})  {:>16.1}",
