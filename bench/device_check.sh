@@ -6,7 +6,8 @@
 #
 # 1. `gantry-trainer inventory` against nvidia-smi (GPU count, names, memory, driver).
 # 2. A short CUDA training run of the trainer's training code and the same network, data, batches
-#    and optimiser in PyTorch, with the samples/s of both and their ratio.
+#    and optimiser in PyTorch, with the samples/s of both and their ratio; fp32 at 32 and 64 px,
+#    then bf16 autocast at 32 px.
 set -uo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 out="${OUT:-$HERE/out/device}"
@@ -29,6 +30,11 @@ for size in 32 64; do
         --image-size "$size" --batch-size 128 --rounds 3 2>&1 | tee "$out/throughput-$size.txt"
     [ "${PIPESTATUS[0]}" = 0 ] || status=1
 done
+
+echo "== CUDA training throughput under bf16 autocast (both sides), image size 32"
+bash "$HERE/train_throughput.sh" --device cuda --threads 8 --epochs 3 --per-class 1000 \
+    --image-size 32 --batch-size 128 --rounds 3 --bf16 2>&1 | tee "$out/throughput-bf16-32.txt"
+[ "${PIPESTATUS[0]}" = 0 ] || status=1
 
 echo "== CPU training throughput on the same machine (8 threads)"
 bash "$HERE/train_throughput.sh" --device cpu --threads 8 --epochs 2 --per-class 300 \

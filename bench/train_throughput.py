@@ -88,6 +88,7 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--epochs", type=int, default=None, help="default: what meta.json says")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast of the forward pass (GPU)")
     args = p.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -121,8 +122,9 @@ def main():
             xs, ys = x.index_select(0, idx), y.index_select(0, idx)
             for g in opt.param_groups:
                 g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
-            logits = model(xs)
-            l = F.nll_loss(F.log_softmax(logits, -1), ys)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.bf16 and device.type == "cuda"):
+                logits = model(xs)
+                l = F.nll_loss(F.log_softmax(logits, -1, dtype=torch.float32), ys)
             opt.zero_grad()
             l.backward()
             opt.step()

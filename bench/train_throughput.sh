@@ -4,6 +4,7 @@
 #
 #   bench/train_throughput.sh [--device cpu|cuda] [--threads N] [--epochs E] [--per-class P]
 #                             [--batch-size B] [--image-size S] [--base-width W] [--rounds R]
+#                             [--bf16]   (bf16 autocast on both sides; GPUs only)
 #
 # Here it builds gantry-train-bench (release) and uses the tools venv's torch. On a GPU machine
 # where there is no cargo, build first (`bench/train_throughput.sh --build-only`, which copies the
@@ -19,7 +20,7 @@ REPO="$(cd "$HERE/.." && pwd)"
 OUT_DIR="$HERE/out/train_throughput"
 
 device=cpu threads=2 epochs=4 per_class=200 batch_size=32 image_size=32 base_width=16 rounds=1
-build_only=0
+build_only=0 bf16=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --device) device="$2"; shift 2 ;;
@@ -31,6 +32,7 @@ while [ $# -gt 0 ]; do
         --base-width) base_width="$2"; shift 2 ;;
         --rounds) rounds="$2"; shift 2 ;;
         --build-only) build_only=1; shift ;;
+        --bf16) bf16=(--bf16); shift ;;
         -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
@@ -63,9 +65,9 @@ for r in $(seq 1 "$rounds"); do
     mkdir -p "$work/$r"
     "$bin" --device "$device" --threads "$threads" --epochs "$epochs" --per-class "$per_class" \
         --batch-size "$batch_size" --image-size "$image_size" --base-width "$base_width" \
-        --work-dir "$work/$r" >"$work/$r/rust.json"
+        --work-dir "$work/$r" "${bf16[@]}" >"$work/$r/rust.json"
     PYTHONWARNINGS=ignore "$python" "$HERE/train_throughput.py" --work-dir "$work/$r" \
-        --device "$device" --threads "$threads" >"$work/$r/python.json" 2>"$work/$r/python.err" \
+        --device "$device" --threads "$threads" "${bf16[@]}" >"$work/$r/python.json" 2>"$work/$r/python.err" \
         || { cat "$work/$r/python.err" >&2; exit 1; }
 done
 

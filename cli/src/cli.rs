@@ -302,12 +302,21 @@ pub struct TrainArgs {
     /// Learning rate (0-1; server default 0.001)
     #[arg(long)]
     pub learning_rate: Option<f64>,
-    /// Images are resized to this square (16-512; server default 64)
+    /// Images are resized to this square (16-512; by default chosen from the data)
     #[arg(long)]
     pub image_size: Option<u32>,
     /// Share of each class held out for validation (0.05-0.5; server default 0.2)
     #[arg(long)]
     pub validation_split: Option<f64>,
+    /// Train on the images as they are, without random shifts of a few pixels
+    #[arg(long)]
+    pub no_augment: bool,
+    /// Flip training images left to right at random (not for digits, arrows or text)
+    #[arg(long)]
+    pub hflip: bool,
+    /// Mixed precision: bf16 autocast on GPUs that support it (CPU nodes ignore it)
+    #[arg(long)]
+    pub bf16: bool,
     /// cuda, rocm, cpu or any
     #[arg(long, value_parser = ["cuda", "rocm", "cpu", "any"])]
     pub driver: Option<String>,

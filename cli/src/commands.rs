@@ -704,6 +704,9 @@ impl Ctx {
             ("image_size", a.image_size.map(|v| json!(v))),
             ("validation_split", a.validation_split.map(|v| json!(v))),
             ("driver", a.driver.map(|v| json!(v))),
+            ("augment", a.no_augment.then(|| json!(false))),
+            ("hflip", a.hflip.then(|| json!(true))),
+            ("bf16", a.bf16.then(|| json!(true))),
         ];
         for (k, v) in opt {
             if let Some(v) = v {
@@ -1354,12 +1357,17 @@ fn job_detail(j: &JobRecord) -> String {
         (
             "params",
             format!(
-                "{} epochs, batch {}, learning rate {}, image size {}, validation {}",
+                "{} epochs, batch {}, learning rate {}, image size {}, validation {}{}{}{}",
                 j.params.epochs,
                 j.params.batch_size,
                 j.params.learning_rate,
-                j.params.image_size,
-                j.params.validation_split
+                j.params
+                    .image_size
+                    .map_or_else(|| "from the data".to_owned(), |s| s.to_string()),
+                j.params.validation_split,
+                if j.params.augment { ", shifts" } else { "" },
+                if j.params.hflip { ", flips" } else { "" },
+                if j.params.bf16 { ", bf16" } else { "" },
             ),
         ),
         ("user", j.user_id.to_string()),

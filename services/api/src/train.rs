@@ -68,12 +68,22 @@ pub struct TrainBody {
     /// Learning rate (default: 0.001, above 0 and at most 1)
     #[oai(validator(minimum(value = "0", exclusive), maximum(value = "1")))]
     pub learning_rate: Option<f64>,
-    /// Images are resized to this square (default: 64, 16 to 512)
+    /// Images are resized to this square, 16 to 512 (default: chosen from the data, the median
+    /// side of its images rounded to a multiple of 8 within 16 to 128; the model card says
+    /// which)
     #[oai(validator(minimum(value = "16"), maximum(value = "512")))]
     pub image_size: Option<u32>,
     /// Share of each class held out for validation (default: 0.2, 0.05 to 0.5)
     #[oai(validator(minimum(value = "0.05"), maximum(value = "0.5")))]
     pub validation_split: Option<f64>,
+    /// Shift training images by a few pixels at random, which keeps any class (default: true)
+    pub augment: Option<bool>,
+    /// Flip training images left to right at random (default: false; for digits, arrows or
+    /// text a mirror image can be another class)
+    pub hflip: Option<bool>,
+    /// Mixed precision: bf16 autocast on GPUs that support it (default: false; CPU nodes
+    /// ignore it, a GPU without bf16 fails the job)
+    pub bf16: Option<bool>,
     /// Backend: "cuda", "rocm", "cpu" or "any" (default: "any")
     pub driver: Option<String>,
     /// Hold the request until the job ends (default: true); false answers 202 at once
@@ -201,8 +211,11 @@ impl TrainApi {
             epochs: body.epochs.unwrap_or(d.epochs),
             batch_size: body.batch_size.unwrap_or(d.batch_size),
             learning_rate: body.learning_rate.unwrap_or(d.learning_rate),
-            image_size: body.image_size.unwrap_or(d.image_size),
+            image_size: body.image_size.or(d.image_size),
             validation_split: body.validation_split.unwrap_or(d.validation_split),
+            augment: body.augment.unwrap_or(d.augment),
+            hflip: body.hflip.unwrap_or(d.hflip),
+            bf16: body.bf16.unwrap_or(d.bf16),
         };
         let admin = p.user.role == Role::Admin;
         // Users train on the datasets folder's contents only (`GET /api/datasets`).
@@ -497,6 +510,7 @@ fn same_params(a: &TrainParams, b: &TrainParams) -> bool {
     a.epochs == b.epochs
         && a.batch_size == b.batch_size
         && a.image_size == b.image_size
+        && (a.augment, a.hflip, a.bf16) == (b.augment, b.hflip, b.bf16)
         && close(a.learning_rate, b.learning_rate)
         && close(a.validation_split, b.validation_split)
 }

@@ -256,9 +256,19 @@ impl JobRunner {
             let control = control.clone();
             let config = train_config(job, self.config.threads);
             let options = load_options(job);
+            let choose_size = job.params.image_size.is_none();
             tokio::task::spawn_blocking(move || {
                 span.in_scope(|| {
-                    train_blocking(&dataset, &options, &config, backend, resume, &control, tx)
+                    train_blocking(
+                        &dataset,
+                        &options,
+                        choose_size,
+                        &config,
+                        backend,
+                        resume,
+                        &control,
+                        tx,
+                    )
                 })
             })
             .await

@@ -7,7 +7,9 @@ use std::path::Path;
 
 use gantry_contracts::jobs::{JobEventKind, TrainJob};
 use gantry_contracts::registry::Driver;
-use gantry_training::{Checkpoint, Dataset, LoadOptions, Progress, TrainConfig, TrainError};
+use gantry_training::{
+    Checkpoint, Dataset, Listing, LoadOptions, Progress, TrainConfig, TrainError,
+};
 use tokio::sync::mpsc;
 
 use crate::control::JobControl;
@@ -33,26 +35,34 @@ pub fn train_config(job: &TrainJob, threads: usize) -> TrainConfig {
         epochs: job.params.epochs,
         batch_size: job.params.batch_size as usize,
         learning_rate: job.params.learning_rate,
+        augment: job.params.augment,
+        hflip: job.params.hflip,
+        bf16: job.params.bf16,
         threads: Some(threads),
         ..TrainConfig::default()
     }
 }
 
 /// How a job's dataset is decoded and split (the split is deterministic: a resumed job, on any
-/// node, validates on the same images).
+/// node, validates on the same images). Without an `image_size` in the job, the size is chosen
+/// from the data when it is loaded ([`train_blocking`]); the one here is then a placeholder.
 pub fn load_options(job: &TrainJob) -> LoadOptions {
     LoadOptions {
-        image_size: job.params.image_size,
+        image_size: job.params.image_size.unwrap_or(64),
         validation_split: job.params.validation_split,
         ..LoadOptions::default()
     }
 }
 
-/// Load and train, on the blocking thread. A checkpoint that does not fit the job (another
-/// network, classes or size) is dropped and the job trains from the start.
+/// Load and train, on the blocking thread. With `choose_size`, the image size is chosen from the
+/// dataset's image headers ([`gantry_training::choose_image_size`]: the same files give the same
+/// size, so a resumed job's checkpoint still fits). A checkpoint that does not fit the job
+/// (another network, classes or size) is dropped and the job trains from the start.
+#[allow(clippy::too_many_arguments)]
 pub fn train_blocking(
     dataset: &Path,
     options: &LoadOptions,
+    choose_size: bool,
     config: &TrainConfig,
     backend: Driver,
     resume: Option<Checkpoint>,
@@ -60,9 +70,15 @@ pub fn train_blocking(
     tx: mpsc::Sender<Update>,
 ) -> Result<gantry_training::TrainedModel, RunError> {
     let device = gantry_training::pick_device(backend.as_str())?;
-    let data = Dataset::load(dataset, options)?;
+    let listing = Listing::scan(dataset, &options.limits)?;
+    let mut options = options.clone();
+    if choose_size {
+        options.image_size = gantry_training::choose_image_size(&listing, &options.limits)?;
+    }
+    let data = Dataset::from_listing(&listing, &options)?;
     tracing::info!(
         classes = data.classes.len(), train = data.train.len(), validation = data.validation.len(),
+        image_size = data.image_size, chosen = choose_size,
         device = ?device, threads = config.threads, "dataset loaded; training"
     );
     if control.is_interrupted() {
@@ -145,7 +161,12 @@ mod tests {
             (config.epochs, config.batch_size, config.threads),
             (10, 32, Some(3))
         );
+        assert_eq!(
+            (config.augment, config.hflip, config.bf16),
+            (true, false, false)
+        );
         assert!(config.validate().is_ok());
-        assert_eq!(load_options(&job).image_size, 64);
+        assert_eq!(job.params.image_size, None, "chosen from the data");
+        assert!(load_options(&job).image_size >= 16);
     }
 }

@@ -230,10 +230,31 @@ pub struct TrainParams {
     pub batch_size: u32,
     /// Adam learning rate, (0, 1] (default 0.001).
     pub learning_rate: f64,
-    /// Images are resized to this square, 16–512 (default 64).
-    pub image_size: u32,
+    /// Images are resized to this square, 16–512. Absent: chosen from the data by the trainer
+    /// (the median side of its images, rounded to a multiple of 8, within 16–128); the model
+    /// card says which.
+    // Older records always hold a number (64 was the default).
+    #[serde(default)]
+    pub image_size: Option<u32>,
     /// Share of each class held out for validation, [0.05, 0.5] (default 0.2).
     pub validation_split: f64,
+    /// Shift training images by a few pixels at random (up to an eighth of their side), which
+    /// keeps any class (default true).
+    // Records from before augmentation existed read as true.
+    #[serde(default = "yes")]
+    pub augment: bool,
+    /// Flip training images left to right at random (default false: for digits, arrows or text
+    /// a mirror image can be another class).
+    #[serde(default)]
+    pub hflip: bool,
+    /// Mixed precision: bf16 autocast of the forward pass on GPUs that support it (default
+    /// false). Ignored on CPU nodes; a GPU without bf16 fails the job.
+    #[serde(default)]
+    pub bf16: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Default for TrainParams {
@@ -242,8 +263,11 @@ impl Default for TrainParams {
             epochs: 10,
             batch_size: 32,
             learning_rate: 0.001,
-            image_size: 64,
+            image_size: None,
             validation_split: 0.2,
+            augment: true,
+            hflip: false,
+            bf16: false,
         }
     }
 }

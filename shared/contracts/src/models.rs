@@ -120,8 +120,19 @@ pub struct CardTraining {
     pub lr_schedule: String,
     /// Seed of weight initialisation, shuffling and augmentation.
     pub seed: u64,
-    /// Whether random horizontal flips were applied.
+    /// Whether training images were randomly shifted by a few pixels (on cards written before
+    /// shifts existed: whether they were flipped).
     pub augment: bool,
+    /// Whether random horizontal flips were applied.
+    #[serde(default)]
+    pub hflip: bool,
+    /// Whether the forward pass ran under bf16 autocast.
+    #[serde(default)]
+    pub bf16: bool,
+    /// The epoch whose weights were stored: the best by validation accuracy (the last without
+    /// a validation split). Absent on cards of models stored before it was kept (the last).
+    #[serde(default)]
+    pub best_epoch: Option<u32>,
     /// Images trained on.
     pub train_samples: u64,
     /// Images validated on.
@@ -253,7 +264,7 @@ mod tests {
     #[test]
     fn a_card_read_and_sent_again_keeps_every_field_digit_and_order() {
         // As the trainer writes it: f32 statistics widened to f64 on the way into JSON.
-        let text = r#"{"card_version":1,"architecture":"resnet-s","base_width":16,"classes":["a","b"],"image_size":32,"normalization":{"mean":[0.48500001430511475,0.4560000002384186,0.4059999883174896],"std":[0.2290000021457672,0.2240000069141388,0.22499999403953552]},"input":"RGB","metrics":[{"epoch":1,"loss":0.5,"train_accuracy":0.75,"val_accuracy":null,"samples_per_sec":120.5,"seconds":2.25}],"training":{"epochs":1,"batch_size":32,"learning_rate":0.001,"lr_schedule":"cosine","seed":7,"augment":true,"train_samples":80,"val_samples":0,"device":"Cpu","resumed_from_epoch":null},"description":"d","dataset_hash":"h","job_id":"j","node":"n"}"#;
+        let text = r#"{"card_version":1,"architecture":"resnet-s","base_width":16,"classes":["a","b"],"image_size":32,"normalization":{"mean":[0.48500001430511475,0.4560000002384186,0.4059999883174896],"std":[0.2290000021457672,0.2240000069141388,0.22499999403953552]},"input":"RGB","metrics":[{"epoch":1,"loss":0.5,"train_accuracy":0.75,"val_accuracy":null,"samples_per_sec":120.5,"seconds":2.25}],"training":{"epochs":1,"batch_size":32,"learning_rate":0.001,"lr_schedule":"cosine","seed":7,"augment":true,"hflip":false,"bf16":false,"best_epoch":1,"train_samples":80,"val_samples":0,"device":"Cpu","resumed_from_epoch":null},"description":"d","dataset_hash":"h","job_id":"j","node":"n"}"#;
         let card: ModelCard = serde_json::from_str(text).unwrap();
         assert_eq!(serde_json::to_string(&card).unwrap(), text);
     }

@@ -36,8 +36,20 @@ pub struct TrainingSummary {
     pub lr_schedule: String,
     /// Seed of weight initialisation, shuffling and augmentation.
     pub seed: u64,
-    /// Whether random horizontal flips were applied.
+    /// Whether training images were randomly shifted (cards written before shifts existed used
+    /// this for horizontal flips).
     pub augment: bool,
+    /// Whether random horizontal flips were applied.
+    #[serde(default)]
+    pub hflip: bool,
+    /// Whether the forward pass ran under bf16 autocast (asked for and on a GPU).
+    #[serde(default)]
+    pub bf16: bool,
+    /// The epoch whose weights these are: the one with the best validation accuracy (the later
+    /// one on a tie), or the last epoch without a validation split. `None` on cards written
+    /// before the best epoch was kept (those hold the last epoch's weights).
+    #[serde(default)]
+    pub best_epoch: Option<u32>,
     /// Images trained on.
     pub train_samples: usize,
     /// Images validated on.
@@ -91,8 +103,16 @@ pub const INPUT_DESCRIPTION: &str =
 ratio not kept), scaled to [0, 1], then (x - mean) / std per channel; NCHW float32";
 
 impl ModelCard {
-    /// Validation accuracy of the last epoch, if any.
+    /// Validation accuracy of the weights stored with the card: that of the best epoch, or of
+    /// the last epoch on cards without one.
     pub fn final_val_accuracy(&self) -> Option<f64> {
-        self.metrics.last().and_then(|m| m.val_accuracy)
+        match self.training.best_epoch {
+            Some(best) => self
+                .metrics
+                .iter()
+                .find(|m| m.epoch == best)
+                .and_then(|m| m.val_accuracy),
+            None => self.metrics.last().and_then(|m| m.val_accuracy),
+        }
     }
 }

@@ -19,9 +19,18 @@ pub struct TrainConfig {
     pub seed: u64,
     /// How the learning rate moves over the run.
     pub lr_schedule: LrSchedule,
+    /// Light augmentation of training images: each is shifted by a random whole number of
+    /// pixels, up to an eighth of its side in each direction, its border pixels repeated into
+    /// the gap. On by default: a small shift keeps the class of shapes, digits, arrows and text
+    /// alike.
+    pub augment: bool,
     /// Random horizontal flips of training images. Off by default: for some data (arrows,
     /// digits, text) a mirror image is another class.
-    pub augment: bool,
+    pub hflip: bool,
+    /// bf16 autocast (mixed precision) of the forward pass on GPUs that support it. Off by
+    /// default; ignored on the CPU (the card records whether it was used). A GPU without bf16
+    /// fails the run with [`TrainError::InvalidConfig`].
+    pub bf16: bool,
     /// libtorch intra-op threads, set process-wide with `tch::set_num_threads` at the start of
     /// the run; `None` leaves the current setting (by default one per core).
     pub threads: Option<usize>,
@@ -39,7 +48,9 @@ impl Default for TrainConfig {
             learning_rate: 3e-3,
             lr_schedule: LrSchedule::Cosine,
             seed: 0,
-            augment: false,
+            augment: true,
+            hflip: false,
+            bf16: false,
             threads: None,
             base_width: 16,
             report_interval_ms: 2_000,

@@ -225,6 +225,49 @@ impl Dataset {
     }
 }
 
+/// The sizes [`choose_image_size`] picks from: small enough to train quickly on a CPU, large
+/// enough for the network's three stages.
+pub const AUTO_IMAGE_SIZE_RANGE: std::ops::RangeInclusive<u32> = 16..=128;
+
+/// Most image headers [`choose_image_size`] reads (evenly spaced over the sorted files).
+pub const AUTO_IMAGE_SIZE_SAMPLE: usize = 512;
+
+/// The input side for images of these sides (each `sqrt(width * height)`): their median,
+/// rounded to a multiple of 8 and clamped to [`AUTO_IMAGE_SIZE_RANGE`]. 28 px digits train at
+/// 32, photos at 128; no sides gives 64.
+pub fn image_size_for_sides(sides: &[u32]) -> u32 {
+    if sides.is_empty() {
+        return 64;
+    }
+    let mut sorted = sides.to_vec();
+    sorted.sort_unstable();
+    let n = sorted.len();
+    let median = if n % 2 == 1 {
+        f64::from(sorted[n / 2])
+    } else {
+        (f64::from(sorted[n / 2 - 1]) + f64::from(sorted[n / 2])) / 2.0
+    };
+    let rounded = ((median / 8.0).round() * 8.0) as u32;
+    rounded.clamp(*AUTO_IMAGE_SIZE_RANGE.start(), *AUTO_IMAGE_SIZE_RANGE.end())
+}
+
+/// The input side to train `listing` at when none is given: [`image_size_for_sides`] of up to
+/// [`AUTO_IMAGE_SIZE_SAMPLE`] images, evenly spaced over the files in path order, so the same
+/// files always give the same size (a resumed job, on any node, picks what it picked before).
+/// Reads only the images' headers.
+pub fn choose_image_size(listing: &Listing, limits: &DatasetLimits) -> Result<u32, DatasetError> {
+    let n = listing.files.len();
+    let take = n.min(AUTO_IMAGE_SIZE_SAMPLE);
+    let mut sides = Vec::with_capacity(take);
+    for k in 0..take {
+        let file = &listing.files[k * n / take];
+        let bytes = listing.read(file, limits)?;
+        let (w, h) = check_header(&bytes, &file.relative_path, limits)?;
+        sides.push((f64::from(w) * f64::from(h)).sqrt().round() as u32);
+    }
+    Ok(image_size_for_sides(&sides))
+}
+
 fn validate_options(options: &LoadOptions) -> Result<(), DatasetError> {
     if !IMAGE_SIZE_RANGE.contains(&options.image_size) {
         return Err(DatasetError::InvalidOptions(format!(
@@ -277,4 +320,35 @@ fn stratified_split(listing: &Listing, fraction: f64, seed: u64) -> (Vec<usize>,
     train.sort_unstable();
     val.sort_unstable();
     (train, val)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::synthetic::{self, SyntheticSpec};
+
+    #[test]
+    fn the_image_size_is_the_median_side_rounded_and_clamped() {
+        assert_eq!(image_size_for_sides(&[28, 28, 28]), 32);
+        assert_eq!(image_size_for_sides(&[20, 27, 100]), 24);
+        assert_eq!(image_size_for_sides(&[32, 64]), 48);
+        assert_eq!(image_size_for_sides(&[5, 6, 7]), 16);
+        assert_eq!(image_size_for_sides(&[480, 640, 4000]), 128);
+        assert_eq!(image_size_for_sides(&[]), 64);
+        assert_eq!(image_size_for_sides(&[100]), 104);
+    }
+
+    #[test]
+    fn the_image_size_is_chosen_from_the_datasets_headers() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = SyntheticSpec {
+            per_class: 4,
+            image_size: 30,
+            ..SyntheticSpec::default()
+        };
+        synthetic::generate(dir.path(), &spec).unwrap();
+        let limits = DatasetLimits::default();
+        let listing = Listing::scan(dir.path(), &limits).unwrap();
+        assert_eq!(choose_image_size(&listing, &limits).unwrap(), 32);
+    }
 }

@@ -65,12 +65,13 @@ pub mod weights;
 
 pub use card::{EpochMetrics, ModelCard, TrainingSummary};
 pub use dataset::{
-    check_file, check_header, check_open_file, content_hash, preprocess_image, ContentHash,
-    Dataset, DatasetError, DatasetLimits, Listing, LoadOptions, Normalization, Split,
+    check_file, check_header, check_open_file, choose_image_size, content_hash,
+    image_size_for_sides, preprocess_image, ContentHash, Dataset, DatasetError, DatasetLimits,
+    Listing, LoadOptions, Normalization, Split,
 };
 
 #[cfg(feature = "torch")]
-pub use checkpoint::Checkpoint;
+pub use checkpoint::{BestEpoch, Checkpoint};
 #[cfg(feature = "torch")]
 pub use config::{LrSchedule, TrainConfig};
 #[cfg(feature = "torch")]

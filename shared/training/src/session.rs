@@ -6,8 +6,13 @@
 //!
 //! Throughput figures are quoted against PyTorch (`bench/train_throughput.py`), so the numerics
 //! stay as they are: seeds, network, resumed weights, optimiser, data on the device, then per
-//! step: gather the shuffled batch, flip (with `augment`), set the learning rate, forward,
+//! step: gather the shuffled batch, shift and flip it (with `augment` and `hflip`: one gather on
+//! the device), set the learning rate, forward (under bf16 autocast with `bf16` on a GPU),
 //! backward, step, and add the step's loss and hits to sums kept on the device.
+//!
+//! After each validated epoch the session keeps the weights of the best epoch so far by
+//! validation accuracy (in memory and in the checkpoint); [`finish`](TrainingSession::finish)
+//! hands those out, so a run whose last epochs got worse still yields its best model.
 
 use std::ops::{ControlFlow, RangeInclusive};
 use std::time::{Duration, Instant};
@@ -18,7 +23,7 @@ use tch::nn::{self, ModuleT, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
 
 use crate::card::{EpochMetrics, ModelCard, TrainingSummary, CARD_VERSION, INPUT_DESCRIPTION};
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{BestEpoch, Checkpoint};
 use crate::config::TrainConfig;
 use crate::dataset::{Dataset, Split};
 use crate::error::TrainError;
@@ -61,6 +66,10 @@ pub struct TrainingSession<'a> {
     resumed_from: Option<u32>,
     /// Metrics of the finished epochs, a resumed job's earlier ones first.
     history: Vec<EpochMetrics>,
+    /// The best validated epoch so far.
+    best: Option<BestEpoch>,
+    /// Whether the forward pass runs under bf16 autocast.
+    bf16: bool,
     clock: RunClock,
 }
 
@@ -118,13 +127,27 @@ impl<'a> TrainingSession<'a> {
         let vs = nn::VarStore::new(device);
         let net = ResNet::new(&vs.root(), net_config);
         let mut history = Vec::new();
+        let mut best = None;
         let mut start_epoch = 1;
         let resumed_from = resume.as_ref().map(|c| c.epoch);
         if let Some(ckpt) = resume {
             check_compatible(&ckpt, config, data)?;
             load_weights(&vs, &ckpt.weights)?;
             start_epoch = ckpt.epoch + 1;
+            // A checkpoint from before the best epoch was kept: its own epoch is the best known.
+            best = ckpt.best.or_else(|| {
+                let val_accuracy = ckpt.metrics.last()?.val_accuracy?;
+                Some(BestEpoch {
+                    epoch: ckpt.epoch,
+                    val_accuracy,
+                    weights: ckpt.weights,
+                })
+            });
             history = ckpt.metrics;
+        }
+        let bf16 = config.bf16 && device.is_cuda();
+        if bf16 {
+            check_bf16(device)?;
         }
         let opt = nn::Adam::default().build(&vs, config.learning_rate)?;
 
@@ -153,6 +176,8 @@ impl<'a> TrainingSession<'a> {
             start_epoch,
             resumed_from,
             history,
+            best,
+            bf16,
             clock: RunClock {
                 report_every: Duration::from_millis(config.report_interval_ms),
                 run_start,
@@ -193,22 +218,22 @@ impl<'a> TrainingSession<'a> {
             let idx = order.f_narrow(0, start, len)?;
             let mut xs = self.x_train.f_index_select(0, &idx)?;
             let ys = self.y_train.f_index_select(0, &idx)?;
-            if self.config.augment {
-                let flips: Vec<bool> = (0..len).map(|_| rng.gen_bool(0.5)).collect();
-                let mask = Tensor::from_slice(&flips)
-                    .f_to_device(device)?
-                    .f_view([len, 1, 1, 1])?;
-                xs = xs.f_flip([3])?.f_where_self(&mask, &xs)?;
+            if self.config.augment || self.config.hflip {
+                let moves = draw_moves(&mut rng, len as usize, self.data.image_size, self.config);
+                xs = apply_moves(&xs, &moves)?;
             }
             self.opt.set_lr(self.config.lr_schedule.rate(
                 self.config.learning_rate,
                 self.step,
                 self.total_steps,
             ));
-            let logits = self.net.forward_t(&xs, true);
-            let loss = logits
-                .f_log_softmax(-1, Kind::Float)?
-                .f_nll_loss::<Tensor>(&ys, None, tch::Reduction::Mean, -100)?;
+            let (logits, loss) = autocast(self.bf16, || -> Result<_, TrainError> {
+                let logits = self.net.forward_t(&xs, true);
+                let loss = logits
+                    .f_log_softmax(-1, Kind::Float)?
+                    .f_nll_loss::<Tensor>(&ys, None, tch::Reduction::Mean, -100)?;
+                Ok((logits, loss))
+            })?;
             self.opt.backward_step(&loss);
             tch::no_grad(|| -> Result<(), TrainError> {
                 totals.loss_sum = totals
@@ -289,7 +314,23 @@ impl<'a> TrainingSession<'a> {
 
     /// Adds a trained and validated epoch to the history; its figures are what `Step` events
     /// show until the next report.
-    pub fn record(&mut self, trained: &EpochTrained, val_accuracy: Option<f64>) {
+    ///
+    /// An epoch at least as accurate on validation as the best so far becomes the best (its
+    /// weights are copied).
+    pub fn record(
+        &mut self,
+        trained: &EpochTrained,
+        val_accuracy: Option<f64>,
+    ) -> Result<(), TrainError> {
+        if let Some(acc) = val_accuracy {
+            if self.best.as_ref().is_none_or(|b| acc >= b.val_accuracy) {
+                self.best = Some(BestEpoch {
+                    epoch: trained.epoch,
+                    val_accuracy: acc,
+                    weights: weights_to_bytes(&self.vs)?,
+                });
+            }
+        }
         self.history.push(EpochMetrics {
             epoch: trained.epoch,
             loss: trained.loss,
@@ -300,6 +341,7 @@ impl<'a> TrainingSession<'a> {
             seconds: trained.started.elapsed().as_secs_f64(),
         });
         (self.clock.shown_loss, self.clock.shown_acc) = (trained.loss, trained.train_accuracy);
+        Ok(())
     }
 
     /// The state after `epoch`: weights and the history so far.
@@ -313,6 +355,7 @@ impl<'a> TrainingSession<'a> {
             image_size: self.data.image_size,
             content_hash: self.data.content_hash.clone(),
             weights: weights_to_bytes(&self.vs)?,
+            best: self.best.clone(),
         })
     }
 
@@ -337,16 +380,23 @@ impl<'a> TrainingSession<'a> {
         }
     }
 
-    /// The weights and card of the finished run.
+    /// The card and weights of the finished run: the best epoch's weights, or the last epoch's
+    /// without a validation split; the card's `training.best_epoch` says which.
     pub fn finish(self) -> Result<TrainedModel, TrainError> {
-        let weights = weights_to_bytes(&self.vs)?;
-        let card = model_card(
+        let last = self.history.last().map(|m| m.epoch);
+        let (best_epoch, weights) = match self.best {
+            Some(best) => (Some(best.epoch), best.weights),
+            None => (last, weights_to_bytes(&self.vs)?),
+        };
+        let mut card = model_card(
             self.config,
             self.data,
             self.device,
             self.history,
             self.resumed_from,
         );
+        card.training.best_epoch = best_epoch;
+        card.training.bf16 = self.bf16;
         Ok(TrainedModel { card, weights })
     }
 
@@ -390,6 +440,9 @@ pub fn model_card(
                 .unwrap_or_default(),
             seed: config.seed,
             augment: config.augment,
+            hflip: config.hflip,
+            bf16: config.bf16 && device.is_cuda(),
+            best_epoch: None,
             train_samples: data.train.len(),
             val_samples: data.validation.len(),
             device: format!("{device:?}"),
@@ -427,7 +480,119 @@ impl EpochTotals {
     }
 }
 
-/// The generator of epoch `epoch`'s shuffle and flips: the same whether the run started at epoch
+/// How one training image is moved: shifted right by `dx` and down by `dy` pixels (border
+/// pixels repeated into the gap), after a horizontal flip when `flip`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Move {
+    /// Pixels to the right (negative: left).
+    pub dx: i64,
+    /// Pixels down (negative: up).
+    pub dy: i64,
+    /// Mirror left to right first.
+    pub flip: bool,
+}
+
+/// The most pixels `augment` shifts an image of side `image_size` in each direction: an eighth
+/// of the side (4 px at 32 px), at least 1.
+pub fn max_shift(image_size: u32) -> i64 {
+    i64::from(image_size / 8).max(1)
+}
+
+/// The moves of `n` images, drawn from `rng` in order (shift, then flip, per image): the same
+/// generator state always gives the same moves.
+pub fn draw_moves(
+    rng: &mut impl Rng,
+    n: usize,
+    image_size: u32,
+    config: &TrainConfig,
+) -> Vec<Move> {
+    let p = max_shift(image_size);
+    (0..n)
+        .map(|_| {
+            let (dx, dy) = if config.augment {
+                (rng.gen_range(-p..=p), rng.gen_range(-p..=p))
+            } else {
+                (0, 0)
+            };
+            let flip = config.hflip && rng.gen_bool(0.5);
+            Move { dx, dy, flip }
+        })
+        .collect()
+}
+
+/// Applies `moves[i]` to image `i` of the `[N, C, S, S]` batch `xs`, as one gather on its
+/// device.
+pub fn apply_moves(xs: &Tensor, moves: &[Move]) -> Result<Tensor, TrainError> {
+    let size = xs.size();
+    let (n, s) = (size[0], size[3]);
+    assert_eq!(moves.len() as i64, n, "one move per image");
+    let mut rows = Vec::with_capacity((n * s) as usize);
+    let mut cols = Vec::with_capacity((n * s) as usize);
+    for m in moves {
+        for i in 0..s {
+            rows.push((i - m.dy).clamp(0, s - 1));
+            let x = if m.flip { s - 1 - i } else { i };
+            cols.push((x - m.dx).clamp(0, s - 1));
+        }
+    }
+    let device = xs.device();
+    let images = Tensor::f_arange(n, (Kind::Int64, device))?.f_view([n, 1, 1])?;
+    let rows = Tensor::from_slice(&rows)
+        .f_to_device(device)?
+        .f_view([n, s, 1])?;
+    let cols = Tensor::from_slice(&cols)
+        .f_to_device(device)?
+        .f_view([n, 1, s])?;
+    // Advanced indices split by the channel slice put their broadcast shape first: [N, S, S, C].
+    Ok(xs
+        .f_index(&[Some(images), None, Some(rows), Some(cols)])?
+        .f_permute([0, 3, 1, 2])?
+        .f_contiguous()?)
+}
+
+/// Runs `f` under bf16 autocast when `enabled` (on CUDA or ROCm), as it is otherwise.
+fn autocast<T>(enabled: bool, f: impl FnOnce() -> T) -> T {
+    if !enabled {
+        return f();
+    }
+    set_autocast_bf16();
+    tch::autocast(true, f)
+}
+
+/// Sets the GPU autocast type to bf16 (libtorch's default is fp16, which needs loss scaling).
+/// `tch` does not expose the setting, so this calls libtorch's
+/// `at::autocast::set_autocast_dtype(c10::DeviceType, c10::ScalarType)` itself; both enums are
+/// `int8_t` underneath.
+fn set_autocast_bf16() {
+    extern "C" {
+        #[link_name = "_ZN2at8autocast18set_autocast_dtypeEN3c1010DeviceTypeENS1_10ScalarTypeE"]
+        fn at_set_autocast_dtype(device_type: i8, dtype: i8);
+    }
+    // c10::DeviceType::CUDA (ROCm builds present HIP as CUDA) and c10::ScalarType::BFloat16.
+    const CUDA: i8 = 1;
+    const BFLOAT16: i8 = 15;
+    // SAFETY: a plain setter of libtorch's thread-local autocast state, with valid enum values.
+    unsafe { at_set_autocast_dtype(CUDA, BFLOAT16) }
+}
+
+/// Refuses bf16 on a GPU that cannot run a bf16 convolution.
+fn check_bf16(device: Device) -> Result<(), TrainError> {
+    let probe = || -> Result<(), tch::TchError> {
+        let x = Tensor::f_ones([1, 3, 8, 8], (Kind::BFloat16, device))?;
+        let w = Tensor::f_ones([4, 3, 3, 3], (Kind::BFloat16, device))?;
+        x.f_conv2d::<Tensor>(&w, None, [1, 1], [1, 1], [1, 1], 1)?
+            .f_sum(Kind::Float)?
+            .f_double_value(&[])?;
+        Ok(())
+    };
+    probe().map_err(|e| {
+        TrainError::InvalidConfig(format!(
+            "bf16 was asked for, but this GPU cannot run it: {e}"
+        ))
+    })
+}
+
+/// The generator of epoch `epoch`'s shuffle and augmentation: the same whether the run started at epoch
 /// 1 or resumed at `epoch`.
 fn epoch_rng(seed: u64, epoch: u32) -> rand::rngs::StdRng {
     rand::rngs::StdRng::seed_from_u64(seed ^ u64::from(epoch).wrapping_mul(0xD1B5_4A32_D192_ED03))

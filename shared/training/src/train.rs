@@ -77,7 +77,7 @@ fn run(
             .entered();
         let trained = session.train_epoch(epoch, progress)?;
         let val_accuracy = session.evaluate()?;
-        session.record(&trained, val_accuracy);
+        session.record(&trained, val_accuracy)?;
         let checkpoint = session.checkpoint(epoch)?;
         if on_checkpoint(epoch, checkpoint.to_bytes()).is_break() {
             return Err(TrainError::Cancelled {

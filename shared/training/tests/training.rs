@@ -189,9 +189,17 @@ fn progress_reports_every_epoch_and_the_whole_job() {
         .iter()
         .all(|e| (e.kind == EpochEnd) == e.val_accuracy.is_some()));
     assert_eq!(events.last().unwrap().eta_seconds, 0.0);
+    // The stored weights are the best epoch's, and the card quotes that epoch's accuracy.
+    let best = model.card.training.best_epoch.expect("a best epoch");
+    let best_val = events
+        .iter()
+        .filter(|e| e.kind == EpochEnd)
+        .filter_map(|e| e.val_accuracy)
+        .fold(0.0, f64::max);
+    assert_eq!(model.card.final_val_accuracy(), Some(best_val));
     assert_eq!(
-        events.last().unwrap().val_accuracy,
-        model.card.final_val_accuracy()
+        model.card.metrics[best as usize - 1].val_accuracy,
+        Some(best_val)
     );
     assert_eq!(checkpoints.iter().map(|c| c.0).collect::<Vec<_>>(), [1, 2]);
 }
@@ -365,4 +373,137 @@ fn bad_configurations_are_refused_before_training() {
             "{config:?}: {result:?}"
         );
     }
+}
+
+#[test]
+fn a_run_whose_last_epoch_is_worse_yields_the_best_epoch_even_after_a_resume() {
+    use gantry_training::TrainingSession;
+    let dir = tempfile::tempdir().unwrap();
+    let data = shapes(dir.path(), 10, false);
+    let config = TrainConfig {
+        batch_size: 16,
+        ..config(3)
+    };
+    // The session is driven by hand so the validation figures are the test's to choose.
+    let mut session = TrainingSession::start(&config, &data, Device::Cpu, None).unwrap();
+    let trained = session.train_epoch(1, &mut keep_going).unwrap();
+    session.record(&trained, Some(0.9)).unwrap();
+    let first = session.checkpoint(1).unwrap();
+    let trained = session.train_epoch(2, &mut keep_going).unwrap();
+    session.record(&trained, Some(0.4)).unwrap();
+    let second = session.checkpoint(2).unwrap();
+    assert_ne!(first.weights, second.weights);
+    let best = second.best.clone().expect("a best epoch");
+    assert_eq!((best.epoch, best.val_accuracy), (1, 0.9));
+    assert_eq!(best.weights, first.weights);
+
+    // The node dies; another resumes from the stored checkpoint, and epoch 3 is worse too.
+    let stored = Checkpoint::from_bytes(&second.to_bytes()).unwrap();
+    assert_eq!((stored.epoch, &stored.weights), (2, &second.weights));
+    assert_eq!(stored.best, second.best);
+    drop(session);
+    let mut session =
+        TrainingSession::start(&config, &data, Device::Cpu, Some(stored.clone())).unwrap();
+    let trained = session.train_epoch(3, &mut keep_going).unwrap();
+    session.record(&trained, Some(0.5)).unwrap();
+    let model = session.finish().unwrap();
+    assert_eq!(
+        model.weights, first.weights,
+        "the uploaded weights are epoch 1's"
+    );
+    assert_eq!(model.card.training.best_epoch, Some(1));
+    assert_eq!(model.card.final_val_accuracy(), Some(0.9));
+    assert_eq!(model.card.metrics.len(), 3);
+
+    // Had epoch 3 been the best, it would be the one.
+    let mut session = TrainingSession::start(&config, &data, Device::Cpu, Some(stored)).unwrap();
+    let trained = session.train_epoch(3, &mut keep_going).unwrap();
+    session.record(&trained, Some(0.95)).unwrap();
+    let last = session.checkpoint(3).unwrap();
+    let model = session.finish().unwrap();
+    assert_eq!(model.weights, last.weights);
+    assert_eq!(model.card.training.best_epoch, Some(3));
+}
+
+#[test]
+fn augmentation_is_determined_by_the_seed() {
+    use gantry_training::session::{apply_moves, draw_moves, Move};
+    use rand::SeedableRng;
+    let config = TrainConfig {
+        augment: true,
+        hflip: true,
+        ..TrainConfig::default()
+    };
+    let draw = |seed: u64| {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        draw_moves(&mut rng, 32, 32, &config)
+    };
+    assert_eq!(draw(1), draw(1));
+    assert_ne!(draw(1), draw(2));
+    assert!(draw(1).iter().all(|m| m.dx.abs() <= 4 && m.dy.abs() <= 4));
+    let plain = TrainConfig {
+        augment: false,
+        hflip: false,
+        ..TrainConfig::default()
+    };
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    assert!(draw_moves(&mut rng, 8, 32, &plain).iter().all(|m| *m
+        == Move {
+            dx: 0,
+            dy: 0,
+            flip: false
+        }));
+
+    // Four 1x5x5 "images" holding 0..25: still, shifted right by one, down by one, flipped.
+    let xs = Tensor::arange(25, (gantry_training::tch::Kind::Float, Device::Cpu))
+        .view([1, 1, 5, 5])
+        .repeat([4, 3, 1, 1]);
+    let moves = [
+        Move {
+            dx: 0,
+            dy: 0,
+            flip: false,
+        },
+        Move {
+            dx: 1,
+            dy: 0,
+            flip: false,
+        },
+        Move {
+            dx: 0,
+            dy: 1,
+            flip: false,
+        },
+        Move {
+            dx: 0,
+            dy: 0,
+            flip: true,
+        },
+    ];
+    let out = apply_moves(&xs, &moves).unwrap();
+    assert_eq!(out.size(), [4, 3, 5, 5]);
+    let row = |i: i64, c: i64, y: i64| Vec::<f32>::try_from(out.get(i).get(c).get(y)).unwrap();
+    assert_eq!(row(0, 0, 1), [5., 6., 7., 8., 9.]);
+    assert_eq!(
+        row(1, 2, 1),
+        [5., 5., 6., 7., 8.],
+        "border pixels fill the gap"
+    );
+    assert_eq!(row(2, 1, 0), [0., 1., 2., 3., 4.]);
+    assert_eq!(row(2, 1, 2), [5., 6., 7., 8., 9.]);
+    assert_eq!(row(3, 0, 0), [4., 3., 2., 1., 0.]);
+
+    // A run with both records them in its card. (Whole runs are not compared weight for weight:
+    // libtorch's global generator is shared with the tests running alongside.)
+    let dir = tempfile::tempdir().unwrap();
+    let data = shapes(dir.path(), 8, false);
+    let a = train_quietly(
+        &TrainConfig {
+            epochs: 1,
+            batch_size: 8,
+            ..config.clone()
+        },
+        &data,
+    );
+    assert!(a.card.training.augment && a.card.training.hflip);
 }

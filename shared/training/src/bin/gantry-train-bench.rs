@@ -41,6 +41,9 @@ struct Args {
     /// Width of the network's first stage.
     #[arg(long, default_value_t = 16)]
     base_width: i64,
+    /// Train under bf16 autocast (GPUs only; ignored on the CPU).
+    #[arg(long)]
+    bf16: bool,
     /// Where the dataset and the exported tensors go.
     #[arg(long)]
     work_dir: PathBuf,
@@ -94,6 +97,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         batch_size: args.batch_size,
         threads: Some(args.threads),
         base_width: args.base_width,
+        // bench/train_throughput.py does not augment: the same pixels on both sides.
+        augment: false,
+        bf16: args.bf16,
         ..TrainConfig::default()
     };
     let meta = serde_json::json!({

@@ -1,0 +1,159 @@
+//! `gantry-recipe-bench`: how close the service's default recipe comes to the best of a small
+//! grid of tuned settings, for `bench/recipe.sh`.
+//!
+//! For each synthetic dataset (shapes at a given image side, generated with
+//! [`synthetic::generate`]) it trains the defaults a job gets when the caller names none
+//! (`gantry_contracts::jobs::TrainParams`: 10 epochs, batches of 32, Adam at 1e-3 with the
+//! cosine schedule, image size chosen from the data, shifts on, the best epoch kept), then the
+//! grid: image size {chosen, 32, 64} x learning rate {1e-3, 3e-3} x shifts {on, off}, at the
+//! same epochs. Each result is the validation accuracy of the weights a job would store (the
+//! best epoch's). It prints one JSON line per run and a table: dataset, default accuracy, best
+//! tuned accuracy and settings, gap in points.
+
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use gantry_training::synthetic::{self, SyntheticSpec};
+use gantry_training::tch::Device;
+use gantry_training::{choose_image_size, train, Dataset, Listing, LoadOptions, TrainConfig};
+
+#[derive(Parser, Debug)]
+#[command(about = "Trains the default recipe and a small tuned grid on synthetic shapes")]
+struct Args {
+    /// libtorch intra-op threads.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Epochs of every run (the api's default is 10).
+    #[arg(long, default_value_t = 10)]
+    epochs: u32,
+    /// Images per class (three classes; a fifth of each is validation).
+    #[arg(long, default_value_t = 100)]
+    per_class: usize,
+    /// Sides of the generated datasets, one dataset each.
+    #[arg(long, value_delimiter = ',', default_value = "28,44")]
+    sides: Vec<u32>,
+    /// Where the datasets go.
+    #[arg(long)]
+    work_dir: PathBuf,
+}
+
+#[derive(Clone, Debug)]
+struct Setting {
+    image_size: u32,
+    learning_rate: f64,
+    augment: bool,
+}
+
+fn run(
+    dir: &Path,
+    setting: &Setting,
+    epochs: u32,
+    threads: usize,
+) -> Result<(f64, u32), Box<dyn std::error::Error>> {
+    let options = LoadOptions {
+        image_size: setting.image_size,
+        validation_split: 0.2,
+        ..LoadOptions::default()
+    };
+    let data = Dataset::load(dir, &options)?;
+    // What services/trainer/src/training.rs::train_config makes of TrainParams::default().
+    let config = TrainConfig {
+        epochs,
+        batch_size: 32,
+        learning_rate: setting.learning_rate,
+        augment: setting.augment,
+        threads: Some(threads),
+        ..TrainConfig::default()
+    };
+    let model = train(
+        &config,
+        &data,
+        Device::Cpu,
+        &mut |_| ControlFlow::Continue(()),
+        &mut |_, _| ControlFlow::Continue(()),
+        None,
+    )?;
+    let acc = model.card.final_val_accuracy().unwrap_or(0.0);
+    Ok((acc, model.card.training.best_epoch.unwrap_or(epochs)))
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = Args::parse();
+    let mut table = Vec::new();
+    for &side in &args.sides {
+        let dir = args.work_dir.join(format!("shapes-{side}"));
+        if !dir.exists() {
+            let spec = SyntheticSpec {
+                per_class: args.per_class,
+                image_size: side,
+                seed: 11,
+                mixed_formats: true,
+                ..SyntheticSpec::default()
+            };
+            synthetic::generate(&dir, &spec)?;
+        }
+        let limits = LoadOptions::default().limits;
+        let chosen = choose_image_size(&Listing::scan(&dir, &limits)?, &limits)?;
+        let default = Setting {
+            image_size: chosen,
+            learning_rate: 1e-3,
+            augment: true,
+        };
+        let mut sizes = vec![chosen, 32, 64];
+        sizes.dedup();
+        sizes.sort_unstable();
+        sizes.dedup();
+        let mut results = Vec::new();
+        for &image_size in &sizes {
+            for learning_rate in [1e-3, 3e-3] {
+                for augment in [true, false] {
+                    let s = Setting {
+                        image_size,
+                        learning_rate,
+                        augment,
+                    };
+                    let (acc, best_epoch) = run(&dir, &s, args.epochs, args.threads)?;
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "dataset": format!("shapes-{side}"), "image_size": image_size,
+                            "learning_rate": learning_rate, "augment": augment,
+                            "epochs": args.epochs, "val_accuracy": acc, "best_epoch": best_epoch,
+                        })
+                    );
+                    results.push((s, acc));
+                }
+            }
+        }
+        let default_acc = results
+            .iter()
+            .find(|(s, _)| {
+                s.image_size == default.image_size
+                    && s.learning_rate == default.learning_rate
+                    && s.augment == default.augment
+            })
+            .map(|r| r.1)
+            .expect("the default is in the grid");
+        let (best, best_acc) = results
+            .iter()
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .cloned()
+            .expect("a grid");
+        table.push((side, chosen, default_acc, best, best_acc));
+    }
+    println!();
+    println!(
+        "dataset     chosen size  default acc  best tuned acc (size, lr, shifts)  gap (points)"
+    );
+    for (side, chosen, default_acc, best, best_acc) in table {
+        println!(
+            "shapes-{side:<4} {chosen:>11}  {default_acc:>11.3}  {best_acc:>7.3} ({}, {}, {})  {:>16.1}",
+            best.image_size,
+            best.learning_rate,
+            if best.augment { "on" } else { "off" },
+            (best_acc - default_acc) * 100.0
+        );
+    }
+    Ok(())
+}
