@@ -7,8 +7,9 @@
 //! (replace) so booleans stay booleans.
 //!
 //! Longer than most modules because the reconciler's rounds (refunds due, lost jobs, charges
-//! with no job, unused datasets) live here beside the writes they repeat: each needs the job
-//! collection and the same conditional transitions.
+//! with no job, unused datasets) and the batched application of a job's events (folded into one
+//! conditional write, with the stream read back for what arrived out of order) live here beside
+//! the writes they repeat: each needs the job collection and the same conditional transitions.
 
 use async_nats::jetstream;
 use chrono::Utc;
@@ -933,6 +934,28 @@ impl Jobs {
         let Some(end) = end.filter(|end| progress_seq > *end) else {
             return Ok(progress_seq);
         };
+        let kept = self
+            .holder_events(job, end)
+            .await?
+            .into_iter()
+            .rfind(|(_, event)| matches!(event.kind, JobEventKind::Progress { .. }))
+            .map(|(seq, event)| (seq, jobs::JobProgress::of(&event)));
+        tracing::info!(
+            job_id = job.job_id,
+            "progress published after the job's end was applied first; the last one before it is kept"
+        );
+        let (seq, progress) = kept.unwrap_or((0, None));
+        job.progress = progress;
+        Ok(seq)
+    }
+
+    /// The events of `job`'s current delivery from the node holding it, as stored in the event
+    /// stream before sequence `before`, in stream order, each with its sequence.
+    pub(crate) async fn holder_events(
+        &self,
+        job: &JobRecord,
+        before: u64,
+    ) -> Result<Vec<(u64, JobEvent)>, RegistryError> {
         let unavailable = |e: &dyn std::fmt::Display| {
             RegistryError::Unavailable(format!("reading the job's events: {e}"))
         };
@@ -941,9 +964,9 @@ impl Jobs {
             .get_stream(jobs::EVENTS_STREAM)
             .await
             .map_err(|e| unavailable(&e))?;
-        let mut kept = None;
+        let mut found = Vec::new();
         let mut from = 1;
-        while from < end {
+        while from < before {
             let msg = match stream
                 .raw_message_builder()
                 .sequence(from)
@@ -957,7 +980,7 @@ impl Jobs {
                 }
                 Err(e) => return Err(unavailable(&e)),
             };
-            if msg.sequence >= end {
+            if msg.sequence >= before {
                 break;
             }
             from = msg.sequence + 1;
@@ -966,18 +989,11 @@ impl Jobs {
             };
             if event.delivery == job.delivery
                 && jobs::event_sender(&msg.subject) == job.node_id.as_deref()
-                && matches!(event.kind, JobEventKind::Progress { .. })
             {
-                kept = Some((msg.sequence, jobs::JobProgress::of(&event)));
+                found.push((msg.sequence, event));
             }
         }
-        tracing::info!(
-            job_id = job.job_id,
-            "progress published after the job's end was applied first; the last one before it is kept"
-        );
-        let (seq, progress) = kept.unwrap_or((0, None));
-        job.progress = progress;
-        Ok(seq)
+        Ok(found)
     }
 
     /// Whether the store answers.

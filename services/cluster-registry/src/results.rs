@@ -6,12 +6,11 @@
 //! same snapshot, in the same order), so a run of results is replaced whole: delete the run, then
 //! insert it. An event applied twice leaves the same documents.
 
-use async_nats::jetstream;
 use futures::TryStreamExt;
 use gantry_contracts::analysis::{
     ImageResult, ResultsPage, ResultsQuery, MAX_BATCH_IMAGES, MAX_NAME, MAX_RESULTS_PAGE,
 };
-use gantry_contracts::jobs::{self, JobEvent, JobEventKind, JobKind, JobRecord, JobStatus};
+use gantry_contracts::jobs::{JobEventKind, JobKind, JobRecord, JobStatus};
 use mongodb::bson::doc;
 use mongodb::{Collection, IndexModel};
 use serde::{Deserialize, Serialize};
@@ -190,43 +189,13 @@ impl Jobs {
     /// Store every `results` event the job's current delivery published (from the event
     /// stream), as [`Self::store_results`] does on each: repeatable.
     async fn replay_results(&self, job: &JobRecord) -> Result<(), RegistryError> {
-        let unavailable = |e: &dyn std::fmt::Display| {
-            RegistryError::Unavailable(format!("reading the job's events: {e}"))
-        };
-        let js = jetstream::new(self.registry().client().clone());
-        let stream = js
-            .get_stream(jobs::EVENTS_STREAM)
-            .await
-            .map_err(|e| unavailable(&e))?;
-        let mut from = 1;
-        loop {
-            let msg = match stream
-                .raw_message_builder()
-                .sequence(from)
-                .next_by_subject(jobs::job_events(&job.job_id))
-                .send()
-                .await
-            {
-                Ok(msg) => msg,
-                Err(e) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => {
-                    return Ok(())
-                }
-                Err(e) => return Err(unavailable(&e)),
-            };
-            from = msg.sequence + 1;
-            let Ok(event) = serde_json::from_slice::<JobEvent>(&msg.payload) else {
-                continue;
-            };
-            if event.delivery != job.delivery
-                || jobs::event_sender(&msg.subject) != job.node_id.as_deref()
-            {
-                continue;
-            }
+        for (_, event) in self.holder_events(job, u64::MAX).await? {
             if let JobEventKind::Results { first, results } = event.kind {
                 self.store_results(job, event.delivery, first, results)
                     .await?;
             }
         }
+        Ok(())
     }
 
     /// `jobs.results`: a page of an analysis job's results by index.
