@@ -189,15 +189,7 @@ async fn follow_events(
                     .map_err(|e| e.to_string())
                     .and_then(|r| r.check().map(|()| r));
                 match record {
-                    Ok(record) => {
-                        let mut view = registry.view();
-                        let same = view
-                            .node(&record.node_id)
-                            .is_some_and(|n| n.record == record && n.connected);
-                        if !same {
-                            view.register(record, now());
-                        }
-                    }
+                    Ok(record) => registry.view().register_announced(record, now()),
                     Err(e) => tracing::warn!(error = %e, "ignoring an unusable node record"),
                 }
             }

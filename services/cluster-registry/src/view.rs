@@ -413,6 +413,22 @@ impl View {
         }
     }
 
+    /// A registration announced on the bus (by another replica, or this one's own announcement
+    /// heard back). It may arrive after the node has been heard from since: a node that said it
+    /// is stopping after that registration stays disconnected, and a record no newer than the one
+    /// held changes nothing.
+    pub fn register_announced(&mut self, record: NodeRecord, now: f64) {
+        if let Some(node) = self.nodes.get(&record.node_id) {
+            let held = node.record == record && node.connected;
+            let stale = node.record.registered_at >= record.registered_at
+                && node.last_heard >= record.registered_at;
+            if held || stale {
+                return;
+            }
+        }
+        self.register(record, now);
+    }
+
     /// Apply a heartbeat.
     pub fn heartbeat(&mut self, hb: &Heartbeat, now: f64) -> HeartbeatOutcome {
         let Some(node) = self.nodes.get(&hb.node_id) else {

@@ -171,6 +171,24 @@ fn a_stopping_node_disconnects_at_once() {
 }
 
 #[test]
+fn a_registration_heard_back_after_the_node_stopped_leaves_it_disconnected() {
+    let mut v = View::new(T);
+    let mut rec = record("n1", "a", 1);
+    rec.registered_at = 100.0;
+    v.register(rec.clone(), 100.0);
+    let mut hb = beat(&v, "n1");
+    hb.stopping = true;
+    v.heartbeat(&hb, 100.5);
+    // The announcement of that same registration arrives late.
+    v.register_announced(rec.clone(), 100.6);
+    assert!(!v.node("n1").unwrap().connected);
+    // A newer registration (on another replica) reconnects it.
+    rec.registered_at = 101.0;
+    v.register_announced(rec, 101.1);
+    assert!(v.node("n1").unwrap().connected);
+}
+
+#[test]
 fn restored_nodes_keep_their_state_and_get_a_full_expiry_period() {
     let mut v = View::new(T);
     v.register(record("n1", "a", 1), 100.0);
