@@ -31,7 +31,7 @@ done
 # name | command (full run) | command (--quick)
 BENCHES=(
     "dispatch|bench/dispatch.sh --jobs 300 --ray-jobs 80|bench/dispatch.sh --jobs 40 --ray-jobs 10"
-    "listing|bench/registry_load.sh --nodes 10000 --interval 1 --list-every 1 --warmup 10 --duration 15 --http --http-clients 4 --http-duration 8|bench/registry_load.sh --nodes 2000 --interval 1 --list-every 1 --warmup 5 --duration 5 --http --http-clients 2 --http-duration 3"
+    "listing|bench/registry_load.sh --nodes 10000 --interval 1 --list-every 0.2 --warmup 10 --duration 20 --http --http-clients 4 --http-duration 8|bench/registry_load.sh --nodes 2000 --interval 1 --list-every 1 --warmup 5 --duration 5 --http --http-clients 2 --http-duration 3"
     "events|bench/events_load.sh --jobs 100 --events-per-job 20|bench/events_load.sh --jobs 40 --events-per-job 10"
     "events-2|REPLICAS=2 bench/events_load.sh --jobs 100 --events-per-job 20|REPLICAS=2 bench/events_load.sh --jobs 40 --events-per-job 10"
     "train|bench/train_throughput.sh --threads 1 --epochs 4 --rounds 3|bench/train_throughput.sh --threads 1 --epochs 2 --rounds 1"

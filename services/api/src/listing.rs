@@ -2,16 +2,19 @@
 //! the body comes from one registry snapshot (`listing.body`, its rest fetched from the replica
 //! that answered) and is passed through without being parsed. Bodies are kept per query under
 //! their ETag, so an unchanged listing costs one small request to the registry and no transfer;
-//! their gzip is made once per body, for clients that accept it; `If-None-Match` answers 304.
+//! a body that heartbeats alone made older is answered while its successor is fetched in the
+//! background; their gzip is made once per body, for clients that accept it; `If-None-Match`
+//! answers 304.
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
 use gantry_contracts::error::{ErrorCode, ServiceFailure};
-use gantry_contracts::registry::{split_body_reply, BodyQuery, ChunkQuery};
+use gantry_contracts::registry::{split_body_reply, BodyHead, BodyQuery, ChunkQuery};
 use gantry_contracts::subjects;
 use gantry_runtime::nats::{request_bytes, REQUEST_TIMEOUT};
 use poem::http::header;
@@ -67,10 +70,22 @@ pub struct Kept {
     pub total: usize,
     /// The JSON.
     pub body: Bytes,
+    /// Its generation of changes shown at once ([`gantry_contracts::registry::BodyHead::prompt`]).
+    prompt: Option<String>,
     gzip: tokio::sync::OnceCell<Bytes>,
 }
 
 impl Kept {
+    fn new(head: BodyHead, body: Bytes) -> Self {
+        Self {
+            etag: head.etag,
+            total: head.total,
+            body,
+            prompt: head.prompt,
+            gzip: tokio::sync::OnceCell::new(),
+        }
+    }
+
     /// The body gzipped (made once, on a blocking thread).
     pub async fn gzip(&self) -> ApiResult<Bytes> {
         self.gzip
@@ -104,6 +119,8 @@ fn gzip(body: &[u8]) -> std::io::Result<Bytes> {
 struct Slot {
     kept: tokio::sync::Mutex<Option<Arc<Kept>>>,
     used: Mutex<Option<Instant>>,
+    /// A newer body of the kept one's generation is being fetched in the background.
+    refreshing: AtomicBool,
 }
 
 /// The bodies kept, by query.
@@ -130,25 +147,37 @@ impl Listings {
     }
 
     /// The current body for `q` (without `known`): the kept one while the registry says it is
-    /// current, else fetched whole from one snapshot.
+    /// current, else fetched whole from one snapshot. When the registry's newer body differs from
+    /// the kept one only in what heartbeats refresh (the same [`Kept::prompt`] generation), the
+    /// kept one is answered and the newer one fetched in the background; a node joining or
+    /// leaving is always in the answer.
     pub async fn fetch(&self, nats: &async_nats::Client, q: BodyQuery) -> ApiResult<Arc<Kept>> {
         let slot = self.slot(&q);
         let mut kept = slot.kept.lock().await;
         // A body no longer held by the replica between our requests: ask once more.
         for attempt in 0..3 {
-            match fetch_once(nats, &q, kept.as_ref().map(|k| k.etag.clone())).await {
-                Ok(Fetched::Unchanged) => {
+            let known = kept.as_ref().map(|k| k.etag.clone());
+            let fetched = match ask(nats, &q, known).await {
+                Ok(Asked::Unchanged) => match kept.as_ref() {
+                    Some(k) => return Ok(k.clone()),
+                    None => continue,
+                },
+                Ok(Asked::Changed(head, first)) => {
                     if let Some(k) = kept.as_ref() {
-                        return Ok(k.clone());
+                        if head.prompt.is_some() && head.prompt == k.prompt {
+                            if !slot.refreshing.swap(true, Ordering::AcqRel) {
+                                tokio::spawn(refresh(nats.clone(), slot.clone(), head, first));
+                            }
+                            return Ok(k.clone());
+                        }
                     }
+                    rest(nats, head, first).await
                 }
-                Ok(Fetched::Body { etag, total, body }) => {
-                    let k = Arc::new(Kept {
-                        etag,
-                        total,
-                        body,
-                        gzip: tokio::sync::OnceCell::new(),
-                    });
+                Err(f) => Err(f),
+            };
+            match fetched {
+                Ok(k) => {
+                    let k = Arc::new(k);
                     *kept = Some(k.clone());
                     return Ok(k);
                 }
@@ -163,13 +192,27 @@ impl Listings {
     }
 }
 
-enum Fetched {
+/// Fetch the rest of a body of the kept one's generation and keep it; the next ask finds it.
+async fn refresh(nats: async_nats::Client, slot: Arc<Slot>, head: BodyHead, first: Bytes) {
+    match rest(&nats, head, first).await {
+        Ok(k) => {
+            // Unless a body of a newer generation was fetched meanwhile.
+            let mut kept = slot.kept.lock().await;
+            if kept.as_ref().is_none_or(|held| held.prompt == k.prompt) {
+                *kept = Some(Arc::new(k));
+            }
+        }
+        Err(f) => {
+            tracing::debug!(error = %f, "refreshing a kept listing failed; the next ask retries")
+        }
+    }
+    slot.refreshing.store(false, Ordering::Release);
+}
+
+enum Asked {
     Unchanged,
-    Body {
-        etag: String,
-        total: usize,
-        body: Bytes,
-    },
+    /// The head of a newer body and its first bytes.
+    Changed(BodyHead, Bytes),
 }
 
 fn bad_reply(what: impl std::fmt::Display) -> ServiceFailure {
@@ -179,11 +222,11 @@ fn bad_reply(what: impl std::fmt::Display) -> ServiceFailure {
     )
 }
 
-async fn fetch_once(
+async fn ask(
     nats: &async_nats::Client,
     q: &BodyQuery,
     known: Option<String>,
-) -> Result<Fetched, ServiceFailure> {
+) -> Result<Asked, ServiceFailure> {
     let ask = BodyQuery { known, ..q.clone() };
     let payload = serde_json::to_vec(&ask).map_err(bad_reply)?;
     let reply = request_bytes(
@@ -195,13 +238,26 @@ async fn fetch_once(
     .await?;
     let (head, first) = split_body_reply(&reply).map_err(bad_reply)?;
     if head.unchanged {
-        return Ok(Fetched::Unchanged);
+        return Ok(Asked::Unchanged);
     }
     if head.len > MAX_BODY {
         return Err(bad_reply(format!("{} bytes", head.len)));
     }
+    let first = reply.slice_ref(first);
+    Ok(Asked::Changed(head, first))
+}
+
+/// The whole body `head` announces, from its `first` bytes and the pieces the replica holds.
+async fn rest(
+    nats: &async_nats::Client,
+    head: BodyHead,
+    first: Bytes,
+) -> Result<Kept, ServiceFailure> {
+    if first.len() == head.len {
+        return Ok(Kept::new(head, first));
+    }
     let mut body = Vec::with_capacity(head.len);
-    body.extend_from_slice(first);
+    body.extend_from_slice(&first);
     while body.len() < head.len {
         let rest = head
             .rest
@@ -224,11 +280,7 @@ async fn fetch_once(
         }
         body.extend_from_slice(&chunk);
     }
-    Ok(Fetched::Body {
-        etag: head.etag,
-        total: head.total,
-        body: body.into(),
-    })
+    Ok(Kept::new(head, body.into()))
 }
 
 /// How a listing answer goes out.

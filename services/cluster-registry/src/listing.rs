@@ -2,8 +2,9 @@
 //! and serialized once per snapshot, outside its lock, and every answer (a whole body, a filtered
 //! or paged one, a `nodes.list` page) is cut from those bytes. A snapshot is rebuilt when the
 //! view changed in a way a listing should show at once, or at most every [`REFRESH`] when only
-//! heartbeats refreshed it; so thousands of nodes heartbeating cost one rebuild a second,
-//! however often they are listed, and heartbeats never wait for a listing.
+//! heartbeats refreshed it (then in the background, the old one served meanwhile); so thousands
+//! of nodes heartbeating cost one rebuild a second, however often they are listed, heartbeats
+//! never wait for a listing and a listing never waits for a heartbeat-only rebuild.
 //!
 //! A body larger than one NATS message is held for [`BODY_TTL`] under an id; the rest of it is
 //! fetched from this replica's own subject ([`gantry_contracts::subjects::listing_chunks`]), so a
@@ -13,7 +14,7 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -245,6 +246,8 @@ struct Held {
 pub struct Listings {
     instance: String,
     current: tokio::sync::Mutex<Option<Arc<Snapshot>>>,
+    /// A heartbeat-only rebuild is under way in the background.
+    rebuilding: AtomicBool,
     next_snapshot: AtomicU64,
     next_body: AtomicU64,
     held: Mutex<VecDeque<Held>>,
@@ -264,6 +267,7 @@ impl Listings {
         Self {
             instance: uuid_hex(),
             current: tokio::sync::Mutex::new(None),
+            rebuilding: AtomicBool::new(false),
             next_snapshot: AtomicU64::new(1),
             next_body: AtomicU64::new(1),
             held: Mutex::new(VecDeque::new()),
@@ -324,10 +328,41 @@ fn etag(instance: &str, id: u64, q: &BodyQuery) -> String {
 }
 
 impl Registry {
-    /// The current listing snapshot: the last one while still fresh, else a new one, built on a
-    /// blocking thread (one at a time; others wait for it and share it).
+    /// The current listing snapshot. The last one while nothing shown at once has changed since:
+    /// when heartbeats alone made it older than [`REFRESH`], it is still served and a new one is
+    /// built in the background (one at a time), so no listing waits on a heartbeat-only rebuild.
+    /// After a change shown at once the new snapshot is built now (one build at a time; askers
+    /// meanwhile wait for it and share it).
     pub async fn snapshot(&self) -> Result<Arc<Snapshot>, RegistryError> {
         self.ensure_restored()?;
+        let listings = self.listings();
+        {
+            let current = listings.current.lock().await;
+            let revisions = self.view().revisions();
+            if let Some(s) = current.as_ref() {
+                if s.revisions.prompt == revisions.prompt {
+                    let fresh = s.revisions.any == revisions.any || s.built.elapsed() < REFRESH;
+                    if !fresh && !listings.rebuilding.swap(true, Ordering::AcqRel) {
+                        let registry = self.clone();
+                        tokio::spawn(async move {
+                            if let Err(e) = registry.rebuild().await {
+                                tracing::warn!(error = %e, "refreshing the listing snapshot failed");
+                            }
+                            registry
+                                .listings()
+                                .rebuilding
+                                .store(false, Ordering::Release);
+                        });
+                    }
+                    return Ok(s.clone());
+                }
+            }
+        }
+        self.rebuild().await
+    }
+
+    /// Build a new snapshot unless one as current as the view was built meanwhile.
+    async fn rebuild(&self) -> Result<Arc<Snapshot>, RegistryError> {
         let listings = self.listings();
         let mut current = listings.current.lock().await;
         let revisions = self.view().revisions();
@@ -375,6 +410,7 @@ impl Registry {
         let snapshot = self.snapshot().await?;
         let listings = self.listings();
         let etag = etag(&listings.instance, snapshot.id, &q);
+        let prompt = format!("{}.{}", listings.instance, snapshot.revisions.prompt);
         if q.known.as_deref() == Some(etag.as_str()) {
             let head = BodyHead {
                 etag,
@@ -382,6 +418,7 @@ impl Registry {
                 len: 0,
                 unchanged: true,
                 rest: None,
+                prompt: Some(prompt),
             };
             return Ok(body_reply(&head, &[]).into());
         }
@@ -397,6 +434,7 @@ impl Registry {
             len: body.len(),
             unchanged: false,
             rest,
+            prompt: Some(prompt),
         };
         Ok(body_reply(&head, &body[..body.len().min(chunk)]).into())
     }

@@ -111,6 +111,12 @@ pub struct BodyHead {
     /// Where the rest of the body is fetched when this reply does not hold all of it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rest: Option<BodyRest>,
+    /// The body's generation of changes shown at once (a node joining, leaving, changing its
+    /// settings, processes or health), as `<replica>.<revision>`. Two bodies of one generation
+    /// differ only in what heartbeats refresh (last seen, uptime, live GPU figures): an asker
+    /// holding one may go on serving it while it fetches the other.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
 }
 
 /// Where the rest of a body waits (on the replica that answered, for a short while).
@@ -172,6 +178,7 @@ mod tests {
             len: 4,
             unchanged: false,
             rest: None,
+            prompt: None,
         };
         let reply = body_reply(&head, b"[1,2]"[..4].as_ref());
         let (h, b) = split_body_reply(&reply).unwrap();
@@ -186,6 +193,7 @@ mod tests {
                     len: 0,
                     unchanged: false,
                     rest: None,
+                    prompt: None,
                 }
             },
             b"abc",
