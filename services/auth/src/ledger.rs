@@ -4,6 +4,7 @@
 use futures::TryStreamExt;
 use gantry_contracts::auth::{LedgerEntry, LedgerEntryKind, LedgerPage, LedgerQuery};
 use gantry_contracts::paging::MAX_LEDGER_LIMIT;
+use gantry_runtime::mongo;
 use mongodb::bson::doc;
 
 use crate::app::App;
@@ -52,9 +53,7 @@ pub async fn ledger(app: App, q: LedgerQuery) -> AuthResult<LedgerPage> {
     }
     let ctx = |what: &'static str| move |e| anyhow::Error::new(e).context(what);
     let filter = doc! { "user_id": q.user_id, "state": "applied" };
-    let total = store
-        .ledger
-        .count_documents(filter.clone())
+    let total = mongo::count(&store.ledger, filter.clone())
         .await
         .map_err(ctx("counting ledger entries"))?;
     let entries: Vec<LedgerDoc> = store

@@ -16,6 +16,7 @@
 use std::time::Duration;
 
 use gantry_contracts::auth::{LoginRequest, LoginResponse, LogoutRequest, Principal};
+use gantry_runtime::mongo;
 use gantry_runtime::secrets::{self, ExposeSecret};
 use mongodb::bson::{doc, oid::ObjectId};
 use serde_json::{Map, Value};
@@ -77,8 +78,7 @@ impl Store {
         for (field, value) in fields {
             filter.insert(*field, *value);
         }
-        self.failures
-            .count_documents(filter)
+        mongo::count(&self.failures, filter)
             .await
             .context("counting failed logins")
     }

@@ -20,7 +20,7 @@ use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use gantry_contracts::auth::{Role, User};
-use gantry_runtime::mongo::Counter;
+use gantry_runtime::mongo::{self, Counter};
 use mongodb::bson::oid::ObjectId;
 use mongodb::bson::{doc, Document};
 use mongodb::options::IndexOptions;
@@ -337,9 +337,7 @@ impl Store {
         limit: u32,
         offset: u64,
     ) -> anyhow::Result<(Vec<UserDoc>, u64)> {
-        let total = self
-            .users
-            .count_documents(filter.clone())
+        let total = mongo::count(&self.users, filter.clone())
             .await
             .context("counting users")?;
         let users: Vec<UserDoc> = self

@@ -21,7 +21,7 @@ use gantry_contracts::jobs::{
 };
 use gantry_contracts::subjects;
 use gantry_runtime::events::EventPublisher;
-use gantry_runtime::nats;
+use gantry_runtime::{mongo, nats};
 use mongodb::bson::{doc, Document};
 use mongodb::{Collection, IndexModel};
 use serde::{Deserialize, Serialize};
@@ -301,9 +301,9 @@ impl Jobs {
         let total = match filter.is_empty() {
             true => match self.jobs().estimated_document_count().await {
                 Ok(n) => n,
-                Err(_) => self.jobs().count_documents(doc! {}).await?,
+                Err(_) => mongo::count(&self.jobs(), doc! {}).await?,
             },
-            false => self.jobs().count_documents(filter.clone()).await?,
+            false => mongo::count(&self.jobs(), filter.clone()).await?,
         };
         let docs: Vec<JobDoc> = self
             .jobs()
@@ -329,14 +329,15 @@ impl Jobs {
         }
         for job in jobs.iter_mut().filter(|j| j.status == JobStatus::Queued) {
             // Counted by the store, never read: the work does not grow with the queue.
-            let ahead = self
-                .jobs()
-                .count_documents(doc! {
+            let ahead = mongo::count(
+                &self.jobs(),
+                doc! {
                     "status": "queued",
                     "driver": job.driver.as_str(),
                     "created_ms": { "$lt": job.created_at.timestamp_millis() },
-                })
-                .await?;
+                },
+            )
+            .await?;
             job.queue_position = Some(ahead + 1);
             job.waiting_reason = self.waiting_reason(job.driver);
         }

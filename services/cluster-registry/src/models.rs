@@ -442,7 +442,7 @@ impl Models {
             None => doc! {},
         };
         let limit = q.limit.unwrap_or(50).clamp(1, MAX_MODELS_PAGE);
-        let total = self.heads().count_documents(filter.clone()).await?;
+        let total = mongo::count(&self.heads(), filter.clone()).await?;
         let models = self
             .heads()
             .find(filter)

@@ -11,6 +11,7 @@ use gantry_contracts::analysis::{
     ImageResult, ResultsPage, ResultsQuery, MAX_BATCH_IMAGES, MAX_NAME, MAX_RESULTS_PAGE,
 };
 use gantry_contracts::jobs::{JobEventKind, JobKind, JobRecord, JobStatus};
+use gantry_runtime::mongo;
 use mongodb::bson::doc;
 use mongodb::{Collection, IndexModel};
 use serde::{Deserialize, Serialize};
@@ -172,7 +173,7 @@ impl Jobs {
             )));
         }
         let results = self.results_collection();
-        let count = || results.count_documents(doc! { "job_id": &job.job_id });
+        let count = || mongo::count(&results, doc! { "job_id": &job.job_id });
         let mut stored = count().await?;
         if stored < spec.images {
             // Replicas apply a job's events concurrently: results published before the end may

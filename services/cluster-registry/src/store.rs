@@ -18,7 +18,7 @@ use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use gantry_contracts::registry::{tolerant_bool, Driver, Inventory, NodeSettings, Process};
-use gantry_runtime::mongo::Counter;
+use gantry_runtime::mongo::{self, Counter};
 use mongodb::bson::{self, doc, Document};
 use mongodb::options::{IndexOptions, ReturnDocument};
 use mongodb::{Collection, Database, IndexModel};
@@ -331,7 +331,7 @@ impl Store {
         limit: u32,
         offset: u64,
     ) -> Result<(Vec<TokenDoc>, u64), RegistryError> {
-        let total = self.tokens().count_documents(doc! {}).await?;
+        let total = mongo::count(&self.tokens(), doc! {}).await?;
         let mut tokens: Vec<TokenDoc> = self
             .tokens()
             .find(doc! {})

@@ -98,6 +98,31 @@ impl Counter {
     }
 }
 
+/// How many documents of `coll` match `filter`, by the store's `count` command, which a store
+/// answers from its indexes. (The driver's `count_documents` sends an aggregation, `$match` then
+/// `$group`, which the MongoDB-wire store on SQLite evaluates by reading every document of the
+/// collection: a count of three queued jobs cost a pass over every job ever recorded.)
+pub async fn count<T: Send + Sync>(
+    coll: &Collection<T>,
+    filter: Document,
+) -> mongodb::error::Result<u64> {
+    let ns = coll.namespace();
+    let reply = coll
+        .client()
+        .database(&ns.db)
+        .run_command(doc! { "count": &ns.coll, "query": filter })
+        .await?;
+    number(reply.get("n"))
+        .ok()
+        .and_then(|n| u64::try_from(n).ok())
+        .ok_or_else(|| {
+            mongodb::error::Error::custom(format!(
+                "the store's count of {} answered {reply}",
+                ns.coll
+            ))
+        })
+}
+
 /// A stored whole number, whichever numeric type the store kept it as.
 pub fn number(value: Option<&Bson>) -> anyhow::Result<i64> {
     match value {
