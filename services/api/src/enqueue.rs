@@ -97,19 +97,77 @@ pub async fn publish(
     .await
 }
 
-/// Whether `store` holds `key` and it is young enough that the retention sweep is not about to
-/// remove it: a job never names a snapshot about to go.
+/// Dataset snapshots lately seen stored and fresh, each with the time (epoch seconds) until which
+/// it is known to stay so: a submission naming one again does not ask the store.
+#[derive(Default)]
+pub struct StoredSnapshots {
+    until: std::sync::Mutex<std::collections::HashMap<String, i64>>,
+}
+
+/// How long a snapshot seen stored is believed without asking (well inside the retention's half).
+const STORED_BELIEVED_SECS: i64 = 60;
+/// Most snapshots remembered at once.
+const STORED_REMEMBERED: usize = 4096;
+
+impl StoredSnapshots {
+    fn known(&self, key: &str) -> bool {
+        let until = self.until.lock().unwrap_or_else(|p| p.into_inner());
+        until
+            .get(key)
+            .is_some_and(|&t| t > chrono::Utc::now().timestamp())
+    }
+
+    fn note(&self, key: &str, fresh_until: i64) {
+        let now = chrono::Utc::now().timestamp();
+        let t = fresh_until.min(now + STORED_BELIEVED_SECS);
+        let mut until = self.until.lock().unwrap_or_else(|p| p.into_inner());
+        if until.len() >= STORED_REMEMBERED {
+            until.retain(|_, &mut t| t > now);
+            if until.len() >= STORED_REMEMBERED {
+                until.clear();
+            }
+        }
+        until.insert(key.to_owned(), t);
+    }
+}
+
+/// Whether the store holds `key` and it is young enough that the retention sweep is not about to
+/// remove it: a job never names a snapshot about to go. Remembered for a short while in `state`.
 pub async fn fresh(
+    state: &AppState,
     store: &async_nats::jetstream::object_store::ObjectStore,
     key: &str,
-    retention: std::time::Duration,
 ) -> bool {
+    if state.stored.known(key) {
+        return true;
+    }
+    let half = (state.limits.dataset_retention.as_secs() / 2) as i64;
     match store.info(key).await {
-        Ok(info) if !info.deleted => info.modified.is_some_and(|m| {
-            let age = chrono::Utc::now().timestamp() - m.unix_timestamp();
-            age >= 0 && (age as u64) < retention.as_secs() / 2
-        }),
+        Ok(info) if !info.deleted => {
+            let Some(modified) = info.modified.map(|m| m.unix_timestamp()) else {
+                return false;
+            };
+            let age = chrono::Utc::now().timestamp() - modified;
+            let fresh = age >= 0 && age < half;
+            if fresh {
+                state.stored.note(key, modified + half);
+            }
+            fresh
+        }
         _ => false,
+    }
+}
+
+/// Whether the snapshot `hash` is stored and fresh ([`fresh`]); false when it cannot tell.
+pub async fn snapshot_stored(state: &AppState, hash: &str) -> bool {
+    let key = jobs::dataset_key(hash);
+    if state.stored.known(&key) {
+        return true;
+    }
+    let js = async_nats::jetstream::new(state.nats.clone());
+    match gantry_runtime::jetstream::bucket_store(&js, jobs::DATASETS_BUCKET).await {
+        Ok(store) => fresh(state, &store, &key).await,
+        Err(_) => false,
     }
 }
 
@@ -119,13 +177,19 @@ pub async fn fresh(
 pub async fn store_snapshot(state: &AppState, hash: &str, archive: &Path) -> Result<(), String> {
     let js = async_nats::jetstream::new(state.nats.clone());
     let key = jobs::dataset_key(hash);
-    let retention = state.limits.dataset_retention;
     let stored = async {
+        if state.stored.known(&key) {
+            return anyhow::Ok(());
+        }
         let store = gantry_runtime::jetstream::bucket_store(&js, jobs::DATASETS_BUCKET).await?;
-        if !fresh(&store, &key, retention).await {
+        if !fresh(state, &store, &key).await {
             let mut file = tokio::fs::File::open(archive).await?;
             gantry_runtime::jetstream::put_object(&js, jobs::DATASETS_BUCKET, &key, &mut file)
                 .await?;
+            let half = (state.limits.dataset_retention.as_secs() / 2) as i64;
+            state
+                .stored
+                .note(&key, chrono::Utc::now().timestamp() + half);
         }
         anyhow::Ok(())
     }

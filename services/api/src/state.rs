@@ -30,6 +30,8 @@ pub struct AppState {
     pub listings: std::sync::Arc<crate::listing::Listings>,
     /// The hashes of dataset folders already packed, so one submitted again unchanged is not.
     pub snapshots: std::sync::Arc<crate::train::SnapshotCache>,
+    /// Dataset snapshots lately seen stored and fresh.
+    pub stored: std::sync::Arc<crate::enqueue::StoredSnapshots>,
 }
 
 /// Per-user bounds (`GANTRY_MAX_*`).
@@ -72,6 +74,7 @@ impl AppState {
             slots: Default::default(),
             listings: Default::default(),
             snapshots: Default::default(),
+            stored: Default::default(),
             limits: Limits {
                 packing: config.max_packing_per_user,
                 held: config.max_held_per_user,

@@ -334,7 +334,9 @@ impl TrainApi {
         })
         .await
         .map_err(ApiError::internal)??;
-        if snapshot.archive.is_none() && !self.snapshot_stored(&snapshot.hash).await {
+        if snapshot.archive.is_none()
+            && !crate::enqueue::snapshot_stored(&self.state, &snapshot.hash).await
+        {
             // Known, but no longer in the store (or about to go): check and pack it again.
             self.state.snapshots.forget(&folder);
             let root = self.state.data_root.clone();
@@ -464,22 +466,6 @@ impl TrainApi {
             None => Ok(queued(sub)),
             Some(settled) => self.hold(sub, settled).await,
         }
-    }
-
-    /// Whether the store holds the snapshot `hash` and the retention sweep is not about to
-    /// remove it; false when it cannot tell.
-    async fn snapshot_stored(&self, hash: &str) -> bool {
-        let js = async_nats::jetstream::new(self.state.nats.clone());
-        let Ok(store) = gantry_runtime::jetstream::bucket_store(&js, jobs::DATASETS_BUCKET).await
-        else {
-            return false;
-        };
-        crate::enqueue::fresh(
-            &store,
-            &jobs::dataset_key(hash),
-            self.state.limits.dataset_retention,
-        )
-        .await
     }
 
     /// The caller's balance now.

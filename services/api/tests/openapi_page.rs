@@ -30,6 +30,7 @@ async fn spec() -> Value {
         slots: Default::default(),
         listings: Default::default(),
         snapshots: Default::default(),
+        stored: Default::default(),
         limits: gantry_api::state::Limits {
             packing: 2,
             held: 4,

@@ -161,15 +161,33 @@ impl JobRunner {
         backend: Driver,
         control: &Arc<JobControl>,
     ) -> Outcome {
+        // The contract carries the snapshot's name as a string; anything else must not become a
+        // path.
+        let Ok(snapshot) = SnapshotHash::parse(&job.dataset_hash) else {
+            return Outcome::data_failure(format!(
+                "the job names an invalid dataset snapshot {:?}",
+                job.dataset_hash
+            ));
+        };
+        // Whether the job is still wanted, asked while the dataset is found (at once when
+        // cached): the two are independent, and nothing is published before both answered.
+        let job_ref = JobRef {
+            job_id: job.job_id.clone(),
+            user_id: None,
+        };
         let get = nats::request::<_, JobRecord>(
             &self.client,
             subjects::registry(contract::subjects::JOBS_GET),
-            &JobRef {
-                job_id: job.job_id.clone(),
-                user_id: None,
-            },
-        )
-        .await;
+            &job_ref,
+        );
+        let fetch = async {
+            let span = tracing::info_span!("dataset.fetch", snapshot = %snapshot);
+            tokio::select! {
+                d = self.cache.get(&snapshot).instrument(span) => Some(d),
+                _ = control.interrupted() => None,
+            }
+        };
+        let (get, dataset) = tokio::join!(get, fetch);
         match get {
             Ok(record) if record.status.is_final() => return Outcome::AlreadyFinal(record.status),
             Ok(_) => {}
@@ -179,23 +197,12 @@ impl JobRunner {
                 tracing::warn!(error = %f, "could not ask the registry about the job; training it anyway")
             }
         }
+        let Some(dataset) = dataset else {
+            return Outcome::interrupted(control).unwrap_or(Outcome::HandedBack);
+        };
         if let Some(o) = Outcome::interrupted(control) {
             return o;
         }
-
-        // The contract carries the snapshot's name as a string; anything else must not become a
-        // path.
-        let Ok(snapshot) = SnapshotHash::parse(&job.dataset_hash) else {
-            return Outcome::data_failure(format!(
-                "the job names an invalid dataset snapshot {:?}",
-                job.dataset_hash
-            ));
-        };
-        let fetch = tracing::info_span!("dataset.fetch", snapshot = %snapshot);
-        let dataset = tokio::select! {
-            d = self.cache.get(&snapshot).instrument(fetch) => d,
-            _ = control.interrupted() => return Outcome::interrupted(control).unwrap_or(Outcome::HandedBack),
-        };
         // The lease keeps the snapshot in the cache until this job is done with it.
         let (dataset, _lease) = match dataset {
             Ok(d) => d,
