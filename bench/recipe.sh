@@ -6,8 +6,10 @@
 # image size {chosen, 32, 64} x learning rate {1e-3, 3e-3} x shifts {on, off} at the same
 # epochs, and the gap in points. Prints one JSON line per run, then the table.
 #
-#   bench/recipe.sh [--threads N] [--epochs E] [--per-class P] [--sides 28,44] [--debug]
+#   bench/recipe.sh [--threads N] [--epochs E] [--per-class P] [--sides 28,44] [--debug] [--quick]
 #
+# `--quick`: 4 epochs, 40 images per class, one dataset (a look, not a figure). Prints one
+# `ROW<TAB>figure<TAB>default<TAB>best tuned<TAB>ratio` line per dataset for bench/run.sh.
 # Sized for two shared cores in about ten minutes (--debug builds the dev profile, which is as
 # accurate and only slower outside libtorch).
 set -euo pipefail
@@ -23,7 +25,8 @@ while [ $# -gt 0 ]; do
         --per-class) per_class="$2"; shift 2 ;;
         --sides) sides="$2"; shift 2 ;;
         --debug) profile=dev; shift ;;
-        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+        --quick) epochs=4 per_class=40 sides=28; shift ;;
+        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done
