@@ -127,21 +127,30 @@ impl Models {
         self.registry.store().database().collection("model_heads")
     }
 
-    /// Write the summary of `owner`'s model `name` from its versions (gone with the last one).
+    /// Write the summary of `owner`'s model `name` from its versions (gone with the last one):
+    /// their number counted by the store and the newest read alone, so listing a version costs
+    /// the same however many the model has.
     async fn refresh_head(&self, owner: i64, name: &str) -> Result<(), RegistryError> {
         let key = model_key(owner, name);
-        let versions: Vec<ModelVersion> = self
+        let filter = doc! { "key": &key, "name": name };
+        let versions = mongo::count(&self.models(), filter.clone()).await?;
+        let latest = self
             .models()
-            .find(doc! { "key": &key })
-            .await?
-            .try_collect::<Vec<ModelDoc>>()
-            .await?
-            .into_iter()
-            .map(|d| d.version)
-            .filter(|v| v.name == name)
-            .collect();
-        match heads(versions).pop() {
-            Some(head) => {
+            .find_one(filter)
+            .sort(doc! { "version": -1 })
+            .await?;
+        match latest {
+            Some(latest) => {
+                let head = HeadDoc {
+                    id: key.clone(),
+                    nkey: name_key(name),
+                    summary: ModelSummary {
+                        name: name.to_owned(),
+                        owner_id: latest.version.user_id,
+                        versions: u32::try_from(versions).unwrap_or(u32::MAX),
+                        latest: ModelBrief::from(&latest.version),
+                    },
+                };
                 self.heads()
                     .replace_one(doc! { "_id": &key }, &head)
                     .upsert(true)
@@ -157,7 +166,11 @@ impl Models {
     /// Indexes for lookups by owner and name, and by name (idempotent); versions listed before
     /// models had owners get their owner's keys.
     pub async fn ensure_indexes(&self) -> anyhow::Result<()> {
-        for keys in [doc! { "key": 1 }, doc! { "nkey": 1 }] {
+        for keys in [
+            doc! { "key": 1 },
+            doc! { "nkey": 1 },
+            doc! { "key": 1, "version": -1 },
+        ] {
             self.models()
                 .create_index(IndexModel::builder().keys(keys).build())
                 .await?;
