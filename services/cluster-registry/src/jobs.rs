@@ -12,7 +12,7 @@
 //! the writes they repeat: each needs the job collection and the same conditional transitions.
 
 use async_nats::jetstream;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use gantry_contracts::auth::{CreditChange, CreditResult, UnsettledCharges, UnsettledQuery};
 use gantry_contracts::jobs::{
@@ -151,7 +151,7 @@ impl Jobs {
     /// store has no transactions, so this is how concurrent writers never lose each other's
     /// changes. The caller carries out the effects of a change.
     async fn transition(&self, job_id: &str, t: &Transition) -> Result<Outcome, RegistryError> {
-        self.transition_at(job_id, t, None).await
+        self.transition_at(job_id, t, None, None).await
     }
 
     /// [`Self::transition`] for the event at `seq` of the event stream, kept as the job's end
@@ -161,6 +161,7 @@ impl Jobs {
         job_id: &str,
         t: &Transition,
         seq: Option<u64>,
+        at: Option<DateTime<Utc>>,
     ) -> Result<Outcome, RegistryError> {
         for _ in 0..WRITE_ATTEMPTS {
             let doc = self
@@ -173,6 +174,9 @@ impl Jobs {
                 Ok(effects) => effects,
                 Err(refused) => return Ok(Outcome::Refused(doc.record, refused)),
             };
+            if let Some(at) = at {
+                job.mark_times(at, Utc::now());
+            }
             let end_seq = if effects.ended { seq } else { None };
             let progress_seq = self
                 .keep_progress_before(&mut job, doc.progress_seq, end_seq)
@@ -900,7 +904,10 @@ impl Jobs {
             _ => None,
         };
         let t = Transition::from_event(&event, listed.clone());
-        match self.transition_at(&event.job_id, &t, seq).await {
+        match self
+            .transition_at(&event.job_id, &t, seq, Some(event.at))
+            .await
+        {
             Err(RegistryError::NotFound(_)) => Ok(()),
             Err(e) => Err(e),
             Ok(Outcome::Changed(job, effects)) => match self.carry_out(job, effects).await {
@@ -1121,6 +1128,7 @@ impl Jobs {
                 }
                 match lifecycle::apply(&mut job, &t) {
                     Ok(e) => {
+                        job.mark_times(event.at, Utc::now());
                         if matches!(t, Transition::Progress { .. }) {
                             progress_seq = d.seq;
                         }

@@ -570,6 +570,20 @@ pub enum JobKind {
 }
 
 impl JobRecord {
+    /// Date a start or an end the change just applied made by `at`, when the node says it
+    /// happened, kept between the job's creation and `now`: the registry may apply a node's
+    /// events late and several in one write, so its own clock would date two jobs of one slot
+    /// as running at once, and a node's clock is never believed past what the registry saw.
+    pub fn mark_times(&mut self, at: DateTime<Utc>, now: DateTime<Utc>) {
+        let at = at.clamp(self.created_at.min(now), now);
+        if self.started_at.is_none() && self.node_id.is_some() {
+            self.started_at = Some(at);
+        }
+        if self.ended_at.is_none() && self.status.is_final() {
+            self.ended_at = Some(self.started_at.map_or(at, |s| at.max(s)));
+        }
+    }
+
     /// Mark when it started and ended, as a change at `now` leaves it, and its queue and run
     /// times as of `now`.
     pub fn stamp(&mut self, now: DateTime<Utc>) {
@@ -691,6 +705,36 @@ pub fn dataset_key(hash: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_start_and_end_are_dated_by_the_node_within_what_the_registry_saw() {
+        let t = |s: i64| DateTime::<Utc>::from_timestamp(1_800_000_000 + s, 0).unwrap();
+        let job = TrainJob {
+            job_id: "j".into(),
+            user_id: 1,
+            output_model: "m".into(),
+            description: String::new(),
+            driver: JobDriver::Any,
+            dataset_hash: "h".into(),
+            classes: vec![],
+            params: TrainParams::default(),
+            submitted_at: t(0),
+        };
+        let mut r = JobRecord::queued(&job, "/d", 0);
+        r.node_id = Some("n".into());
+        r.mark_times(t(5), t(9));
+        assert_eq!(r.started_at, Some(t(5)), "the node's time, applied later");
+        // A node's clock before the job existed, or ahead of the registry's, is not believed.
+        let mut early = JobRecord::queued(&job, "/d", 0);
+        early.node_id = Some("n".into());
+        early.mark_times(t(-60), t(9));
+        assert_eq!(early.started_at, Some(t(0)));
+        r.status = JobStatus::Completed;
+        r.mark_times(t(3600), t(12));
+        assert_eq!(r.ended_at, Some(t(12)));
+        r.stamp(t(20));
+        assert_eq!((r.queue_seconds, r.run_seconds), (Some(5.0), Some(7.0)));
+    }
 
     #[test]
     fn events_are_tagged_and_flat() {
