@@ -131,17 +131,20 @@ impl StoredSnapshots {
     }
 }
 
+/// Half the dataset retention, in seconds: a snapshot younger than this is not about to go.
+fn half_retention(state: &AppState) -> i64 {
+    (state.limits.dataset_retention.as_secs() / 2) as i64
+}
+
 /// Whether the store holds `key` and it is young enough that the retention sweep is not about to
-/// remove it: a job never names a snapshot about to go. Remembered for a short while in `state`.
-pub async fn fresh(
+/// remove it: a job never names a snapshot about to go. Remembered for a short while in `state`
+/// (its callers look there first, before they open the store).
+async fn fresh(
     state: &AppState,
     store: &async_nats::jetstream::object_store::ObjectStore,
     key: &str,
 ) -> bool {
-    if state.stored.known(key) {
-        return true;
-    }
-    let half = (state.limits.dataset_retention.as_secs() / 2) as i64;
+    let half = half_retention(state);
     match store.info(key).await {
         Ok(info) if !info.deleted => {
             let Some(modified) = info.modified.map(|m| m.unix_timestamp()) else {
@@ -186,10 +189,8 @@ pub async fn store_snapshot(state: &AppState, hash: &str, archive: &Path) -> Res
             let mut file = tokio::fs::File::open(archive).await?;
             gantry_runtime::jetstream::put_object(&js, jobs::DATASETS_BUCKET, &key, &mut file)
                 .await?;
-            let half = (state.limits.dataset_retention.as_secs() / 2) as i64;
-            state
-                .stored
-                .note(&key, chrono::Utc::now().timestamp() + half);
+            let until = chrono::Utc::now().timestamp() + half_retention(state);
+            state.stored.note(&key, until);
         }
         anyhow::Ok(())
     }
