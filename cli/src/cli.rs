@@ -299,7 +299,7 @@ pub struct TrainArgs {
     /// Images per step (1-1024; server default 32)
     #[arg(long)]
     pub batch_size: Option<u32>,
-    /// Learning rate (0-1; server default 0.001)
+    /// Learning rate (0-1; server default 0.003)
     #[arg(long)]
     pub learning_rate: Option<f64>,
     /// Images are resized to this square (16-512; by default chosen from the data)

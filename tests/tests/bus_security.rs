@@ -344,6 +344,7 @@ async fn read_job(stack: &TestStack, job_id: &str) -> JobRecord {
             &JobRef {
                 job_id: job_id.into(),
                 user_id: None,
+                bare: false,
             },
         )
         .await

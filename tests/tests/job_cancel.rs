@@ -171,6 +171,23 @@ async fn a_queued_job_shows_its_position_and_why_it_waits() {
             None => panic!("never a no-node reason: {}", stack.job(&second).await),
         };
         assert_eq!(j2["queue_position"], 2, "{j2}");
+        // A node asking whether to start it wants the record only: nothing counted.
+        let bare = request::<_, jobs::JobRecord>(
+            stack.client(),
+            subjects::registry(jobs::subjects::JOBS_GET),
+            &jobs::JobRef {
+                job_id: second.clone(),
+                user_id: None,
+                bare: true,
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("bare jobs.get: {e:?}"));
+        assert_eq!(bare.job_id, second);
+        assert_eq!(bare.status, jobs::JobStatus::Queued);
+        assert_eq!(bare.queue_position, None);
+        assert_eq!(bare.waiting_reason, None);
+        assert!(bare.queue_seconds.is_some(), "{bare:?}");
         let (_, list) = stack
             .admin_get("/admin/api/jobs?status=queued&limit=1")
             .await;

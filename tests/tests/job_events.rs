@@ -48,6 +48,7 @@ async fn read_job(stack: &TestStack, job_id: &str) -> Option<JobRecord> {
             &JobRef {
                 job_id: job_id.into(),
                 user_id: None,
+                bare: false,
             },
         )
         .await

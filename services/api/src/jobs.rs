@@ -104,7 +104,14 @@ impl JobsApi {
 
     async fn get(&self, user_id: Option<i64>, job_id: String) -> ApiResult<JobRecord> {
         self.0
-            .registry(jobs::subjects::JOBS_GET, &JobRef { job_id, user_id })
+            .registry(
+                jobs::subjects::JOBS_GET,
+                &JobRef {
+                    job_id,
+                    user_id,
+                    bare: false,
+                },
+            )
             .await
     }
 
@@ -236,7 +243,14 @@ impl JobsApi {
     async fn cancel(&self, user_id: Option<i64>, job_id: String) -> ApiResult<Json<JobRecord>> {
         let job: JobRecord = self
             .0
-            .registry(jobs::subjects::JOBS_CANCEL, &JobRef { job_id, user_id })
+            .registry(
+                jobs::subjects::JOBS_CANCEL,
+                &JobRef {
+                    job_id,
+                    user_id,
+                    bare: false,
+                },
+            )
             .await?;
         Ok(Json(job))
     }

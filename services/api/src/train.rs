@@ -65,7 +65,7 @@ pub struct TrainBody {
     /// Images per step (default: 32, 1 to 1024)
     #[oai(validator(minimum(value = "1"), maximum(value = "1024")))]
     pub batch_size: Option<u32>,
-    /// Learning rate (default: 0.001, above 0 and at most 1)
+    /// Learning rate (default: 0.003, above 0 and at most 1)
     #[oai(validator(minimum(value = "0", exclusive), maximum(value = "1")))]
     pub learning_rate: Option<f64>,
     /// Images are resized to this square, 16 to 512 (default: chosen from the data, the median
@@ -281,6 +281,7 @@ impl TrainApi {
                 &JobRef {
                     job_id: job_id.clone(),
                     user_id: Some(p.user.id),
+                    bare: true,
                 },
             )
             .await;

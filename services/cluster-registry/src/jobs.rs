@@ -276,7 +276,15 @@ impl Jobs {
             Some(j) if r.user_id.is_none_or(|u| u == j.user_id) => j,
             _ => return Err(RegistryError::NotFound(format!("no job {}", r.job_id))),
         };
-        self.annotate(std::slice::from_mut(&mut job)).await?;
+        if r.bare {
+            // A node asking whether to start it, a held submission looking for its end: the
+            // record as stored, no count of the queue.
+            if !job.status.is_final() {
+                job.stamp(Utc::now());
+            }
+        } else {
+            self.annotate(std::slice::from_mut(&mut job)).await?;
+        }
         Ok(job)
     }
 

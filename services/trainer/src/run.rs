@@ -174,6 +174,7 @@ impl JobRunner {
         let job_ref = JobRef {
             job_id: job.job_id.clone(),
             user_id: None,
+            bare: true,
         };
         let get = nats::request::<_, JobRecord>(
             &self.client,

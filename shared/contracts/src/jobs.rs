@@ -228,7 +228,7 @@ pub struct TrainParams {
     pub epochs: u32,
     /// Images per step, 1–1024 (default 32).
     pub batch_size: u32,
-    /// Adam learning rate, (0, 1] (default 0.001).
+    /// Adam learning rate, (0, 1] (default 0.003).
     pub learning_rate: f64,
     /// Images are resized to this square, 16–512. Absent: chosen from the data by the trainer
     /// (the median side of its images, rounded to a multiple of 8, within 16–128); the model
@@ -262,7 +262,7 @@ impl Default for TrainParams {
         Self {
             epochs: 10,
             batch_size: 32,
-            learning_rate: 0.001,
+            learning_rate: 0.003,
             image_size: None,
             validation_split: 0.2,
             augment: true,
@@ -640,6 +640,10 @@ pub struct JobRef {
     /// Only this owner's.
     #[serde(default)]
     pub user_id: Option<i64>,
+    /// `jobs.get` only: the caller wants the record as stored, without `queue_position` and
+    /// `waiting_reason` (a queued job's position is a count of the store).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bare: bool,
 }
 
 /// `jobs.fail` request.

@@ -38,6 +38,7 @@ impl TrainApi {
             &JobRef {
                 job_id: job_id.to_owned(),
                 user_id: None,
+                bare: true,
             },
         )
         .await
@@ -84,6 +85,7 @@ impl TrainApi {
             &JobRef {
                 job_id: sub.job_id.clone(),
                 user_id: None,
+                bare: false,
             },
         )
         .await?;

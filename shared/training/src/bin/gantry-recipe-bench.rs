@@ -4,9 +4,9 @@
 //! For each dataset (synthetic shapes at a given image side, generated with
 //! [`synthetic::generate`], and, given `--digits-csv`, the 8x8 handwritten digits of the UCI
 //! collection that scikit-learn ships, written out as an ImageFolder of PNGs) it trains the defaults a job gets when the caller names none
-//! (`gantry_contracts::jobs::TrainParams`: 10 epochs, batches of 32, Adam at 1e-3 with the
+//! (`gantry_contracts::jobs::TrainParams`: 10 epochs, batches of 32, Adam at 3e-3 with the
 //! cosine schedule, image size chosen from the data, shifts on, the best epoch kept), then the
-//! grid: image size {chosen, 32, 64} x learning rate {1e-3, 3e-3} x shifts {on, off}, at the
+//! grid: image size {chosen, 32, 64} x learning rate {1e-3, 3e-3, 1e-2} x shifts {on, off}, at the
 //! same epochs. Each result is the validation accuracy of the weights a job would store (the
 //! best epoch's). It prints one JSON line per run and a table: dataset, default accuracy, best
 //! tuned accuracy and settings, gap in points.
@@ -140,10 +140,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for (name, dir) in &datasets {
         let dir = dir.as_path();
         let limits = LoadOptions::default().limits;
-        let chosen = choose_image_size(&Listing::scan(&dir, &limits)?, &limits)?;
+        let chosen = choose_image_size(&Listing::scan(dir, &limits)?, &limits)?;
         let default = Setting {
             image_size: chosen,
-            learning_rate: 1e-3,
+            learning_rate: 3e-3,
             augment: true,
         };
         let mut sizes = vec![chosen, 32, 64];
@@ -152,14 +152,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         sizes.dedup();
         let mut results = Vec::new();
         for &image_size in &sizes {
-            for learning_rate in [1e-3, 3e-3] {
+            for learning_rate in [1e-3, 3e-3, 1e-2] {
                 for augment in [true, false] {
                     let s = Setting {
                         image_size,
                         learning_rate,
                         augment,
                     };
-                    let (acc, best_epoch) = run(&dir, &s, args.epochs, args.threads)?;
+                    let (acc, best_epoch) = run(dir, &s, args.epochs, args.threads)?;
                     println!(
                         "{}",
                         serde_json::json!({
