@@ -13,8 +13,8 @@
 #
 # `--quick`: 4 epochs, 40 shapes per class, no digits (a look, not a figure). Prints one
 # `ROW<TAB>figure<TAB>default<TAB>best tuned<TAB>ratio` line per dataset for bench/run.sh.
-# Sized for two shared cores in about ten minutes (--debug builds the dev profile, which is as
-# accurate and only slower outside libtorch).
+# About twenty minutes on two shared cores, most of it the 64 px runs (--debug builds the dev
+# profile, which is as accurate and only slower outside libtorch).
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 REPO="$(cd "$HERE/.." && pwd)"
@@ -30,7 +30,7 @@ while [ $# -gt 0 ]; do
         --no-digits) digits=0; shift ;;
         --debug) profile=dev; shift ;;
         --quick) epochs=4 per_class=40 sides=28 digits=0; shift ;;
-        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
 done
@@ -48,16 +48,22 @@ extra=()
 if [ "$digits" = 1 ]; then
     # The digits as scikit-learn 1.5.2 ships them (sklearn/datasets/data/digits.csv.gz), read out
     # of its wheel; nothing else of the package is installed or imported.
-    csv="${XDG_CACHE_HOME:-$HOME/.cache}/gantry/datasets/digits.csv"
+    csv="$GANTRY_TOOLS_DIR/datasets/digits.csv"
     if [ ! -s "$csv" ]; then
         mkdir -p "$(dirname "$csv")"
         wheels="$(mktemp -d)"
+        trap 'rm -rf "$wheels"' EXIT
+        # Any wheel holds the same CSV: name one that exists, whatever the local Python.
         "$GANTRY_TOOLS_VENV/bin/python" -m pip download -q --no-deps --only-binary=:all: \
+            --python-version 3.11 --platform manylinux2014_x86_64 \
             -d "$wheels" scikit-learn==1.5.2 >&2
         "$GANTRY_TOOLS_VENV/bin/python" - "$wheels" "$csv" <<'PY'
-import glob, gzip, os, sys, zipfile
+import glob, gzip, hashlib, os, sys, zipfile
 wheel = glob.glob(os.path.join(sys.argv[1], "scikit_learn-*.whl"))[0]
 data = gzip.decompress(zipfile.ZipFile(wheel).read("sklearn/datasets/data/digits.csv.gz"))
+want = "6ebb3d2fee246a4e99363262ddf8a00a3c41bee6014c373ed9d9216ba7f651b8"
+if hashlib.sha256(data).hexdigest() != want:
+    sys.exit(f"digits.csv from {wheel} is not the one this bench was written for")
 with open(sys.argv[2] + ".part", "wb") as f:
     f.write(data)
 os.replace(sys.argv[2] + ".part", sys.argv[2])
@@ -67,4 +73,4 @@ PY
     extra=(--digits-csv "$csv")
 fi
 "$bin" --threads "$threads" --epochs "$epochs" --per-class "$per_class" --sides "$sides" \
-    --work-dir "$WORK" "${extra[@]}"
+    --work-dir "$WORK" ${extra[@]+"${extra[@]}"}

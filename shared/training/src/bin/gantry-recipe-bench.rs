@@ -47,16 +47,21 @@ struct Args {
 fn write_digits(csv: &Path, dir: &Path) -> Result<usize, Box<dyn std::error::Error>> {
     let text = std::fs::read_to_string(csv)?;
     let mut written = 0;
-    for (n, line) in text.lines().filter(|l| !l.trim().is_empty()).enumerate() {
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let bad = || format!("line {}: not 64 pixels and a digit", n + 1);
         let values: Vec<f64> = line
             .split(',')
             .map(|v| v.trim().parse::<f64>())
-            .collect::<Result<_, _>>()?;
+            .collect::<Result<_, _>>()
+            .map_err(|_| bad())?;
         let [pixels @ .., label] = values.as_slice() else {
             unreachable!("split yields at least one field")
         };
-        if pixels.len() != 64 || !(0.0..=9.0).contains(label) {
-            return Err(format!("line {}: not 64 pixels and a digit", n + 1).into());
+        if pixels.len() != 64 || !(0.0..=9.0).contains(label) || label.fract() != 0.0 {
+            return Err(bad().into());
         }
         let bytes: Vec<u8> = pixels
             .iter()
@@ -65,7 +70,7 @@ fn write_digits(csv: &Path, dir: &Path) -> Result<usize, Box<dyn std::error::Err
         let img = image::GrayImage::from_raw(8, 8, bytes).expect("64 bytes");
         let class = dir.join(format!("{}", *label as u32));
         std::fs::create_dir_all(&class)?;
-        img.save(class.join(format!("{n:05}.png")))?;
+        img.save(class.join(format!("{written:05}.png")))?;
         written += 1;
     }
     Ok(written)
@@ -240,5 +245,8 @@ mod tests {
         assert!(err.to_string().contains("line 1"), "{err}");
         std::fs::write(&csv, row(12, 0)).unwrap();
         assert!(write_digits(&csv, &dir.path().join("label")).is_err());
+        std::fs::write(&csv, format!("{}\n\n{}", row(1, 0), row(3, 0) + ".5")).unwrap();
+        let err = write_digits(&csv, &dir.path().join("half")).unwrap_err();
+        assert!(err.to_string().contains("line 3"), "{err}");
     }
 }
