@@ -276,15 +276,10 @@ impl Jobs {
             Some(j) if r.user_id.is_none_or(|u| u == j.user_id) => j,
             _ => return Err(RegistryError::NotFound(format!("no job {}", r.job_id))),
         };
-        if r.bare {
-            // A node asking whether to start it, a held submission looking for its end: the
-            // record as stored, no count of the queue.
-            if !job.status.is_final() {
-                job.stamp(Utc::now());
-            }
-        } else {
-            self.annotate(std::slice::from_mut(&mut job)).await?;
-        }
+        // A node asking whether to start it, a held submission looking for its end (`bare`):
+        // no count of the queue.
+        self.annotate(std::slice::from_mut(&mut job), !r.bare)
+            .await?;
         Ok(job)
     }
 
@@ -328,16 +323,20 @@ impl Jobs {
             .try_collect()
             .await?;
         let mut jobs: Vec<JobRecord> = docs.into_iter().map(|d| d.record).collect();
-        self.annotate(&mut jobs).await?;
+        self.annotate(&mut jobs, true).await?;
         Ok(JobList { jobs, total })
     }
 
-    /// Queue position and waiting reason of the queued jobs among `jobs`.
-    async fn annotate(&self, jobs: &mut [JobRecord]) -> Result<(), RegistryError> {
+    /// Queue and run times of the jobs not over among `jobs`, and with `queue` the queue position
+    /// and waiting reason of the queued ones.
+    async fn annotate(&self, jobs: &mut [JobRecord], queue: bool) -> Result<(), RegistryError> {
         let now = Utc::now();
         for job in jobs.iter_mut().filter(|j| !j.status.is_final()) {
             // Queue and run times as of now while it waits or runs.
             job.stamp(now);
+        }
+        if !queue {
+            return Ok(());
         }
         for job in jobs.iter_mut().filter(|j| j.status == JobStatus::Queued) {
             // Counted by the store, never read: the work does not grow with the queue.
