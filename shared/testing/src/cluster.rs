@@ -23,6 +23,11 @@ pub const INTERVAL: f64 = 0.5;
 /// Missed heartbeats before a node is disconnected there.
 pub const MISSES: u32 = 3;
 
+/// How long one poll of a listing waits for its reply. Core NATS delivers a request at most
+/// once: one that reached a replica the moment it was killed is never answered, and a poll
+/// bounded this way is simply asked again instead of holding its wait for a whole minute.
+pub const POLL_REQUEST: Duration = Duration::from_secs(5);
+
 /// One request to a NATS service endpoint. A service error comes back as its
 /// `ServiceFailure`; no responders and timeouts read as unavailable, as the api sees them.
 pub async fn request<Req: Serialize, Resp: DeserializeOwned>(
@@ -30,10 +35,20 @@ pub async fn request<Req: Serialize, Resp: DeserializeOwned>(
     subject: String,
     req: &Req,
 ) -> Result<Resp, ServiceFailure> {
+    request_within(client, subject, req, Duration::from_secs(60)).await
+}
+
+/// [`request`], waiting up to `timeout` for the reply.
+pub async fn request_within<Req: Serialize, Resp: DeserializeOwned>(
+    client: &async_nats::Client,
+    subject: String,
+    req: &Req,
+    timeout: Duration,
+) -> Result<Resp, ServiceFailure> {
     let payload = serde_json::to_vec(req).expect("an encodable request");
     let request = async_nats::Request::new()
         .payload(payload.into())
-        .timeout(Some(Duration::from_secs(60)));
+        .timeout(Some(timeout));
     let reply = match client.send_request(subject.clone(), request).await {
         Ok(reply) => reply,
         Err(e) => {
@@ -140,14 +155,19 @@ impl TestStack {
         pred: impl Fn(&ClusterNode) -> bool,
     ) -> ClusterNode {
         let found = wait_until(timeout, || async {
-            self.registry_call::<_, ClusterNodes>(subjects::registry::NODES, &Empty {})
-                .await
-                .ok()
-                .and_then(|l| {
-                    l.nodes
-                        .into_iter()
-                        .find(|n| n.hostname == hostname && pred(n))
-                })
+            request_within::<_, ClusterNodes>(
+                &self.client,
+                subjects::registry(subjects::registry::NODES),
+                &Empty {},
+                POLL_REQUEST,
+            )
+            .await
+            .ok()
+            .and_then(|l| {
+                l.nodes
+                    .into_iter()
+                    .find(|n| n.hostname == hostname && pred(n))
+            })
         })
         .await;
         match found {

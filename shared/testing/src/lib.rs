@@ -51,7 +51,7 @@ pub mod stack;
 pub mod util;
 
 pub use api::send;
-pub use cluster::{request, INTERVAL, JOIN, MISSES};
+pub use cluster::{request, request_within, INTERVAL, JOIN, MISSES, POLL_REQUEST};
 pub use infra::{Nats, Store};
 pub use jobs::{is_final, kinds};
 pub use logs::Logs;
