@@ -55,6 +55,27 @@ fn default_limit() -> u64 {
 /// the `completed` event as the trainer sent it.
 const LISTING_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Besides listening for the registry's announcement, a stream reads the job this long after the
+/// `completed` event arrived, then twice as long each time, up to [`LISTING_LOOK_MAX`].
+const LISTING_LOOK_FIRST: std::time::Duration = std::time::Duration::from_millis(250);
+const LISTING_LOOK_MAX: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Whether a job's completion is listed under a version.
+enum Listed {
+    Yes(Box<jobs::ModelVersion>),
+    /// Over without a listed version (a fenced or withdrawn completion).
+    Never,
+    NotYet,
+}
+
+fn listed_version(job: JobRecord) -> Listed {
+    match job.model.filter(|m| m.version > 0) {
+        Some(model) => Listed::Yes(Box::new(model)),
+        None if job.status.is_final() => Listed::Never,
+        None => Listed::NotYet,
+    }
+}
+
 /// Jobs and models.
 #[derive(Clone)]
 pub struct JobsApi(pub AppState);
@@ -103,13 +124,19 @@ impl JobsApi {
     }
 
     async fn get(&self, user_id: Option<i64>, job_id: String) -> ApiResult<JobRecord> {
+        self.read(user_id, job_id, false).await
+    }
+
+    /// `jobs.get`; `bare` leaves out what only the job's own view shows (its queue position),
+    /// for a caller that needs its status or model alone.
+    async fn read(&self, user_id: Option<i64>, job_id: String, bare: bool) -> ApiResult<JobRecord> {
         self.0
             .registry(
                 jobs::subjects::JOBS_GET,
                 &JobRef {
                     job_id,
                     user_id,
-                    bare: false,
+                    bare,
                 },
             )
             .await
@@ -124,7 +151,8 @@ impl JobsApi {
         job_id: String,
         last_event_id: Option<u64>,
     ) -> ApiResult<EventStream<BoxStream<'static, serde_json::Value>>> {
-        let job = self.get(user_id, job_id.clone()).await?;
+        // Whether it exists (and is theirs) and is over: not where it waits.
+        let job = self.read(user_id, job_id.clone(), true).await?;
         // A user's open streams are bounded (admins' are not); the slot is held by the stream.
         let slot = match user_id {
             Some(uid) => Some(
@@ -135,12 +163,6 @@ impl JobsApi {
             None => None,
         };
         let js = async_nats::jetstream::new(self.0.nats.clone());
-        let stream = js.get_stream(jobs::EVENTS_STREAM).await.map_err(|e| {
-            ApiError::new(
-                gantry_contracts::error::ErrorCode::Unavailable,
-                format!("event stream unavailable: {e}"),
-            )
-        })?;
         let deliver_policy = match last_event_id {
             // Resume after the last event the client saw.
             Some(seq) => DeliverPolicy::ByStartSequence {
@@ -148,15 +170,24 @@ impl JobsApi {
             },
             None => DeliverPolicy::All,
         };
-        let consumer = stream
-            .create_consumer(consumer::push::OrderedConfig {
-                filter_subject: jobs::job_events(&job.job_id),
-                deliver_policy,
-                deliver_subject: self.0.nats.new_inbox(),
-                ..Default::default()
-            })
+        // Created on the stream by name: no round trip to look the stream up first.
+        let consumer = js
+            .create_consumer_on_stream(
+                consumer::push::OrderedConfig {
+                    filter_subject: jobs::job_events(&job.job_id),
+                    deliver_policy,
+                    deliver_subject: self.0.nats.new_inbox(),
+                    ..Default::default()
+                },
+                jobs::EVENTS_STREAM,
+            )
             .await
-            .map_err(ApiError::internal)?;
+            .map_err(|e| {
+                ApiError::new(
+                    gantry_contracts::error::ErrorCode::Unavailable,
+                    format!("event stream unavailable: {e}"),
+                )
+            })?;
         let messages = consumer.messages().await.map_err(ApiError::internal)?;
         let already_final = job.status.is_final();
         let events = messages.filter_map(|m| async move {
@@ -219,22 +250,57 @@ impl JobsApi {
         if !matches!(event.kind, jobs::JobEventKind::Completed { .. }) {
             return value;
         }
-        // At most this long in all, however slow the registry answers.
+        // At most this long in all, however slow the registry answers. The registry announces
+        // the job settled once the version is listed; reads look too, for an announcement that
+        // came before the subscription or was lost.
+        let settled = self
+            .0
+            .nats
+            .subscribe(jobs::settled_subject(&job_id))
+            .await
+            .ok();
         let listing = async {
+            let mut settled = settled;
+            let mut look = LISTING_LOOK_FIRST;
             loop {
-                if let Ok(job) = self.get(user_id, job_id.clone()).await {
-                    if let Some(model) = job.model.filter(|m| m.version > 0) {
-                        return model;
-                    }
-                    if job.status.is_final() {
-                        // Over without a listed version (a fenced or withdrawn completion).
-                        return std::future::pending().await;
+                if let Ok(job) = self.read(user_id, job_id.clone(), true).await {
+                    match listed_version(job) {
+                        Listed::Yes(model) => return Some(model),
+                        Listed::Never => return None,
+                        Listed::NotYet => {}
                     }
                 }
-                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                let wait = tokio::time::sleep(look);
+                tokio::pin!(wait);
+                loop {
+                    let announced = async {
+                        match settled.as_mut() {
+                            Some(sub) => sub.next().await,
+                            None => std::future::pending().await,
+                        }
+                    };
+                    tokio::select! {
+                        _ = &mut wait => break,
+                        msg = announced => {
+                            let Some(msg) = msg else {
+                                settled = None;
+                                continue;
+                            };
+                            let Ok(job) = serde_json::from_slice::<JobRecord>(&msg.payload) else {
+                                continue;
+                            };
+                            match listed_version(job) {
+                                Listed::Yes(model) => return Some(model),
+                                Listed::Never => return None,
+                                Listed::NotYet => {}
+                            }
+                        }
+                    }
+                }
+                look = (look * 2).min(LISTING_LOOK_MAX);
             }
         };
-        if let Ok(model) = tokio::time::timeout(LISTING_WAIT, listing).await {
+        if let Ok(Some(model)) = tokio::time::timeout(LISTING_WAIT, listing).await {
             value["model"] = serde_json::to_value(model).unwrap_or_default();
         }
         value
