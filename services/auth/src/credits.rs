@@ -315,16 +315,20 @@ pub async fn charge_in(store: &Store, req: CreditChange) -> AuthResult<CreditRes
     let reason = validate_reason(&req.reason, "charge")?;
     // A key is charged once and refunded at most once: charging it again after its refund
     // would replay the old charge without taking anything, for work that is then done free.
-    if store.find_entry(key.refund().as_ref()).await?.is_some() {
+    // Two independent reads, asked together.
+    let refund_key = key.refund();
+    let (refunded, user) = tokio::join!(
+        store.find_entry(refund_key.as_ref()),
+        store.user(req.user_id)
+    );
+    if refunded?.is_some() {
         return Err(AuthError::Conflict(format!(
             "the charge with key '{}' was refunded; submit again with a new key",
             req.key
         )));
     }
-    let user = store
-        .user(req.user_id)
-        .await?
-        .ok_or_else(|| AuthError::NotFound(format!("no user with id {}", req.user_id)))?;
+    let user =
+        user?.ok_or_else(|| AuthError::NotFound(format!("no user with id {}", req.user_id)))?;
     let delta = if user.role == Role::Admin {
         0
     } else {
