@@ -11,8 +11,10 @@
 # Builds in release and starts the whole local stack (deploy/local/up.sh: NATS with TLS and the
 # role keys, the store, the four services, one trainer with one worker slot) in a temporary
 # directory on free ports; stops it before Ray starts, so neither runs beside the other. Jobs go
-# one at a time, each polled every --poll-ms for its status (`running`, then `completed`; Ray's
-# `RUNNING`, then `SUCCEEDED`), after three unmeasured ones. Ray (`ray[default]`, pinned below)
+# one at a time, after six unmeasured ones. Gantry's alternate between followed (the job's event
+# stream read from the submission on: when its `started` and `completed` events arrive) and
+# polled every --poll-ms for its status (`running`, then `completed`); Ray's are polled the same
+# way (`RUNNING`, then `SUCCEEDED`), its job API having no event stream. Ray (`ray[default]`, pinned below)
 # is installed once into its own venv beside the tools venv, so its pins never move the tools'.
 # A Ray job takes about a second or two here, so Ray gets fewer jobs than Gantry by default
 # (100: about four minutes on two cores).
