@@ -18,3 +18,5 @@ start_registry_stack
 for _ in $(seq 2 "${REPLICAS:-1}"); do start_extra_registry; done
 log "publishing job events"
 "$BIN/events-load" "$@" || { tail -20 "$registry_log"; exit 1; }
+# BENCH_KEEP_LOG=FILE keeps the (first) registry's log, e.g. with BENCH_RUST_LOG=debug.
+if [ -n "${BENCH_KEEP_LOG:-}" ]; then cp "$registry_log" "$BENCH_KEEP_LOG"; fi

@@ -29,7 +29,7 @@ start_registry_stack() { # [heartbeat interval seconds, default 5]
     export NATS_URL="nats://127.0.0.1:$nats_port"
     export MONGODB_URI="mongodb://127.0.0.1:$store_port/?directConnection=true"
     registry_log="$STACK_DIR/registry.log"
-    RUST_LOG=warn GANTRY_DB_PREFIX=load_ GANTRY_HEALTH_ADDR="127.0.0.1:$health_port" GANTRY_HEARTBEAT_INTERVAL="$interval" \
+    RUST_LOG="${BENCH_RUST_LOG:-warn}" GANTRY_DB_PREFIX=load_ GANTRY_HEALTH_ADDR="127.0.0.1:$health_port" GANTRY_HEARTBEAT_INTERVAL="$interval" \
         "$BIN/gantry-registry" >"$registry_log" 2>&1 &
     registry_pid=$!
     STACK_PIDS+=("$registry_pid")
@@ -44,7 +44,7 @@ start_registry_stack() { # [heartbeat interval seconds, default 5]
 start_extra_registry() { # another replica against the same stack, ready
     local health_port log_file
     health_port="$(free_port)"; log_file="$STACK_DIR/registry-$health_port.log"
-    RUST_LOG=warn GANTRY_DB_PREFIX=load_ GANTRY_HEALTH_ADDR="127.0.0.1:$health_port" \
+    RUST_LOG="${BENCH_RUST_LOG:-warn}" GANTRY_DB_PREFIX=load_ GANTRY_HEALTH_ADDR="127.0.0.1:$health_port" \
         "$BIN/gantry-registry" >"$log_file" 2>&1 & STACK_PIDS+=("$!")
     for _ in $(seq 1 150); do
         curl -fsS "http://127.0.0.1:$health_port/readyz" >/dev/null 2>&1 && break

@@ -196,13 +196,22 @@ async fn consume(
             if batch.len() >= BATCH as usize {
                 break;
             }
-            // What has arrived already joins the batch; nothing waits for more.
+            // What has arrived already joins the batch; nothing waits for more. The client reads
+            // the connection a buffer at a time: when one is drained, the connection's task gets
+            // a turn to hand over what it has read since, and the batch ends when nothing came.
             match messages.next().now_or_never() {
                 Some(m) => next = m,
-                None => break,
+                None => {
+                    tokio::task::yield_now().await;
+                    match messages.next().now_or_never() {
+                        Some(m) => next = m,
+                        None => break,
+                    }
+                }
             }
         }
         if !batch.is_empty() {
+            tracing::debug!(events = batch.len(), "job event batch");
             apply_batch(jobs, js, max_deliver, batch, stop).await;
         }
         if ended || stop.is_cancelled() {
