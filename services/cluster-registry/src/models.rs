@@ -228,11 +228,12 @@ impl Models {
 
     /// The version number of the model a job completes: taken from the model's counter the first
     /// time, the same number on every retry.
-    async fn reserve_version(&self, job: &JobRecord) -> Result<u32, RegistryError> {
+    /// Also says whether the number was reserved just now (no earlier attempt can have listed it).
+    async fn reserve_version(&self, job: &JobRecord) -> Result<(u32, bool), RegistryError> {
         let db = self.registry.store().database();
         let reservations: Collection<Document> = db.collection("version_reservations");
         if let Some(r) = reservations.find_one(doc! { "_id": &job.job_id }).await? {
-            return Ok(mongo::number(r.get("version"))? as u32);
+            return Ok((mongo::number(r.get("version"))? as u32, false));
         }
         let owner = job.model_owner();
         let counter = Counter::new(
@@ -256,7 +257,7 @@ impl Models {
         reservations
             .insert_one(doc! { "_id": &job.job_id, "version": n })
             .await?;
-        Ok(n as u32)
+        Ok((n as u32, true))
     }
 
     /// List the model version a completion of `job` makes, under the version reserved for it
@@ -267,20 +268,28 @@ impl Models {
         model: &ModelVersion,
     ) -> Result<ModelVersion, RegistryError> {
         let mut model = model.clone();
-        model.version = self.reserve_version(job).await?;
+        let (version, fresh) = self.reserve_version(job).await?;
+        model.version = version;
         model.name = job.output_model.clone();
         model.user_id = job.model_owner();
         model.job_id = job.job_id.clone();
-        self.ensure_listed(&model).await?;
+        // A number reserved just now is listed under no version yet: no need to look.
+        self.write_version(&model, !fresh).await?;
         Ok(model)
     }
 
     async fn ensure_listed(&self, model: &ModelVersion) -> Result<(), RegistryError> {
-        if self
-            .models()
-            .find_one(version_filter(model))
-            .await?
-            .is_none()
+        self.write_version(model, true).await
+    }
+
+    /// Write the version (after looking whether it is there, when `look`) and its model's summary.
+    async fn write_version(&self, model: &ModelVersion, look: bool) -> Result<(), RegistryError> {
+        if !look
+            || self
+                .models()
+                .find_one(version_filter(model))
+                .await?
+                .is_none()
         {
             let d = ModelDoc {
                 id: model_id(model.user_id, &model.name, model.version),
@@ -382,27 +391,48 @@ impl Models {
         Ok(())
     }
 
+    /// Mark a listed version's node credited; true when this call marked it.
+    async fn mark_credited(&self, model: &ModelVersion) -> Result<bool, RegistryError> {
+        let mut filter = version_filter(model);
+        filter.insert("credited_ms", 0_i64);
+        let marked = self
+            .models()
+            .update_one(
+                filter,
+                doc! { "$set": { "credited_ms": Utc::now().timestamp_millis() } },
+            )
+            .await?;
+        Ok(marked.modified_count == 1)
+    }
+
     /// A completed job's model version listed and its node credited once (repeatable), and the
     /// weights of its other deliveries removed.
+    ///
+    /// The version and its model's summary were written before the job read completed
+    /// ([`Self::list_version`]); they are written here only when the version is missing (a job
+    /// completed by a registry that listed versions afterwards). Every replica takes the node's
+    /// new count from the job's settled announcement.
     pub async fn record(&self, job: &JobRecord, model: &ModelVersion) -> Result<(), RegistryError> {
-        self.ensure_listed(model).await?;
-        if let Some(node_id) = &job.node_id {
-            // Marked first, then counted: a count that fails here is lost, never doubled.
-            let marked = self
+        // Marked first, then counted: a count that fails here is lost, never doubled. A mark
+        // that matches nothing is a version credited already, or one not listed.
+        let mut credited = match &job.node_id {
+            Some(_) => self.mark_credited(model).await?,
+            None => false,
+        };
+        if !credited
+            && self
                 .models()
-                .update_one(
-                    {
-                        let mut f = version_filter(model);
-                        f.insert("credited_ms", 0_i64);
-                        f
-                    },
-                    doc! { "$set": { "credited_ms": Utc::now().timestamp_millis() } },
-                )
-                .await?;
-            if marked.modified_count == 1 {
-                self.registry.store().count_completed(node_id).await?;
+                .find_one(version_filter(model))
+                .await?
+                .is_none()
+        {
+            self.ensure_listed(model).await?;
+            if job.node_id.is_some() {
+                credited = self.mark_credited(model).await?;
             }
-            self.refresh_completed(node_id).await;
+        }
+        if let (true, Some(node_id)) = (credited, &job.node_id) {
+            self.registry.store().count_completed(node_id).await?;
         }
         let others =
             (1..=jobs::MAX_DELIVER as u64).map(|delivery| jobs::weights_key(&job.job_id, delivery));
