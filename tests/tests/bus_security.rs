@@ -78,6 +78,7 @@ async fn register(client: &Client, token: &str, hostname: &str) -> String {
         ip_address: "10.0.0.5".into(),
         weight: 100,
         workers: 1,
+        analysis_workers: 0,
         inventory: Default::default(),
         version: "0".into(),
     };

@@ -63,6 +63,7 @@ async fn register(stack: &TestStack, token: &str, hostname: &str, gpus: u32) -> 
                 ip_address: "10.0.0.5".into(),
                 weight: 100,
                 workers: 2,
+                analysis_workers: 0,
                 inventory: inventory(gpus),
                 version: "0".into(),
             },
@@ -178,6 +179,7 @@ async fn a_listing_is_one_snapshot_while_nodes_join_and_heartbeat() {
                         ip_address: "10.0.0.6".into(),
                         weight: 100,
                         workers: 2,
+                        analysis_workers: 0,
                         inventory: inventory(1),
                         version: "0".into(),
                     };

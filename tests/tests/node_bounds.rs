@@ -31,6 +31,7 @@ async fn oversized_registrations_heartbeats_and_announcements_are_refused_and_ev
                     ip_address: "10.0.0.9".into(),
                     weight: 100,
                     workers: 4_000_000_000,
+                    analysis_workers: 0,
                     inventory: Default::default(),
                     version: "0".into(),
                 },

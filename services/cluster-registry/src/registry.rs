@@ -333,6 +333,7 @@ impl Registry {
             ip_address: req.ip_address.trim().to_owned(),
             weight: req.weight,
             workers: req.workers,
+            analysis_workers: req.analysis_workers,
             inventory: req.inventory,
             version: req.version,
             registered_at: now(),

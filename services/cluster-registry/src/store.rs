@@ -113,6 +113,9 @@ pub struct NodeRecord {
     pub weight: u32,
     /// Worker slots.
     pub workers: u32,
+    /// Analysis workers.
+    #[serde(default)]
+    pub analysis_workers: u32,
     /// What it has.
     pub inventory: Inventory,
     /// The trainer's version.

@@ -7,8 +7,8 @@
 use std::collections::{HashMap, HashSet};
 
 use gantry_contracts::registry::{
-    plan_processes, process_status, ClusterClient, ClusterNode, Driver, GpuStats, Heartbeat,
-    MasterStats, NodeControl, NodeSettings, Process,
+    plan_analysis_processes, plan_processes, process_status, AnalysisSlot, ClusterClient,
+    ClusterNode, Driver, GpuStats, Heartbeat, MasterStats, NodeControl, NodeSettings, Process,
 };
 
 use gantry_contracts::jobs::{JobDriver, WaitingReason};
@@ -75,14 +75,28 @@ pub struct Node {
     pub last_push: f64,
 }
 
+/// What a node that just joined runs, until its first heartbeat says: every training slot and
+/// analysis worker idle.
+fn planned_processes(record: &NodeRecord) -> (Driver, Vec<Process>) {
+    let gpu_info = &record.inventory.gpu_info;
+    let (driver, mut processes) = plan_processes(
+        gpu_info,
+        &record.settings,
+        &vec![None; record.workers as usize],
+        None,
+    );
+    processes.extend(plan_analysis_processes(
+        gpu_info,
+        &record.settings,
+        &vec![AnalysisSlot::default(); record.analysis_workers as usize],
+        None,
+    ));
+    (driver, processes)
+}
+
 impl Node {
     fn new(record: NodeRecord, now: f64) -> Self {
-        let (driver, processes) = plan_processes(
-            &record.inventory.gpu_info,
-            &record.settings,
-            &vec![None; record.workers as usize],
-            None,
-        );
+        let (driver, processes) = planned_processes(&record);
         Self {
             record,
             revoked: false,
@@ -383,6 +397,7 @@ impl View {
         match self.nodes.get_mut(&record.node_id) {
             Some(node) => {
                 let workers_changed = node.record.workers != record.workers
+                    || node.record.analysis_workers != record.analysis_workers
                     || node.record.inventory != record.inventory
                     || node.record.settings != record.settings;
                 node.record = record;
@@ -394,12 +409,7 @@ impl View {
                 node.last_seen = now;
                 node.last_heard = now;
                 if workers_changed {
-                    let (driver, processes) = plan_processes(
-                        &node.record.inventory.gpu_info,
-                        &node.record.settings,
-                        &vec![None; node.record.workers as usize],
-                        None,
-                    );
+                    let (driver, processes) = planned_processes(&node.record);
                     node.driver = driver;
                     node.processes = processes;
                     node.busy_slots = 0;

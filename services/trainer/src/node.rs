@@ -131,6 +131,7 @@ impl Node {
             ip_address: self.config.ip_address.clone(),
             weight: self.config.weight,
             workers: self.config.workers,
+            analysis_workers: self.config.analysis_workers,
             inventory: self.inventory.clone(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
         }

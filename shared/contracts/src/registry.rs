@@ -325,6 +325,10 @@ pub struct RegisterNode {
     pub weight: u32,
     /// Worker slots (`GANTRY_WORKERS`).
     pub workers: u32,
+    /// Analysis workers (`GANTRY_ANALYSIS_WORKERS`), listed in `processes` from the moment the
+    /// node joins, before its first heartbeat.
+    #[serde(default)]
+    pub analysis_workers: u32,
     /// What the node has.
     #[serde(flatten)]
     pub inventory: Inventory,

@@ -179,6 +179,7 @@ async fn main() -> anyhow::Result<()> {
                 ip_address: format!("10.{}.{}.{}", (i >> 16) & 255, (i >> 8) & 255, i & 255),
                 weight: 100,
                 workers: 2,
+                analysis_workers: 0,
                 inventory: inventory(i),
                 version: "load".into(),
             };

@@ -35,6 +35,7 @@ fn record(hostname: &str, token: (i64, &str, &str)) -> NodeRecord {
         ip_address: "10.0.0.1".into(),
         weight: 100,
         workers: 1,
+        analysis_workers: 0,
         inventory: Inventory {
             gpu_info,
             gpus: vec![],

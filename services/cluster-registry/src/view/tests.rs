@@ -19,6 +19,7 @@ fn record(id: &str, host: &str, token_id: i64) -> NodeRecord {
         ip_address: "10.0.0.1".into(),
         weight: 100,
         workers: 2,
+        analysis_workers: 0,
         inventory: Inventory {
             gpu_info: GpuInfo {
                 available_backends: vec![Driver::Cpu],
@@ -64,6 +65,27 @@ fn a_registered_node_is_listed_connected_with_one_process_per_worker() {
     assert_eq!(nodes[0].workers_available, 2);
     assert_eq!(nodes[0].token, "abcd1234...");
     assert_eq!(v.cluster_clients(100.0).len(), 1);
+}
+
+#[test]
+fn a_node_that_just_joined_lists_its_analysis_workers_before_its_first_heartbeat() {
+    let mut v = View::new(T);
+    let mut r = record("n1", "a", 1);
+    r.analysis_workers = 1;
+    v.register(r, 100.0);
+    let (_, nodes) = v.cluster_nodes(100.0, 5.0);
+    let names: Vec<_> = nodes[0].processes.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["train_cpu", "train_cpu", "analysis_cpu"]);
+    assert_eq!(
+        nodes[0].workers_available, 2,
+        "analysis workers are not job slots"
+    );
+
+    // Joining again with another count re-plans them.
+    let mut r = record("n1", "a", 1);
+    r.analysis_workers = 3;
+    v.register(r, 101.0);
+    assert_eq!(v.node("n1").unwrap().processes.len(), 5);
 }
 
 #[test]

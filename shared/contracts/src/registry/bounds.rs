@@ -102,6 +102,9 @@ impl RegisterNode {
     /// Within the bounds above (the token is checked against the store, not here).
     pub fn check(&self) -> Result<(), String> {
         check_workers(self.workers)?;
+        if self.analysis_workers > MAX_WORKERS {
+            return Err(format!("analysis_workers must be at most {MAX_WORKERS}"));
+        }
         check_text("token", &self.token)?;
         check_text("hostname", &self.hostname)?;
         check_text("ip_address", &self.ip_address)?;
@@ -122,6 +125,7 @@ mod tests {
             ip_address: "10.0.0.1".into(),
             weight: 100,
             workers: 2,
+            analysis_workers: 1,
             inventory: Inventory {
                 gpu_info: GpuInfo {
                     available_backends: vec![Driver::Cpu],
@@ -144,6 +148,9 @@ mod tests {
         let mut r = register();
         r.workers = 4_000_000_000;
         assert!(r.check().unwrap_err().contains("workers"));
+        let mut r = register();
+        r.analysis_workers = MAX_WORKERS + 1;
+        assert!(r.check().unwrap_err().contains("analysis_workers"));
         let mut r = register();
         r.hostname = "h".repeat(MAX_TEXT + 1);
         assert!(r.check().unwrap_err().contains("hostname"));
