@@ -48,16 +48,7 @@ fn is_store_outage(e: &mongodb::error::Error) -> bool {
     )
 }
 
-/// True when a write failed on a unique index (code 11000).
-pub fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
-    use mongodb::error::{ErrorKind, WriteFailure};
-    match &*e.kind {
-        ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == 11000,
-        ErrorKind::Command(c) => c.code == 11000,
-        ErrorKind::InsertMany(m) => m.write_errors.iter().flatten().any(|w| w.code == 11000),
-        _ => false,
-    }
-}
+pub use gantry_runtime::mongo::is_duplicate_key;
 
 impl From<AuthError> for ServiceFailure {
     fn from(e: AuthError) -> Self {

@@ -11,7 +11,10 @@
 //! - `version_reservations`: `{_id: <job id>, version}`, the number a job's completion got.
 //! - `model_heads`: one per model, `_id` = `m:<owner>:<name>`: its summary (versions, the
 //!   newest), rewritten whenever a version is listed or withdrawn, so `models.list` reads one
-//!   page of these and never every version with its card.
+//!   page of these and never every version with its card. Each is written as of a revision
+//!   (`rev`, from the counter `head:m:<owner>:<name>` in `counters`) and never over a later one, so
+//!   two replicas listing versions of one model at once leave the summary of the one that counted
+//!   last; a model whose last version is withdrawn keeps a bare `{_id, rev}` that listings skip.
 
 use async_nats::jetstream::{self, object_store};
 use base64::engine::general_purpose::URL_SAFE;
@@ -127,11 +130,20 @@ impl Models {
         self.registry.store().database().collection("model_heads")
     }
 
+    fn raw_heads(&self) -> Collection<Document> {
+        self.registry.store().database().collection("model_heads")
+    }
+
     /// Write the summary of `owner`'s model `name` from its versions (gone with the last one):
     /// their number counted by the store and the newest read alone, so listing a version costs
     /// the same however many the model has.
     async fn refresh_head(&self, owner: i64, name: &str) -> Result<(), RegistryError> {
         let key = model_key(owner, name);
+        let db = self.registry.store().database();
+        // Taken before counting: whoever takes a later one counts after this writer's change.
+        let rev = Counter::new(db, "counters", format!("head:{key}"), "n")
+            .next()
+            .await?;
         let filter = doc! { "key": &key, "name": name };
         let versions = mongo::count(&self.models(), filter.clone()).await?;
         let latest = self
@@ -139,26 +151,28 @@ impl Models {
             .find_one(filter)
             .sort(doc! { "version": -1 })
             .await?;
-        match latest {
-            Some(latest) => {
-                let head = HeadDoc {
-                    id: key.clone(),
-                    nkey: name_key(name),
-                    summary: ModelSummary {
-                        name: name.to_owned(),
-                        owner_id: latest.version.user_id,
-                        versions: u32::try_from(versions).unwrap_or(u32::MAX),
-                        latest: ModelBrief::from(&latest.version),
-                    },
-                };
-                self.heads()
-                    .replace_one(doc! { "_id": &key }, &head)
-                    .upsert(true)
-                    .await?;
-            }
-            None => {
-                self.heads().delete_one(doc! { "_id": &key }).await?;
-            }
+        let head = match latest {
+            Some(latest) => mongodb::bson::to_document(&HeadDoc {
+                id: key.clone(),
+                nkey: name_key(name),
+                summary: ModelSummary {
+                    name: name.to_owned(),
+                    owner_id: latest.version.user_id,
+                    versions: u32::try_from(versions).unwrap_or(u32::MAX),
+                    latest: ModelBrief::from(&latest.version),
+                },
+            })
+            .map_err(anyhow::Error::from)?,
+            // Gone with its last version: a bare revision, so that an older view cannot bring
+            // it back.
+            None => Document::new(),
+        };
+        if !mongo::replace_if_newer(&self.raw_heads(), &key, rev, head).await? {
+            tracing::debug!(
+                key,
+                rev,
+                "a later summary of the model was written meanwhile"
+            );
         }
         Ok(())
     }
@@ -188,13 +202,14 @@ impl Models {
         // these). One that exists stays: a replica starting must not write back an older view
         // over another replica's newer one.
         let have: std::collections::HashSet<String> = self
-            .heads()
+            .raw_heads()
             .find(doc! {})
+            .projection(doc! { "_id": 1 })
             .await?
-            .try_collect::<Vec<HeadDoc>>()
+            .try_collect::<Vec<Document>>()
             .await?
             .into_iter()
-            .map(|h| h.id)
+            .filter_map(|h| h.get_str("_id").ok().map(str::to_owned))
             .collect();
         for head in heads(docs.iter().map(|d| d.version.clone())) {
             if !have.contains(&head.id) {
@@ -480,10 +495,11 @@ impl Models {
 
     /// `models.list`: by name, then owner; paged.
     pub async fn list(&self, q: ModelQuery) -> Result<ModelList, RegistryError> {
-        let filter = match q.user_id {
-            Some(u) => doc! { "owner_id": u },
-            None => doc! {},
-        };
+        // A model whose versions are all withdrawn has a bare revision and no count.
+        let mut filter = doc! { "versions": { "$gt": 0 } };
+        if let Some(u) = q.user_id {
+            filter.insert("owner_id", u);
+        }
         let limit = q.limit.unwrap_or(50).clamp(1, MAX_MODELS_PAGE);
         let total = mongo::count(&self.heads(), filter.clone()).await?;
         let models = self

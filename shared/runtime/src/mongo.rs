@@ -123,6 +123,41 @@ pub async fn count<T: Send + Sync>(
         })
 }
 
+/// True when a write failed on a unique index, `_id` included (code 11000).
+pub fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
+    use mongodb::error::{ErrorKind, WriteFailure};
+    match &*e.kind {
+        ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == 11000,
+        ErrorKind::Command(c) => c.code == 11000,
+        ErrorKind::InsertMany(m) => m.write_errors.iter().flatten().any(|w| w.code == 11000),
+        _ => false,
+    }
+}
+
+/// Replace the document `_id` with `doc` as of revision `rev`, unless the stored one has a later
+/// revision (or the same): of writers that each read the state they write after taking a revision
+/// from a [`Counter`], the last to take one is the one that stays, in whatever order their writes
+/// arrive. A document without `rev` counts as older than any. False when a later one was there.
+pub async fn replace_if_newer(
+    coll: &Collection<Document>,
+    id: &str,
+    rev: i64,
+    mut doc: Document,
+) -> mongodb::error::Result<bool> {
+    doc.insert("_id", id);
+    doc.insert("rev", rev);
+    let older = doc! {
+        "_id": id,
+        "$or": [ { "rev": { "$lt": rev } }, { "rev": { "$exists": false } } ],
+    };
+    // No older document: none is there (inserted), or a later one is (refused on `_id`).
+    match coll.replace_one(older, doc).upsert(true).await {
+        Ok(_) => Ok(true),
+        Err(e) if is_duplicate_key(&e) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// A stored whole number, whichever numeric type the store kept it as.
 pub fn number(value: Option<&Bson>) -> anyhow::Result<i64> {
     match value {
