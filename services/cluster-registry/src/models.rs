@@ -130,10 +130,6 @@ impl Models {
         self.registry.store().database().collection("model_heads")
     }
 
-    fn raw_heads(&self) -> Collection<Document> {
-        self.registry.store().database().collection("model_heads")
-    }
-
     /// Write the summary of `owner`'s model `name` from its versions (gone with the last one):
     /// their number counted by the store and the newest read alone, so listing a version costs
     /// the same however many the model has.
@@ -167,7 +163,7 @@ impl Models {
             // it back.
             None => Document::new(),
         };
-        if !mongo::replace_if_newer(&self.raw_heads(), &key, rev, head).await? {
+        if !mongo::replace_if_newer(&self.heads().clone_with_type(), &key, rev, head).await? {
             tracing::debug!(
                 key,
                 rev,
@@ -202,7 +198,8 @@ impl Models {
         // these). One that exists stays: a replica starting must not write back an older view
         // over another replica's newer one.
         let have: std::collections::HashSet<String> = self
-            .raw_heads()
+            .heads()
+            .clone_with_type::<Document>()
             .find(doc! {})
             .projection(doc! { "_id": 1 })
             .await?
@@ -564,50 +561,4 @@ impl Models {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn version(owner: i64, name: &str, version: u32) -> ModelVersion {
-        ModelVersion {
-            name: name.into(),
-            version,
-            user_id: owner,
-            job_id: format!("job-{name}-{version}"),
-            weights_key: String::new(),
-            card: Default::default(),
-            val_accuracy: 0.5,
-            created_at: Utc::now().into(),
-        }
-    }
-
-    #[test]
-    fn a_summary_per_model_counts_its_versions_and_names_the_newest_whatever_the_order() {
-        let listed = heads([
-            version(1, "a", 2),
-            version(2, "a", 1),
-            version(1, "b", 1),
-            version(1, "a", 3),
-            version(1, "a", 1),
-        ]);
-        let got: Vec<(String, i64, u32, u32)> = listed
-            .iter()
-            .map(|h| {
-                (
-                    h.id.clone(),
-                    h.summary.owner_id,
-                    h.summary.versions,
-                    h.summary.latest.version,
-                )
-            })
-            .collect();
-        assert_eq!(
-            got,
-            [
-                ("m:1:a".to_owned(), 1, 3, 3),
-                ("m:1:b".to_owned(), 1, 1, 1),
-                ("m:2:a".to_owned(), 2, 1, 1),
-            ]
-        );
-        assert!(listed.iter().all(|h| h.nkey == name_key(&h.summary.name)));
-    }
-}
+mod tests;

@@ -3,6 +3,10 @@
 //!
 //! Pure state: every method that depends on time takes `now` (seconds since the epoch), so the
 //! liveness rules are tested by driving that clock, not by sleeping.
+//!
+//! Kept in one file past 600 lines on purpose: a node's state, the rules that change it
+//! (registration, heartbeats, liveness) and the listings read from it change together; the
+//! tests are in `view/tests.rs`.
 
 use std::collections::{HashMap, HashSet};
 
